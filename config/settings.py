@@ -1,0 +1,123 @@
+"""Typed settings for hausflow, one profile per system (production, test).
+
+The seeds keep separate configurations for the production and the test system and switch the
+portal interface off in the test system by default. A profile is a TOML file in
+``config/profiles/``; every value can be overridden by an environment variable with the prefix
+``HAUSFLOW_`` and ``__`` as the nesting separator (``HAUSFLOW_PORTAL__BASE_URL``). Secrets are
+``SecretStr`` and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+ProfileName = Literal["production", "test", "demo"]
+
+
+class PortalSettings(BaseModel):
+    """Tenant-portal (casavi v2) interface settings: server parameters and data configuration."""
+
+    enabled: bool = False
+    base_url: str = "https://api.mycasavi.com"
+    api_key: SecretStr = SecretStr("")
+    api_secret: SecretStr = SecretStr("")
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    max_retries: int = 6
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 20.0
+    rate_limit_per_s: float | None = None
+    concurrency: int = 16
+    batch_size: int = 2000
+    # data configuration (seed 001: Objektbereich, Personentyp, Mieterportalaccount ... Tage)
+    object_range: list[str] = Field(default_factory=list, description="released object numbers; empty = none")
+    object_group: str | None = Field(default=None, description="alternatively: every object of this group")
+    person_types: list[str] = Field(default_factory=lambda: ["MIETER", "EIGENTUEMER", "MITBEWOHNER"])
+    access_days_before_start: int = 14
+    archive_days_after_move_out: int = 30
+
+
+class Licences(BaseModel):
+    """Licensed modules; owners and caretakers reach the portal only with their licence."""
+
+    owner: bool = False
+    caretaker: bool = False
+
+
+class SepaSettings(BaseModel):
+    """Creditor side of the SEPA direct-debit run (seeds 003 and 004)."""
+
+    creditor_name: str = "Hausverwaltung Muster GmbH"
+    creditor_iban: str = "DE02120300000000202051"
+    creditor_bic: str = "BYLADEM1001"
+    creditor_id: str = "DE98ZZZ09999999999"
+    end_to_end_template: str = "[OBJEKTNUMMER]-[MIETERNUMMER]"
+    batch_booking: bool = True
+    max_transactions_per_file: int = 500_000
+    output_dir: str = "var/sepa"
+    mandate_lapse_months: int = 36
+
+
+class HausflowSettings(BaseSettings):
+    """All settings of one system (profile)."""
+
+    model_config = SettingsConfigDict(env_prefix="HAUSFLOW_", env_nested_delimiter="__", extra="ignore")
+
+    profile: ProfileName = "test"
+    erp_url: str = "sqlite:///var/erp.sqlite"
+    state_url: str = "sqlite:///var/state.sqlite"
+    business_date: date | None = Field(default=None, description="fixes 'today' (tests, replays)")
+    portal: PortalSettings = Field(default_factory=PortalSettings)
+    licences: Licences = Field(default_factory=Licences)
+    sepa: SepaSettings = Field(default_factory=SepaSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        profile = os.environ.get("HAUSFLOW_PROFILE", "test")
+        toml_file = PROFILE_DIR / f"{profile}.toml"
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+        return (init_settings, env_settings, toml, file_secret_settings)
+
+
+def load_settings(profile: str | None = None, **overrides: Any) -> HausflowSettings:
+    """Load the settings of ``profile`` (default: ``HAUSFLOW_PROFILE`` or ``test``).
+
+    Args:
+        profile: ``production``, ``test`` or ``demo``; selects ``config/profiles/<profile>.toml``.
+        overrides: values that win over environment and file (used by flows and tests).
+
+    Raises:
+        FileNotFoundError: the profile has no TOML file.
+    """
+    name = profile or os.environ.get("HAUSFLOW_PROFILE", "test")
+    path = PROFILE_DIR / f"{name}.toml"
+    if not path.exists():
+        raise FileNotFoundError(f"unknown profile {name!r}: {path.name} is missing in config/profiles")
+    previous = os.environ.get("HAUSFLOW_PROFILE")
+    os.environ["HAUSFLOW_PROFILE"] = name
+    try:
+        return HausflowSettings(profile=name, **overrides)
+    finally:
+        if previous is None:
+            os.environ.pop("HAUSFLOW_PROFILE", None)
+        else:
+            os.environ["HAUSFLOW_PROFILE"] = previous
