@@ -115,7 +115,7 @@ def load_settings(profile: str | None = None, **overrides: Any) -> HausflowSetti
     previous = os.environ.get("HAUSFLOW_PROFILE")
     os.environ["HAUSFLOW_PROFILE"] = name
     try:
-        return HausflowSettings(profile=name, **overrides)
+        return HausflowSettings(profile=name, **overrides)  # type: ignore[arg-type]
     finally:
         if previous is None:
             os.environ.pop("HAUSFLOW_PROFILE", None)

@@ -1,0 +1,32 @@
+"""Tenant-portal (casavi manager API v2) connector."""
+
+from connectors.portal.client import PortalApi, PortalClient, WriteOp, WriteResult
+from connectors.portal.errors import (
+    PortalApiError,
+    PortalAuthError,
+    PortalConflictError,
+    PortalError,
+    PortalNotFoundError,
+    PortalRetriableError,
+    PortalTransportError,
+    PortalValidationError,
+)
+from connectors.portal.streams import STREAMS, PortalStream, payload_hash
+
+__all__ = [
+    "STREAMS",
+    "PortalApi",
+    "PortalApiError",
+    "PortalAuthError",
+    "PortalClient",
+    "PortalConflictError",
+    "PortalError",
+    "PortalNotFoundError",
+    "PortalRetriableError",
+    "PortalStream",
+    "PortalTransportError",
+    "PortalValidationError",
+    "WriteOp",
+    "WriteResult",
+    "payload_hash",
+]

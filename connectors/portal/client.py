@@ -1,0 +1,377 @@
+"""``PortalClient``: the tenant-portal API over httpx.
+
+Contract: reads are paged (``list`` + ``_links.next``); writes are upserts by reference id,
+archives and anonymisations, sent concurrently (bounded by ``concurrency`` and the rate limit).
+Retriable failures (408, 429 with ``Retry-After``, 5xx, timeouts, dropped connections) are retried
+with exponential backoff up to ``max_retries``. Before retrying a write whose outcome is
+ambiguous (the connection dropped after sending, 500/502/504), the record is read back: if the
+partner already holds exactly what we sent, the write counts as confirmed and is not sent again.
+That is how a write reaches the partner once, not twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from connectors.portal.auth import PortalTokenAuth
+from connectors.portal.errors import (
+    PortalApiError,
+    PortalError,
+    PortalNotFoundError,
+    PortalRetriableError,
+    PortalTransportError,
+    error_from_response,
+)
+from connectors.portal.streams import STREAMS, PortalStream, payload_hash
+
+AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """One write: ``upsert`` (payload required), ``archive`` or ``anonymize``."""
+
+    entity: str
+    op: str
+    ref_id: str
+    payload: dict[str, Any] | None = None
+    payload_hash: str | None = None
+
+
+@dataclass
+class WriteResult:
+    """Outcome of one write as the partner confirmed it (or the error that stopped it)."""
+
+    op: WriteOp
+    ok: bool
+    created: bool = False
+    internal_id: str | None = None
+    verified_by_read: bool = False
+    error: str | None = None
+    error_status: int | None = None
+    retriable: bool = False
+    attempts: int = 0
+
+
+@dataclass
+class ClientStats:
+    """Counters of one client, for logs and tests."""
+
+    requests: int = 0
+    retries: int = 0
+    verified_by_read: int = 0
+    reauthentications: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class PortalApi(Protocol):
+    """What hausflow needs of a tenant portal; ``PortalClient`` is the real implementation."""
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]: ...
+
+    def read_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]: ...
+
+    def list_records(
+        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+    ) -> list[dict[str, Any]]: ...
+
+
+class _RateLimiter:
+    """At most ``rate`` requests per second across the client's concurrent requests."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class PortalClient:
+    """The portal API client. Build it inside the task that uses it, from plain settings.
+
+    Args:
+        base_url: e.g. ``https://api.mycasavi.com`` or the sandbox's loopback URL.
+        key, secret: API credentials (plain strings here; they come from ``SecretStr`` settings).
+        concurrency: requests in flight at once.
+        rate_limit_per_s: upper bound of requests per second, ``None`` for none.
+        max_retries: retries per request for retriable failures.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        secret: str,
+        *,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        concurrency: int = 16,
+        rate_limit_per_s: float | None = None,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 20.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._auth = PortalTokenAuth(self.base_url, key, secret)
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._concurrency = max(1, concurrency)
+        self._rate = rate_limit_per_s
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base_s
+        self._backoff_max = backoff_max_s
+        self._transport = transport
+        self.stats = ClientStats()
+
+    @classmethod
+    def from_settings(cls, portal: Any) -> PortalClient:
+        """Build a client from ``config.settings.PortalSettings``."""
+        return cls(
+            portal.base_url,
+            portal.api_key.get_secret_value(),
+            portal.api_secret.get_secret_value(),
+            timeout_s=portal.timeout_s,
+            connect_timeout_s=portal.connect_timeout_s,
+            concurrency=portal.concurrency,
+            rate_limit_per_s=portal.rate_limit_per_s,
+            max_retries=portal.max_retries,
+            backoff_base_s=portal.backoff_base_s,
+            backoff_max_s=portal.backoff_max_s,
+        )
+
+    # ---- public, synchronous surface ---------------------------------------------------------
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """Send ``ops`` concurrently; one result per op, in order. Never raises for a single op."""
+        return asyncio.run(self._write_many(ops))
+
+    def read_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Read records by reference id (``None`` for unknown ones)."""
+        return asyncio.run(self._read_many(entity, ref_ids))
+
+    def list_records(
+        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every record of a collection, following ``_links.next`` page by page."""
+        return asyncio.run(self._list(entity, modified_after, include_archived))
+
+    def authenticate(self) -> None:
+        """Fetch a token now (fails fast with ``PortalAuthError`` on bad credentials)."""
+
+        async def run() -> None:
+            async with self._client() as client:
+                await self._request(
+                    client, _RateLimiter(self._rate), "GET", "/v2/properties", params={"pageSize": 1}
+                )
+
+        asyncio.run(run())
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=self._auth,
+            timeout=self._timeout,
+            limits=limits,
+            transport=self._transport,
+            headers={"Accept": "application/json", "User-Agent": "hausflow/0.1"},
+        )
+
+    def _backoff(self, attempt: int, error: PortalError) -> float:
+        if isinstance(error, PortalRetriableError) and error.retry_after_s is not None:
+            return min(error.retry_after_s, self._backoff_max)
+        delay = self._backoff_base * (2**attempt)
+        return min(delay, self._backoff_max) * (0.5 + random.random() / 2)
+
+    async def _request(
+        self,
+        client: httpx.AsyncClient,
+        limiter: _RateLimiter,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        verify: Callable[[], Awaitable[bool]] | None = None,
+        attempts_out: list[int] | None = None,
+    ) -> httpx.Response | None:
+        """One request with bounded retries. Returns ``None`` when ``verify`` proved it was applied."""
+        attempt = 0
+        while True:
+            await limiter.wait()
+            self.stats.requests += 1
+            ambiguous = False
+            try:
+                response = await client.request(method, path, json=json, params=params)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                error: PortalError = PortalTransportError(
+                    f"{method} {path}: no connection ({type(exc).__name__})"
+                )
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                error = PortalTransportError(f"{method} {path}: {type(exc).__name__}, answer lost")
+                ambiguous = True
+            else:
+                self.stats.by_status[response.status_code] = (
+                    self.stats.by_status.get(response.status_code, 0) + 1
+                )
+                if response.status_code < 400:
+                    if attempts_out is not None:
+                        attempts_out.append(attempt + 1)
+                    return response
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = response.text
+                error = error_from_response(
+                    response.status_code, body, path, response.headers.get("Retry-After")
+                )
+                if not error.retriable:
+                    raise error
+                ambiguous = response.status_code in AMBIGUOUS_STATUSES
+            if attempts_out is not None:
+                attempts_out.append(attempt + 1)
+            if ambiguous and verify is not None:
+                try:
+                    if await verify():
+                        self.stats.verified_by_read += 1
+                        return None
+                except PortalError:
+                    pass  # cannot tell: fall through to a normal retry
+            if attempt >= self._max_retries:
+                raise error
+            attempt += 1
+            self.stats.retries += 1
+            await asyncio.sleep(self._backoff(attempt, error))
+
+    async def _get_one(
+        self, client: httpx.AsyncClient, limiter: _RateLimiter, stream: PortalStream, ref_id: str
+    ) -> dict[str, Any] | None:
+        try:
+            response = await self._request(client, limiter, "GET", stream.item_path(ref_id))
+        except PortalNotFoundError:
+            return None
+        assert response is not None
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def _applied(self, client: httpx.AsyncClient, limiter: _RateLimiter, op: WriteOp) -> bool:
+        """Whether the partner already holds the result of ``op`` (read-back check)."""
+        stream = STREAMS[op.entity]
+        record = await self._get_one(client, limiter, stream, op.ref_id)
+        if record is None:
+            return False
+        if op.op == "upsert":
+            expected = op.payload_hash or payload_hash(stream, op.payload or {})
+            return payload_hash(stream, record) == expected and not record.get("archived", False)
+        if op.op == "archive":
+            return bool(record.get("archived"))
+        if op.op == "anonymize":
+            return bool(record.get("anonymised"))
+        return False
+
+    async def _write_one(self, client: httpx.AsyncClient, limiter: _RateLimiter, op: WriteOp) -> WriteResult:
+        stream = STREAMS[op.entity]
+        path = stream.item_path(op.ref_id)
+        attempts: list[int] = []
+
+        async def verify() -> bool:
+            return await self._applied(client, limiter, op)
+
+        try:
+            if op.op == "upsert":
+                body = op.payload or {}
+                if not stream.archivable:  # sub-resource: the id is in the path
+                    body = {k: v for k, v in body.items() if k != "id"}
+                response = await self._request(
+                    client, limiter, "PUT", path, json=body, verify=verify, attempts_out=attempts
+                )
+            elif op.op in ("archive", "anonymize"):
+                response = await self._request(
+                    client, limiter, "POST", f"{path}/{op.op}", verify=verify, attempts_out=attempts
+                )
+            else:
+                raise ValueError(f"unknown write op {op.op!r}")
+        except PortalApiError as exc:
+            return WriteResult(
+                op,
+                False,
+                error=exc.describe(),
+                error_status=exc.status,
+                retriable=exc.retriable,
+                attempts=len(attempts),
+            )
+        except PortalError as exc:
+            return WriteResult(op, False, error=str(exc), retriable=exc.retriable, attempts=len(attempts))
+        if response is None:
+            return WriteResult(op, True, verified_by_read=True, attempts=len(attempts))
+        internal_id = None
+        if response.content:
+            try:
+                internal = response.json().get("internalId")
+                internal_id = None if internal is None else str(internal)
+            except (ValueError, AttributeError):
+                internal_id = None
+        return WriteResult(
+            op, True, created=response.status_code == 201, internal_id=internal_id, attempts=len(attempts)
+        )
+
+    async def _write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        limiter = _RateLimiter(self._rate)
+        semaphore = asyncio.Semaphore(self._concurrency)
+        async with self._client() as client:
+
+            async def run(op: WriteOp) -> WriteResult:
+                async with semaphore:
+                    return await self._write_one(client, limiter, op)
+
+            return list(await asyncio.gather(*(run(op) for op in ops)))
+
+    async def _read_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        stream = STREAMS[entity]
+        limiter = _RateLimiter(self._rate)
+        semaphore = asyncio.Semaphore(self._concurrency)
+        async with self._client() as client:
+
+            async def run(ref_id: str) -> tuple[str, dict[str, Any] | None]:
+                async with semaphore:
+                    return ref_id, await self._get_one(client, limiter, stream, ref_id)
+
+            return dict(await asyncio.gather(*(run(r) for r in ref_ids)))
+
+    async def _list(
+        self, entity: str, modified_after: str | None, include_archived: bool
+    ) -> list[dict[str, Any]]:
+        stream = STREAMS[entity]
+        limiter = _RateLimiter(self._rate)
+        params: dict[str, Any] | None = {"pageSize": 1000, "page": 1}
+        if modified_after and params is not None:
+            params["modifiedAfter"] = modified_after
+        if include_archived and params is not None:
+            params["includeArchived"] = "true"
+        out: list[dict[str, Any]] = []
+        url: str | None = stream.path
+        async with self._client() as client:
+            while url:
+                response = await self._request(client, limiter, "GET", url, params=params)
+                assert response is not None
+                data = response.json()
+                out.extend(data.get("list", []))
+                url = (data.get("_links") or {}).get("next")
+                params = None  # the next link carries its own query
+        return out

@@ -1,0 +1,72 @@
+"""One class per portal endpoint (Singer-style): name, path, primary key, writable fields."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PortalStream:
+    """An entity of the portal API.
+
+    ``fields`` are the keys hausflow writes; a record read back from the partner is compared on
+    these keys only (the partner adds read-only fields such as ``internalId``).
+    """
+
+    name: str
+    path: str
+    fields: tuple[str, ...]
+    primary_key: str = "id"
+    archivable: bool = True
+
+    def item_path(self, ref_id: str) -> str:
+        """Path of one record."""
+        return self.path.format(id=ref_id) if "{id}" in self.path else f"{self.path}/{ref_id}"
+
+    def project(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The writable part of a record, for comparing what the partner holds with what we send."""
+        return {k: record.get(k) for k in self.fields}
+
+
+PROPERTIES = PortalStream("properties", "/v2/properties", ("id", "name", "addresses", "customFields"))
+UNITS = PortalStream("units", "/v2/units", ("id", "propertyId", "name", "type", "floor", "customFields"))
+CONTACTS = PortalStream(
+    "contacts",
+    "/v2/contacts",
+    (
+        "id",
+        "salutation",
+        "title",
+        "firstName",
+        "lastName",
+        "companyName",
+        "email",
+        "telephone",
+        "mobile",
+        "street",
+        "postalCode",
+        "city",
+        "country",
+        "portalUser",
+        "customFields",
+        "contracts",
+    ),
+)
+RESPONSIBILITIES = PortalStream(
+    "responsibilities", "/v2/properties/{id}/responsibilities", ("responsibilities",), archivable=False
+)
+
+STREAMS: dict[str, PortalStream] = {s.name: s for s in (PROPERTIES, UNITS, CONTACTS, RESPONSIBILITIES)}
+
+
+def canonical_json(payload: dict[str, Any]) -> str:
+    """Deterministic JSON (sorted keys, no spaces) used for hashing and comparison."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def payload_hash(stream: PortalStream, payload: dict[str, Any]) -> str:
+    """SHA-256 of the writable part of ``payload``: equal hash, equal content at the partner."""
+    return hashlib.sha256(canonical_json(stream.project(payload)).encode()).hexdigest()

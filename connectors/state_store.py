@@ -1,0 +1,463 @@
+"""The state store: what each partner last confirmed, what is in flight, quarantine and protocol.
+
+Why a store of our own: the partner is the only witness of what arrived, and a run may die at any
+point. So each write is first recorded as *pending*, and the confirmed state advances only for
+what the partner acknowledged. A later run verifies pending entries against the partner before it
+plans anything, so a crash neither loses a change nor sends it twice.
+
+SQLite by default, PostgreSQL (or Oracle) for real; portable SQLAlchemy Core only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from connectors.erp.database import make_engine
+
+state_metadata = MetaData()
+
+sync_state = Table(
+    "sync_state",
+    state_metadata,
+    Column("target", String(20), primary_key=True),
+    Column("entity", String(30), primary_key=True),
+    Column("ref_id", String(60), primary_key=True),
+    Column("payload_hash", String(64)),
+    Column("status", String(12), nullable=False),  # active, archived, anonymised
+    Column("partner_internal_id", String(40)),
+    Column("confirmed_at", DateTime(timezone=True), nullable=False),
+    Column("run_id", String(40)),
+)
+
+sync_pending = Table(
+    "sync_pending",
+    state_metadata,
+    Column("target", String(20), primary_key=True),
+    Column("entity", String(30), primary_key=True),
+    Column("ref_id", String(60), primary_key=True),
+    Column("op", String(12), nullable=False),  # upsert, archive, anonymize
+    Column("payload_hash", String(64)),
+    Column("run_id", String(40)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+quarantine = Table(
+    "quarantine",
+    state_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(20), nullable=False),
+    Column("entity", String(30), nullable=False),
+    Column("ref_id", String(60), nullable=False),
+    Column("rule", String(120), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("record_json", Text),
+    Column("run_id", String(40)),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    UniqueConstraint("target", "entity", "ref_id", "rule", name="uq_quarantine_record_rule"),
+    Index("ix_quarantine_open", "target", "resolved_at"),
+)
+
+sync_runs = Table(
+    "sync_runs",
+    state_metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("flow", String(40), nullable=False),
+    Column("target", String(20), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(20), nullable=False),
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("summary_json", Text),
+)
+
+protocol = Table(
+    "protocol",
+    state_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("entity", String(30), nullable=False),
+    Column("ref_id", String(60), nullable=False),
+    Column(
+        "outcome", String(20), nullable=False
+    ),  # created updated archived anonymised skipped quarantined failed
+    Column("reason", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_protocol_run", "run_id", "outcome"),
+)
+
+_IN_CHUNK = 500  # stays below Oracle's 1000-element IN-list limit
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC (the only clock the store uses)."""
+    return datetime.now(UTC)
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """What the partner last confirmed for one record."""
+
+    payload_hash: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A write that was sent (or about to be) but not yet confirmed."""
+
+    entity: str
+    ref_id: str
+    op: str
+    payload_hash: str | None
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The partner's acknowledgement of one write."""
+
+    entity: str
+    ref_id: str
+    op: str
+    payload_hash: str | None
+    partner_internal_id: str | None = None
+
+
+@dataclass(frozen=True)
+class QuarantineItem:
+    """A record held back, with the rule it broke and a reason a person can act on."""
+
+    entity: str
+    ref_id: str
+    rule: str
+    reason: str
+    record: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ProtocolRow:
+    """One line of a run's protocol."""
+
+    entity: str
+    ref_id: str
+    outcome: str
+    reason: str | None = None
+
+
+STATUS_BY_OP = {"upsert": "active", "archive": "archived", "anonymize": "anonymised"}
+
+
+class StateStore:
+    """Access to the state database; build one inside each task from the URL (plain data in)."""
+
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        state_metadata.create_all(self.engine)
+
+    # ---- confirmed state -------------------------------------------------------------------
+    def load_state(self, target: str, entity: str) -> dict[str, StateEntry]:
+        """All confirmed entries of one entity (streamed; one small tuple per record)."""
+        query = select(sync_state.c.ref_id, sync_state.c.payload_hash, sync_state.c.status).where(
+            and_(sync_state.c.target == target, sync_state.c.entity == entity)
+        )
+        out: dict[str, StateEntry] = {}
+        with self.engine.connect().execution_options(stream_results=True) as conn:
+            for ref_id, payload_hash, status in conn.execute(query):
+                out[ref_id] = StateEntry(payload_hash, status)
+        return out
+
+    def confirm(self, target: str, confirmations: Sequence[Confirmation], run_id: str | None) -> None:
+        """Advance the confirmed state and drop the matching pending entries, in one transaction."""
+        if not confirmations:
+            return
+        now = utcnow()
+        by_entity: dict[str, list[Confirmation]] = {}
+        for c in confirmations:
+            by_entity.setdefault(c.entity, []).append(c)
+        with self.engine.begin() as conn:
+            for entity, items in by_entity.items():
+                ids = [c.ref_id for c in items]
+                for part in _chunks(ids):
+                    conn.execute(
+                        delete(sync_state).where(
+                            and_(
+                                sync_state.c.target == target,
+                                sync_state.c.entity == entity,
+                                sync_state.c.ref_id.in_(part),
+                            )
+                        )
+                    )
+                    conn.execute(
+                        delete(sync_pending).where(
+                            and_(
+                                sync_pending.c.target == target,
+                                sync_pending.c.entity == entity,
+                                sync_pending.c.ref_id.in_(part),
+                            )
+                        )
+                    )
+                conn.execute(
+                    insert(sync_state),
+                    [
+                        {
+                            "target": target,
+                            "entity": entity,
+                            "ref_id": c.ref_id,
+                            "payload_hash": c.payload_hash,
+                            "status": STATUS_BY_OP[c.op],
+                            "partner_internal_id": c.partner_internal_id,
+                            "confirmed_at": now,
+                            "run_id": run_id,
+                        }
+                        for c in items
+                    ],
+                )
+
+    # ---- pending writes --------------------------------------------------------------------
+    def mark_pending(self, target: str, writes: Sequence[PendingWrite]) -> None:
+        """Record writes about to be sent (replacing older pending entries of the same records)."""
+        if not writes:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            by_entity: dict[str, list[PendingWrite]] = {}
+            for w in writes:
+                by_entity.setdefault(w.entity, []).append(w)
+            for entity, items in by_entity.items():
+                for part in _chunks([w.ref_id for w in items]):
+                    conn.execute(
+                        delete(sync_pending).where(
+                            and_(
+                                sync_pending.c.target == target,
+                                sync_pending.c.entity == entity,
+                                sync_pending.c.ref_id.in_(part),
+                            )
+                        )
+                    )
+            conn.execute(
+                insert(sync_pending),
+                [
+                    {
+                        "target": target,
+                        "entity": w.entity,
+                        "ref_id": w.ref_id,
+                        "op": w.op,
+                        "payload_hash": w.payload_hash,
+                        "run_id": w.run_id,
+                        "created_at": now,
+                    }
+                    for w in writes
+                ],
+            )
+
+    def load_pending(self, target: str) -> list[PendingWrite]:
+        """Writes of earlier runs that were never confirmed (the run died or gave up)."""
+        query = select(
+            sync_pending.c.entity,
+            sync_pending.c.ref_id,
+            sync_pending.c.op,
+            sync_pending.c.payload_hash,
+            sync_pending.c.run_id,
+        ).where(sync_pending.c.target == target)
+        with self.engine.connect() as conn:
+            return [PendingWrite(*row) for row in conn.execute(query)]
+
+    def clear_pending(self, target: str, entity: str, ref_ids: Sequence[str]) -> None:
+        """Forget pending writes that definitely did not happen (the partner refused them)."""
+        with self.engine.begin() as conn:
+            for part in _chunks(list(ref_ids)):
+                conn.execute(
+                    delete(sync_pending).where(
+                        and_(
+                            sync_pending.c.target == target,
+                            sync_pending.c.entity == entity,
+                            sync_pending.c.ref_id.in_(part),
+                        )
+                    )
+                )
+
+    # ---- quarantine ------------------------------------------------------------------------
+    def quarantine(self, target: str, items: Sequence[QuarantineItem], run_id: str | None) -> None:
+        """Put records into quarantine, or refresh ``last_seen`` if they are there for the same rule."""
+        if not items:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            existing: set[tuple[str, str, str]] = set()
+            by_entity: dict[str, list[QuarantineItem]] = {}
+            for item in items:
+                by_entity.setdefault(item.entity, []).append(item)
+            for entity, group in by_entity.items():
+                for part in _chunks(sorted({i.ref_id for i in group})):
+                    rows = conn.execute(
+                        select(quarantine.c.entity, quarantine.c.ref_id, quarantine.c.rule).where(
+                            and_(
+                                quarantine.c.target == target,
+                                quarantine.c.entity == entity,
+                                quarantine.c.ref_id.in_(part),
+                            )
+                        )
+                    )
+                    existing.update((e, r, ru) for e, r, ru in rows)
+            new_rows = []
+            for item in items:
+                key = (item.entity, item.ref_id, item.rule)
+                if key in existing:
+                    conn.execute(
+                        update(quarantine)
+                        .where(
+                            and_(
+                                quarantine.c.target == target,
+                                quarantine.c.entity == item.entity,
+                                quarantine.c.ref_id == item.ref_id,
+                                quarantine.c.rule == item.rule,
+                            )
+                        )
+                        .values(last_seen=now, resolved_at=None, reason=item.reason, run_id=run_id)
+                    )
+                else:
+                    existing.add(key)
+                    new_rows.append(
+                        {
+                            "target": target,
+                            "entity": item.entity,
+                            "ref_id": item.ref_id,
+                            "rule": item.rule,
+                            "reason": item.reason,
+                            "record_json": json.dumps(item.record, default=str) if item.record else None,
+                            "run_id": run_id,
+                            "first_seen": now,
+                            "last_seen": now,
+                        }
+                    )
+            if new_rows:
+                conn.execute(insert(quarantine), new_rows)
+
+    def resolve_quarantine(self, target: str, still_failing: Iterable[tuple[str, str]]) -> int:
+        """Mark open quarantine entries resolved unless (entity, ref_id) is still failing.
+
+        Returns the number of entries resolved.
+        """
+        failing = set(still_failing)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(quarantine.c.id, quarantine.c.entity, quarantine.c.ref_id).where(
+                    and_(quarantine.c.target == target, quarantine.c.resolved_at.is_(None))
+                )
+            ).all()
+            ids = [row.id for row in rows if (row.entity, row.ref_id) not in failing]
+            for part in _chunks(ids):
+                conn.execute(update(quarantine).where(quarantine.c.id.in_(part)).values(resolved_at=now))
+        return len(ids)
+
+    def open_quarantine(self, target: str) -> list[dict[str, Any]]:
+        """Open quarantine entries, oldest first."""
+        query = (
+            select(quarantine)
+            .where(and_(quarantine.c.target == target, quarantine.c.resolved_at.is_(None)))
+            .order_by(quarantine.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    # ---- runs and protocol -----------------------------------------------------------------
+    def start_run(self, run_id: str, flow: str, target: str, dry_run: bool) -> None:
+        """Record the start of a run (a re-used run id, e.g. a retried flow run, is restarted)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(sync_runs).where(sync_runs.c.run_id == run_id))
+            conn.execute(
+                insert(sync_runs).values(
+                    run_id=run_id,
+                    flow=flow,
+                    target=target,
+                    started_at=utcnow(),
+                    status="RUNNING",
+                    dry_run=dry_run,
+                )
+            )
+
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
+        """Record the end of a run with its summary."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sync_runs)
+                .where(sync_runs.c.run_id == run_id)
+                .values(finished_at=utcnow(), status=status, summary_json=json.dumps(summary, default=str))
+            )
+
+    def add_protocol(self, run_id: str, rows: Sequence[ProtocolRow]) -> None:
+        """Append protocol lines of a run."""
+        if not rows:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(protocol),
+                [
+                    {
+                        "run_id": run_id,
+                        "entity": r.entity,
+                        "ref_id": r.ref_id,
+                        "outcome": r.outcome,
+                        "reason": r.reason,
+                        "at": now,
+                    }
+                    for r in rows
+                ],
+            )
+
+    def protocol_counts(self, run_id: str) -> dict[tuple[str, str], int]:
+        """Counts per (entity, outcome) of one run."""
+        query = (
+            select(protocol.c.entity, protocol.c.outcome, func.count())
+            .where(protocol.c.run_id == run_id)
+            .group_by(protocol.c.entity, protocol.c.outcome)
+        )
+        with self.engine.connect() as conn:
+            return {(e, o): n for e, o, n in conn.execute(query)}
+
+    def protocol_rows(
+        self, run_id: str, outcomes: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[ProtocolRow]:
+        """Protocol lines of one run, optionally of some outcomes only."""
+        query = select(protocol.c.entity, protocol.c.ref_id, protocol.c.outcome, protocol.c.reason).where(
+            protocol.c.run_id == run_id
+        )
+        if outcomes:
+            query = query.where(protocol.c.outcome.in_(list(outcomes)))
+        query = query.order_by(protocol.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [ProtocolRow(*row) for row in conn.execute(query)]
