@@ -1,0 +1,109 @@
+"""The tenant-portal sync: ERP master data -> casavi (objects, units, persons, owners, caretakers).
+
+extract -> rules -> validate -> plan (difference to the confirmed state) -> load per batch -> protocol
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from config.settings import load_settings
+from connectors.state_store import StateStore
+from tasks.portal_tasks import (
+    TARGET,
+    apply_portal_rules,
+    business_today,
+    extract_erp,
+    load_portal_batch,
+    plan_portal_changes,
+    record_portal_protocol,
+    recover_pending_writes,
+    validate_portal_records,
+)
+
+
+@flow(name="portal-sync", log_prints=False)
+def portal_sync(
+    objects: list[str] | None = None,
+    entities: list[str] | None = None,
+    full_resync: bool = False,
+    dry_run: bool = False,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """Bring the tenant portal in line with the ERP.
+
+    Args:
+        objects: restrict this run to these object numbers (no archiving in such a partial run).
+        entities: restrict to some of properties, units, contacts, responsibilities.
+        full_resync: send every record again, even if unchanged since the last confirmation.
+        dry_run: compute and show the plan (protocol artifact), send nothing.
+        profile: settings profile (production, test, demo); default ``HAUSFLOW_PROFILE``.
+
+    Returns:
+        A summary: planned, confirmed, failed, skipped, quarantined, unchanged, counts per outcome.
+    """
+    logger = get_run_logger()
+    settings = load_settings(profile)
+    if not settings.portal.enabled:
+        logger.warning(
+            "The portal interface is switched off in profile %r (portal.enabled = false): nothing is read or sent. "
+            "Switch it on in config/profiles/%s.toml or with HAUSFLOW_PORTAL__ENABLED=true.",
+            settings.profile,
+            settings.profile,
+        )
+        return {"status": "disabled", "profile": settings.profile}
+    run_id = str(flow_run.get_id() or "local")
+    store = StateStore(settings.state_url)
+    store.start_run(run_id, "portal-sync", TARGET, dry_run)
+    today = business_today(settings)
+    logger.info(
+        "Portal sync (profile %s) to %s; the ERP is the master: portal-side edits of master data are overwritten.",
+        settings.profile,
+        settings.portal.base_url,
+    )
+    try:
+        if not dry_run:
+            recover_pending_writes(settings, run_id)
+        frames = extract_erp(settings)
+        desired, _released = apply_portal_rules(settings, frames, objects, today)
+        del frames
+        quarantined = validate_portal_records(settings, desired, run_id)
+        plan, resp_skips = plan_portal_changes(
+            settings, desired, quarantined, entities, full_resync, bool(objects)
+        )
+        outcomes = []
+        if dry_run:
+            logger.info("Dry run: %d writes planned, nothing sent.", len(plan.writes))
+        else:
+            for batch in plan.batches(settings.portal.batch_size):
+                outcomes.append(load_portal_batch(settings, run_id, batch))
+        summary = record_portal_protocol(
+            settings, run_id, plan, desired.skipped + resp_skips, quarantined, outcomes, dry_run
+        )
+    except Exception:
+        store.finish_run(run_id, "FAILED", {})
+        raise
+    logger.info(
+        "Portal sync done: %d writes confirmed, %d failed, %d unchanged, %d skipped with a reason, %d quarantined.",
+        summary["confirmed"],
+        summary["failed"],
+        summary["unchanged"],
+        summary["skipped"],
+        summary["quarantined"],
+    )
+    if summary["failed"]:
+        raise RuntimeError(
+            f"{summary['failed']} portal writes failed (see the protocol artifact); the next run retries them."
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    result = portal_sync(dry_run="--dry-run" in sys.argv, full_resync="--full-resync" in sys.argv)
+    print(json.dumps(result, default=str))

@@ -1,0 +1,438 @@
+"""Prefect tasks of the portal sync: thin wrappers that call connectors and the pure rules.
+
+Tasks receive plain data (profile name, run id, plain records) and build their clients inside,
+one task per batch, never per row. Large inputs are not hashed for caching (``NO_CACHE``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from config.settings import HausflowSettings
+from connectors.erp.database import make_engine
+from connectors.erp.extract import extract_portal_frames
+from connectors.portal import PortalClient, WriteOp
+from connectors.state_store import (
+    Confirmation,
+    PendingWrite,
+    ProtocolRow,
+    QuarantineItem,
+    StateEntry,
+    StateStore,
+)
+from tasks.portal_plan import ENTITIES, Plan, PlannedWrite, held_records, plan_changes
+from tasks.portal_rules import (
+    ContactRules,
+    DesiredState,
+    Skip,
+    build_desired_state,
+    build_responsibilities,
+    released_objects,
+)
+from tasks.validation import validate_records
+
+TARGET = "portal"
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def business_today(settings: HausflowSettings) -> date:
+    """Today in Europe/Berlin, or the configured business date (replays, tests)."""
+    return settings.business_date or datetime.now(BERLIN).date()
+
+
+def contact_rules(settings: HausflowSettings) -> ContactRules:
+    """The contact rules' configuration taken from the settings."""
+    return ContactRules(
+        person_types=frozenset(settings.portal.person_types),
+        access_days_before_start=settings.portal.access_days_before_start,
+        archive_days_after_move_out=settings.portal.archive_days_after_move_out,
+        owner_licence=settings.licences.owner,
+        caretaker_licence=settings.licences.caretaker,
+    )
+
+
+@dataclass
+class BatchOutcome:
+    """What one load batch achieved."""
+
+    confirmed: int = 0
+    failed: int = 0
+    verified_by_read: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+@task(name="recover-pending-writes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def recover_pending_writes(settings: HausflowSettings, run_id: str) -> dict[str, int]:
+    """Settle writes an earlier run sent but never saw confirmed (it crashed or gave up).
+
+    Each pending write is read back from the portal: applied ones are confirmed without being
+    sent again; the others are forgotten and planned afresh. Returns counts for the log.
+    """
+    logger = get_run_logger()
+    store = StateStore(settings.state_url)
+    pending = store.load_pending(TARGET)
+    if not pending:
+        return {"pending": 0, "confirmed": 0, "dropped": 0}
+    client = PortalClient.from_settings(settings.portal)
+    confirmed: list[Confirmation] = []
+    dropped: dict[str, list[str]] = {}
+    by_entity: dict[str, list[PendingWrite]] = {}
+    for p in pending:
+        by_entity.setdefault(p.entity, []).append(p)
+    from connectors.portal.streams import STREAMS, payload_hash
+
+    for entity, items in by_entity.items():
+        records = client.read_many(entity, [p.ref_id for p in items])
+        for p in items:
+            record = records.get(p.ref_id)
+            applied = False
+            if record is not None:
+                if p.op == "upsert":
+                    applied = payload_hash(STREAMS[entity], record) == p.payload_hash and not record.get(
+                        "archived", False
+                    )
+                elif p.op == "archive":
+                    applied = bool(record.get("archived"))
+                elif p.op == "anonymize":
+                    applied = bool(record.get("anonymised"))
+            if applied:
+                confirmed.append(
+                    Confirmation(
+                        entity,
+                        p.ref_id,
+                        p.op,
+                        p.payload_hash,
+                        str(record.get("internalId")) if record else None,
+                    )
+                )
+            else:
+                dropped.setdefault(entity, []).append(p.ref_id)
+    store.confirm(TARGET, confirmed, run_id)
+    for entity, ids in dropped.items():
+        store.clear_pending(TARGET, entity, ids)
+    n_dropped = sum(len(v) for v in dropped.values())
+    logger.info(
+        "Found %d unconfirmed writes of an interrupted run: %d had reached the portal and are now confirmed "
+        "(not sent again), %d had not and will be planned again.",
+        len(pending),
+        len(confirmed),
+        n_dropped,
+    )
+    return {"pending": len(pending), "confirmed": len(confirmed), "dropped": n_dropped}
+
+
+@task(name="extract-erp", cache_policy=NO_CACHE)
+def extract_erp(settings: HausflowSettings) -> dict[str, pd.DataFrame]:
+    """Read objects, units, persons, contracts, partners and caretakers from the ERP (chunked)."""
+    logger = get_run_logger()
+    engine = make_engine(settings.erp_url)
+    try:
+        frames = extract_portal_frames(engine)
+    finally:
+        engine.dispose()
+    logger.info("Read the ERP: %s.", ", ".join(f"{len(df):,} {name}" for name, df in frames.items()))
+    return frames
+
+
+@task(name="apply-portal-rules", cache_policy=NO_CACHE)
+def apply_portal_rules(
+    settings: HausflowSettings, frames: dict[str, pd.DataFrame], objects: list[str] | None, today: date
+) -> tuple[DesiredState, set[str]]:
+    """Build the desired portal state; ``objects`` narrows the released objects for this run."""
+    logger = get_run_logger()
+    released = released_objects(
+        frames["objects"]["object_no"],
+        frames["object_groups"],
+        settings.portal.object_range,
+        settings.portal.object_group,
+    )
+    if objects:
+        unknown = sorted(set(objects) - released)
+        if unknown:
+            logger.warning(
+                "Objects %s are not released for the portal (object range/group) and are left out.", unknown
+            )
+        released &= set(objects)
+    desired = build_desired_state(
+        released=released,
+        objects=frames["objects"],
+        units=frames["units"],
+        persons=frames["persons"],
+        contracts=frames["contracts"],
+        partners=frames["partners"],
+        caretakers=frames["caretakers"],
+        rules=contact_rules(settings),
+        today=today,
+    )
+    logger.info(
+        "Portal rules on %s (business date): %d released objects, %d units, %d contacts to hold, %d waiting for "
+        "their access date, %d to withdraw, %d anonymised in the ERP. Owner licence %s, caretaker licence %s.",
+        f"{today:%d.%m.%Y}",
+        len(desired.records["properties"]),
+        len(desired.records["units"]),
+        len(desired.records["contacts"]),
+        len(desired.skipped),
+        len(desired.withdraw_reasons),
+        len(desired.anonymise),
+        "on" if settings.licences.owner else "off",
+        "on" if settings.licences.caretaker else "off",
+    )
+    return desired, released
+
+
+@task(name="validate-portal-records", cache_policy=NO_CACHE)
+def validate_portal_records(settings: HausflowSettings, desired: DesiredState, run_id: str) -> list[Skip]:
+    """Validate with the GX suites; quarantine failing records (the rest goes on)."""
+    logger = get_run_logger()
+    failures: list[Skip] = []
+    for entity in ("properties", "units", "contacts"):
+        failures.extend(validate_records(entity, desired.records.get(entity, {})))
+    failed_ids = {(f.entity, f.ref_id) for f in failures}
+    # units of a quarantined property and contacts pointing at held units cannot go either
+    held_props = {rid for ent, rid in failed_ids if ent == "properties"}
+    for unit_id, unit in desired.records.get("units", {}).items():
+        if unit["propertyId"] in held_props and ("units", unit_id) not in failed_ids:
+            failures.append(
+                Skip("units", unit_id, "parent_quarantined", f"object {unit['propertyId']} is in quarantine")
+            )
+    held_units = {f.ref_id for f in failures if f.entity == "units"}
+    for person_no, contact in desired.records.get("contacts", {}).items():
+        bad = [
+            c for c in contact["contracts"] if c["propertyId"] in held_props or (c["unitId"] in held_units)
+        ]
+        if bad and ("contacts", person_no) not in failed_ids:
+            failures.append(
+                Skip(
+                    "contacts",
+                    person_no,
+                    "parent_quarantined",
+                    f"contract in unit {bad[0]['unitId'] or bad[0]['propertyId']} which is in quarantine",
+                )
+            )
+    store = StateStore(settings.state_url)
+    store.quarantine(
+        TARGET,
+        [QuarantineItem(f.entity, f.ref_id, f.rule, f.reason, _safe_record(desired, f)) for f in failures],
+        run_id,
+    )
+    resolved = store.resolve_quarantine(TARGET, {(f.entity, f.ref_id) for f in failures})
+    for f in failures[:20]:
+        logger.warning("Quarantined %s %s: %s [%s]", f.entity[:-1], f.ref_id, f.reason, f.rule)
+    if len(failures) > 20:
+        logger.warning(
+            "... and %d more quarantined records (see the protocol artifact and the quarantine table).",
+            len(failures) - 20,
+        )
+    if resolved:
+        logger.info("%d records left the quarantine: they pass the checks now.", resolved)
+    return failures
+
+
+def _safe_record(desired: DesiredState, failure: Skip) -> dict[str, Any] | None:
+    """The failing record as stored in the quarantine (our own database, never a log)."""
+    return desired.records.get(failure.entity, {}).get(failure.ref_id)
+
+
+@task(name="plan-portal-changes", cache_policy=NO_CACHE)
+def plan_portal_changes(
+    settings: HausflowSettings,
+    desired: DesiredState,
+    quarantined: list[Skip],
+    entities: list[str] | None,
+    full_resync: bool,
+    partial: bool,
+) -> tuple[Plan, list[Skip]]:
+    """Compare the desired state with the confirmed state; returns the plan and extra skips."""
+    logger = get_run_logger()
+    store = StateStore(settings.state_url)
+    chosen = tuple(e for e in ENTITIES if not entities or e in entities)
+    held = held_records(quarantined)
+    sendable = {rid for rid in desired.records.get("contacts", {}) if ("contacts", rid) not in held}
+    responsibilities, resp_skips = build_responsibilities(desired, sendable)
+    records = dict(desired.records)
+    records["responsibilities"] = responsibilities
+    state: dict[str, dict[str, StateEntry]] = {entity: store.load_state(TARGET, entity) for entity in chosen}
+    plan = plan_changes(
+        records,
+        state,
+        held=held,
+        withdraw_reasons=desired.withdraw_reasons,
+        anonymise=desired.anonymise,
+        full_resync=full_resync,
+        allow_archive=not partial,
+        entities=chosen,
+    )
+    counts = plan.counts()
+    summary = "; ".join(
+        f"{entity}: "
+        + ", ".join(f"{n} {outcome}" for (ent, outcome), n in sorted(counts.items()) if ent == entity)
+        + f"{', ' if any(ent == entity for ent, _ in counts) else ''}{plan.unchanged.get(entity, 0)} unchanged"
+        for entity in chosen
+    )
+    logger.info("Plan: %s.", summary)
+    for note in plan.notes:
+        logger.info(note)
+    return plan, resp_skips
+
+
+@task(name="load-portal-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def load_portal_batch(
+    settings: HausflowSettings, run_id: str, writes: Sequence[PlannedWrite]
+) -> BatchOutcome:
+    """Send one batch: mark pending, write concurrently, confirm what the portal acknowledged.
+
+    The confirmed state advances only for acknowledged writes. Writes the portal refused (4xx)
+    are quarantined with its message; writes that ran out of retries stay pending and are read
+    back at the start of the next run.
+    """
+    logger = get_run_logger()
+    store = StateStore(settings.state_url)
+    store.mark_pending(
+        TARGET, [PendingWrite(w.entity, w.ref_id, w.op, w.payload_hash, run_id) for w in writes]
+    )
+    client = PortalClient.from_settings(settings.portal)
+    results = client.write_many(
+        [WriteOp(w.entity, w.op, w.ref_id, w.payload, w.payload_hash) for w in writes]
+    )
+    outcome = BatchOutcome()
+    confirmations: list[Confirmation] = []
+    protocol: list[ProtocolRow] = []
+    rejected: list[QuarantineItem] = []
+    for write, result in zip(writes, results, strict=True):
+        if result.ok:
+            outcome.confirmed += 1
+            outcome.verified_by_read += int(result.verified_by_read)
+            confirmations.append(
+                Confirmation(write.entity, write.ref_id, write.op, write.payload_hash, result.internal_id)
+            )
+            protocol.append(ProtocolRow(write.entity, write.ref_id, write.outcome, write.reason))
+            outcome.counts[write.outcome] = outcome.counts.get(write.outcome, 0) + 1
+        else:
+            outcome.failed += 1
+            outcome.counts["failed"] = outcome.counts.get("failed", 0) + 1
+            reason = result.error or "unknown error"
+            if result.retriable:
+                reason = (
+                    f"{reason} (gave up after {result.attempts} attempts; read back and retried next run)"
+                )
+            else:
+                rejected.append(
+                    QuarantineItem(write.entity, write.ref_id, "portal_rejected", reason, write.payload)
+                )
+            protocol.append(ProtocolRow(write.entity, write.ref_id, "failed", reason))
+            outcome.errors.append(f"{write.entity[:-1]} {write.ref_id}: {reason}")
+    store.confirm(TARGET, confirmations, run_id)
+    by_entity: dict[str, list[str]] = {}
+    for item in rejected:
+        by_entity.setdefault(item.entity, []).append(item.ref_id)
+    for entity, ids in by_entity.items():
+        store.clear_pending(TARGET, entity, ids)
+    store.quarantine(TARGET, rejected, run_id)
+    store.add_protocol(run_id, protocol)
+    entity = writes[0].entity if writes else "-"
+    logger.info(
+        "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s.",
+        len(writes),
+        entity,
+        writes[0].op if writes else "-",
+        outcome.confirmed,
+        outcome.failed,
+        client.stats.requests,
+        client.stats.retries,
+        f", {outcome.verified_by_read} confirmed by reading back" if outcome.verified_by_read else "",
+    )
+    for line in outcome.errors[:10]:
+        logger.warning("Not loaded: %s", line)
+    return outcome
+
+
+@task(name="record-portal-protocol", cache_policy=NO_CACHE)
+def record_portal_protocol(
+    settings: HausflowSettings,
+    run_id: str,
+    plan: Plan,
+    skips: list[Skip],
+    quarantined: list[Skip],
+    outcomes: list[BatchOutcome],
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Write skips to the protocol, publish the protocol table artifact, close the run record."""
+    store = StateStore(settings.state_url)
+    rows = [ProtocolRow(s.entity, s.ref_id, "skipped", s.reason) for s in skips]
+    rows += [ProtocolRow(q.entity, q.ref_id, "quarantined", f"{q.reason} [{q.rule}]") for q in quarantined]
+    store.add_protocol(run_id, rows)
+    if dry_run:
+        counts: dict[tuple[str, str], int] = {(e, f"planned {o}"): n for (e, o), n in plan.counts().items()}
+        for r in rows:
+            counts[(r.entity, r.outcome)] = counts.get((r.entity, r.outcome), 0) + 1
+    else:
+        counts = store.protocol_counts(run_id)
+    outcomes_seen = [
+        "created",
+        "updated",
+        "restored",
+        "archived",
+        "anonymised",
+        "skipped",
+        "quarantined",
+        "failed",
+    ]
+    if dry_run:
+        outcomes_seen = [f"planned {o}" for o in outcomes_seen[:5]] + outcomes_seen[5:]
+    table = []
+    for entity in ENTITIES:
+        row: dict[str, Any] = {"entity": entity}
+        for outcome in outcomes_seen:
+            row[outcome] = counts.get((entity, outcome), 0)
+        row["unchanged"] = plan.unchanged.get(entity, 0)
+        table.append(row)
+    create_table_artifact(
+        key="portal-sync-protocol",
+        table=table,
+        description=f"Portal sync {'dry run (nothing sent)' if dry_run else 'protocol'}: counts per entity and outcome.",
+    )
+    details = store.protocol_rows(run_id, ["skipped", "quarantined", "failed"], limit=50)
+    lines = ["| entity | record | outcome | reason |", "|---|---|---|---|"]
+    lines += [
+        f"| {d.entity} | {d.ref_id} | {d.outcome} | {(d.reason or '').replace('|', '/')} |" for d in details
+    ]
+    if dry_run:
+        lines += [
+            "",
+            "**Planned writes (first 50)**",
+            "",
+            "| entity | record | planned | reason |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {w.entity} | {w.ref_id} | {w.outcome} | {w.reason or ''} |" for w in plan.writes[:50]]
+    create_markdown_artifact(
+        key="portal-sync-details",
+        markdown="\n".join(lines),
+        description="First skipped, quarantined and failed records with their reasons.",
+    )
+    failed = sum(o.failed for o in outcomes)
+    summary = {
+        "run_id": run_id,
+        "dry_run": dry_run,
+        "planned_writes": len(plan.writes),
+        "confirmed": sum(o.confirmed for o in outcomes),
+        "failed": failed,
+        "skipped": len(skips),
+        "quarantined": len(quarantined),
+        "unchanged": sum(plan.unchanged.values()),
+        "counts": {f"{e}.{o}": n for (e, o), n in sorted(counts.items())},
+    }
+    store.finish_run(
+        run_id, "DRY_RUN" if dry_run else ("COMPLETED_WITH_FAILURES" if failed else "COMPLETED"), summary
+    )
+    return summary
