@@ -1,0 +1,174 @@
+"""Status-code tables for the portal connector, via httpx.MockTransport (no internals patched)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from connectors.portal import PortalAuthError, PortalClient, WriteOp
+from connectors.portal.auth import TokenCache
+from connectors.portal.streams import STREAMS, payload_hash
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens() -> None:
+    TokenCache.clear()
+
+
+def make_client(handler: Callable[[httpx.Request], httpx.Response], **kw: object) -> PortalClient:
+    opts: dict[str, object] = {"backoff_base_s": 0.001, "max_retries": 3}
+    opts.update(kw)
+    return PortalClient("http://portal.test", "k", "s", transport=httpx.MockTransport(handler), **opts)  # type: ignore[arg-type]
+
+
+def auth_ok(request: httpx.Request) -> httpx.Response | None:
+    if request.url.path == "/v2/authenticate":
+        return httpx.Response(200, json={"token": "T1", "expiresAt": "2099-01-01T00:00:00.000Z"})
+    return None
+
+
+CONTACT = {"id": "P1", "lastName": "Schmidt", "contracts": []}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "ok", "attempts", "error_part"),
+    [
+        ([201], True, 1, None),
+        ([429, 200], True, 2, None),
+        ([408, 503, 200], True, 3, None),
+        ([503, 503, 503, 503], False, 4, "503"),
+        ([422], False, 1, "lastName: required"),
+        ([404], False, 1, "404"),
+        ([409], False, 1, "archived"),
+    ],
+)
+def test_write_status_table(statuses: list[int], ok: bool, attempts: int, error_part: str | None) -> None:
+    seen: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        if request.method == "GET":  # read-back of an ambiguous write: not applied
+            return httpx.Response(404, json={"message": "unknown"})
+        status = statuses[min(len(seen), len(statuses) - 1)]
+        seen.append(status)
+        if status == 422:
+            return httpx.Response(
+                422,
+                json={
+                    "message": "invalid",
+                    "errors": [{"fieldName": "lastName", "errorMessage": "required"}],
+                },
+            )
+        if status == 409:
+            return httpx.Response(409, json={"message": "contact is archived"})
+        headers = {"Retry-After": "0"} if status == 429 else {}
+        return httpx.Response(
+            status,
+            json={"internalId": 7, **CONTACT} if status < 300 else {"message": f"status {status}"},
+            headers=headers,
+        )
+
+    [result] = make_client(handler).write_many([WriteOp("contacts", "upsert", "P1", CONTACT)])
+    assert result.ok is ok
+    assert len(seen) == attempts
+    if ok:
+        assert result.internal_id == "7"
+        assert result.created is (statuses[-1] == 201)
+    else:
+        assert error_part and error_part in (result.error or "")
+        assert result.retriable is (statuses[-1] >= 500)
+
+
+def test_reauthenticates_once_on_401() -> None:
+    tokens = iter(["T1", "T2"])
+    used: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/authenticate":
+            assert json.loads(request.content) == {"key": "k", "secret": "s"}
+            return httpx.Response(200, json={"token": next(tokens), "expiresAt": "2099-01-01T00:00:00.000Z"})
+        used.append(request.headers["token"])
+        if request.headers["token"] == "T1":
+            return httpx.Response(401, json={"message": "token expired"})
+        return httpx.Response(200, json={"internalId": 1})
+
+    [result] = make_client(handler).write_many([WriteOp("contacts", "upsert", "P1", CONTACT)])
+    assert result.ok
+    assert used == ["T1", "T2"]
+    assert "Authorization" not in str(used)
+
+
+def test_bad_credentials_fail_fast_with_a_clear_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"message": "invalid key"})
+
+    with pytest.raises(PortalAuthError, match="refused key and secret"):
+        make_client(handler).authenticate()
+
+
+def test_dropped_connection_after_apply_is_confirmed_by_read_back_not_resent() -> None:
+    puts: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        if request.method == "PUT":
+            puts.append(request.content)
+            raise httpx.RemoteProtocolError("server disconnected", request=request)
+        return httpx.Response(200, json={**CONTACT, "internalId": 3, "archived": False, "updatedAt": "x"})
+
+    client = make_client(handler)
+    [result] = client.write_many(
+        [WriteOp("contacts", "upsert", "P1", CONTACT, payload_hash(STREAMS["contacts"], CONTACT))]
+    )
+    assert result.ok and result.verified_by_read
+    assert len(puts) == 1
+
+
+def test_connect_error_is_retried_without_read_back() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        calls.append(request.method)
+        if len(calls) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"internalId": 1})
+
+    [result] = make_client(handler).write_many([WriteOp("contacts", "archive", "P1")])
+    assert result.ok and calls == ["POST", "POST"]
+
+
+def test_list_follows_next_links() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        page = int(request.url.params.get("page", "1"))
+        nxt = f"http://portal.test/v2/units?page={page + 1}&pageSize=2" if page < 3 else None
+        return httpx.Response(
+            200, json={"list": [{"id": f"{page}-a"}, {"id": f"{page}-b"}], "_links": {"next": nxt}}
+        )
+
+    records = make_client(handler).list_records("units")
+    assert [r["id"] for r in records] == ["1-a", "1-b", "2-a", "2-b", "3-a", "3-b"]
+
+
+def test_rate_limit_spaces_requests() -> None:
+    import time
+
+    stamps: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        stamps.append(time.monotonic())
+        return httpx.Response(200, json={})
+
+    ops = [WriteOp("contacts", "archive", f"P{i}") for i in range(6)]
+    make_client(handler, rate_limit_per_s=20.0, concurrency=6).write_many(ops)
+    assert stamps[-1] - stamps[0] >= 0.2  # 6 requests at 20/s need at least 5 intervals of 50 ms
