@@ -45,7 +45,9 @@ def create_erp_schema(engine: Engine) -> None:
     metadata.create_all(engine)
 
 
-def read_chunks(engine: Engine, query: Select[Any], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def read_chunks(
+    engine: Engine, query: Select[Any], chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
     """Stream ``query`` as DataFrames of at most ``chunk_rows`` rows.
 
     Uses a server-side cursor where the dialect has one (``stream_results``), so memory stays
