@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.portal_sync import portal_sync
 
         once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-        deployments = [
+        deployments: list[Any] = [
             portal_sync.to_deployment(
                 name="every-5-minutes",
                 interval=timedelta(minutes=5),
