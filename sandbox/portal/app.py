@@ -1,0 +1,906 @@
+"""The portal sandbox as a FastAPI app: the contract of ``docs/portal-api.md`` over real HTTP.
+
+Why a real server: hausflow's connector must speak the documented protocol (token header, paging
+with ``_links.next``, upserts by reference id, error bodies with field errors); pointing it at the
+real portal is then a change of base URL and credentials. The sandbox keeps its own state
+(``store.Store``), injects faults (``faults.FaultInjector``) and counts what reached it, so tests
+and benchmarks can prove that every record was written once.
+
+The request path is kept lean for throughput: handlers are ``async`` and do their (short, blocking)
+database work on the event loop, so there is no thread hop and no lock contention; answers are JSON
+text built once and sent as bytes.
+"""
+
+import asyncio
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sandbox.portal.faults import WRITE_METHODS, FaultConfig, FaultInjector
+from sandbox.portal.page import render_page
+from sandbox.portal.store import ENTITIES, Store, now_iso, payload_hash
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+DEFAULT_TOKEN_TTL_S = 30 * 24 * 3600
+"""A portal token lives about a month."""
+
+MAX_PAGE_SIZE = 1000
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
+JSON = "application/json"
+
+
+# ---- schemas (OpenAPI) ---------------------------------------------------------------------------
+class FieldError(BaseModel):
+    """One field-level validation error."""
+
+    fieldName: str
+    errorMessage: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a plain message and, for 400/422, the fields at fault."""
+
+    message: str
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class AuthRequest(BaseModel):
+    """API credentials."""
+
+    key: str
+    secret: str
+
+
+class AuthResponse(BaseModel):
+    """A token to send as header ``token`` on every other call."""
+
+    token: str
+    expiresAt: str
+
+
+class _Nested(BaseModel):
+    """Nested objects are stored exactly as sent (unknown keys kept), so a read-back compares equal."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _Writable(BaseModel):
+    """Top-level bodies: strict types, unknown and read-only keys ignored (a GET result can be PUT)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    id: str | None = Field(default=None, description="reference id; the path's id wins, must match if sent")
+
+
+class Address(_Nested):
+    """A postal address of a property."""
+
+    street: str | None = None
+    postalCode: str | None = None
+    city: str | None = None
+    country: str | None = None
+
+
+class PropertyIn(_Writable):
+    """A property (Liegenschaft). Required: ``name``, at least one address."""
+
+    name: str
+    addresses: list[Address]
+    customFields: dict[str, Any] | None = None
+
+
+UnitType = Literal["APARTMENT", "GARAGE", "COMMERCIAL", "PARKING", "OTHER"]
+
+
+class UnitIn(_Writable):
+    """A unit (Einheit) of an existing property."""
+
+    propertyId: str
+    name: str
+    type: UnitType
+    floor: str | None = None
+    customFields: dict[str, Any] | None = None
+
+
+def _check_date(value: str | None) -> str | None:
+    """Dates are ``YYYY-MM-DD`` and real calendar days."""
+    if value is None:
+        return value
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("not a date in the form YYYY-MM-DD")
+    date.fromisoformat(value)
+    return value
+
+
+class Contract(_Nested):
+    """A contact's contract with a property and (optionally) a unit."""
+
+    type: Literal["RENTER", "OWNER"]
+    propertyId: str
+    unitId: str | None = None
+    startDate: str | None = None
+    endDate: str | None = None
+
+    @field_validator("startDate", "endDate")
+    @classmethod
+    def _date(cls, value: str | None) -> str | None:
+        return _check_date(value)
+
+
+class ContactIn(_Writable):
+    """A contact (person or company). ``lastName`` or ``companyName`` is required."""
+
+    salutation: str | None = None
+    title: str | None = None
+    firstName: str | None = None
+    lastName: str | None = None
+    companyName: str | None = None
+    email: str | None = None
+    telephone: str | None = None
+    mobile: str | None = None
+    street: str | None = None
+    postalCode: str | None = None
+    city: str | None = None
+    country: str | None = None
+    portalUser: StrictBool | None = None
+    customFields: dict[str, Any] | None = None
+    contracts: list[Contract] | None = None
+
+
+class Responsibility(_Nested):
+    """A caretaker (or other role) of a property: an existing, non-archived contact."""
+
+    contactId: str
+    roleName: str
+    roleType: Literal["internal", "external"]
+
+
+class ResponsibilitiesIn(BaseModel):
+    """The complete list of a property's responsibilities (replaces the stored list)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    responsibilities: list[Responsibility]
+
+
+class ResponsibilitiesOut(ResponsibilitiesIn):
+    """A property's responsibilities."""
+
+    id: str
+
+
+class _ReadOnly(BaseModel):
+    """Fields every stored record carries."""
+
+    internalId: int
+    createdAt: str
+    updatedAt: str
+    archived: bool
+
+
+class PropertyOut(_ReadOnly, PropertyIn):
+    """A stored property."""
+
+    id: str
+
+
+class UnitOut(_ReadOnly, UnitIn):
+    """A stored unit."""
+
+    id: str
+
+
+class ContactOut(_ReadOnly, ContactIn):
+    """A stored contact; anonymised contacts keep only ``id``, contracts and flags."""
+
+    id: str
+
+    anonymised: bool
+    isRegistered: bool
+    isInvited: bool
+
+
+class Links(BaseModel):
+    """Paging links: ``next`` is an absolute URL or ``null`` on the last page."""
+
+    next: str | None
+
+
+class PropertyList(BaseModel):
+    """A page of properties."""
+
+    list: list[PropertyOut]
+    links: Links = Field(alias="_links")
+
+
+class UnitList(BaseModel):
+    """A page of units."""
+
+    list: list[UnitOut]
+    links: Links = Field(alias="_links")
+
+
+class ContactList(BaseModel):
+    """A page of contacts."""
+
+    list: list[ContactOut]
+    links: Links = Field(alias="_links")
+
+
+WRITABLE: dict[str, tuple[str, ...]] = {
+    "properties": ("id", *(f for f in PropertyIn.model_fields if f != "id")),
+    "units": ("id", *(f for f in UnitIn.model_fields if f != "id")),
+    "contacts": ("id", *(f for f in ContactIn.model_fields if f != "id")),
+}
+"""Writable top-level fields per entity, ``id`` first; a PUT replaces all of them (absent = null)."""
+
+PERSONAL_FIELDS = (
+    "salutation",
+    "title",
+    "firstName",
+    "lastName",
+    "companyName",
+    "email",
+    "telephone",
+    "mobile",
+    "street",
+    "postalCode",
+    "city",
+    "country",
+)
+
+
+# ---- state -----------------------------------------------------------------------------------
+@dataclass
+class Counters:
+    """What reached the sandbox since start or the last reset."""
+
+    requests: int = 0
+    writes: int = 0
+    duplicate_writes: int = 0
+    writes_by_entity: dict[str, int] = field(default_factory=dict)
+    writes_by_op: dict[str, int] = field(default_factory=dict)
+
+    def write(self, entity: str, op: str, effective: bool) -> None:
+        """Count one accepted write: an effective change or a duplicate (nothing changed)."""
+        if effective:
+            self.writes += 1
+            self.writes_by_entity[entity] = self.writes_by_entity.get(entity, 0) + 1
+            self.writes_by_op[op] = self.writes_by_op.get(op, 0) + 1
+        else:
+            self.duplicate_writes += 1
+
+
+@dataclass
+class SandboxState:
+    """Everything one sandbox process holds: store, faults, counters, tokens, credentials."""
+
+    store: Store
+    key: str
+    secret: str
+    faults: FaultInjector = field(default_factory=FaultInjector)
+    counters: Counters = field(default_factory=Counters)
+    tokens: dict[str, datetime] = field(default_factory=dict)
+    token_ttl_s: float = DEFAULT_TOKEN_TTL_S
+
+
+class ApiError(Exception):
+    """An error answer in the contract's shape (``message`` + field ``errors``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+        self.headers = dict(headers) if headers else None
+
+
+def _error_bytes(message: str, errors: list[tuple[str, str]] | None = None) -> bytes:
+    body = {"message": message, "errors": [{"fieldName": f, "errorMessage": m} for f, m in errors or []]}
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _error_response(error: ApiError) -> Response:
+    return Response(_error_bytes(error.message, error.errors), error.status, error.headers, JSON)
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    """``("body", "contracts", 0, "propertyId")`` -> ``contracts[0].propertyId``."""
+    name = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name
+
+
+# ---- the ASGI app with faults in front ---------------------------------------------------------
+class SandboxApp(FastAPI):
+    """FastAPI with the sandbox's front door: counts ``/v2`` requests and injects faults.
+
+    The fault logic sits in ``__call__`` (outside every middleware) because dropping a connection
+    needs the server's transport, which only the outermost ``send`` leads to.
+    """
+
+    sandbox: SandboxState
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        """Serve one ASGI connection event; see the class docstring."""
+        if scope["type"] == "http" and scope["path"].startswith("/v2/"):
+            state = self.sandbox
+            state.counters.requests += 1
+            if state.faults.active and scope["path"] != "/v2/authenticate":
+                await self._serve_with_faults(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _serve_with_faults(self, scope: Scope, receive: Receive, send: Send) -> None:
+        faults = self.sandbox.faults
+        method = scope["method"]
+        decision = faults.decide(method)
+        if decision.delay_s:
+            await asyncio.sleep(decision.delay_s)
+        kind = decision.kind
+        count_writes = faults.tracks_writes and method in WRITE_METHODS
+        if kind is None:
+            if not count_writes:
+                await super().__call__(scope, receive, send)
+                return
+            status: list[int] = []
+
+            async def counting_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(int(message["status"]))
+                await send(message)
+
+            await super().__call__(scope, receive, counting_send)
+            if status and status[0] < 300:
+                faults.write_succeeded()
+            return
+        if kind == "drop":
+            await _drop_connection(send)
+            return
+        if kind == "apply_then_drop":
+            answered: list[int] = []
+
+            async def swallow(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    answered.append(int(message["status"]))
+
+            await super().__call__(scope, receive, swallow)
+            if count_writes and answered and answered[0] < 300:
+                faults.write_succeeded()
+            await _drop_connection(send)
+            return
+        await _drain(receive)
+        code = 503 if kind == "fail_after_writes" else int(kind)
+        message = {
+            408: "request timeout (injected)",
+            429: "too many requests (injected)",
+            503: "service unavailable (injected)",
+        }.get(code, f"server error {code} (injected)")
+        if kind == "fail_after_writes":
+            message = "service unavailable: write limit of the sandbox reached (injected)"
+        headers = [(b"content-type", JSON.encode())]
+        if code in (429, 503):
+            headers.append((b"retry-after", str(faults.config.retry_after_s).encode()))
+        if code == 408:
+            headers.append((b"connection", b"close"))
+        body = _error_bytes(message)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request body to its end, so the connection can serve the next request."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+async def _drop_connection(send: Send) -> None:
+    """Close the connection without an answer; the client sees ``RemoteProtocolError``.
+
+    uvicorn's ``send`` is a bound method of the request cycle, which holds the transport. Any other
+    server: start an answer that promises a body and fail, which makes the server abort it.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is not None:
+        transport.close()
+        await asyncio.sleep(0)  # let the server see the connection lost, so it sends nothing
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+    raise ConnectionAbortedError("connection dropped (injected)")
+
+
+# ---- the app ---------------------------------------------------------------------------------
+def create_app(db_url: str, key: str, secret: str) -> FastAPI:
+    """Build the sandbox: a FastAPI app over its own database at ``db_url``.
+
+    Args:
+        db_url: SQLAlchemy URL of the sandbox's state (``sqlite:///var/sandbox/portal.sqlite``).
+        key, secret: the only credentials ``POST /v2/authenticate`` accepts.
+
+    Returns:
+        The ASGI app; its state is in ``app.sandbox`` (``SandboxState``). The store is closed when
+        the app shuts down (lifespan).
+    """
+    store = Store(db_url)
+    state = SandboxState(store=store, key=key, secret=secret)
+    for token, expires in store.load_tokens().items():
+        state.tokens[token] = _parse_time(expires)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = SandboxApp(
+        title="hausflow portal sandbox",
+        version="2",
+        description=(
+            "The tenant-portal API (casavi manager API v2) as hausflow's sandbox implements it; "
+            "contract in docs/portal-api.md. `/_sandbox/...` endpoints are the sandbox's own."
+        ),
+        lifespan=lifespan,
+    )
+    app.sandbox = state
+    token_header = APIKeyHeader(name="token", auto_error=False, description="token of POST /v2/authenticate")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        errors: list[tuple[str, str]] = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            if err.get("type") == "json_invalid" or (loc == ("body",) and err.get("type") != "missing"):
+                return _error_response(ApiError(400, f"malformed JSON body: {err.get('msg')}"))
+            if loc == ("body",):
+                return _error_response(ApiError(400, "a JSON body is required"))
+            errors.append((_field_name(loc), str(err.get("msg"))))
+        return _error_response(ApiError(422, "the request is not valid", errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        return _error_response(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))
+
+    async def require_token(token: str | None = Security(token_header)) -> None:
+        """401 unless the ``token`` header holds a token that has not expired."""
+        if not token:
+            raise ApiError(401, "missing header 'token': authenticate with POST /v2/authenticate")
+        expires = state.tokens.get(token)
+        if expires is None:
+            raise ApiError(401, "unknown token: authenticate again")
+        if expires <= datetime.now(UTC):
+            del state.tokens[token]
+            raise ApiError(401, "token expired: authenticate again")
+
+    auth = [Depends(require_token)]
+    errors_doc: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorBody, "description": "missing, unknown or expired token"},
+        404: {"model": ErrorBody, "description": "unknown id"},
+        409: {"model": ErrorBody, "description": "conflict with the record's state"},
+        422: {"model": ErrorBody, "description": "validation failed (field errors)"},
+        429: {"model": ErrorBody, "description": "rate limited, see Retry-After"},
+    }
+
+    # ---- auth --------------------------------------------------------------------------------
+    @app.post(
+        "/v2/authenticate",
+        response_model=AuthResponse,
+        responses={401: {"model": ErrorBody}},
+        tags=["auth"],
+        summary="Exchange key and secret for a token",
+    )
+    async def authenticate(credentials: AuthRequest) -> Response:
+        if not (
+            secrets.compare_digest(credentials.key, state.key)
+            and secrets.compare_digest(credentials.secret, state.secret)
+        ):
+            raise ApiError(401, "key or secret is wrong")
+        token = secrets.token_hex(24)
+        expires = datetime.now(UTC) + timedelta(seconds=state.token_ttl_s)
+        expires_iso = _format_time(expires)
+        state.tokens[token] = expires
+        store.save_token(token, expires_iso)
+        return _json_response({"token": token, "expiresAt": expires_iso})
+
+    # ---- writes ------------------------------------------------------------------------------
+    def upsert(entity: str, ref_id: str, body: _Writable, read_only: dict[str, Any]) -> Response:
+        writable = _writable(entity, ref_id, body)
+        outcome = store.upsert(entity, ref_id, writable, read_only, payload_hash(writable))
+        state.counters.write(entity, "upsert", outcome.effective)
+        return _json_text(outcome.body, 201 if outcome.created else 200)
+
+    @app.put(
+        "/v2/properties/{id}",
+        dependencies=auth,
+        responses={200: {"model": PropertyOut}, 201: {"model": PropertyOut}, **errors_doc},
+        response_model=None,
+        tags=["properties"],
+        summary="Create or replace a property",
+    )
+    async def put_property(id: str, body: PropertyIn) -> Response:
+        problems = []
+        if not body.name.strip():
+            problems.append(("name", "must not be empty"))
+        if not body.addresses:
+            problems.append(("addresses", "at least one address is required"))
+        _raise_invalid(problems)
+        return upsert("properties", id, body, {})
+
+    @app.put(
+        "/v2/units/{id}",
+        dependencies=auth,
+        responses={200: {"model": UnitOut}, 201: {"model": UnitOut}, **errors_doc},
+        response_model=None,
+        tags=["units"],
+        summary="Create or replace a unit",
+    )
+    async def put_unit(id: str, body: UnitIn) -> Response:
+        problems = []
+        if not body.name.strip():
+            problems.append(("name", "must not be empty"))
+        if store.entry("properties", body.propertyId) is None:
+            problems.append(("propertyId", f"property {body.propertyId} does not exist"))
+        _raise_invalid(problems)
+        return upsert("units", id, body, {})
+
+    @app.put(
+        "/v2/contacts/{id}",
+        dependencies=auth,
+        responses={200: {"model": ContactOut}, 201: {"model": ContactOut}, **errors_doc},
+        response_model=None,
+        tags=["contacts"],
+        summary="Create or replace a contact (409 once anonymised)",
+    )
+    async def put_contact(id: str, body: ContactIn) -> Response:
+        entry = store.entry("contacts", id)
+        if entry is not None and entry.anonymised:
+            raise ApiError(409, f"contact {id} is anonymised and cannot be written any more")
+        _raise_invalid(_contact_problems(store, body))
+        read_only = {
+            "anonymised": False,
+            "isRegistered": False,
+            "isInvited": bool(body.portalUser and body.email),
+        }
+        return upsert("contacts", id, body, read_only)
+
+    @app.get(
+        "/v2/properties/{id}/responsibilities",
+        dependencies=auth,
+        response_model=ResponsibilitiesOut,
+        responses=errors_doc,
+        tags=["properties"],
+        summary="The responsibilities (caretakers) of a property",
+    )
+    async def get_responsibilities(id: str) -> Response:
+        if store.entry("properties", id) is None:
+            raise ApiError(404, f"property {id} does not exist")
+        body = store.get("responsibilities", id)
+        if body is None:
+            return _json_response({"id": id, "responsibilities": []})
+        return _json_text(body)
+
+    @app.put(
+        "/v2/properties/{id}/responsibilities",
+        dependencies=auth,
+        response_model=ResponsibilitiesOut,
+        responses=errors_doc,
+        tags=["properties"],
+        summary="Replace the responsibilities of a property",
+    )
+    async def put_responsibilities(id: str, body: ResponsibilitiesIn) -> Response:
+        prop = store.entry("properties", id)
+        if prop is None:
+            raise ApiError(404, f"property {id} does not exist")
+        if prop.archived:
+            raise ApiError(409, f"property {id} is archived; write it again (PUT) first")
+        problems = []
+        for i, item in enumerate(body.responsibilities):
+            contact = store.entry("contacts", item.contactId)
+            if contact is None:
+                problems.append(
+                    (f"responsibilities[{i}].contactId", f"contact {item.contactId} does not exist")
+                )
+            elif contact.archived:
+                problems.append((f"responsibilities[{i}].contactId", f"contact {item.contactId} is archived"))
+        _raise_invalid(problems)
+        writable = {
+            "id": id,
+            "responsibilities": [r.model_dump(exclude_unset=True) for r in body.responsibilities],
+        }
+        outcome = store.upsert("responsibilities", id, writable, {}, payload_hash(writable))
+        state.counters.write("responsibilities", "upsert", outcome.effective)
+        return _json_text(outcome.body)
+
+    # ---- reads, archive, delete per collection -----------------------------------------------
+    outs: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+        "properties": (PropertyOut, PropertyList),
+        "units": (UnitOut, UnitList),
+        "contacts": (ContactOut, ContactList),
+    }
+    for entity, (out_model, list_model) in outs.items():
+        _collection_routes(app, state, entity, out_model, list_model, auth, errors_doc)
+
+    @app.post(
+        "/v2/contacts/{id}/anonymize",
+        dependencies=auth,
+        response_model=ContactOut,
+        responses=errors_doc,
+        tags=["contacts"],
+        summary="Wipe a contact's personal data for good and archive it (idempotent)",
+    )
+    async def anonymize_contact(id: str) -> Response:
+        changes: dict[str, Any] = dict.fromkeys(PERSONAL_FIELDS)
+        changes.update(customFields={}, portalUser=False, isInvited=False, isRegistered=False)
+        outcome = store.set_state("contacts", id, "anonymize", changes, archived=True, anonymised=True)
+        if outcome is None:
+            raise ApiError(404, f"contact {id} does not exist")
+        state.counters.write("contacts", "anonymize", outcome.effective)
+        return _json_text(outcome.body)
+
+    # ---- sandbox-only ------------------------------------------------------------------------
+    @app.get("/_sandbox/counters", tags=["sandbox"], summary="What reached the sandbox")
+    async def counters() -> dict[str, Any]:
+        c = state.counters
+        by_state = {e: store.count(e) for e in ENTITIES}
+        return {
+            "requests": c.requests,
+            "writes": c.writes,
+            "writes_by_entity": c.writes_by_entity,
+            "writes_by_op": c.writes_by_op,
+            "duplicate_writes": c.duplicate_writes,
+            "max_writes_per_record": store.max_writes_per_record,
+            "faults_injected": dict(state.faults.injected),
+            "records": {e: s["total"] for e, s in by_state.items()},
+            "records_by_state": by_state,
+        }
+
+    @app.get("/_sandbox/write-log", tags=["sandbox"], summary="Every accepted write of one record")
+    async def get_write_log(
+        entity: Literal["properties", "units", "contacts", "responsibilities"], id: str
+    ) -> dict[str, Any]:
+        writes = store.write_log(entity, id)
+        return {"entity": entity, "id": id, "count": len(writes), "writes": writes}
+
+    @app.post("/_sandbox/faults", tags=["sandbox"], summary="Set the faults to inject (replaces the old)")
+    async def set_faults(config: FaultConfig) -> dict[str, Any]:
+        state.faults.set(config)
+        return config.model_dump(mode="json")
+
+    @app.delete("/_sandbox/faults", tags=["sandbox"], summary="Inject no faults any more")
+    async def clear_faults() -> dict[str, Any]:
+        state.faults.clear()
+        return {"faults": None}
+
+    @app.post("/_sandbox/reset", tags=["sandbox"], summary="Empty the store, counters and faults")
+    async def reset() -> dict[str, Any]:
+        store.reset()
+        state.counters = Counters()
+        state.faults.clear()
+        state.faults.reset_counts()
+        return {"reset": True}
+
+    @app.get("/_sandbox/token-ttl", tags=["sandbox"], summary="Lifetime of tokens issued from now on")
+    async def token_ttl(seconds: float = Query(ge=0)) -> dict[str, Any]:
+        state.token_ttl_s = seconds
+        return {"seconds": seconds}
+
+    @app.get("/", response_class=HTMLResponse, tags=["sandbox"], summary="Read-only HTML view")
+    async def page(page: int = Query(1, ge=1)) -> HTMLResponse:
+        return HTMLResponse(render_page(store, page))
+
+    return app
+
+
+def _collection_routes(
+    app: FastAPI,
+    state: SandboxState,
+    entity: str,
+    out_model: type[BaseModel],
+    list_model: type[BaseModel],
+    auth: list[Any],
+    errors_doc: dict[int | str, dict[str, Any]],
+) -> None:
+    """List, get, archive and delete routes of one collection (same contract for all)."""
+    store = state.store
+    singular = entity[:-1] if entity != "properties" else "property"
+
+    async def list_records(
+        request: Request,
+        page: int = Query(1, description="pages start at 1"),
+        page_size: int = Query(100, alias="pageSize", description="default 100, maximum 1000"),
+        modified_after: str | None = Query(
+            None, alias="modifiedAfter", description="only records with updatedAt later than this"
+        ),
+        include_archived: bool = Query(False, alias="includeArchived"),
+    ) -> Response:
+        problems = []
+        if page < 1:
+            problems.append(("page", "pages start at 1"))
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            problems.append(("pageSize", f"must be between 1 and {MAX_PAGE_SIZE}"))
+        after = None
+        if modified_after is not None:
+            try:
+                after = _format_time(_parse_time(modified_after))
+            except ValueError:
+                problems.append(("modifiedAfter", "not an ISO 8601 time such as 2026-01-31T08:15:00.000Z"))
+        _raise_invalid(problems)
+        bodies, more = store.page(entity, page, page_size, after, include_archived)
+        next_url = json.dumps(str(request.url.include_query_params(page=page + 1))) if more else "null"
+        text = '{"list":[' + ",".join(bodies) + '],"_links":{"next":' + next_url + "}}"
+        return _json_text(text)
+
+    async def get_record(id: str) -> Response:
+        body = store.get(entity, id)
+        if body is None:
+            raise ApiError(404, f"{singular} {id} does not exist")
+        return _json_text(body)
+
+    async def archive_record(id: str) -> Response:
+        entry = store.entry(entity, id)
+        if entry is None:
+            raise ApiError(404, f"{singular} {id} does not exist")
+        outcome = store.set_state(entity, id, "archive", {}, archived=True, anonymised=entry.anonymised)
+        assert outcome is not None
+        state.counters.write(entity, "archive", outcome.effective)
+        return _json_text(outcome.body)
+
+    async def delete_record(id: str) -> Response:
+        entry = store.entry(entity, id)
+        if entry is None:
+            raise ApiError(404, f"{singular} {id} does not exist")
+        if not entry.archived:
+            raise ApiError(409, f"{singular} {id} must be archived before it can be deleted")
+        store.delete(entity, id)
+        if entity == "properties":
+            store.delete("responsibilities", id)
+        state.counters.write(entity, "delete", True)
+        return Response(status_code=204)
+
+    tags: list[str | Any] = [entity]
+    app.add_api_route(
+        f"/v2/{entity}",
+        list_records,
+        methods=["GET"],
+        dependencies=auth,
+        response_model=list_model,
+        responses=errors_doc,
+        tags=tags,
+        summary=f"List {entity} (paged, ordered by internalId)",
+        name=f"list_{entity}",
+    )
+    app.add_api_route(
+        f"/v2/{entity}/{{id}}",
+        get_record,
+        methods=["GET"],
+        dependencies=auth,
+        response_model=out_model,
+        responses=errors_doc,
+        tags=tags,
+        summary=f"One {singular} by reference id",
+        name=f"get_{singular}",
+    )
+    app.add_api_route(
+        f"/v2/{entity}/{{id}}/archive",
+        archive_record,
+        methods=["POST"],
+        dependencies=auth,
+        response_model=out_model,
+        responses=errors_doc,
+        tags=tags,
+        summary=f"Archive a {singular} (idempotent)",
+        name=f"archive_{singular}",
+    )
+    app.add_api_route(
+        f"/v2/{entity}/{{id}}",
+        delete_record,
+        methods=["DELETE"],
+        dependencies=auth,
+        status_code=204,
+        response_class=Response,
+        responses=errors_doc,
+        tags=tags,
+        summary=f"Delete an archived {singular} (409 unless archived)",
+        name=f"delete_{singular}",
+    )
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _writable(entity: str, ref_id: str, body: _Writable) -> dict[str, Any]:
+    """Every writable field as sent (absent = null), ``id`` from the path first."""
+    if body.id is not None and body.id != ref_id:
+        raise ApiError(422, "the body's id differs from the path", [("id", f"must be {ref_id!r} or absent")])
+    sent = body.model_dump(exclude_unset=True)
+    writable = {name: sent.get(name) for name in WRITABLE[entity]}
+    writable["id"] = ref_id
+    return writable
+
+
+def _contact_problems(store: Store, body: ContactIn) -> list[tuple[str, str]]:
+    """Rules of a contact beyond its types: name, e-mail, the references of its contracts."""
+    problems: list[tuple[str, str]] = []
+    if not (body.lastName or "").strip() and not (body.companyName or "").strip():
+        problems.append(("lastName", "lastName or companyName is required"))
+    if body.email is not None and not EMAIL_RE.match(body.email):
+        problems.append(("email", "not a valid e-mail address (send null when there is none)"))
+    for i, contract in enumerate(body.contracts or []):
+        where = f"contracts[{i}]"
+        if store.entry("properties", contract.propertyId) is None:
+            problems.append((f"{where}.propertyId", f"property {contract.propertyId} does not exist"))
+        if contract.unitId is not None:
+            unit = store.get_dict("units", contract.unitId)
+            if unit is None:
+                problems.append((f"{where}.unitId", f"unit {contract.unitId} does not exist"))
+            elif unit.get("propertyId") != contract.propertyId:
+                problems.append(
+                    (
+                        f"{where}.unitId",
+                        f"unit {contract.unitId} belongs to property {unit.get('propertyId')}, "
+                        f"not {contract.propertyId}",
+                    )
+                )
+        if contract.startDate and contract.endDate and contract.endDate < contract.startDate:
+            problems.append((f"{where}.endDate", "must not be before startDate"))
+    return problems
+
+
+def _raise_invalid(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise ApiError(
+            422, "the record is not valid: " + "; ".join(f"{f}: {m}" for f, m in problems), problems
+        )
+
+
+def _json_text(text: str, status: int = 200) -> Response:
+    return Response(text.encode(), status, media_type=JSON)
+
+
+def _json_response(data: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False).encode(), status, media_type=JSON)
+
+
+def _parse_time(value: str) -> datetime:
+    """ISO 8601 to an aware UTC datetime; a time without offset counts as UTC."""
+    # an unencoded "+" of the offset arrives as a space
+    parsed = datetime.fromisoformat(re.sub(r" (\d{2}:?\d{2})$", r"+\1", value.strip()))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _format_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+__all__ = ["SandboxApp", "SandboxState", "create_app", "now_iso"]

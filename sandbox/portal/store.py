@@ -1,0 +1,486 @@
+"""The portal sandbox's own state: one SQLAlchemy Core connection, an in-memory index, write-through.
+
+Why this shape: the sandbox must take a couple of hundred thousand upserts quickly and survive a
+restart. Every record lives as one row (the full JSON the API returns, plus the columns a list query
+and a restart need); the process keeps a small index of every record (internal id, payload hash,
+flags, timestamps) so that an upsert decides *created / updated / unchanged* and checks references
+without reading the database. Each write is committed before the answer leaves the server, so what
+the client was told is what a restarted sandbox still holds.
+
+A single process owns the database file. All calls come from the server's event loop; the lock only
+guards against a caller from another thread (tests, a threaded server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.pool import StaticPool
+
+ENTITIES = ("properties", "units", "contacts", "responsibilities")
+"""Entities the store keeps; ``responsibilities`` are keyed by the property's reference id."""
+
+metadata = MetaData()
+
+records = Table(
+    "records",
+    metadata,
+    Column("internal_id", Integer, primary_key=True, autoincrement=True),
+    Column("entity", String(32), nullable=False),
+    Column("ref_id", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("body_hash", String(64), nullable=False),
+    Column("archived", Boolean, nullable=False, default=False),
+    Column("anonymised", Boolean, nullable=False, default=False),
+    Column("created_at", String(24), nullable=False),
+    Column("updated_at", String(24), nullable=False),
+    Index("ix_records_entity_ref", "entity", "ref_id", unique=True),
+    Index("ix_records_entity_internal", "entity", "internal_id"),
+    sqlite_autoincrement=True,
+)
+
+write_log = Table(
+    "write_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("entity", String(32), nullable=False),
+    Column("ref_id", String(200), nullable=False),
+    Column("op", String(16), nullable=False),
+    Column("body_hash", String(64), nullable=True),
+    Column("effective", Boolean, nullable=False),
+    Column("at", String(24), nullable=False),
+    Index("ix_write_log_record", "entity", "ref_id"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("expires_at", String(24), nullable=False),
+)
+
+
+_INSERT_RECORD = insert(records)
+_UPDATE_RECORD = (
+    update(records)
+    .where(records.c.internal_id == bindparam("b_iid"))
+    .values(
+        body=bindparam("b_body"),
+        body_hash=bindparam("b_hash"),
+        archived=bindparam("b_archived"),
+        anonymised=bindparam("b_anonymised"),
+        updated_at=bindparam("b_updated"),
+    )
+)
+_SELECT_BODY = select(records.c.body).where(records.c.internal_id == bindparam("b_iid"))
+_DELETE_RECORD = delete(records).where(records.c.internal_id == bindparam("b_iid"))
+_INSERT_LOG = insert(write_log)
+"""Statements built once: building a statement per request costs more than executing it."""
+
+
+def now_iso() -> str:
+    """Current time as the API writes it: UTC, milliseconds, ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def canonical_json(payload: dict[str, Any]) -> str:
+    """Deterministic JSON (sorted keys, no spaces), the same form hausflow's connector hashes."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def payload_hash(writable: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a record's writable fields: equal hash, equal content."""
+    return hashlib.sha256(canonical_json(writable).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Entry:
+    """What the store keeps in memory of one record (the body stays in the database)."""
+
+    internal_id: int
+    body_hash: str
+    archived: bool
+    anonymised: bool
+    created_at: str
+    updated_at: str
+    writes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """Result of one write: ``effective`` is false when the record already was in that state."""
+
+    created: bool
+    effective: bool
+    body: str
+
+
+class Store:
+    """Records of the sandbox in one database; see the module docstring for the contract.
+
+    Args:
+        db_url: SQLAlchemy URL; ``sqlite:///path`` (parent folders are created) is the default use.
+    """
+
+    def __init__(self, db_url: str) -> None:
+        url = make_url(db_url)
+        self._sqlite = url.get_backend_name() == "sqlite"
+        if self._sqlite and url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        if self._sqlite:
+            kwargs = {"connect_args": {"check_same_thread": False}, "poolclass": StaticPool}
+        self._engine: Engine = create_engine(db_url, **kwargs)
+        if self._sqlite:
+            event.listen(self._engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self._engine)
+        self._conn: Connection = self._engine.connect()
+        self._lock = threading.RLock()
+        self._index: dict[str, dict[str, Entry]] = {e: {} for e in ENTITIES}
+        self.max_writes_per_record = 0
+        self._next_id = 1
+        self._load_index()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def _load_index(self) -> None:
+        """Rebuild the in-memory index from the table (start-up after a restart)."""
+        query = select(
+            records.c.entity,
+            records.c.ref_id,
+            records.c.internal_id,
+            records.c.body_hash,
+            records.c.archived,
+            records.c.anonymised,
+            records.c.created_at,
+            records.c.updated_at,
+        ).order_by(records.c.internal_id)
+        with self._lock:
+            result = self._conn.execution_options(yield_per=5000).execute(query)
+            for row in result:
+                self._index.setdefault(row.entity, {})[row.ref_id] = Entry(
+                    row.internal_id,
+                    row.body_hash,
+                    bool(row.archived),
+                    bool(row.anonymised),
+                    row.created_at,
+                    row.updated_at,
+                )
+                self._next_id = max(self._next_id, row.internal_id + 1)
+            if self._sqlite:  # ids of deleted records are not given out again
+                seq = self._conn.exec_driver_sql(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
+                ).scalar_one_or_none()
+                self._next_id = max(self._next_id, int(seq or 0) + 1)
+            self._conn.commit()
+
+    def close(self) -> None:
+        """Commit and close the connection (checkpoints the WAL on SQLite)."""
+        with self._lock:
+            self._conn.commit()
+            self._conn.close()
+            self._engine.dispose()
+
+    def reset(self) -> None:
+        """Forget every record and the write log (tokens stay valid)."""
+        with self._lock:
+            self._conn.execute(delete(records))
+            self._conn.execute(delete(write_log))
+            self._conn.commit()
+            self._index = {e: {} for e in ENTITIES}
+            self.max_writes_per_record = 0
+
+    # ---- reads -------------------------------------------------------------------------------
+    def entry(self, entity: str, ref_id: str) -> Entry | None:
+        """The index entry of a record, ``None`` when unknown."""
+        return self._index[entity].get(ref_id)
+
+    def get(self, entity: str, ref_id: str) -> str | None:
+        """The stored JSON of one record, ``None`` when unknown."""
+        entry = self._index[entity].get(ref_id)
+        if entry is None:
+            return None
+        with self._lock:
+            body = self._conn.execute(_SELECT_BODY, {"b_iid": entry.internal_id}).scalar_one_or_none()
+            self._conn.commit()
+        return body
+
+    def get_dict(self, entity: str, ref_id: str) -> dict[str, Any] | None:
+        """The stored record as a dict, ``None`` when unknown."""
+        body = self.get(entity, ref_id)
+        return None if body is None else dict(json.loads(body))
+
+    def page(
+        self,
+        entity: str,
+        page: int,
+        page_size: int,
+        modified_after: str | None = None,
+        include_archived: bool = False,
+    ) -> tuple[list[str], bool]:
+        """One page of stored JSON bodies ordered by internal id, and whether another page follows."""
+        query = select(records.c.body).where(records.c.entity == entity)
+        if not include_archived:
+            query = query.where(records.c.archived.is_(False))
+        if modified_after is not None:
+            query = query.where(records.c.updated_at > modified_after)
+        query = query.order_by(records.c.internal_id).limit(page_size + 1).offset((page - 1) * page_size)
+        with self._lock:
+            bodies = list(self._conn.execute(query).scalars())
+            self._conn.commit()
+        return bodies[:page_size], len(bodies) > page_size
+
+    def iter_entries(self, entity: str) -> Iterator[tuple[str, Entry]]:
+        """Every (reference id, entry) of an entity in internal-id order of creation."""
+        yield from list(self._index[entity].items())
+
+    def count(self, entity: str) -> dict[str, int]:
+        """Number of records of an entity: total, active, archived, anonymised."""
+        entries = self._index[entity].values()
+        archived = sum(1 for e in entries if e.archived)
+        anonymised = sum(1 for e in entries if e.anonymised)
+        return {
+            "total": len(entries),
+            "active": len(entries) - archived,
+            "archived": archived,
+            "anonymised": anonymised,
+        }
+
+    def write_log(self, entity: str, ref_id: str) -> list[dict[str, Any]]:
+        """Every write request the store accepted for one record, oldest first."""
+        query = (
+            select(
+                write_log.c.seq, write_log.c.op, write_log.c.body_hash, write_log.c.effective, write_log.c.at
+            )
+            .where(write_log.c.entity == entity, write_log.c.ref_id == ref_id)
+            .order_by(write_log.c.seq)
+        )
+        with self._lock:
+            rows = self._conn.execute(query).all()
+            self._conn.commit()
+        return [
+            {"seq": r.seq, "op": r.op, "bodyHash": r.body_hash, "effective": bool(r.effective), "at": r.at}
+            for r in rows
+        ]
+
+    # ---- writes ------------------------------------------------------------------------------
+    def upsert(
+        self,
+        entity: str,
+        ref_id: str,
+        writable: dict[str, Any],
+        read_only: dict[str, Any],
+        body_hash: str,
+    ) -> WriteOutcome:
+        """Create or replace a record; un-archives it. Unchanged content writes only the log.
+
+        ``writable`` is what the client sent (every writable field, ``id`` first); ``read_only`` the
+        entity's extra read-only fields (e.g. ``anonymised``). Returns the stored JSON.
+        """
+        now = now_iso()
+        with self._lock:
+            entry = self._index[entity].get(ref_id)
+            if entry is not None and entry.body_hash == body_hash and not entry.archived:
+                body = _render(writable, entry, read_only)
+                self._log(entity, ref_id, "upsert", body_hash, False, now, entry)
+                self._conn.commit()
+                return WriteOutcome(False, False, body)
+            if entry is None:
+                entry = Entry(self._next_id, body_hash, False, False, now, now)
+                self._next_id += 1
+                body = _render(writable, entry, read_only)
+                self._conn.execute(
+                    _INSERT_RECORD,
+                    {
+                        "internal_id": entry.internal_id,
+                        "entity": entity,
+                        "ref_id": ref_id,
+                        "body": body,
+                        "body_hash": body_hash,
+                        "archived": False,
+                        "anonymised": False,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+                created = True
+            else:
+                entry = Entry(entry.internal_id, body_hash, False, False, entry.created_at, now, entry.writes)
+                body = _render(writable, entry, read_only)
+                self._conn.execute(
+                    _UPDATE_RECORD,
+                    {
+                        "b_iid": entry.internal_id,
+                        "b_body": body,
+                        "b_hash": body_hash,
+                        "b_archived": False,
+                        "b_anonymised": False,
+                        "b_updated": now,
+                    },
+                )
+                created = False
+            self._log(entity, ref_id, "upsert", body_hash, True, now, entry)
+            self._conn.commit()
+            self._index[entity][ref_id] = entry
+        return WriteOutcome(created, True, body)
+
+    def set_state(
+        self, entity: str, ref_id: str, op: str, changes: dict[str, Any], archived: bool, anonymised: bool
+    ) -> WriteOutcome | None:
+        """Archive or anonymise: merge ``changes`` into the body and set the flags.
+
+        Returns ``None`` for an unknown record; ``effective`` is false when the record already was
+        in that state (then nothing but the write log changes).
+        """
+        now = now_iso()
+        with self._lock:
+            entry = self._index[entity].get(ref_id)
+            if entry is None:
+                return None
+            current = self._conn.execute(_SELECT_BODY, {"b_iid": entry.internal_id}).scalar_one()
+            if entry.archived == archived and entry.anonymised == anonymised:
+                self._log(entity, ref_id, op, entry.body_hash, False, now, entry)
+                self._conn.commit()
+                return WriteOutcome(False, False, current)
+            record = json.loads(current)
+            record.update(changes)
+            record["archived"] = archived
+            record["updatedAt"] = now
+            if "anonymised" in record or anonymised:
+                record["anonymised"] = anonymised
+            writable = {k: v for k, v in record.items() if k not in READ_ONLY_FIELDS}
+            body_hash = payload_hash(writable)
+            body = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            self._conn.execute(
+                _UPDATE_RECORD,
+                {
+                    "b_iid": entry.internal_id,
+                    "b_body": body,
+                    "b_hash": body_hash,
+                    "b_archived": archived,
+                    "b_anonymised": anonymised,
+                    "b_updated": now,
+                },
+            )
+            entry.body_hash = body_hash
+            entry.archived = archived
+            entry.anonymised = anonymised
+            entry.updated_at = now
+            self._log(entity, ref_id, op, body_hash, True, now, entry)
+            self._conn.commit()
+        return WriteOutcome(False, True, body)
+
+    def delete(self, entity: str, ref_id: str) -> bool:
+        """Remove a record for good; ``False`` when unknown."""
+        with self._lock:
+            entry = self._index[entity].pop(ref_id, None)
+            if entry is None:
+                return False
+            self._conn.execute(_DELETE_RECORD, {"b_iid": entry.internal_id})
+            self._log(entity, ref_id, "delete", None, True, now_iso(), entry)
+            self._conn.commit()
+        return True
+
+    def _log(
+        self,
+        entity: str,
+        ref_id: str,
+        op: str,
+        body_hash: str | None,
+        effective: bool,
+        at: str,
+        entry: Entry,
+    ) -> None:
+        """Append to the write log (same transaction as the write) and count writes per record."""
+        self._conn.execute(
+            _INSERT_LOG,
+            {
+                "entity": entity,
+                "ref_id": ref_id,
+                "op": op,
+                "body_hash": body_hash,
+                "effective": effective,
+                "at": at,
+            },
+        )
+        entry.writes += 1
+        if entry.writes > self.max_writes_per_record:
+            self.max_writes_per_record = entry.writes
+
+    # ---- tokens ------------------------------------------------------------------------------
+    def save_token(self, token: str, expires_at: str) -> None:
+        """Keep a token across restarts (a real portal's tokens outlive a server restart)."""
+        with self._lock:
+            self._conn.execute(insert(tokens).values(token=token, expires_at=expires_at))
+            self._conn.commit()
+
+    def load_tokens(self) -> dict[str, str]:
+        """Every token that has not expired yet, with its expiry."""
+        now = now_iso()
+        with self._lock:
+            self._conn.execute(delete(tokens).where(tokens.c.expires_at <= now))
+            rows = self._conn.execute(select(tokens.c.token, tokens.c.expires_at)).all()
+            self._conn.commit()
+        return {r.token: r.expires_at for r in rows}
+
+    def record_count(self) -> int:
+        """Rows in the records table (a check that index and table agree)."""
+        with self._lock:
+            n = int(self._conn.execute(select(func.count()).select_from(records)).scalar_one())
+            self._conn.commit()
+        return n
+
+
+READ_ONLY_FIELDS = frozenset(
+    {"internalId", "createdAt", "updatedAt", "archived", "anonymised", "isRegistered", "isInvited"}
+)
+
+
+def _render(writable: dict[str, Any], entry: Entry, read_only: dict[str, Any]) -> str:
+    """The JSON the API returns: writable fields, then the read-only ones."""
+    record = dict(writable)
+    if "responsibilities" in record:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    record["internalId"] = entry.internal_id
+    record["createdAt"] = entry.created_at
+    record["updatedAt"] = entry.updated_at
+    record["archived"] = entry.archived
+    record.update(read_only)
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL and ``synchronous=NORMAL``: committed writes survive a process crash, at low cost."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.close()
