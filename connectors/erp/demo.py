@@ -37,6 +37,7 @@ from connectors.erp.schema import metadata
 
 DEFAULT_BUSINESS_DATE = date(2025, 6, 16)
 DEPOSIT_GROUP = "KM_Kautionen"
+MIN_PERSONS = 100  # smallest size at which every edge-case list is non-empty (checked for many seeds)
 INSERT_CHUNK_ROWS = 10_000
 OVERSIZED_DOCUMENT_BYTES = 157_286_400  # 150 MB: above the portal's 100 MB limit
 ANONYMISED_PLACEHOLDER = "Anonymisiert"
@@ -238,6 +239,7 @@ _CURRENT, _NOTICE, _RECENT, _OLD, _NEAR, _FAR, _VACANT = (
     "FAR",
     "VACANT",
 )
+_SEPA_MIGRATION = date(2014, 1, 20)
 _PERSONS_PER_UNIT = 1.22  # expected persons created per unit, used to size the object count
 
 
@@ -315,6 +317,8 @@ class _Builder:
         self.used_locals: dict[str, int] = {}
         self.edge: dict[str, list[str]] = {k: [] for k in EDGE_CASE_KEYS}
         self.forced: list[str] = []
+        self.forced_partners = 0
+        self.forced_garages = 0
         self.claimed: set[str] = set()
         self.single_mandate_persons: list[str] = []
         self._init_pools(seed)
@@ -329,7 +333,12 @@ class _Builder:
         faker_last = sorted({fake.last_name() for _ in range(600)})
         self.last_names = list(_COMMON_LAST_NAMES) * 8 + faker_last
         self.streets = list(_COMMON_STREETS) * 3 + sorted({fake.street_name() for _ in range(150)})
-        self.companies = sorted({fake.company() for _ in range(300)})
+        forms = ("GmbH", "AG", "KG", "OHG", "GbR", "e.V.", "Stiftung", "KGaA", "mbH")
+        suffixes = ("Immobilien GmbH", "Handels GmbH", "& Partner GbR", "Service GmbH")
+        self.companies = [
+            c if any(f in c for f in forms) else f"{c} {suffixes[i % len(suffixes)]}"
+            for i, c in enumerate(sorted({fake.company() for _ in range(300)}))
+        ]
 
     def _address(self) -> tuple[str, str, str, str]:
         """Random (street with number, postal code, city, area code)."""
@@ -442,11 +451,12 @@ class _Builder:
     def build_objects(self) -> None:
         """Objects with owners, caretakers, units, contracts and partners until the person budget is used."""
         rng = self.rng
-        budget = int(self.target_persons * 0.97)
+        budget = int(self.target_persons * 0.97) - 10  # headroom: the last object may overshoot
         k = max(2, self.target_persons // 500)
         # scenarios planted on flats of released objects first, so every size has them
         self.forced = [sc for sc in (_RECENT, _OLD, _NEAR, _FAR) for _ in range(k)]
         rng.shuffle(self.forced)
+        self.forced_partners = self.forced_garages = k
         owners: list[str] = []
         caretakers: list[str] = []
         index = 0
@@ -526,12 +536,21 @@ class _Builder:
                     "role_type": "internal" if internal else "external",
                 }
             )
-        self._build_units(object_no, n_units, released, address)
+        self._build_units(object_no, n_units, released, address, garages=index == 0 or n_units >= 20)
 
     def _build_units(
-        self, object_no: str, n_units: int, released: bool, address: tuple[str, str, str, str]
+        self,
+        object_no: str,
+        n_units: int,
+        released: bool,
+        address: tuple[str, str, str, str],
+        garages: bool,
     ) -> None:
-        """Units (flats first, then commercial, garages, parking) and their contracts."""
+        """Units (flats first, then commercial, garages, parking) and their contracts.
+
+        ``garages`` guarantees at least two garages (first object and larger objects), so flat
+        tenants renting a garage too (two contracts, one portal contact) exist at every size.
+        """
         rng = self.rng
         kinds = []
         for _ in range(n_units):
@@ -539,7 +558,7 @@ class _Builder:
             kinds.append(
                 "WOHNUNG" if r < 0.8 else "GARAGE" if r < 0.9 else "STELLPLATZ" if r < 0.95 else "GEWERBE"
             )
-        if n_units >= 20 and kinds.count("GARAGE") < 2:
+        if garages and kinds.count("GARAGE") < 2:
             kinds[-2:] = ["GARAGE", "GARAGE"]
         order = {"WOHNUNG": 0, "GEWERBE": 1, "GARAGE": 2, "STELLPLATZ": 3}
         kinds.sort(key=order.__getitem__)
@@ -553,12 +572,12 @@ class _Builder:
                 floor = _FLOORS[min((counters[kind] - 1) // 3, len(_FLOORS) - 1)]
                 name = f"Whg. {floor} {_SIDES[(counters[kind] - 1) % 3]}"
                 area_cents = rng.randint(3200, 13500)
-                rent = area_cents * rate_cents // 10000
+                rent = area_cents * rate_cents // 100  # cents: m² x €/m²
             elif kind == "GEWERBE":
                 floor = "EG"
                 name = f"{rng.choice(('Laden', 'Büro', 'Praxis'))} EG {counters[kind]}"
                 area_cents = rng.randint(6000, 40000)
-                rent = area_cents * (rate_cents + 300) // 10000
+                rent = area_cents * (rate_cents + 300) // 100
             elif kind == "GARAGE":
                 floor, name, area_cents = "", f"Garage {counters[kind]}", rng.randint(1500, 2000)
                 rent = rng.randint(5000, 11000)
@@ -581,7 +600,7 @@ class _Builder:
     def _scenario(self, unit: dict[str, Any], released: bool) -> str:
         """Pick the tenancy scenario of a unit; forced edge scenarios go to flats of released objects."""
         rng = self.rng
-        if released and unit["unit_type"] == "WOHNUNG" and self.forced and rng.random() < 0.3:
+        if released and unit["unit_type"] == "WOHNUNG" and self.forced and rng.random() < 0.5:
             return self.forced.pop()
         r = rng.random()
         if r < 0.84:
@@ -634,8 +653,11 @@ class _Builder:
             self._contract(unit, rent, prev_start, prev_out, None, released, address, 0)
         reuse: str | None = None
         garage = unit["unit_type"] in ("GARAGE", "STELLPLATZ")
-        if garage and scenario == _CURRENT and flat_tenants and rng.random() < 0.4:
-            reuse = flat_tenants.pop(rng.randrange(len(flat_tenants)))
+        if garage and scenario == _CURRENT and flat_tenants:
+            forced = released and self.forced_garages > 0
+            if forced or rng.random() < 0.4:
+                self.forced_garages -= forced
+                reuse = flat_tenants.pop(rng.randrange(len(flat_tenants)))
         self._contract(unit, rent, start, move_out, reuse, released, address, 1, scenario, flat_tenants)
 
     def _contract(
@@ -692,7 +714,9 @@ class _Builder:
             "released": released,
             "rent": rent,
         }
-        if unit["unit_type"] == "WOHNUNG" and rng.random() < 0.15:
+        forced = released and state == "active" and self.forced_partners > 0
+        if unit["unit_type"] == "WOHNUNG" and (forced or rng.random() < 0.15):
+            self.forced_partners -= forced
             for _ in range(1 if rng.random() < 0.8 else 2):
                 role = "MITBEWOHNER" if rng.random() < 0.7 else "VERTRAGSPARTNER"
                 same_name = tenant["last_name"] if rng.random() < 0.6 else None
@@ -807,7 +831,8 @@ class _Builder:
         self.edge["budget_persons"] = sorted(budget)
         mandates: dict[str, dict[str, Any]] = {}
         for no in sorted(debit + budget):
-            signed = first_start[no] - timedelta(days=rng.randint(0, 20))
+            # SEPA mandates exist since February 2014 (older debit authorisations were migrated)
+            signed = max(first_start[no] - timedelta(days=rng.randint(0, 20)), _SEPA_MIGRATION)
             first = _add_months(date(signed.year, signed.month, 2), 1)
             first_on = first if first <= today else None
             last_on = None
@@ -833,8 +858,13 @@ class _Builder:
         pool = [no for no in debit if no not in self.claimed and mandates[no]["first_collection_on"]]
         rng.shuffle(pool)
 
-        def take(n: int) -> list[str]:
-            picked = [p for p in pool if p not in self.claimed][:n]
+        def take(n: int, first_before: date | None = None) -> list[str]:
+            free = [p for p in pool if p not in self.claimed]
+            if first_before is not None:  # prefer mandates collected long enough to have lapsed
+                old = [p for p in free if mandates[p]["first_collection_on"] < first_before]
+                old_set = set(old)
+                free = old + [p for p in free if p not in old_set]
+            picked = free[:n]
             self.claimed.update(picked)
             return sorted(picked)
 
@@ -842,7 +872,7 @@ class _Builder:
         for no in self.edge["invalid_iban"]:
             iban = mandates[no]["iban"]
             mandates[no]["iban"] = f"DE{(int(iban[2:4]) + 1) % 100:02d}{iban[4:]}"
-        self.edge["lapsed_mandate"] = take(k)
+        self.edge["lapsed_mandate"] = take(k, first_before=_add_months(today, -61))
         for no in self.edge["lapsed_mandate"]:
             m = mandates[no]
             m["last_collection_on"] = _add_months(today, -rng.randint(37, 60))
@@ -1266,10 +1296,12 @@ def generate_erp(
         DemoSummary with rows per table and the edge cases (see ``EDGE_CASE_KEYS``).
 
     Raises:
-        ValueError: ``persons`` < 50, or the database already holds ERP data and ``reset`` is False.
+        ValueError: ``persons`` < ``MIN_PERSONS``, or the database already holds ERP data and ``reset`` is False.
     """
-    if persons < 50:
-        raise ValueError(f"persons={persons}: the demo ERP needs at least 50 persons to hold every edge case")
+    if persons < MIN_PERSONS:
+        raise ValueError(
+            f"persons={persons}: the demo ERP needs at least {MIN_PERSONS} persons to hold every edge case"
+        )
     if reset:
         metadata.drop_all(engine)
     metadata.create_all(engine)
