@@ -1,0 +1,268 @@
+"""Turn a spooled plan into pain.008 files on disk, with the ledger steps that make it crash-safe.
+
+The order of steps per file is the whole point (see ``connectors/sepa/ledger.py``):
+``begin_file`` + ``add_prepared`` (committed) -> write ``.part`` -> validate and re-count ->
+atomic rename -> ``mark_written`` -> ERP ``IN_COLLECTION`` -> ``erp_synced``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO
+
+from connectors.sepa.errors import SepaValidationError
+from connectors.sepa.ledger import BlockRow, ErpUpdate, LedgerRow, SepaLedger
+from connectors.sepa.pain008 import (
+    Creditor,
+    DebitTransaction,
+    PaymentBlock,
+    format_cents,
+    publish,
+    write_pain008,
+    write_part,
+)
+from connectors.sepa.schemas import scan_pain008
+from connectors.sepa.spool import BlockKey, read_block
+
+FAULT_ENV = "HAUSFLOW_SEPA_FAULT"
+
+
+def fault_point(name: str, count: int | None = None) -> None:
+    """Fault injection for the crash tests: SIGKILL this process at a named point.
+
+    ``HAUSFLOW_SEPA_FAULT=before_publish`` kills before the rename; ``after_tx:500`` kills after the
+    500th transaction written. Unset in normal operation (one dictionary lookup).
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, number = spec.partition(":")
+    if point != name or (number and count != int(number)):
+        return
+    if os.environ.get("HAUSFLOW_SEPA_FAULT_SLEEP"):
+        time.sleep(float(os.environ["HAUSFLOW_SEPA_FAULT_SLEEP"]))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """One file to write: its message id, final path and blocks (with the spool keys)."""
+
+    index: int
+    msg_id: str
+    path: Path
+    blocks: list[tuple[BlockKey, PaymentBlock]]
+
+    @property
+    def nb_of_txs(self) -> int:
+        """Transactions in the file."""
+        return sum(b.nb_of_txs for _k, b in self.blocks)
+
+    @property
+    def ctrl_sum_cents(self) -> int:
+        """Sum of the file in cents."""
+        return sum(b.ctrl_sum_cents for _k, b in self.blocks)
+
+
+@dataclass
+class WrittenFile:
+    """A file that reached its final name, with its figures as re-read from disk."""
+
+    msg_id: str
+    path: Path
+    nb_of_txs: int
+    ctrl_sum: str
+    blocks: list[dict[str, object]] = field(default_factory=list)
+
+
+def _parse_date(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def produce_file(
+    plan: FilePlan,
+    spool_dir: Path,
+    creditor: Creditor,
+    ledger: SepaLedger,
+    run_id: str,
+    created_at: datetime,
+    batch_booking: bool | None,
+    erp_update: ErpUpdate,
+    ledger_batch: int = 5000,
+    on_progress: Callable[[int], None] | None = None,
+) -> WrittenFile:
+    """Write one planned file crash-safely and record it; returns the file as re-read from disk.
+
+    Raises:
+        SepaValidationError: the written file failed the XSD or its sums (nothing published,
+            the claims are released again).
+        SepaLedgerConflict: a claim is already in the ledger (another run); nothing published.
+    """
+    blocks = [b for _k, b in plan.blocks]
+    ledger.begin_file(
+        plan.msg_id,
+        run_id,
+        plan.path,
+        [
+            BlockRow(
+                b.pmt_inf_id,
+                plan.msg_id,
+                b.collection_date,
+                b.sequence_type,
+                b.nb_of_txs,
+                Decimal(format_cents(b.ctrl_sum_cents)),
+                b.batch_booking,
+            )
+            for b in blocks
+        ],
+        batch_booking,
+    )
+    fault_point("after_begin")
+    keys = {b.pmt_inf_id: k for k, b in plan.blocks}
+    written = 0
+    pending: list[LedgerRow] = []
+
+    def transactions(block: PaymentBlock) -> Iterator[DebitTransaction]:
+        nonlocal written
+        for row in read_block(spool_dir, keys[block.pmt_inf_id]):
+            tx = DebitTransaction(
+                end_to_end_id=row["end_to_end_id"],
+                amount_cents=int(row["amount_cents"]),
+                mandate_id=row["mandate_id"],
+                mandate_signed_on=_parse_date(row["mandate_signed_on"]),
+                debtor_name=row["debtor_name"],
+                debtor_iban=row["debtor_iban"],
+                debtor_bic=row["debtor_bic"] or None,
+                remittance=row["remittance"] or None,
+                original_debtor_iban=row["original_debtor_iban"] or None,
+                original_agent_smnda=row["original_agent_smnda"] == "1",
+            )
+            pending.append(
+                LedgerRow(
+                    claim_no=row["claim_no"],
+                    attempt=int(row["attempt"]),
+                    msg_id=plan.msg_id,
+                    pmt_inf_id=block.pmt_inf_id,
+                    end_to_end_id=tx.end_to_end_id,
+                    mandate_id=tx.mandate_id,
+                    debtor_iban=tx.debtor_iban,
+                    person_no=row["person_no"],
+                    object_no=row["object_no"] or None,
+                    amount=Decimal(format_cents(tx.amount_cents)),
+                    sequence_type=block.sequence_type,
+                    collection_date=block.collection_date,
+                )
+            )
+            if len(pending) >= ledger_batch:
+                ledger.add_prepared(pending)
+                pending.clear()
+            yield tx
+            written += 1
+            fault_point("after_tx", written)
+            if on_progress is not None and written % 50_000 == 0:
+                on_progress(written)
+
+    def writer(fh: IO[bytes]) -> None:
+        write_pain008(fh, plan.msg_id, created_at, creditor, blocks, transactions)
+        ledger.add_prepared(pending)
+        pending.clear()
+
+    try:
+        part = write_part(plan.path, writer)
+        totals = scan_pain008(part)
+        problems = totals.problems()
+        n_ledger, sum_ledger = ledger.ledger_totals(plan.msg_id)
+        if n_ledger != totals.counted_nb_of_txs or sum_ledger != totals.counted_ctrl_sum:
+            problems.append(
+                f"ledger has {n_ledger} claims / {sum_ledger} EUR, file {totals.counted_nb_of_txs} / {totals.counted_ctrl_sum}"
+            )
+        if problems:
+            part.unlink(missing_ok=True)
+            raise SepaValidationError(f"{plan.path.name}: " + "; ".join(problems))
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt | SystemExit):
+            ledger.abandon_file(plan.msg_id, f"not published: {exc}"[:1000])
+        raise
+    fault_point("before_publish")
+    publish(part, plan.path)
+    fault_point("after_publish")
+    ledger.mark_written(plan.msg_id)
+    fault_point("after_written")
+    ledger.sync_erp(plan.msg_id, erp_update)
+    return WrittenFile(
+        plan.msg_id,
+        plan.path,
+        totals.counted_nb_of_txs,
+        str(totals.counted_ctrl_sum),
+        [
+            {"pmt_inf_id": pid, "nb_of_txs": n, "ctrl_sum": str(s)}
+            for pid, (_nh, _sh, n, s) in totals.blocks.items()
+        ],
+    )
+
+
+def check_published_file(ledger: SepaLedger) -> Callable[[Path, str], bool]:
+    """A ``check_file`` for ``SepaLedger.recover``: valid XSD, sums add up, and agree with the ledger."""
+
+    def check(path: Path, msg_id: str) -> bool:
+        try:
+            totals = scan_pain008(path)
+        except SepaValidationError:
+            return False
+        n, total = ledger.ledger_totals(msg_id)
+        return (
+            not totals.problems()
+            and totals.msg_id == msg_id
+            and (n, total)
+            == (
+                totals.counted_nb_of_txs,
+                totals.counted_ctrl_sum,
+            )
+        )
+
+    return check
+
+
+def plan_files(
+    stats: Sequence[tuple[BlockKey, int, int]],
+    msg_id_of: Callable[[int], str],
+    output_dir: Path,
+    batch_booking: bool | None,
+) -> list[FilePlan]:
+    """Group spooled blocks into files; blocks in a file ordered by collection date and sequence type.
+
+    Args:
+        stats: (key, count, sum in cents) of every spooled block.
+        msg_id_of: message id of file number ``i``.
+        output_dir: where the files go (``<msg_id>.xml``).
+        batch_booking: BtchBookg of every block (None: leave it out, the bank's default applies).
+    """
+    by_file: dict[int, list[tuple[BlockKey, int, int]]] = {}
+    for key, n, cents in sorted(stats, key=lambda s: s[0]):
+        by_file.setdefault(key.file_index, []).append((key, n, cents))
+    plans = []
+    for index, items in sorted(by_file.items()):
+        msg_id = msg_id_of(index)
+        blocks = [
+            (
+                key,
+                PaymentBlock(
+                    pmt_inf_id=f"{msg_id}-{number:03d}",
+                    collection_date=key.collection_date,
+                    sequence_type=key.sequence_type,
+                    nb_of_txs=n,
+                    ctrl_sum_cents=cents,
+                    batch_booking=batch_booking,
+                ),
+            )
+            for number, (key, n, cents) in enumerate(items, start=1)
+        ]
+        plans.append(FilePlan(index, msg_id, output_dir / f"{msg_id}.xml", blocks))
+    return plans

@@ -1,0 +1,592 @@
+"""Prefect tasks of the SEPA debit run and the bank-statement reconciliation (one task per batch).
+
+Tasks get plain data (URLs, settings, dates, paths) and build engines and stores inside. Rules come
+from ``tasks/sepa_rules.py``; files, ledger and ERP access from ``connectors/sepa``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+
+from config.settings import HausflowSettings
+from connectors.erp.database import make_engine
+from connectors.sepa.debit_files import check_published_file, plan_files, produce_file
+from connectors.sepa.erp import read_candidate_claims, read_mandates, set_claim_status
+from connectors.sepa.ledger import SepaLedger
+from connectors.sepa.pain008 import Creditor
+from connectors.sepa.spool import BlockKey, SpoolWriter, remove_spool
+from connectors.state_store import QuarantineItem, StateStore
+from tasks.sepa_rules import (
+    LISTING_FIELDS,
+    ClaimRecord,
+    Decision,
+    Mandate,
+    MandateHistory,
+    ReleaseBudget,
+    RunContext,
+    Way,
+    check_bic,
+    check_creditor_id,
+    check_iban,
+    choose_recurrent_mandate,
+    claim_collection_date,
+    decide_claim,
+    effective_collection_date,
+    listing_row,
+    make_msg_id,
+    mask_iban,
+    selection_way,
+    transliterate,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+QUARANTINE_TARGET = "sepa"
+LOCK_NAME = "sepa-debit-run"
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a run, a plain logger outside (scripts, crash tests)."""
+    try:
+        return get_run_logger()  # type: ignore[return-value]
+    except MissingContextError:
+        return logging.getLogger("hausflow.sepa")
+
+
+def current_run_id() -> str:
+    """The Prefect flow run id, or a fresh uuid outside Prefect."""
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            return str(flow_run.id)
+    except Exception:  # runtime context is optional here
+        pass
+    return str(uuid.uuid4())
+
+
+def business_today(settings: HausflowSettings) -> date:
+    """Today in Europe/Berlin, or the fixed ``business_date`` of the settings (tests, replays)."""
+    return settings.business_date or datetime.now(BERLIN).date()
+
+
+# ---------------------------------------------------------------------------------------------
+# Debit run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SepaRun:
+    """Everything the debit run's tasks share, as plain data."""
+
+    run_id: str
+    erp_url: str
+    state_url: str
+    sepa: dict[str, Any]
+    today: date
+    requested_date: date
+    collection_date: date
+    batch_booking: bool | None
+    dry_run: bool
+    output_dir: Path
+    work_dir: Path
+    created_at: datetime
+    date_warnings: list[str] = field(default_factory=list)
+    recovery: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def run_token(self) -> str:
+        """Eight characters of the run id used in message ids and file names."""
+        return self.run_id.replace("-", "")[:8]
+
+
+def check_creditor(sepa: dict[str, Any]) -> list[str]:
+    """Problems with the creditor side of the settings (empty list: fine). Any problem stops the run."""
+    problems = []
+    if error := check_creditor_id(sepa["creditor_id"]):
+        problems.append(error)
+    if (error := check_iban(sepa["creditor_iban"])) or (
+        error := check_bic(sepa.get("creditor_bic") or None, sepa["creditor_iban"])
+    ):
+        problems.append(f"creditor {error}")
+    if not transliterate(sepa["creditor_name"]):
+        problems.append("creditor name is empty")
+    if sepa["max_transactions_per_file"] < 1:
+        problems.append("max_transactions_per_file must be at least 1")
+    return problems
+
+
+def start_debit_run(
+    settings: HausflowSettings,
+    collection_date: date | None,
+    batch_booking: bool | None,
+    dry_run: bool,
+    run_id: str | None = None,
+) -> SepaRun:
+    """Check settings and dates, take the run lock, and recover what an earlier run left behind.
+
+    Raises:
+        ValueError: creditor settings are wrong or the date is too far ahead (nothing happens).
+        SepaRunLocked: another debit run is active.
+    """
+    log = run_logger()
+    sepa = settings.sepa.model_dump()
+    problems = check_creditor(sepa)
+    if problems:
+        raise ValueError(
+            "SEPA settings are not usable: "
+            + "; ".join(problems)
+            + " (fix config/profiles or HAUSFLOW_SEPA__*)"
+        )
+    today = business_today(settings)
+    requested = collection_date or today
+    chosen = effective_collection_date(requested, today, sepa["lead_days"], sepa["max_days_ahead"])
+    for warning in chosen.warnings:
+        log.warning(warning)
+    run_id = run_id or current_run_id()
+    output_dir = Path(sepa["output_dir"])
+    run = SepaRun(
+        run_id=run_id,
+        erp_url=settings.erp_url,
+        state_url=settings.state_url,
+        sepa=sepa,
+        today=today,
+        requested_date=requested,
+        collection_date=chosen.effective,
+        batch_booking=sepa["batch_booking"] if batch_booking is None else batch_booking,
+        dry_run=dry_run,
+        output_dir=output_dir,
+        work_dir=output_dir / f".work-{run_id.replace('-', '')[:8]}",
+        created_at=datetime.now(UTC).replace(microsecond=0),
+        date_warnings=list(chosen.warnings),
+    )
+    ledger = SepaLedger(settings.state_url)
+    ledger.acquire_lock(LOCK_NAME, run_id)
+    try:
+        erp = make_engine(settings.erp_url)
+        report = ledger.recover(_erp_status_updater(erp), check_published_file(ledger))
+    except BaseException:
+        ledger.release_lock(LOCK_NAME, run_id)
+        raise
+    run.recovery = {
+        "completed": report.completed_files,
+        "abandoned": report.abandoned_files,
+        "erp_resynced": report.resynced_files,
+    }
+    for msg_id in report.completed_files:
+        log.warning("Recovered file %s: it was renamed before a crash and is now recorded as written", msg_id)
+    for msg_id in report.abandoned_files:
+        log.warning("Dropped unfinished file %s of an earlier run: its claims can be collected again", msg_id)
+    for msg_id in report.resynced_files:
+        log.warning(
+            "Set the claims of file %s to IN_COLLECTION in the ERP (an earlier run stopped before)", msg_id
+        )
+    log.info(
+        "SEPA debit run %s: collection date %s (asked %s), batch booking %s%s",
+        run_id,
+        run.collection_date.strftime("%d.%m.%Y"),
+        requested.strftime("%d.%m.%Y"),
+        run.batch_booking,
+        ", DRY RUN" if dry_run else "",
+    )
+    return run
+
+
+def _erp_status_updater(engine: Any) -> Callable[[Sequence[str], str], None]:
+    def update(claim_nos: Sequence[str], status: str) -> None:
+        set_claim_status(engine, claim_nos, status, only_from=("OPEN",))
+
+    return update
+
+
+@dataclass
+class DebitPlan:
+    """Result of the planning pass: the control listing and the spooled blocks."""
+
+    listing_path: Path
+    preview: list[dict[str, str]]
+    counts: dict[str, int]
+    debit_sum_cents: int
+    blocks: list[tuple[BlockKey, int, int]]
+    warnings: int
+    quarantined: list[dict[str, str]]
+
+
+def _mandate(row: dict[str, Any]) -> Mandate:
+    return Mandate(
+        mandate_id=row["mandate_id"],
+        person_no=row["person_no"],
+        mandate_type=row["mandate_type"] or "RECURRENT",
+        iban=row["iban"] or "",
+        bic=row["bic"],
+        account_holder=row["account_holder"] or "",
+        signed_on=row["signed_on"],
+        first_collection_on=row["first_collection_on"],
+        last_collection_on=row["last_collection_on"],
+        original_iban=row["original_iban"],
+        revoked_on=row["revoked_on"],
+    )
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def _none(value: Any) -> Any:
+    """pandas gives NaN/NaT/None for SQL NULL; rules want None."""
+    try:
+        if value is None or value != value:  # NaN
+            return None
+    except (TypeError, ValueError):
+        return value
+    return value
+
+
+def plan_debits(run: SepaRun, chunk_rows: int = 20_000) -> DebitPlan:
+    """Select, check and spool every claim; write the control listing (CSV) as it goes.
+
+    Streams the ERP in chunks; per chunk one query each for mandates, ledger states and mandate
+    history. Quarantined claims go to the state store (not in a dry run). Memory holds one chunk.
+    """
+    log = run_logger()
+    sepa = run.sepa
+    erp = make_engine(run.erp_url)
+    ledger = SepaLedger(run.state_url)
+    store = None if run.dry_run else StateStore(run.state_url)
+    ctx = RunContext(
+        end_to_end_template=sepa["end_to_end_template"], lapse_months=sepa["mandate_lapse_months"]
+    )
+    horizon = run.collection_date.toordinal() + sepa["collection_horizon_days"]
+    due_until = date.fromordinal(horizon)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    listing_path = run.output_dir / f"control-listing-{run.collection_date.isoformat()}-{run.run_token}.csv"
+    spool = None if run.dry_run else SpoolWriter(run.work_dir, sepa["max_transactions_per_file"])
+    budget = ReleaseBudget()
+    counts = {"debit": 0, "quarantine": 0, "skip": 0}
+    preview: list[dict[str, str]] = []
+    quarantined: list[dict[str, str]] = []
+    failing: set[tuple[str, str]] = set()
+    debit_sum = 0
+    warnings = 0
+    preview_rows = sepa["listing_preview_rows"]
+    with open(listing_path, "w", newline="", encoding="utf-8") as fh:
+        listing = csv.DictWriter(fh, fieldnames=LISTING_FIELDS, delimiter=";")
+        listing.writeheader()
+
+        def emit(decision: Decision, day: date | None) -> None:
+            nonlocal warnings
+            row = listing_row(decision, day)
+            listing.writerow(row)
+            counts[decision.outcome] += 1
+            warnings += len(decision.warnings)
+            if len(preview) < preview_rows:
+                preview.append({**row, "iban": mask_iban(row["iban"])})
+
+        for frame in read_candidate_claims(erp, due_until, chunk_rows):
+            records = frame.to_dict("records")
+            person_nos = [r["person_no"] for r in records]
+            single_ids = [r["single_mandate_id"] for r in records if _none(r["single_mandate_id"])]
+            mandate_rows = [
+                _mandate(m) for m in read_mandates(erp, person_nos=person_nos, mandate_ids=single_ids)
+            ]
+            by_id = {m.mandate_id: m for m in mandate_rows}
+            by_person: dict[str, list[Mandate]] = {}
+            for m in mandate_rows:
+                by_person.setdefault(m.person_no, []).append(m)
+            states = ledger.claim_states([r["claim_no"] for r in records])
+            chosen: dict[str, Mandate | None] = {}
+            for person_no in set(person_nos):
+                chosen[person_no] = choose_recurrent_mandate(
+                    by_person.get(person_no, []), run.collection_date
+                )
+            used_ids = {m.mandate_id for m in chosen.values() if m} | set(single_ids)
+            history_rows = ledger.mandate_history(sorted(used_ids))
+            quarantine_items: list[QuarantineItem] = []
+            for rec in records:
+                claim = ClaimRecord(
+                    claim_no=rec["claim_no"],
+                    person_no=rec["person_no"],
+                    object_no=rec["object_no"],
+                    invoice_no=str(rec["invoice_no"]),
+                    invoice_date=_as_date(rec["invoice_date"]),
+                    due_date=_as_date(rec["due_date"]),
+                    open_amount=Decimal(str(rec["open_amount"])),
+                    booking_text=_none(rec["booking_text"]),
+                    single_mandate_id=_none(rec["single_mandate_id"]),
+                    auto_debit=bool(rec["auto_debit"]),
+                    release_amount=_none(rec["elv_release_amount"]),
+                    remittance_lines=tuple(_none(rec[f"remittance_line{i}"]) for i in (1, 2, 3)),
+                )
+                way = selection_way(claim.single_mandate_id, claim.auto_debit, claim.release_amount)
+                if way is None:  # the query already filters; kept for safety
+                    continue
+                state = states.get(claim.claim_no)
+                if state is not None and state.blocking_status is not None:
+                    emit(
+                        Decision(
+                            "skip",
+                            claim,
+                            way,
+                            rule="sepa.ledger",
+                            reason=f"already {state.blocking_status} in file {state.blocking_msg_id}; "
+                            "not collected again (the ERP status is behind: run the reconciliation)",
+                        ),
+                        None,
+                    )
+                    continue
+                day = claim_collection_date(
+                    claim.due_date, run.collection_date, run.today, sepa["max_days_ahead"]
+                )
+                if day is None:
+                    emit(
+                        Decision(
+                            "skip", claim, way, rule="sepa.date", reason="due too far ahead for this run"
+                        ),
+                        None,
+                    )
+                    continue
+                if way == Way.SINGLE_MANDATE:
+                    mandate = by_id.get(claim.single_mandate_id or "")
+                else:
+                    mandate = chosen.get(claim.person_no)
+                last, ibans = (
+                    history_rows.get(mandate.mandate_id, (None, frozenset()))
+                    if mandate
+                    else (None, frozenset())
+                )
+                history = MandateHistory(last, ibans)
+                decision = decide_claim(
+                    claim,
+                    way,
+                    mandate,
+                    history,
+                    ctx,
+                    day,
+                    single_mandate_used=bool(mandate and (last or mandate.first_collection_on)),
+                )
+                if (
+                    decision.outcome == "debit"
+                    and way == Way.RELEASE_BUDGET
+                    and not budget.take(
+                        claim.person_no, Decimal(str(claim.release_amount)), decision.amount_cents
+                    )
+                ):
+                    decision = Decision(
+                        "skip",
+                        claim,
+                        way,
+                        rule="sepa.budget",
+                        reason=f"released budget {Decimal(str(claim.release_amount)):.2f} EUR of person "
+                        f"{claim.person_no} is used up by older claims",
+                        mandate=decision.mandate,
+                    )
+                emit(decision, day if decision.outcome == "debit" else None)
+                if decision.outcome == "quarantine":
+                    failing.add(("claim", claim.claim_no))
+                    quarantine_items.append(
+                        QuarantineItem(
+                            "claim", claim.claim_no, decision.rule or "sepa", decision.reason or ""
+                        )
+                    )
+                    if len(quarantined) < preview_rows:
+                        quarantined.append(
+                            {
+                                "claim_no": claim.claim_no,
+                                "person_no": claim.person_no,
+                                "rule": decision.rule or "",
+                                "reason": decision.reason or "",
+                            }
+                        )
+                    log.warning("Quarantine: %s [%s]", decision.reason, decision.rule)
+                elif decision.outcome == "debit":
+                    debit_sum += decision.amount_cents
+                    if spool is not None:
+                        _spool(spool, decision, day, state.next_attempt if state else 1)
+            if store is not None and quarantine_items:
+                store.quarantine(QUARANTINE_TARGET, quarantine_items, run.run_id)
+    if spool is not None:
+        spool.close()
+    if store is not None:
+        resolved = store.resolve_quarantine(QUARANTINE_TARGET, failing)
+        if resolved:
+            log.info("%d SEPA quarantine entries of earlier runs are resolved", resolved)
+    blocks = [(k, s.nb_of_txs, s.ctrl_sum_cents) for k, s in (spool.stats.items() if spool else [])]
+    log.info(
+        "Control listing %s: %d to debit (%s EUR), %d in quarantine, %d skipped, %d warnings",
+        listing_path,
+        counts["debit"],
+        f"{Decimal(debit_sum) / 100:.2f}",
+        counts["quarantine"],
+        counts["skip"],
+        warnings,
+    )
+    return DebitPlan(listing_path, preview, counts, debit_sum, blocks, warnings, quarantined)
+
+
+def _spool(spool: SpoolWriter, decision: Decision, day: date, attempt: int) -> None:
+    mandate = decision.mandate
+    assert mandate is not None and decision.sequence_type is not None
+    amend = decision.amendment
+    spool.add(
+        day,
+        decision.sequence_type,
+        {
+            "claim_no": decision.claim.claim_no,
+            "attempt": attempt,
+            "person_no": decision.claim.person_no,
+            "object_no": decision.claim.object_no,
+            "end_to_end_id": decision.end_to_end_id,
+            "amount_cents": decision.amount_cents,
+            "mandate_id": mandate.mandate_id,
+            "mandate_signed_on": mandate.signed_on.isoformat(),
+            "debtor_name": decision.debtor_name,
+            "debtor_iban": mandate.iban,
+            "debtor_bic": mandate.bic,
+            "remittance": decision.remittance,
+            "original_debtor_iban": amend.original_iban if amend else None,
+            "original_agent_smnda": "1" if amend and amend.smnda else "",
+        },
+    )
+
+
+def write_debit_files(run: SepaRun, plan: DebitPlan) -> list[dict[str, Any]]:
+    """Write every planned file crash-safely (see ``connectors/sepa/debit_files.py``)."""
+    log = run_logger()
+    if not plan.blocks:
+        log.info("Nothing to collect: no file written")
+        return []
+    sepa = run.sepa
+    creditor = Creditor(
+        name=transliterate(sepa["creditor_name"])[:70],
+        iban=sepa["creditor_iban"].replace(" ", "").upper(),
+        bic=(sepa.get("creditor_bic") or "").replace(" ", "").upper() or None,
+        creditor_id=sepa["creditor_id"].replace(" ", "").upper(),
+    )
+    ledger = SepaLedger(run.state_url)
+    erp = make_engine(run.erp_url)
+    plans = plan_files(
+        plan.blocks,
+        lambda index: make_msg_id(run.created_at, run.run_token, index),
+        run.output_dir,
+        run.batch_booking,
+    )
+    out = []
+    for file_plan in plans:
+        log.info(
+            "Writing %s: %d direct debits, %s EUR, %d payment blocks",
+            file_plan.path.name,
+            file_plan.nb_of_txs,
+            f"{Decimal(file_plan.ctrl_sum_cents) / 100:.2f}",
+            len(file_plan.blocks),
+        )
+        written = produce_file(
+            file_plan,
+            run.work_dir,
+            creditor,
+            ledger,
+            run.run_id,
+            run.created_at,
+            run.batch_booking,
+            _erp_status_updater(erp),
+            on_progress=_progress_logger(log, file_plan.path.name),
+        )
+        log.info("File %s is complete, valid (GBIC_5) and recorded: hand it to the bank", written.path)
+        out.append(
+            {
+                "msg_id": written.msg_id,
+                "path": str(written.path),
+                "nb_of_txs": written.nb_of_txs,
+                "ctrl_sum": written.ctrl_sum,
+                "blocks": written.blocks,
+            }
+        )
+    return out
+
+
+def _progress_logger(log: Any, name: str) -> Callable[[int], None]:
+    def progress(count: int) -> None:
+        log.info("%s: %d transactions written", name, count)
+
+    return progress
+
+
+def finish_debit_run(run: SepaRun) -> None:
+    """Remove the run's spool and give the lock back."""
+    remove_spool(run.work_dir)
+    SepaLedger(run.state_url).release_lock(LOCK_NAME, run.run_id)
+
+
+@task(name="start-sepa-debit-run", cache_policy=NO_CACHE)
+def start_sepa_debit_run(
+    settings: HausflowSettings, collection_date: date | None, batch_booking: bool | None, dry_run: bool
+) -> SepaRun:
+    """Task wrapper of ``start_debit_run``."""
+    return start_debit_run(settings, collection_date, batch_booking, dry_run)
+
+
+@task(name="plan-sepa-debits", cache_policy=NO_CACHE)
+def plan_sepa_debits(run: SepaRun) -> DebitPlan:
+    """Task wrapper of ``plan_debits`` (one task for all claims, streamed in chunks)."""
+    return plan_debits(run)
+
+
+@task(name="publish-control-listing", cache_policy=NO_CACHE)
+def publish_control_listing(run: SepaRun, plan: DebitPlan) -> None:
+    """Show the control listing in the UI: counts, quarantine reasons, the first rows (masked IBANs)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(
+        key="sepa-control-listing",
+        table=plan.preview,
+        description=(
+            f"Control listing for {run.collection_date:%d.%m.%Y}: {plan.counts['debit']} to debit "
+            f"({Decimal(plan.debit_sum_cents) / 100:.2f} EUR), {plan.counts['quarantine']} in quarantine, "
+            f"{plan.counts['skip']} skipped, {plan.warnings} warnings. First {len(plan.preview)} rows; "
+            f"all rows in {plan.listing_path}"
+        ),
+    )
+    lines = [
+        f"# SEPA control listing {run.collection_date:%d.%m.%Y}{' (dry run)' if run.dry_run else ''}",
+        "",
+        "| | count |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in plan.counts.items()),
+        f"| sum to debit (EUR) | {Decimal(plan.debit_sum_cents) / 100:.2f} |",
+        f"| warnings | {plan.warnings} |",
+        "",
+        *(f"- {w}" for w in run.date_warnings),
+    ]
+    if plan.quarantined:
+        lines += ["", "## Quarantine", "", "| claim | person | rule | reason |", "|---|---|---|---|"]
+        lines += [
+            f"| {q['claim_no']} | {q['person_no']} | {q['rule']} | {q['reason']} |" for q in plan.quarantined
+        ]
+    create_markdown_artifact(key="sepa-control-summary", markdown="\n".join(lines))
+
+
+@task(name="write-sepa-files", cache_policy=NO_CACHE)
+def write_sepa_files(run: SepaRun, plan: DebitPlan) -> list[dict[str, Any]]:
+    """Task wrapper of ``write_debit_files`` (one task for all files of the run)."""
+    return write_debit_files(run, plan)
+
+
+@task(name="finish-sepa-debit-run", cache_policy=NO_CACHE)
+def finish_sepa_debit_run(run: SepaRun) -> None:
+    """Task wrapper of ``finish_debit_run``."""
+    finish_debit_run(run)
