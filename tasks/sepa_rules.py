@@ -782,3 +782,83 @@ def listing_row(decision: Decision, collection_date: date | None) -> dict[str, s
         "rule": decision.rule or "",
         "warnings": " | ".join(notes),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconciliation (seed 004: "Kontenabgleich", return debits by EndToEndId)
+# ---------------------------------------------------------------------------------------------
+
+#: ISO 20022 return reason codes of SEPA direct debits, with what they mean for the property manager.
+RETURN_REASONS: dict[str, str] = {
+    "AC01": "account identifier incorrect (wrong IBAN)",
+    "AC04": "account closed",
+    "AC06": "account blocked",
+    "AC13": "debtor account is a consumer account (B2B not allowed)",
+    "AG01": "direct debits forbidden on this account",
+    "AG02": "invalid bank operation code",
+    "AM04": "insufficient funds",
+    "AM05": "duplicate collection",
+    "BE05": "creditor identifier unknown to the debtor's bank",
+    "CNOR": "creditor bank not registered",
+    "DNOR": "debtor bank not registered",
+    "FF01": "invalid file format",
+    "MD01": "no valid mandate",
+    "MD02": "mandate data missing or wrong",
+    "MD06": "refund requested by the debtor (within 8 weeks)",
+    "MD07": "debtor deceased",
+    "MS02": "refused by the debtor",
+    "MS03": "reason not specified by the bank",
+    "RC01": "BIC incorrect",
+    "RR01": "regulatory: debtor account or identification missing",
+    "RR02": "regulatory: debtor name or address missing",
+    "RR03": "regulatory: creditor name or address missing",
+    "RR04": "regulatory reason",
+    "SL01": "specific service of the debtor's bank (debit blocked by the debtor)",
+}
+
+#: Sub-family codes of the bank transaction code that mean a returned or reversed direct debit.
+RETURN_SUBFAMILIES = frozenset({"UPDD", "RRTN", "PRDD", "RPCR"})
+
+
+def return_reason_text(code: str | None) -> str:
+    """Plain-words meaning of a return reason code (unknown codes are named as such)."""
+    if not code:
+        return "no reason code given"
+    return RETURN_REASONS.get(code, f"reason code {code} (see the ISO external code list)")
+
+
+def classify_entry(
+    status: str, credit_debit: str, reversal: bool, bank_code: str, has_return_info: bool
+) -> str:
+    """What a statement entry is for the direct-debit reconciliation.
+
+    Returns:
+        ``pending`` (not booked yet: never acted on), ``return`` (money taken back: a debit entry
+        with return information, a return sub-family code, or a reversal), ``collection`` (money
+        in), or ``other`` (some other debit on the account).
+    """
+    if status != "BOOK":
+        return "pending"
+    subfamily = bank_code.rsplit("/", 1)[-1] if bank_code else ""
+    if credit_debit == "DBIT" and (has_return_info or reversal or subfamily in RETURN_SUBFAMILIES):
+        return "return"
+    if credit_debit == "CRDT" and reversal:
+        return "return"
+    if credit_debit == "CRDT":
+        return "collection"
+    return "other"
+
+
+def settle_amount(expected: Decimal, already_paid: Decimal, received: Decimal) -> tuple[str, Decimal]:
+    """Outcome of money received for one collected claim.
+
+    Returns:
+        (``paid`` | ``partly_paid`` | ``overpaid``, total received so far). ``overpaid`` changes
+        nothing: more money than collected needs a person to look at it.
+    """
+    total = already_paid + received
+    if total == expected:
+        return "paid", total
+    if total < expected:
+        return "partly_paid", total
+    return "overpaid", already_paid

@@ -7,6 +7,7 @@ from ``tasks/sepa_rules.py``; files, ledger and ERP access from ``connectors/sep
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,14 +24,22 @@ from prefect.exceptions import MissingContextError
 
 from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
+from connectors.sepa.camt import CamtEntry, iter_entries, open_camt, validate_camt
 from connectors.sepa.debit_files import check_published_file, plan_files, produce_file
-from connectors.sepa.erp import read_candidate_claims, read_mandates, set_claim_status
+from connectors.sepa.erp import (
+    mark_claims_paid,
+    read_candidate_claims,
+    read_mandates,
+    set_claim_status,
+    settle_claim,
+)
 from connectors.sepa.ledger import SepaLedger
 from connectors.sepa.pain008 import Creditor
 from connectors.sepa.spool import BlockKey, SpoolWriter, remove_spool
 from connectors.state_store import QuarantineItem, StateStore
 from tasks.sepa_rules import (
     LISTING_FIELDS,
+    NOTPROVIDED,
     ClaimRecord,
     Decision,
     Mandate,
@@ -43,12 +52,16 @@ from tasks.sepa_rules import (
     check_iban,
     choose_recurrent_mandate,
     claim_collection_date,
+    classify_entry,
     decide_claim,
     effective_collection_date,
     listing_row,
     make_msg_id,
     mask_iban,
+    return_reason_text,
+    sanitize_id,
     selection_way,
+    settle_amount,
     transliterate,
 )
 
@@ -590,3 +603,359 @@ def write_sepa_files(run: SepaRun, plan: DebitPlan) -> list[dict[str, Any]]:
 def finish_sepa_debit_run(run: SepaRun) -> None:
     """Task wrapper of ``finish_debit_run``."""
     finish_debit_run(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconciliation of bank statements
+# ---------------------------------------------------------------------------------------------
+
+REPORT_FIELDS = (
+    "kind",
+    "statement",
+    "entry",
+    "booking_date",
+    "amount",
+    "expected",
+    "claim_no",
+    "person_no",
+    "end_to_end_id",
+    "pmt_inf_id",
+    "reason_code",
+    "reason",
+    "message",
+)
+
+
+@dataclass
+class ReconciliationResult:
+    """What one camt file did: counts per kind, the report file, returns and what did not match."""
+
+    path: str
+    kind: str
+    msg_id: str
+    skipped: bool
+    counts: dict[str, int]
+    report_path: str | None
+    returns: list[dict[str, str]]
+    unmatched: list[dict[str, str]]
+
+
+def _report_row(kind: str, entry: CamtEntry, **values: Any) -> dict[str, str]:
+    row = {f: "" for f in REPORT_FIELDS}
+    row.update(
+        kind=kind,
+        statement=entry.statement_id,
+        entry=entry.reference,
+        booking_date=entry.booking_date.isoformat() if entry.booking_date else "",
+        amount=f"{entry.amount:.2f}",
+    )
+    row.update({k: "" if v is None else str(v) for k, v in values.items()})
+    return row
+
+
+def _collection_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> list[dict[str, str]]:
+    """Money in: match by EndToEndId, else by payment block; mark claims paid only for money that arrived."""
+    out: list[dict[str, str]] = []
+    by_e2e = [t for t in entry.transactions if t.end_to_end_id and t.end_to_end_id != NOTPROVIDED]
+    if by_e2e:
+        rows = ledger.find_by_end_to_end(
+            [t.end_to_end_id or "" for t in by_e2e], ("written", "partly_paid", "paid")
+        )
+        for tx in by_e2e:
+            e2e = tx.end_to_end_id or ""
+            received = (
+                tx.amount
+                if tx.amount is not None
+                else (entry.amount if len(entry.transactions) == 1 else None)
+            )
+            row = rows.get(e2e)
+            if row is None or received is None:
+                msg = (
+                    "no collection with this EndToEndId is waiting for money" if row is None else "no amount"
+                )
+                out.append(
+                    _report_row("unmatched", entry, end_to_end_id=e2e, pmt_inf_id=tx.pmt_inf_id, message=msg)
+                )
+                continue
+            common = {
+                "claim_no": row["claim_no"],
+                "person_no": row["person_no"],
+                "end_to_end_id": e2e,
+                "pmt_inf_id": row["pmt_inf_id"],
+                "expected": f"{row['amount']:.2f}",
+            }
+            if row["status"] == "paid":
+                out.append(
+                    _report_row(
+                        "duplicate", entry, **common, message="already paid (statement imported before?)"
+                    )
+                )
+                continue
+            expected = Decimal(str(row["amount"]))
+            outcome, total = settle_amount(expected, Decimal(str(row["paid_amount"] or 0)), received)
+            if outcome == "overpaid":
+                out.append(
+                    _report_row(
+                        "mismatch", entry, **common, message=f"received {received:.2f}, more than collected"
+                    )
+                )
+                continue
+            ledger.set_row(
+                row["id"],
+                status=outcome,
+                paid_amount=total,
+                statement_ref=ref[:120],
+                settled_at=datetime.now(UTC),
+            )
+            if outcome == "paid":
+                mark_claims_paid(erp, [row["claim_no"]])
+                out.append(_report_row("paid", entry, **common, message=f"received {received:.2f}"))
+            else:
+                settle_claim(erp, row["claim_no"], "IN_COLLECTION", expected - total)
+                out.append(
+                    _report_row(
+                        "partly_paid",
+                        entry,
+                        **common,
+                        message=f"received {total:.2f} of {expected:.2f}; {expected - total:.2f} still open",
+                    )
+                )
+        return out
+    pmt_inf_id = entry.batch_pmt_inf_id or next(
+        (t.pmt_inf_id for t in entry.transactions if t.pmt_inf_id), None
+    )
+    if not pmt_inf_id:
+        return [
+            _report_row("unmatched", entry, message="money in without EndToEndId or payment block reference")
+        ]
+    block = ledger.block(pmt_inf_id)
+    if block is None:
+        return [
+            _report_row(
+                "unmatched", entry, pmt_inf_id=pmt_inf_id, message="payment block unknown to the ledger"
+            )
+        ]
+    expected_sum = block["open_sum"]
+    if block["open_n"] == 0:
+        return [
+            _report_row(
+                "duplicate",
+                entry,
+                pmt_inf_id=pmt_inf_id,
+                message="every debit of this block is settled already",
+            )
+        ]
+    if entry.amount == expected_sum:
+        claim_nos = ledger.settle_block_paid(pmt_inf_id, ref)
+        mark_claims_paid(erp, claim_nos)
+        return [
+            _report_row(
+                "paid",
+                entry,
+                pmt_inf_id=pmt_inf_id,
+                expected=f"{expected_sum:.2f}",
+                message=f"collective booking of {len(claim_nos)} direct debits: all marked paid",
+            )
+        ]
+    kind = "partly_paid" if entry.amount < expected_sum else "mismatch"
+    return [
+        _report_row(
+            kind,
+            entry,
+            pmt_inf_id=pmt_inf_id,
+            expected=f"{expected_sum:.2f}",
+            message=f"collective booking {entry.amount:.2f} but {block['open_n']} open debits sum {expected_sum:.2f}; "
+            "nothing marked: import the bank's camt.054 with the single debits",
+        )
+    ]
+
+
+def _return_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> list[dict[str, str]]:
+    """Money taken back: find the collection by EndToEndId (or mandate and amount), reopen the claim."""
+    out: list[dict[str, str]] = []
+    transactions = entry.transactions or []
+    if not transactions:
+        return [_report_row("unmatched", entry, message="return debit without transaction details")]
+    for tx in transactions:
+        amount = tx.amount if tx.amount is not None else entry.amount
+        code = tx.return_reason
+        e2e = tx.end_to_end_id
+        row = None
+        if e2e and e2e != NOTPROVIDED:
+            row = ledger.find_by_end_to_end([e2e], ("written", "paid", "partly_paid")).get(e2e)
+            if row is None and ledger.find_by_end_to_end([e2e], ("returned",)):
+                out.append(
+                    _report_row(
+                        "duplicate",
+                        entry,
+                        end_to_end_id=e2e,
+                        reason_code=code,
+                        message="return booked before",
+                    )
+                )
+                continue
+        elif tx.mandate_id:
+            candidates = ledger.find_by_mandate_amount(
+                tx.mandate_id, amount, ("written", "paid", "partly_paid")
+            )
+            row = candidates[0] if len(candidates) == 1 else None
+        if row is None:
+            out.append(
+                _report_row(
+                    "unmatched",
+                    entry,
+                    end_to_end_id=e2e,
+                    pmt_inf_id=tx.pmt_inf_id,
+                    reason_code=code,
+                    reason=return_reason_text(code),
+                    message="return debit matches no collection in the ledger",
+                )
+            )
+            continue
+        expected = Decimal(str(row["amount"]))
+        ledger.set_row(
+            row["id"],
+            status="returned",
+            return_reason=(code or "")[:4] or None,
+            statement_ref=ref[:120],
+            settled_at=datetime.now(UTC),
+        )
+        settle_claim(erp, row["claim_no"], "RETURNED", expected, (code or "")[:4] or None)
+        out.append(
+            _report_row(
+                "returned",
+                entry,
+                claim_no=row["claim_no"],
+                person_no=row["person_no"],
+                end_to_end_id=row["end_to_end_id"],
+                pmt_inf_id=row["pmt_inf_id"],
+                expected=f"{expected:.2f}",
+                reason_code=code,
+                reason=return_reason_text(code),
+                message=f"claim {row['claim_no']} of person {row['person_no']} reopened ({expected:.2f} EUR open again); "
+                "contact the debtor before collecting again",
+            )
+        )
+    return out
+
+
+def reconcile_statement(
+    path: Path, erp_url: str, state_url: str, output_dir: Path, preview_rows: int = 200
+) -> ReconciliationResult:
+    """Import one camt.053/.054 file: validate it whole, then match every entry against the ledger.
+
+    Importing the same file again changes nothing (it is recognised by message id and content hash;
+    and every ledger transition only happens from the state before it).
+
+    Raises:
+        SepaValidationError: the file is not a valid camt.053.001.08/camt.054.001.08 (nothing booked).
+    """
+    log = run_logger()
+    camt = open_camt(path)
+    ledger = SepaLedger(state_url)
+    if ledger.statement_seen(camt.key):
+        log.warning("%s (%s %s) was imported before: skipped", path.name, camt.kind, camt.msg_id)
+        return ReconciliationResult(str(path), camt.kind, camt.msg_id, True, {}, None, [], [])
+    entries = validate_camt(camt)
+    erp = make_engine(erp_url)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report_path = (
+        output_dir
+        / f"reconciliation-{sanitize_id(camt.msg_id).replace(' ', '') or 'camt'}-{camt.sha256[:8]}.csv"
+    )
+    counts: dict[str, int] = {}
+    returns: list[dict[str, str]] = []
+    unmatched: list[dict[str, str]] = []
+    with open(report_path, "w", newline="", encoding="utf-8") as fh:
+        report = csv.DictWriter(fh, fieldnames=REPORT_FIELDS, delimiter=";")
+        report.writeheader()
+        for entry in iter_entries(camt, validate=False):
+            ref = f"{camt.kind} {camt.msg_id} {entry.statement_id} {entry.reference}"
+            kind = classify_entry(
+                entry.status,
+                entry.credit_debit,
+                entry.reversal,
+                entry.bank_code,
+                any(t.return_reason for t in entry.transactions),
+            )
+            if kind == "pending":
+                rows = [
+                    _report_row(
+                        "pending", entry, message=f"status {entry.status}: not booked yet, nothing marked"
+                    )
+                ]
+            elif kind == "collection":
+                rows = _collection_rows(entry, ledger, erp, ref)
+            elif kind == "return":
+                rows = _return_rows(entry, ledger, erp, ref)
+            else:
+                rows = [
+                    _report_row("other", entry, message=f"debit {entry.bank_code}: not a direct-debit return")
+                ]
+            for row in rows:
+                report.writerow(row)
+                counts[row["kind"]] = counts.get(row["kind"], 0) + 1
+                if row["kind"] == "returned" and len(returns) < preview_rows:
+                    returns.append(row)
+                    log.warning("Return debit: %s [%s %s]", row["message"], row["reason_code"], row["reason"])
+                elif (
+                    row["kind"] in ("unmatched", "mismatch", "partly_paid") and len(unmatched) < preview_rows
+                ):
+                    unmatched.append(row)
+                    log.warning(
+                        "%s: entry %s, %s EUR: %s", row["kind"], row["entry"], row["amount"], row["message"]
+                    )
+    ledger.record_statement(camt.key, path, camt.kind, json.dumps({"entries": entries, **counts}))
+    log.info(
+        "%s: %d entries; %s; report %s",
+        path.name,
+        entries,
+        ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        report_path,
+    )
+    return ReconciliationResult(
+        str(path), camt.kind, camt.msg_id, False, counts, str(report_path), returns, unmatched
+    )
+
+
+@task(name="reconcile-bank-statement", cache_policy=NO_CACHE)
+def reconcile_bank_statement(
+    path: str, erp_url: str, state_url: str, output_dir: str
+) -> ReconciliationResult:
+    """Task wrapper of ``reconcile_statement`` (one task per camt file)."""
+    return reconcile_statement(Path(path), erp_url, state_url, Path(output_dir))
+
+
+@task(name="publish-reconciliation-report", cache_policy=NO_CACHE)
+def publish_reconciliation_report(results: list[ReconciliationResult]) -> None:
+    """Show returns (with reason codes) and everything that did not match in the UI."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    returns = [r for res in results for r in res.returns]
+    unmatched = [r for res in results for r in res.unmatched]
+    create_table_artifact(
+        key="sepa-return-debits",
+        table=returns or [{"message": "no return debits"}],
+        description=f"{len(returns)} return debits: the claims are reopened (status RETURNED) with the reason code",
+    )
+    lines = ["# Bank statement import", "", "| file | kind | result |", "|---|---|---|"]
+    for res in results:
+        result = (
+            "imported before: skipped"
+            if res.skipped
+            else ", ".join(f"{k} {v}" for k, v in sorted(res.counts.items()))
+        )
+        lines.append(f"| {Path(res.path).name} | {res.kind} | {result} |")
+    if unmatched:
+        lines += [
+            "",
+            "## Not matched / to check",
+            "",
+            "| kind | entry | amount | expected | message |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {u['kind']} | {u['entry']} | {u['amount']} | {u['expected']} | {u['message']} |"
+            for u in unmatched
+        ]
+    create_markdown_artifact(key="sepa-reconciliation", markdown="\n".join(lines))

@@ -144,3 +144,19 @@ def settle_claim(
                 modified_at=datetime.now(UTC),
             )
         )
+
+
+def mark_claims_paid(engine: Engine, claim_nos: Sequence[str]) -> int:
+    """Claims whose collected money arrived: ``PAID`` with nothing left open (only from ``IN_COLLECTION``)."""
+    changed = 0
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for start in range(0, len(claim_nos), _IN_CHUNK):
+            part = list(claim_nos[start : start + _IN_CHUNK])
+            result = conn.execute(
+                update(claims)
+                .where(and_(claims.c.claim_no.in_(part), claims.c.status == "IN_COLLECTION"))
+                .values(status="PAID", open_amount=Decimal("0"), return_reason=None, modified_at=now)
+            )
+            changed += result.rowcount or 0
+    return changed

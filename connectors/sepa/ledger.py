@@ -535,6 +535,30 @@ class SepaLedger:
                     .values(status=status, statement_ref=statement_ref[:120], settled_at=now, **values)
                 )
 
+    def settle_block_paid(self, pmt_inf_id: str, statement_ref: str) -> list[str]:
+        """Every ``written`` row of a block is paid in full; returns their claim numbers."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            claim_nos = [
+                r[0]
+                for r in conn.execute(
+                    select(sepa_ledger.c.claim_no).where(
+                        and_(sepa_ledger.c.pmt_inf_id == pmt_inf_id, sepa_ledger.c.status == "written")
+                    )
+                )
+            ]
+            conn.execute(
+                update(sepa_ledger)
+                .where(and_(sepa_ledger.c.pmt_inf_id == pmt_inf_id, sepa_ledger.c.status == "written"))
+                .values(
+                    status="paid",
+                    paid_amount=sepa_ledger.c.amount,
+                    statement_ref=statement_ref[:120],
+                    settled_at=now,
+                )
+            )
+        return claim_nos
+
     def set_row(self, row_id: int, **values: Any) -> None:
         """Update one ledger row (per-transaction reconciliation)."""
         with self.engine.begin() as conn:
