@@ -14,7 +14,7 @@ clerk in the ERP would.
 
 Speed: Faker is only used to fill small name pools once; rows are then drawn from the pools with one
 seeded ``random.Random`` and inserted with executemany in chunks, one transaction per table
-(100,000 persons take a few seconds on SQLite).
+(100,000 persons: about 18 s on SQLite, about 45 s on a local PostgreSQL).
 """
 
 from __future__ import annotations
