@@ -331,3 +331,6 @@ def test_openapi_describes_the_models(portal: SandboxServer) -> None:
     schemas = spec["components"]["schemas"]
     assert {"ContactIn", "ContactOut", "Contract", "PropertyIn", "UnitIn", "ErrorBody"} <= set(schemas)
     assert "/v2/contacts/{id}/anonymize" in spec["paths"]
+    assert spec["components"]["securitySchemes"]["token"]["in"] == "header"
+    assert spec["paths"]["/v2/units/{id}"]["put"]["security"] == [{"token": []}]
+    assert "security" not in spec["paths"]["/v2/authenticate"]["post"]

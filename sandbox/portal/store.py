@@ -5,7 +5,9 @@ restart. Every record lives as one row (the full JSON the API returns, plus the 
 and a restart need); the process keeps a small index of every record (internal id, payload hash,
 flags, timestamps) so that an upsert decides *created / updated / unchanged* and checks references
 without reading the database. Each write is committed before the answer leaves the server, so what
-the client was told is what a restarted sandbox still holds.
+the client was told is what a restarted sandbox still holds. Writes do not commit one by one:
+the server calls ``commit()`` once per event-loop turn for all writes of that turn (group commit)
+and answers them after it.
 
 A single process owns the database file. All calls come from the server's event loop; the lock only
 guards against a caller from another thread (tests, a threaded server).
@@ -56,6 +58,7 @@ records = Table(
     Column("internal_id", Integer, primary_key=True, autoincrement=True),
     Column("entity", String(32), nullable=False),
     Column("ref_id", String(200), nullable=False),
+    Column("parent_id", String(200), nullable=True),
     Column("body", Text, nullable=False),
     Column("body_hash", String(64), nullable=False),
     Column("archived", Boolean, nullable=False, default=False),
@@ -98,6 +101,7 @@ _UPDATE_RECORD = (
         archived=bindparam("b_archived"),
         anonymised=bindparam("b_anonymised"),
         updated_at=bindparam("b_updated"),
+        parent_id=bindparam("b_parent"),
     )
 )
 _SELECT_BODY = select(records.c.body).where(records.c.internal_id == bindparam("b_iid"))
@@ -132,6 +136,7 @@ class Entry:
     created_at: str
     updated_at: str
     writes: int = 0
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,7 @@ class Store:
         self._index: dict[str, dict[str, Entry]] = {e: {} for e in ENTITIES}
         self.max_writes_per_record = 0
         self._next_id = 1
+        self._log_rows: list[dict[str, Any]] = []
         self._load_index()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -181,6 +187,7 @@ class Store:
             records.c.anonymised,
             records.c.created_at,
             records.c.updated_at,
+            records.c.parent_id,
         ).order_by(records.c.internal_id)
         with self._lock:
             result = self._conn.execution_options(yield_per=5000).execute(query)
@@ -192,6 +199,7 @@ class Store:
                     bool(row.anonymised),
                     row.created_at,
                     row.updated_at,
+                    parent_id=row.parent_id,
                 )
                 self._next_id = max(self._next_id, row.internal_id + 1)
             if self._sqlite:  # ids of deleted records are not given out again
@@ -204,6 +212,7 @@ class Store:
     def close(self) -> None:
         """Commit and close the connection (checkpoints the WAL on SQLite)."""
         with self._lock:
+            self._flush_log()
             self._conn.commit()
             self._conn.close()
             self._engine.dispose()
@@ -211,11 +220,28 @@ class Store:
     def reset(self) -> None:
         """Forget every record and the write log (tokens stay valid)."""
         with self._lock:
+            self._log_rows = []
             self._conn.execute(delete(records))
             self._conn.execute(delete(write_log))
             self._conn.commit()
             self._index = {e: {} for e in ENTITIES}
             self.max_writes_per_record = 0
+
+    def commit(self) -> None:
+        """Commit what the writes since the last commit did (the server groups commits).
+
+        Writes do not commit themselves: under load one commit serves every write of an event-loop
+        turn, and the server answers those writes only after this returns.
+        """
+        with self._lock:
+            self._flush_log()
+            if self._conn.in_transaction():
+                self._conn.commit()
+
+    def _flush_log(self) -> None:
+        if self._log_rows:
+            rows, self._log_rows = self._log_rows, []
+            self._conn.execute(_INSERT_LOG, rows)
 
     # ---- reads -------------------------------------------------------------------------------
     def entry(self, entity: str, ref_id: str) -> Entry | None:
@@ -229,7 +255,6 @@ class Store:
             return None
         with self._lock:
             body = self._conn.execute(_SELECT_BODY, {"b_iid": entry.internal_id}).scalar_one_or_none()
-            self._conn.commit()
         return body
 
     def get_dict(self, entity: str, ref_id: str) -> dict[str, Any] | None:
@@ -254,7 +279,6 @@ class Store:
         query = query.order_by(records.c.internal_id).limit(page_size + 1).offset((page - 1) * page_size)
         with self._lock:
             bodies = list(self._conn.execute(query).scalars())
-            self._conn.commit()
         return bodies[:page_size], len(bodies) > page_size
 
     def iter_entries(self, entity: str) -> Iterator[tuple[str, Entry]]:
@@ -283,8 +307,8 @@ class Store:
             .order_by(write_log.c.seq)
         )
         with self._lock:
+            self._flush_log()
             rows = self._conn.execute(query).all()
-            self._conn.commit()
         return [
             {"seq": r.seq, "op": r.op, "bodyHash": r.body_hash, "effective": bool(r.effective), "at": r.at}
             for r in rows
@@ -298,11 +322,13 @@ class Store:
         writable: dict[str, Any],
         read_only: dict[str, Any],
         body_hash: str,
+        parent_id: str | None = None,
     ) -> WriteOutcome:
         """Create or replace a record; un-archives it. Unchanged content writes only the log.
 
         ``writable`` is what the client sent (every writable field, ``id`` first); ``read_only`` the
-        entity's extra read-only fields (e.g. ``anonymised``). Returns the stored JSON.
+        entity's extra read-only fields (e.g. ``anonymised``); ``parent_id`` the reference a rule
+        checks without reading the body (a unit's property). Returns the stored JSON.
         """
         now = now_iso()
         with self._lock:
@@ -310,10 +336,9 @@ class Store:
             if entry is not None and entry.body_hash == body_hash and not entry.archived:
                 body = _render(writable, entry, read_only)
                 self._log(entity, ref_id, "upsert", body_hash, False, now, entry)
-                self._conn.commit()
                 return WriteOutcome(False, False, body)
             if entry is None:
-                entry = Entry(self._next_id, body_hash, False, False, now, now)
+                entry = Entry(self._next_id, body_hash, False, False, now, now, parent_id=parent_id)
                 self._next_id += 1
                 body = _render(writable, entry, read_only)
                 self._conn.execute(
@@ -322,6 +347,7 @@ class Store:
                         "internal_id": entry.internal_id,
                         "entity": entity,
                         "ref_id": ref_id,
+                        "parent_id": parent_id,
                         "body": body,
                         "body_hash": body_hash,
                         "archived": False,
@@ -332,7 +358,16 @@ class Store:
                 )
                 created = True
             else:
-                entry = Entry(entry.internal_id, body_hash, False, False, entry.created_at, now, entry.writes)
+                entry = Entry(
+                    entry.internal_id,
+                    body_hash,
+                    False,
+                    False,
+                    entry.created_at,
+                    now,
+                    entry.writes,
+                    parent_id,
+                )
                 body = _render(writable, entry, read_only)
                 self._conn.execute(
                     _UPDATE_RECORD,
@@ -343,11 +378,11 @@ class Store:
                         "b_archived": False,
                         "b_anonymised": False,
                         "b_updated": now,
+                        "b_parent": parent_id,
                     },
                 )
                 created = False
             self._log(entity, ref_id, "upsert", body_hash, True, now, entry)
-            self._conn.commit()
             self._index[entity][ref_id] = entry
         return WriteOutcome(created, True, body)
 
@@ -367,7 +402,6 @@ class Store:
             current = self._conn.execute(_SELECT_BODY, {"b_iid": entry.internal_id}).scalar_one()
             if entry.archived == archived and entry.anonymised == anonymised:
                 self._log(entity, ref_id, op, entry.body_hash, False, now, entry)
-                self._conn.commit()
                 return WriteOutcome(False, False, current)
             record = json.loads(current)
             record.update(changes)
@@ -387,6 +421,7 @@ class Store:
                     "b_archived": archived,
                     "b_anonymised": anonymised,
                     "b_updated": now,
+                    "b_parent": entry.parent_id,
                 },
             )
             entry.body_hash = body_hash
@@ -394,7 +429,6 @@ class Store:
             entry.anonymised = anonymised
             entry.updated_at = now
             self._log(entity, ref_id, op, body_hash, True, now, entry)
-            self._conn.commit()
         return WriteOutcome(False, True, body)
 
     def delete(self, entity: str, ref_id: str) -> bool:
@@ -405,7 +439,6 @@ class Store:
                 return False
             self._conn.execute(_DELETE_RECORD, {"b_iid": entry.internal_id})
             self._log(entity, ref_id, "delete", None, True, now_iso(), entry)
-            self._conn.commit()
         return True
 
     def _log(
@@ -418,9 +451,8 @@ class Store:
         at: str,
         entry: Entry,
     ) -> None:
-        """Append to the write log (same transaction as the write) and count writes per record."""
-        self._conn.execute(
-            _INSERT_LOG,
+        """Queue a write-log row (inserted at the next commit, in one statement) and count the write."""
+        self._log_rows.append(
             {
                 "entity": entity,
                 "ref_id": ref_id,
@@ -428,7 +460,7 @@ class Store:
                 "body_hash": body_hash,
                 "effective": effective,
                 "at": at,
-            },
+            }
         )
         entry.writes += 1
         if entry.writes > self.max_writes_per_record:
@@ -454,7 +486,6 @@ class Store:
         """Rows in the records table (a check that index and table agree)."""
         with self._lock:
             n = int(self._conn.execute(select(func.count()).select_from(records)).scalar_one())
-            self._conn.commit()
         return n
 
 
