@@ -454,8 +454,11 @@ def selection_way(
 class ReleaseBudget:
     """Running budget of way 2: claims of one person, oldest first, while the sum stays within it.
 
-    Claims arrive ordered by person and due date. The first claim that would exceed the budget
-    stops the person's debits for this run (the older claim is not jumped over by newer ones).
+    The released amount limits what is in collection at one time: debits of earlier runs that
+    are still waiting for the money (``in_flight_cents``) count against it, so running the debit
+    twice does not take the budget twice. Claims arrive ordered by person and due date; the first
+    claim that would exceed the budget stops the person's debits for this run (an older claim is
+    not jumped over by newer, smaller ones).
     """
 
     def __init__(self) -> None:
@@ -463,10 +466,10 @@ class ReleaseBudget:
         self._used = 0
         self._closed = False
 
-    def take(self, person_no: str, budget: Decimal, amount_cents: int) -> bool:
+    def take(self, person_no: str, budget: Decimal, amount_cents: int, in_flight_cents: int = 0) -> bool:
         """True when the claim fits into what is left of the person's budget (and books it)."""
         if person_no != self._person:
-            self._person, self._used, self._closed = person_no, 0, False
+            self._person, self._used, self._closed = person_no, in_flight_cents, False
         if self._closed:
             return False
         if self._used + amount_cents > to_cents(budget):

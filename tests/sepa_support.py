@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from connectors.erp.database import create_erp_schema, make_engine
 from connectors.erp.schema import claims, objects, payment_types, persons, sepa_mandates
@@ -207,3 +209,61 @@ def sepa_env(erp_url: str, state_url: str, output_dir: str, **sepa: Any) -> Iter
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+CREATED = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+MSG_ID = "HF20260302090000-testrun0-001"
+
+
+@dataclass
+class Scenario:
+    """URLs and folders of one test's ERP, state database and output."""
+
+    erp_url: str
+    state_url: str
+    output_dir: Path
+
+
+def make_scenario(tmp_path: Path, extra_claims: list[dict[str, Any]] | None = None) -> Scenario:
+    """Fresh SQLite ERP with the standard scenario, an empty state database, an output folder."""
+    scenario = Scenario(
+        erp_url=f"sqlite:///{tmp_path}/erp.sqlite",
+        state_url=f"sqlite:///{tmp_path}/state.sqlite",
+        output_dir=tmp_path / "out",
+    )
+    build_erp(scenario.erp_url, extra_claims)
+    return scenario
+
+
+def debit_run(
+    collection: date | None = COLLECTION,
+    batch_booking: bool | None = None,
+    dry_run: bool = False,
+    run_id: str = "testrun0",
+    created_at: datetime = CREATED,
+) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """One debit run through the plain steps (no Prefect), with fixed run id and creation time."""
+    from config.settings import load_settings
+    from tasks.sepa_run import finish_debit_run, plan_debits, start_debit_run, write_debit_files
+
+    run = start_debit_run(
+        load_settings(), collection, batch_booking, dry_run, run_id=run_id, created_at=created_at
+    )
+    try:
+        plan = plan_debits(run)
+        files = [] if dry_run else write_debit_files(run, plan)
+    finally:
+        finish_debit_run(run)
+    return run, plan, files
+
+
+def claim_states(erp_url: str) -> dict[str, tuple[str, Decimal, str | None]]:
+    """Status, open amount and return reason of every claim in the ERP."""
+    engine = make_engine(erp_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(claims.c.claim_no, claims.c.status, claims.c.open_amount, claims.c.return_reason)
+        )
+        out = {r[0]: (r[1], Decimal(str(r[2])), r[3]) for r in rows}
+    engine.dispose()
+    return out

@@ -56,7 +56,9 @@ IBAN_PBNK = "DE09100100101234567890"
         ("SM-1", True, Decimal("10"), Way.SINGLE_MANDATE),  # the single mandate wins
     ],
 )
-def test_selection_way(single_mandate: str | None, auto_debit: bool, release: Decimal | None, expected: Way | None) -> None:
+def test_selection_way(
+    single_mandate: str | None, auto_debit: bool, release: Decimal | None, expected: Way | None
+) -> None:
     assert selection_way(single_mandate, auto_debit, release) == expected
 
 
@@ -80,10 +82,19 @@ def test_release_budget_takes_oldest_claims_and_stops_at_first_that_does_not_fit
         ("", "O100", "P001", "C1", NOTPROVIDED, False),  # empty -> NOTPROVIDED
         ("   ", "O100", "P001", "C1", NOTPROVIDED, False),
         ("Grün_[OBJEKTNUMMER]", "Ö1", "P1", "C1", "Gruen-Oe1/C1", False),  # transliterated, _ -> -
-        ("[OBJEKTNUMMER]-[MIETERNUMMER]", "OBJ-0000000000001", "PERS-00000000000001", "C123456", "OBJ-0000000000001-PERS-0000/C123456", True),
+        (
+            "[OBJEKTNUMMER]-[MIETERNUMMER]",
+            "OBJ-0000000000001",
+            "PERS-00000000000001",
+            "C123456",
+            "OBJ-0000000000001-PERS-0000/C123456",
+            True,
+        ),
     ],
 )
-def test_end_to_end_id(template: str, object_no: str, person_no: str, claim_no: str, expected: str, warns: bool) -> None:
+def test_end_to_end_id(
+    template: str, object_no: str, person_no: str, claim_no: str, expected: str, warns: bool
+) -> None:
     value, warnings = end_to_end_id(template, object_no, person_no, claim_no)
     assert value == expected
     assert len(value) <= 35 and ID_ALLOWED.match(value)
@@ -100,9 +111,15 @@ def test_end_to_end_id_is_unique_for_claims_of_the_same_tenant_and_object() -> N
 # ---- remittance text (seed 004: Ueberweisungstexte) -----------------------------------------
 def test_remittance_order_fixed_lines_system_line_booking_text() -> None:
     text, warnings = remittance_text(
-        ("TIERPRAXIS MUSTER", "2. ZEILE", None), "102927", date(2010, 2, 10), "Nebenkostennachzahlung\nMonat November\n"
+        ("TIERPRAXIS MUSTER", "2. ZEILE", None),
+        "102927",
+        date(2010, 2, 10),
+        "Nebenkostennachzahlung\nMonat November\n",
     )
-    assert text == "TIERPRAXIS MUSTER 2. ZEILE RECHNUNG 102927 VOM 10.02.10 Nebenkostennachzahlung Monat November"
+    assert (
+        text
+        == "TIERPRAXIS MUSTER 2. ZEILE RECHNUNG 102927 VOM 10.02.10 Nebenkostennachzahlung Monat November"
+    )
     assert warnings == []
 
 
@@ -125,7 +142,9 @@ def test_transliterate(raw: str, expected: str) -> None:
 
 def test_remittance_too_long_is_shortened_at_a_word_with_a_warning_naming_the_dropped_words() -> None:
     booking = "Nebenkostennachzahlung 2025 fuer die Wohnung im dritten Obergeschoss links\nMonat November"
-    text, warnings = remittance_text(("HAUSVERWALTUNG MUSTER", "Mietkonto"), "1002", date(2026, 2, 10), booking)
+    text, warnings = remittance_text(
+        ("HAUSVERWALTUNG MUSTER", "Mietkonto"), "1002", date(2026, 2, 10), booking
+    )
     assert len(text) <= 140
     assert text.endswith("Monat")
     assert len(warnings) == 1 and "'November'" in warnings[0]
@@ -169,9 +188,17 @@ def test_sequence_type(mandate: Mandate, history: MandateHistory, expected: str)
     [
         (_mandate(), MandateHistory(), None),  # no change
         (_mandate(original_iban=IBAN_BYLA), MandateHistory(), None),  # same account
-        (_mandate(iban=IBAN_BYLA_2, original_iban=IBAN_BYLA), MandateHistory(), Amendment(IBAN_BYLA, False)),  # same bank
+        (
+            _mandate(iban=IBAN_BYLA_2, original_iban=IBAN_BYLA),
+            MandateHistory(),
+            Amendment(IBAN_BYLA, False),
+        ),  # same bank
         (_mandate(original_iban=IBAN_PBNK), MandateHistory(), Amendment(None, True)),  # other bank: SMNDA
-        (_mandate(original_iban=IBAN_PBNK), MandateHistory(ibans_collected=frozenset({IBAN_BYLA})), None),  # sent already
+        (
+            _mandate(original_iban=IBAN_PBNK),
+            MandateHistory(ibans_collected=frozenset({IBAN_BYLA})),
+            None,
+        ),  # sent already
     ],
 )
 def test_amendment(mandate: Mandate, history: MandateHistory, expected: Amendment | None) -> None:
@@ -182,8 +209,18 @@ def test_amendment(mandate: Mandate, history: MandateHistory, expected: Amendmen
     ("mandate", "history", "collection", "lapsed"),
     [
         (_mandate(last_collection_on=date(2023, 3, 4)), MandateHistory(), date(2026, 3, 3), False),
-        (_mandate(last_collection_on=date(2023, 3, 4)), MandateHistory(), date(2026, 3, 4), True),  # exactly 36 months
-        (_mandate(last_collection_on=date(2022, 1, 1)), MandateHistory(date(2025, 1, 1)), date(2026, 3, 4), False),
+        (
+            _mandate(last_collection_on=date(2023, 3, 4)),
+            MandateHistory(),
+            date(2026, 3, 4),
+            True,
+        ),  # exactly 36 months
+        (
+            _mandate(last_collection_on=date(2022, 1, 1)),
+            MandateHistory(date(2025, 1, 1)),
+            date(2026, 3, 4),
+            False,
+        ),
         (_mandate(signed_on=date(2022, 1, 1)), MandateHistory(), date(2026, 3, 4), True),  # never used, old
         (_mandate(signed_on=date(2025, 1, 1)), MandateHistory(), date(2026, 3, 4), False),
     ],
@@ -382,7 +419,9 @@ def test_single_mandate_can_be_used_once() -> None:
     single = _mandate(mandate_type="SINGLE", signed_on=date(2020, 1, 1))
     first = decide_claim(_claim(), Way.SINGLE_MANDATE, single, MandateHistory(), CTX, DAY)
     assert first.outcome == "debit" and first.sequence_type == "OOFF"  # single mandates do not lapse
-    again = decide_claim(_claim(), Way.SINGLE_MANDATE, single, MandateHistory(), CTX, DAY, single_mandate_used=True)
+    again = decide_claim(
+        _claim(), Way.SINGLE_MANDATE, single, MandateHistory(), CTX, DAY, single_mandate_used=True
+    )
     assert again.rule == "sepa.mandate.single_used"
 
 
@@ -396,3 +435,9 @@ def test_debit_decision_carries_transaction_fields() -> None:
     assert d.mandate is not None and d.mandate.iban == IBAN_BYLA and d.mandate.bic == "BYLADEM1001"
     assert d.remittance == "RECHNUNG 102927 VOM 10.02.10 Miete Maerz"
     assert d.sequence_type == "FRST"
+
+
+def test_release_budget_counts_debits_still_in_collection() -> None:
+    budget = ReleaseBudget()
+    assert not budget.take("P1", Decimal("150"), 8000, in_flight_cents=10000)  # 100 in flight + 80 > 150
+    assert ReleaseBudget().take("P1", Decimal("150"), 5000, in_flight_cents=10000)  # exactly 150

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -34,20 +33,25 @@ from connectors.sepa.spool import BlockKey, read_block
 FAULT_ENV = "HAUSFLOW_SEPA_FAULT"
 
 
-def fault_point(name: str, count: int | None = None) -> None:
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
     """Fault injection for the crash tests: SIGKILL this process at a named point.
 
-    ``HAUSFLOW_SEPA_FAULT=before_publish`` kills before the rename; ``after_tx:500`` kills after the
-    500th transaction written. Unset in normal operation (one dictionary lookup).
+    ``HAUSFLOW_SEPA_FAULT=before_publish`` kills at the first rename; ``after_tx:3`` when the third
+    transaction (counted over all files of the process) has been written; ``after_publish:2`` at
+    the second file's rename. Unset in normal operation (one dictionary lookup).
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     point, _, number = spec.partition(":")
-    if point != name or (number and count != int(number)):
+    if point != name:
         return
-    if os.environ.get("HAUSFLOW_SEPA_FAULT_SLEEP"):
-        time.sleep(float(os.environ["HAUSFLOW_SEPA_FAULT_SLEEP"]))
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if number and _FAULT_COUNTS[name] != int(number):
+        return
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -165,7 +169,7 @@ def produce_file(
                 pending.clear()
             yield tx
             written += 1
-            fault_point("after_tx", written)
+            fault_point("after_tx")
             if on_progress is not None and written % 50_000 == 0:
                 on_progress(written)
 

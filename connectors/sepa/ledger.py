@@ -297,6 +297,28 @@ class SepaLedger:
                     out[mandate_id] = (newest, prev_ibans | {iban})
         return out
 
+    def in_flight_by_person(self, person_nos: Sequence[str]) -> dict[str, int]:
+        """Per person: cents collected but not settled yet (``prepared``/``written``/``partly_paid``)."""
+        out: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for part in _chunks(sorted(set(person_nos))):
+                query = (
+                    select(
+                        sepa_ledger.c.person_no,
+                        func.sum(sepa_ledger.c.amount - func.coalesce(sepa_ledger.c.paid_amount, 0)),
+                    )
+                    .where(
+                        and_(
+                            sepa_ledger.c.person_no.in_(part),
+                            sepa_ledger.c.status.in_(("prepared", "written", "partly_paid")),
+                        )
+                    )
+                    .group_by(sepa_ledger.c.person_no)
+                )
+                for person_no, total in conn.execute(query):
+                    out[person_no] = int(Decimal(str(total or 0)) * 100)
+        return out
+
     # ---- writing a file ----------------------------------------------------------------------
     def begin_file(
         self, msg_id: str, run_id: str, path: Path, blocks: Sequence[BlockRow], batch_booking: bool | None
@@ -315,7 +337,8 @@ class SepaLedger:
                     created_at=utcnow(),
                 )
             )
-            conn.execute(insert(sepa_blocks), [b.__dict__ for b in blocks])
+            if blocks:
+                conn.execute(insert(sepa_blocks), [b.__dict__ for b in blocks])
 
     def add_prepared(self, rows: Sequence[LedgerRow]) -> None:
         """Record claims of a file being written (status ``prepared``), committed before the rename.

@@ -1,0 +1,868 @@
+"""The SEPA debit run and the statement reconciliation as plain functions (no Prefect import).
+
+Why a module of its own: the ``@task`` wrappers in ``tasks/sepa_tasks.py`` are thin; the steps
+here are what they call, usable from a script or a crash test without loading Prefect (2-3 s).
+Each step builds its engines and stores from URLs (plain data in), reads with connectors and
+decides with the rules of ``tasks/sepa_rules.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from config.settings import HausflowSettings
+from connectors.erp.database import make_engine
+from connectors.sepa.camt import CamtEntry, iter_entries, open_camt, validate_camt
+from connectors.sepa.debit_files import check_published_file, plan_files, produce_file
+from connectors.sepa.erp import (
+    mark_claims_paid,
+    read_candidate_claims,
+    read_mandates,
+    set_claim_status,
+    settle_claim,
+)
+from connectors.sepa.ledger import SepaLedger
+from connectors.sepa.pain008 import Creditor
+from connectors.sepa.spool import BlockKey, SpoolWriter, remove_spool
+from connectors.state_store import QuarantineItem, StateStore
+from tasks.sepa_rules import (
+    LISTING_FIELDS,
+    NOTPROVIDED,
+    ClaimRecord,
+    Decision,
+    Mandate,
+    MandateHistory,
+    ReleaseBudget,
+    RunContext,
+    Way,
+    check_bic,
+    check_creditor_id,
+    check_iban,
+    choose_recurrent_mandate,
+    claim_collection_date,
+    classify_entry,
+    decide_claim,
+    effective_collection_date,
+    listing_row,
+    make_msg_id,
+    mask_iban,
+    return_reason_text,
+    sanitize_id,
+    selection_way,
+    settle_amount,
+    transliterate,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+QUARANTINE_TARGET = "sepa"
+LOCK_NAME = "sepa-debit-run"
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a run, a plain logger outside (scripts, crash tests)."""
+    if "prefect" in sys.modules:  # only inside a Prefect process can there be a run context
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            return get_run_logger()  # type: ignore[return-value]
+        except MissingContextError:
+            pass
+    return logging.getLogger("hausflow.sepa")
+
+
+def current_run_id() -> str:
+    """The Prefect flow run id, or a fresh uuid outside Prefect."""
+    if "prefect" in sys.modules:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            return str(flow_run.id)
+    return str(uuid.uuid4())
+
+
+def business_today(settings: HausflowSettings) -> date:
+    """Today in Europe/Berlin, or the fixed ``business_date`` of the settings (tests, replays)."""
+    return settings.business_date or datetime.now(BERLIN).date()
+
+
+# ---------------------------------------------------------------------------------------------
+# Debit run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SepaRun:
+    """Everything the debit run's tasks share, as plain data."""
+
+    run_id: str
+    erp_url: str
+    state_url: str
+    sepa: dict[str, Any]
+    today: date
+    requested_date: date
+    collection_date: date
+    batch_booking: bool | None
+    dry_run: bool
+    output_dir: Path
+    work_dir: Path
+    created_at: datetime
+    date_warnings: list[str] = field(default_factory=list)
+    recovery: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def run_token(self) -> str:
+        """Eight characters of the run id used in message ids and file names."""
+        return self.run_id.replace("-", "")[:8]
+
+
+def check_creditor(sepa: dict[str, Any]) -> list[str]:
+    """Problems with the creditor side of the settings (empty list: fine). Any problem stops the run."""
+    problems = []
+    if error := check_creditor_id(sepa["creditor_id"]):
+        problems.append(error)
+    if (error := check_iban(sepa["creditor_iban"])) or (
+        error := check_bic(sepa.get("creditor_bic") or None, sepa["creditor_iban"])
+    ):
+        problems.append(f"creditor {error}")
+    if not transliterate(sepa["creditor_name"]):
+        problems.append("creditor name is empty")
+    if sepa["max_transactions_per_file"] < 1:
+        problems.append("max_transactions_per_file must be at least 1")
+    return problems
+
+
+def start_debit_run(
+    settings: HausflowSettings,
+    collection_date: date | None,
+    batch_booking: bool | None,
+    dry_run: bool,
+    run_id: str | None = None,
+    created_at: datetime | None = None,
+) -> SepaRun:
+    """Check settings and dates, take the run lock, and recover what an earlier run left behind.
+
+    Raises:
+        ValueError: creditor settings are wrong or the date is too far ahead (nothing happens).
+        SepaRunLocked: another debit run is active.
+    """
+    log = run_logger()
+    sepa = settings.sepa.model_dump()
+    problems = check_creditor(sepa)
+    if problems:
+        raise ValueError(
+            "SEPA settings are not usable: "
+            + "; ".join(problems)
+            + " (fix config/profiles or HAUSFLOW_SEPA__*)"
+        )
+    today = business_today(settings)
+    requested = collection_date or today
+    chosen = effective_collection_date(requested, today, sepa["lead_days"], sepa["max_days_ahead"])
+    for warning in chosen.warnings:
+        log.warning(warning)
+    run_id = run_id or current_run_id()
+    output_dir = Path(sepa["output_dir"])
+    run = SepaRun(
+        run_id=run_id,
+        erp_url=settings.erp_url,
+        state_url=settings.state_url,
+        sepa=sepa,
+        today=today,
+        requested_date=requested,
+        collection_date=chosen.effective,
+        batch_booking=sepa["batch_booking"] if batch_booking is None else batch_booking,
+        dry_run=dry_run,
+        output_dir=output_dir,
+        work_dir=output_dir / f".work-{run_id.replace('-', '')[:8]}",
+        created_at=(created_at or datetime.now(UTC)).replace(microsecond=0),
+        date_warnings=list(chosen.warnings),
+    )
+    ledger = SepaLedger(settings.state_url)
+    ledger.acquire_lock(LOCK_NAME, run_id)
+    try:
+        erp = make_engine(settings.erp_url)
+        report = ledger.recover(_erp_status_updater(erp), check_published_file(ledger))
+    except BaseException:
+        ledger.release_lock(LOCK_NAME, run_id)
+        raise
+    run.recovery = {
+        "completed": report.completed_files,
+        "abandoned": report.abandoned_files,
+        "erp_resynced": report.resynced_files,
+    }
+    for msg_id in report.completed_files:
+        log.warning("Recovered file %s: it was renamed before a crash and is now recorded as written", msg_id)
+    for msg_id in report.abandoned_files:
+        log.warning("Dropped unfinished file %s of an earlier run: its claims can be collected again", msg_id)
+    for msg_id in report.resynced_files:
+        log.warning(
+            "Set the claims of file %s to IN_COLLECTION in the ERP (an earlier run stopped before)", msg_id
+        )
+    log.info(
+        "SEPA debit run %s: collection date %s (asked %s), batch booking %s%s",
+        run_id,
+        run.collection_date.strftime("%d.%m.%Y"),
+        requested.strftime("%d.%m.%Y"),
+        run.batch_booking,
+        ", DRY RUN" if dry_run else "",
+    )
+    return run
+
+
+def _erp_status_updater(engine: Any) -> Callable[[Sequence[str], str], None]:
+    def update(claim_nos: Sequence[str], status: str) -> None:
+        set_claim_status(engine, claim_nos, status, only_from=("OPEN",))
+
+    return update
+
+
+@dataclass
+class DebitPlan:
+    """Result of the planning pass: the control listing and the spooled blocks."""
+
+    listing_path: Path
+    preview: list[dict[str, str]]
+    counts: dict[str, int]
+    debit_sum_cents: int
+    blocks: list[tuple[BlockKey, int, int]]
+    warnings: int
+    quarantined: list[dict[str, str]]
+
+
+def _mandate(row: dict[str, Any]) -> Mandate:
+    return Mandate(
+        mandate_id=row["mandate_id"],
+        person_no=row["person_no"],
+        mandate_type=row["mandate_type"] or "RECURRENT",
+        iban=row["iban"] or "",
+        bic=row["bic"],
+        account_holder=row["account_holder"] or "",
+        signed_on=row["signed_on"],
+        first_collection_on=row["first_collection_on"],
+        last_collection_on=row["last_collection_on"],
+        original_iban=row["original_iban"],
+        revoked_on=row["revoked_on"],
+    )
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def _none(value: Any) -> Any:
+    """pandas gives NaN/NaT/None for SQL NULL; rules want None."""
+    try:
+        if value is None or value != value:  # NaN
+            return None
+    except (TypeError, ValueError):
+        return value
+    return value
+
+
+def plan_debits(run: SepaRun, chunk_rows: int = 20_000) -> DebitPlan:
+    """Select, check and spool every claim; write the control listing (CSV) as it goes.
+
+    Streams the ERP in chunks; per chunk one query each for mandates, ledger states and mandate
+    history. Quarantined claims go to the state store (not in a dry run). Memory holds one chunk.
+    """
+    log = run_logger()
+    sepa = run.sepa
+    erp = make_engine(run.erp_url)
+    ledger = SepaLedger(run.state_url)
+    store = None if run.dry_run else StateStore(run.state_url)
+    ctx = RunContext(
+        end_to_end_template=sepa["end_to_end_template"], lapse_months=sepa["mandate_lapse_months"]
+    )
+    horizon = run.collection_date.toordinal() + sepa["collection_horizon_days"]
+    due_until = date.fromordinal(horizon)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    listing_path = run.output_dir / f"control-listing-{run.collection_date.isoformat()}-{run.run_token}.csv"
+    spool = None if run.dry_run else SpoolWriter(run.work_dir, sepa["max_transactions_per_file"])
+    budget = ReleaseBudget()
+    counts = {"debit": 0, "quarantine": 0, "skip": 0}
+    preview: list[dict[str, str]] = []
+    quarantined: list[dict[str, str]] = []
+    failing: set[tuple[str, str]] = set()
+    debit_sum = 0
+    warnings = 0
+    preview_rows = sepa["listing_preview_rows"]
+    with open(listing_path, "w", newline="", encoding="utf-8") as fh:
+        listing = csv.DictWriter(fh, fieldnames=LISTING_FIELDS, delimiter=";")
+        listing.writeheader()
+
+        def emit(decision: Decision, day: date | None) -> None:
+            nonlocal warnings
+            row = listing_row(decision, day)
+            listing.writerow(row)
+            counts[decision.outcome] += 1
+            warnings += len(decision.warnings)
+            if len(preview) < preview_rows:
+                preview.append({**row, "iban": mask_iban(row["iban"])})
+
+        for frame in read_candidate_claims(erp, due_until, chunk_rows):
+            records = frame.to_dict("records")
+            person_nos = [r["person_no"] for r in records]
+            single_ids = [r["single_mandate_id"] for r in records if _none(r["single_mandate_id"])]
+            mandate_rows = [
+                _mandate(m) for m in read_mandates(erp, person_nos=person_nos, mandate_ids=single_ids)
+            ]
+            by_id = {m.mandate_id: m for m in mandate_rows}
+            by_person: dict[str, list[Mandate]] = {}
+            for m in mandate_rows:
+                by_person.setdefault(m.person_no, []).append(m)
+            states = ledger.claim_states([r["claim_no"] for r in records])
+            budget_people = [
+                r["person_no"] for r in records if not r["auto_debit"] and _none(r["elv_release_amount"])
+            ]
+            in_flight = ledger.in_flight_by_person(budget_people) if budget_people else {}
+            chosen: dict[str, Mandate | None] = {}
+            for person_no in set(person_nos):
+                chosen[person_no] = choose_recurrent_mandate(
+                    by_person.get(person_no, []), run.collection_date
+                )
+            used_ids = {m.mandate_id for m in chosen.values() if m} | set(single_ids)
+            history_rows = ledger.mandate_history(sorted(used_ids))
+            quarantine_items: list[QuarantineItem] = []
+            for rec in records:
+                claim = ClaimRecord(
+                    claim_no=rec["claim_no"],
+                    person_no=rec["person_no"],
+                    object_no=rec["object_no"],
+                    invoice_no=str(rec["invoice_no"]),
+                    invoice_date=_as_date(rec["invoice_date"]),
+                    due_date=_as_date(rec["due_date"]),
+                    open_amount=Decimal(str(rec["open_amount"])),
+                    booking_text=_none(rec["booking_text"]),
+                    single_mandate_id=_none(rec["single_mandate_id"]),
+                    auto_debit=bool(rec["auto_debit"]),
+                    release_amount=_none(rec["elv_release_amount"]),
+                    remittance_lines=tuple(_none(rec[f"remittance_line{i}"]) for i in (1, 2, 3)),
+                )
+                way = selection_way(claim.single_mandate_id, claim.auto_debit, claim.release_amount)
+                if way is None:  # the query already filters; kept for safety
+                    continue
+                state = states.get(claim.claim_no)
+                if state is not None and state.blocking_status is not None:
+                    emit(
+                        Decision(
+                            "skip",
+                            claim,
+                            way,
+                            rule="sepa.ledger",
+                            reason=f"already {state.blocking_status} in file {state.blocking_msg_id}; "
+                            "not collected again (the ERP status is behind: run the reconciliation)",
+                        ),
+                        None,
+                    )
+                    continue
+                day = claim_collection_date(
+                    claim.due_date, run.collection_date, run.today, sepa["max_days_ahead"]
+                )
+                if day is None:
+                    emit(
+                        Decision(
+                            "skip", claim, way, rule="sepa.date", reason="due too far ahead for this run"
+                        ),
+                        None,
+                    )
+                    continue
+                if way == Way.SINGLE_MANDATE:
+                    mandate = by_id.get(claim.single_mandate_id or "")
+                else:
+                    mandate = chosen.get(claim.person_no)
+                last, ibans = (
+                    history_rows.get(mandate.mandate_id, (None, frozenset()))
+                    if mandate
+                    else (None, frozenset())
+                )
+                history = MandateHistory(last, ibans)
+                decision = decide_claim(
+                    claim,
+                    way,
+                    mandate,
+                    history,
+                    ctx,
+                    day,
+                    single_mandate_used=bool(mandate and (last or mandate.first_collection_on)),
+                )
+                if (
+                    decision.outcome == "debit"
+                    and way == Way.RELEASE_BUDGET
+                    and not budget.take(
+                        claim.person_no,
+                        Decimal(str(claim.release_amount)),
+                        decision.amount_cents,
+                        in_flight.get(claim.person_no, 0),
+                    )
+                ):
+                    decision = Decision(
+                        "skip",
+                        claim,
+                        way,
+                        rule="sepa.budget",
+                        reason=f"released budget {Decimal(str(claim.release_amount)):.2f} EUR of person "
+                        f"{claim.person_no} is used up by older claims",
+                        mandate=decision.mandate,
+                    )
+                emit(decision, day if decision.outcome == "debit" else None)
+                if decision.outcome == "quarantine":
+                    failing.add(("claim", claim.claim_no))
+                    quarantine_items.append(
+                        QuarantineItem(
+                            "claim", claim.claim_no, decision.rule or "sepa", decision.reason or ""
+                        )
+                    )
+                    if len(quarantined) < preview_rows:
+                        quarantined.append(
+                            {
+                                "claim_no": claim.claim_no,
+                                "person_no": claim.person_no,
+                                "rule": decision.rule or "",
+                                "reason": decision.reason or "",
+                            }
+                        )
+                    log.warning("Quarantine: %s [%s]", decision.reason, decision.rule)
+                elif decision.outcome == "debit":
+                    debit_sum += decision.amount_cents
+                    if spool is not None:
+                        _spool(spool, decision, day, state.next_attempt if state else 1)
+            if store is not None and quarantine_items:
+                store.quarantine(QUARANTINE_TARGET, quarantine_items, run.run_id)
+    if spool is not None:
+        spool.close()
+    if store is not None:
+        resolved = store.resolve_quarantine(QUARANTINE_TARGET, failing)
+        if resolved:
+            log.info("%d SEPA quarantine entries of earlier runs are resolved", resolved)
+    blocks = [(k, s.nb_of_txs, s.ctrl_sum_cents) for k, s in (spool.stats.items() if spool else [])]
+    log.info(
+        "Control listing %s: %d to debit (%s EUR), %d in quarantine, %d skipped, %d warnings",
+        listing_path,
+        counts["debit"],
+        f"{Decimal(debit_sum) / 100:.2f}",
+        counts["quarantine"],
+        counts["skip"],
+        warnings,
+    )
+    return DebitPlan(listing_path, preview, counts, debit_sum, blocks, warnings, quarantined)
+
+
+def _spool(spool: SpoolWriter, decision: Decision, day: date, attempt: int) -> None:
+    mandate = decision.mandate
+    assert mandate is not None and decision.sequence_type is not None
+    amend = decision.amendment
+    spool.add(
+        day,
+        decision.sequence_type,
+        {
+            "claim_no": decision.claim.claim_no,
+            "attempt": attempt,
+            "person_no": decision.claim.person_no,
+            "object_no": decision.claim.object_no,
+            "end_to_end_id": decision.end_to_end_id,
+            "amount_cents": decision.amount_cents,
+            "mandate_id": mandate.mandate_id,
+            "mandate_signed_on": mandate.signed_on.isoformat(),
+            "debtor_name": decision.debtor_name,
+            "debtor_iban": mandate.iban,
+            "debtor_bic": mandate.bic,
+            "remittance": decision.remittance,
+            "original_debtor_iban": amend.original_iban if amend else None,
+            "original_agent_smnda": "1" if amend and amend.smnda else "",
+        },
+    )
+
+
+def write_debit_files(run: SepaRun, plan: DebitPlan) -> list[dict[str, Any]]:
+    """Write every planned file crash-safely (see ``connectors/sepa/debit_files.py``)."""
+    log = run_logger()
+    if not plan.blocks:
+        log.info("Nothing to collect: no file written")
+        return []
+    sepa = run.sepa
+    creditor = Creditor(
+        name=transliterate(sepa["creditor_name"])[:70],
+        iban=sepa["creditor_iban"].replace(" ", "").upper(),
+        bic=(sepa.get("creditor_bic") or "").replace(" ", "").upper() or None,
+        creditor_id=sepa["creditor_id"].replace(" ", "").upper(),
+    )
+    ledger = SepaLedger(run.state_url)
+    erp = make_engine(run.erp_url)
+    plans = plan_files(
+        plan.blocks,
+        lambda index: make_msg_id(run.created_at, run.run_token, index),
+        run.output_dir,
+        run.batch_booking,
+    )
+    out = []
+    for file_plan in plans:
+        log.info(
+            "Writing %s: %d direct debits, %s EUR, %d payment blocks",
+            file_plan.path.name,
+            file_plan.nb_of_txs,
+            f"{Decimal(file_plan.ctrl_sum_cents) / 100:.2f}",
+            len(file_plan.blocks),
+        )
+        written = produce_file(
+            file_plan,
+            run.work_dir,
+            creditor,
+            ledger,
+            run.run_id,
+            run.created_at,
+            run.batch_booking,
+            _erp_status_updater(erp),
+            on_progress=_progress_logger(log, file_plan.path.name),
+        )
+        log.info("File %s is complete, valid (GBIC_5) and recorded: hand it to the bank", written.path)
+        out.append(
+            {
+                "msg_id": written.msg_id,
+                "path": str(written.path),
+                "nb_of_txs": written.nb_of_txs,
+                "ctrl_sum": written.ctrl_sum,
+                "blocks": written.blocks,
+            }
+        )
+    return out
+
+
+def _progress_logger(log: Any, name: str) -> Callable[[int], None]:
+    def progress(count: int) -> None:
+        log.info("%s: %d transactions written", name, count)
+
+    return progress
+
+
+def finish_debit_run(run: SepaRun) -> None:
+    """Remove the run's spool and give the lock back."""
+    remove_spool(run.work_dir)
+    SepaLedger(run.state_url).release_lock(LOCK_NAME, run.run_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconciliation of bank statements
+# ---------------------------------------------------------------------------------------------
+
+REPORT_FIELDS = (
+    "kind",
+    "statement",
+    "entry",
+    "booking_date",
+    "amount",
+    "expected",
+    "claim_no",
+    "person_no",
+    "end_to_end_id",
+    "pmt_inf_id",
+    "reason_code",
+    "reason",
+    "message",
+)
+
+
+@dataclass
+class ReconciliationResult:
+    """What one camt file did: counts per kind, the report file, returns and what did not match."""
+
+    path: str
+    kind: str
+    msg_id: str
+    skipped: bool
+    counts: dict[str, int]
+    report_path: str | None
+    returns: list[dict[str, str]]
+    unmatched: list[dict[str, str]]
+
+
+def _report_row(kind: str, entry: CamtEntry, **values: Any) -> dict[str, str]:
+    row = {f: "" for f in REPORT_FIELDS}
+    row.update(
+        kind=kind,
+        statement=entry.statement_id,
+        entry=entry.reference,
+        booking_date=entry.booking_date.isoformat() if entry.booking_date else "",
+        amount=f"{entry.amount:.2f}",
+    )
+    row.update({k: "" if v is None else str(v) for k, v in values.items()})
+    return row
+
+
+def _collection_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> list[dict[str, str]]:
+    """Money in: match by EndToEndId, else by payment block; mark claims paid only for money that arrived."""
+    out: list[dict[str, str]] = []
+    by_e2e = [t for t in entry.transactions if t.end_to_end_id and t.end_to_end_id != NOTPROVIDED]
+    if by_e2e:
+        rows = ledger.find_by_end_to_end(
+            [t.end_to_end_id or "" for t in by_e2e], ("written", "partly_paid", "paid")
+        )
+        for tx in by_e2e:
+            e2e = tx.end_to_end_id or ""
+            received = (
+                tx.amount
+                if tx.amount is not None
+                else (entry.amount if len(entry.transactions) == 1 else None)
+            )
+            row = rows.get(e2e)
+            if row is None or received is None:
+                msg = (
+                    "no collection with this EndToEndId is waiting for money" if row is None else "no amount"
+                )
+                out.append(
+                    _report_row("unmatched", entry, end_to_end_id=e2e, pmt_inf_id=tx.pmt_inf_id, message=msg)
+                )
+                continue
+            common = {
+                "claim_no": row["claim_no"],
+                "person_no": row["person_no"],
+                "end_to_end_id": e2e,
+                "pmt_inf_id": row["pmt_inf_id"],
+                "expected": f"{row['amount']:.2f}",
+            }
+            if row["status"] == "paid":
+                out.append(
+                    _report_row(
+                        "duplicate", entry, **common, message="already paid (statement imported before?)"
+                    )
+                )
+                continue
+            expected = Decimal(str(row["amount"]))
+            outcome, total = settle_amount(expected, Decimal(str(row["paid_amount"] or 0)), received)
+            if outcome == "overpaid":
+                out.append(
+                    _report_row(
+                        "mismatch", entry, **common, message=f"received {received:.2f}, more than collected"
+                    )
+                )
+                continue
+            ledger.set_row(
+                row["id"],
+                status=outcome,
+                paid_amount=total,
+                statement_ref=ref[:120],
+                settled_at=datetime.now(UTC),
+            )
+            if outcome == "paid":
+                mark_claims_paid(erp, [row["claim_no"]])
+                out.append(_report_row("paid", entry, **common, message=f"received {received:.2f}"))
+            else:
+                settle_claim(erp, row["claim_no"], "IN_COLLECTION", expected - total)
+                out.append(
+                    _report_row(
+                        "partly_paid",
+                        entry,
+                        **common,
+                        message=f"received {total:.2f} of {expected:.2f}; {expected - total:.2f} still open",
+                    )
+                )
+        return out
+    pmt_inf_id = entry.batch_pmt_inf_id or next(
+        (t.pmt_inf_id for t in entry.transactions if t.pmt_inf_id), None
+    )
+    if not pmt_inf_id:
+        return [
+            _report_row("unmatched", entry, message="money in without EndToEndId or payment block reference")
+        ]
+    block = ledger.block(pmt_inf_id)
+    if block is None:
+        return [
+            _report_row(
+                "unmatched", entry, pmt_inf_id=pmt_inf_id, message="payment block unknown to the ledger"
+            )
+        ]
+    expected_sum = block["open_sum"]
+    if block["open_n"] == 0:
+        return [
+            _report_row(
+                "duplicate",
+                entry,
+                pmt_inf_id=pmt_inf_id,
+                message="every debit of this block is settled already",
+            )
+        ]
+    if entry.amount == expected_sum:
+        claim_nos = ledger.settle_block_paid(pmt_inf_id, ref)
+        mark_claims_paid(erp, claim_nos)
+        return [
+            _report_row(
+                "paid",
+                entry,
+                pmt_inf_id=pmt_inf_id,
+                expected=f"{expected_sum:.2f}",
+                message=f"collective booking of {len(claim_nos)} direct debits: all marked paid",
+            )
+        ]
+    kind = "partly_paid" if entry.amount < expected_sum else "mismatch"
+    return [
+        _report_row(
+            kind,
+            entry,
+            pmt_inf_id=pmt_inf_id,
+            expected=f"{expected_sum:.2f}",
+            message=f"collective booking {entry.amount:.2f} but {block['open_n']} open debits sum {expected_sum:.2f}; "
+            "nothing marked: import the bank's camt.054 with the single debits",
+        )
+    ]
+
+
+def _return_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> list[dict[str, str]]:
+    """Money taken back: find the collection by EndToEndId (or mandate and amount), reopen the claim."""
+    out: list[dict[str, str]] = []
+    transactions = entry.transactions or []
+    if not transactions:
+        return [_report_row("unmatched", entry, message="return debit without transaction details")]
+    for tx in transactions:
+        amount = tx.amount if tx.amount is not None else entry.amount
+        code = tx.return_reason
+        e2e = tx.end_to_end_id
+        row = None
+        if e2e and e2e != NOTPROVIDED:
+            row = ledger.find_by_end_to_end([e2e], ("written", "paid", "partly_paid")).get(e2e)
+            if row is None and ledger.find_by_end_to_end([e2e], ("returned",)):
+                out.append(
+                    _report_row(
+                        "duplicate",
+                        entry,
+                        end_to_end_id=e2e,
+                        reason_code=code,
+                        message="return booked before",
+                    )
+                )
+                continue
+        elif tx.mandate_id:
+            candidates = ledger.find_by_mandate_amount(
+                tx.mandate_id, amount, ("written", "paid", "partly_paid")
+            )
+            row = candidates[0] if len(candidates) == 1 else None
+        if row is None:
+            out.append(
+                _report_row(
+                    "unmatched",
+                    entry,
+                    end_to_end_id=e2e,
+                    pmt_inf_id=tx.pmt_inf_id,
+                    reason_code=code,
+                    reason=return_reason_text(code),
+                    message="return debit matches no collection in the ledger",
+                )
+            )
+            continue
+        expected = Decimal(str(row["amount"]))
+        ledger.set_row(
+            row["id"],
+            status="returned",
+            return_reason=(code or "")[:4] or None,
+            statement_ref=ref[:120],
+            settled_at=datetime.now(UTC),
+        )
+        settle_claim(erp, row["claim_no"], "RETURNED", expected, (code or "")[:4] or None)
+        out.append(
+            _report_row(
+                "returned",
+                entry,
+                claim_no=row["claim_no"],
+                person_no=row["person_no"],
+                end_to_end_id=row["end_to_end_id"],
+                pmt_inf_id=row["pmt_inf_id"],
+                expected=f"{expected:.2f}",
+                reason_code=code,
+                reason=return_reason_text(code),
+                message=f"claim {row['claim_no']} of person {row['person_no']} reopened ({expected:.2f} EUR open again); "
+                "contact the debtor before collecting again",
+            )
+        )
+    return out
+
+
+def reconcile_statement(
+    path: Path, erp_url: str, state_url: str, output_dir: Path, preview_rows: int = 200
+) -> ReconciliationResult:
+    """Import one camt.053/.054 file: validate it whole, then match every entry against the ledger.
+
+    Importing the same file again changes nothing (it is recognised by message id and content hash;
+    and every ledger transition only happens from the state before it).
+
+    Raises:
+        SepaValidationError: the file is not a valid camt.053.001.08/camt.054.001.08 (nothing booked).
+    """
+    log = run_logger()
+    camt = open_camt(path)
+    ledger = SepaLedger(state_url)
+    if ledger.statement_seen(camt.key):
+        log.warning("%s (%s %s) was imported before: skipped", path.name, camt.kind, camt.msg_id)
+        return ReconciliationResult(str(path), camt.kind, camt.msg_id, True, {}, None, [], [])
+    entries = validate_camt(camt)
+    erp = make_engine(erp_url)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report_path = (
+        output_dir
+        / f"reconciliation-{sanitize_id(camt.msg_id).replace(' ', '') or 'camt'}-{camt.sha256[:8]}.csv"
+    )
+    counts: dict[str, int] = {}
+    returns: list[dict[str, str]] = []
+    unmatched: list[dict[str, str]] = []
+    with open(report_path, "w", newline="", encoding="utf-8") as fh:
+        report = csv.DictWriter(fh, fieldnames=REPORT_FIELDS, delimiter=";")
+        report.writeheader()
+        for entry in iter_entries(camt, validate=False):
+            ref = f"{camt.kind} {camt.msg_id} {entry.statement_id} {entry.reference}"
+            kind = classify_entry(
+                entry.status,
+                entry.credit_debit,
+                entry.reversal,
+                entry.bank_code,
+                any(t.return_reason for t in entry.transactions),
+            )
+            if kind == "pending":
+                rows = [
+                    _report_row(
+                        "pending", entry, message=f"status {entry.status}: not booked yet, nothing marked"
+                    )
+                ]
+            elif kind == "collection":
+                rows = _collection_rows(entry, ledger, erp, ref)
+            elif kind == "return":
+                rows = _return_rows(entry, ledger, erp, ref)
+            else:
+                rows = [
+                    _report_row("other", entry, message=f"debit {entry.bank_code}: not a direct-debit return")
+                ]
+            for row in rows:
+                report.writerow(row)
+                counts[row["kind"]] = counts.get(row["kind"], 0) + 1
+                if row["kind"] == "returned" and len(returns) < preview_rows:
+                    returns.append(row)
+                    log.warning("Return debit: %s [%s %s]", row["message"], row["reason_code"], row["reason"])
+                elif (
+                    row["kind"] in ("unmatched", "mismatch", "partly_paid") and len(unmatched) < preview_rows
+                ):
+                    unmatched.append(row)
+                    log.warning(
+                        "%s: entry %s, %s EUR: %s", row["kind"], row["entry"], row["amount"], row["message"]
+                    )
+    ledger.record_statement(camt.key, path, camt.kind, json.dumps({"entries": entries, **counts}))
+    log.info(
+        "%s: %d entries; %s; report %s",
+        path.name,
+        entries,
+        ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        report_path,
+    )
+    return ReconciliationResult(
+        str(path), camt.kind, camt.msg_id, False, counts, str(report_path), returns, unmatched
+    )
