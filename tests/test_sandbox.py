@@ -310,6 +310,7 @@ def test_state_survives_restart(portal: SandboxServer, api: httpx.Client) -> Non
     api.put("/v2/properties/S-1", json=prop("Bleibt"))
     token = api.headers["token"]
     portal.restart()
+    assert portal.last_returncode == 0  # SIGTERM stops it cleanly
     with httpx.Client(base_url=portal.base_url, headers={"token": token}, timeout=10) as client:
         again = client.get("/v2/properties/S-1")
         assert again.status_code == 200 and again.json()["name"] == "Bleibt"
@@ -334,3 +335,15 @@ def test_openapi_describes_the_models(portal: SandboxServer) -> None:
     assert spec["components"]["securitySchemes"]["token"]["in"] == "header"
     assert spec["paths"]["/v2/units/{id}"]["put"]["security"] == [{"token": []}]
     assert "security" not in spec["paths"]["/v2/authenticate"]["post"]
+
+
+def test_latency_and_method_filter(portal: SandboxServer, api: httpx.Client) -> None:
+    portal.set_faults(latency_ms=[150, 150], status_rates={"500": 1.0}, methods=["PUT"])
+    started = time.perf_counter()
+    assert api.get("/v2/properties/none").status_code == 404  # GET is not faulted: neither slow nor 500
+    assert time.perf_counter() - started < 0.15
+    started = time.perf_counter()
+    assert api.put("/v2/properties/T-1", json=prop()).status_code == 500
+    assert time.perf_counter() - started >= 0.15
+    bad = httpx.post(portal.base_url + "/_sandbox/faults", json={"status_rates": {"404": 0.5}})
+    assert bad.status_code == 422

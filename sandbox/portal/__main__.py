@@ -8,8 +8,10 @@ closed in the app's lifespan).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -44,8 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_keep_alive=30,
         backlog=2048,
     )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; with this
+    # handler in place the re-raised signal ends the process with code 0 instead of -15.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(config).run()
     return 0
+
+
+def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
+    """Turn the signal uvicorn re-raises after its graceful shutdown into a normal exit."""
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ DEFAULT_TOKEN_TTL_S = 30 * 24 * 3600
 """A portal token lives about a month."""
 
 MAX_PAGE_SIZE = 1000
+NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
+"""Validation error types meaning the body is JSON but not an object (400, like broken JSON)."""
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 JSON = "application/json"
 
@@ -532,6 +534,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Close the store (commit, checkpoint) when the server shuts down."""
         yield
         store.close()
 
@@ -572,22 +575,27 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> Response:
+        """Answer an ``ApiError`` in the contract's error shape."""
         return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's validation errors in the contract's shape: 400 for broken JSON, else 422 with fields."""
         errors: list[tuple[str, str]] = []
         for err in exc.errors():
             loc = tuple(err.get("loc", ()))
-            if err.get("type") == "json_invalid" or (loc == ("body",) and err.get("type") != "missing"):
-                return _error_response(ApiError(400, f"malformed JSON body: {err.get('msg')}"))
-            if loc == ("body",):
+            kind = err.get("type")
+            if kind == "json_invalid" or (loc == ("body",) and kind in NOT_AN_OBJECT):
+                return _error_response(ApiError(400, "malformed JSON body: expected a JSON object"))
+            if loc == ("body",) and kind == "missing":
                 return _error_response(ApiError(400, "a JSON body is required"))
-            errors.append((_field_name(loc), str(err.get("msg"))))
-        return _error_response(ApiError(422, "the request is not valid", errors))
+            errors.append((_field_name(loc) or "body", str(err.get("msg"))))
+        text = "; ".join(f"{f}: {m}" for f, m in errors)
+        return _error_response(ApiError(422, f"the request is not valid: {text}", errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        """Routing errors (404, 405) in the contract's error shape."""
         return _error_response(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))
 
     errors_doc: dict[int | str, dict[str, Any]] = {
@@ -607,6 +615,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="Exchange key and secret for a token",
     )
     async def authenticate(credentials: AuthRequest) -> Response:
+        """Exchange key and secret for a token (401 on wrong credentials)."""
         if not (
             secrets.compare_digest(credentials.key, state.key)
             and secrets.compare_digest(credentials.secret, state.secret)
@@ -636,6 +645,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="Create or replace a property",
     )
     async def put_property(id: str, body: PropertyIn) -> Response:
+        """Upsert a property: 201 created, 200 updated or unchanged; 422 with field errors."""
         problems = []
         if not body.name.strip():
             problems.append(("name", "must not be empty"))
@@ -652,6 +662,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="Create or replace a unit",
     )
     async def put_unit(id: str, body: UnitIn) -> Response:
+        """Upsert a unit of an existing property (422 when the property is unknown)."""
         problems = []
         if not body.name.strip():
             problems.append(("name", "must not be empty"))
@@ -668,6 +679,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="Create or replace a contact (409 once anonymised)",
     )
     async def put_contact(id: str, body: ContactIn) -> Response:
+        """Upsert a contact; 409 once anonymised; contracts must reference existing records."""
         entry = store.entry("contacts", id)
         if entry is not None and entry.anonymised:
             raise ApiError(409, f"contact {id} is anonymised and cannot be written any more")
@@ -687,6 +699,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="The responsibilities (caretakers) of a property",
     )
     async def get_responsibilities(id: str) -> Response:
+        """The property's responsibilities (an empty list when none were set)."""
         if store.entry("properties", id) is None:
             raise ApiError(404, f"property {id} does not exist")
         body = store.get("responsibilities", id)
@@ -702,6 +715,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="Replace the responsibilities of a property",
     )
     async def put_responsibilities(id: str, body: ResponsibilitiesIn) -> Response:
+        """Replace the responsibilities; every contact must exist and not be archived."""
         prop = store.entry("properties", id)
         if prop is None:
             raise ApiError(404, f"property {id} does not exist")
@@ -743,6 +757,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="Wipe a contact's personal data for good and archive it (idempotent)",
     )
     async def anonymize_contact(id: str) -> Response:
+        """Wipe the personal fields for good and archive the contact (idempotent)."""
         changes: dict[str, Any] = dict.fromkeys(PERSONAL_FIELDS)
         changes.update(customFields={}, portalUser=False, isInvited=False, isRegistered=False)
         outcome = store.set_state("contacts", id, "anonymize", changes, archived=True, anonymised=True)
@@ -755,6 +770,7 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
     # ---- sandbox-only ------------------------------------------------------------------------
     @app.get("/_sandbox/counters", tags=["sandbox"], summary="What reached the sandbox")
     async def counters() -> dict[str, Any]:
+        """What reached the sandbox since start or reset (see docs/portal-api.md)."""
         c = state.counters
         by_state = {e: store.count(e) for e in ENTITIES}
         return {
@@ -773,21 +789,25 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
     async def get_write_log(
         entity: Literal["properties", "units", "contacts", "responsibilities"], id: str
     ) -> dict[str, Any]:
+        """Every write request the sandbox accepted for one record, oldest first."""
         writes = store.write_log(entity, id)
         return {"entity": entity, "id": id, "count": len(writes), "writes": writes}
 
     @app.post("/_sandbox/faults", tags=["sandbox"], summary="Set the faults to inject (replaces the old)")
     async def set_faults(config: FaultConfig) -> dict[str, Any]:
+        """Replace the active faults; the answer echoes the configuration in effect."""
         state.faults.set(config)
         return config.model_dump(mode="json")
 
     @app.delete("/_sandbox/faults", tags=["sandbox"], summary="Inject no faults any more")
     async def clear_faults() -> dict[str, Any]:
+        """Inject no faults any more (the count of injected faults stays)."""
         state.faults.clear()
         return {"faults": None}
 
     @app.post("/_sandbox/reset", tags=["sandbox"], summary="Empty the store, counters and faults")
     async def reset() -> dict[str, Any]:
+        """Empty the store, the write log, the counters and the faults; tokens stay valid."""
         store.reset()
         state.counters = Counters()
         state.faults.clear()
@@ -796,11 +816,13 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
 
     @app.get("/_sandbox/token-ttl", tags=["sandbox"], summary="Lifetime of tokens issued from now on")
     async def token_ttl(seconds: float = Query(ge=0)) -> dict[str, Any]:
+        """Tokens issued from now on expire after ``seconds`` (to test re-authentication)."""
         state.token_ttl_s = seconds
         return {"seconds": seconds}
 
     @app.get("/", response_class=HTMLResponse, tags=["sandbox"], summary="Read-only HTML view")
     async def page(page: int = Query(1, ge=1)) -> HTMLResponse:
+        """The read-only HTML view; anonymised contacts show only their id."""
         return HTMLResponse(render_page(store, page))
 
     return app
@@ -828,6 +850,7 @@ def _collection_routes(
         ),
         include_archived: bool = Query(False, alias="includeArchived"),
     ) -> Response:
+        """One page ordered by internalId, with an absolute ``_links.next`` or ``null``."""
         problems = []
         if page < 1:
             problems.append(("page", "pages start at 1"))
@@ -846,12 +869,14 @@ def _collection_routes(
         return _json_text(text)
 
     async def get_record(id: str) -> Response:
+        """One record by reference id (404 when unknown)."""
         body = store.get(entity, id)
         if body is None:
             raise ApiError(404, f"{singular} {id} does not exist")
         return _json_text(body)
 
     async def archive_record(id: str) -> Response:
+        """Archive (idempotent); archived records leave the default list."""
         entry = store.entry(entity, id)
         if entry is None:
             raise ApiError(404, f"{singular} {id} does not exist")
@@ -862,6 +887,7 @@ def _collection_routes(
         return _json_text(outcome.body)
 
     async def delete_record(id: str) -> Response:
+        """Delete an archived record for good (409 unless archived first)."""
         entry = store.entry(entity, id)
         if entry is None:
             raise ApiError(404, f"{singular} {id} does not exist")

@@ -75,6 +75,8 @@ class SandboxServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(self._tmpdir or tempfile.mkdtemp(prefix="portal-sandbox-log-")) / "server.log"
         self._http: httpx.Client | None = None
+        self.last_returncode: int | None = None
+        """Exit code of the process the last ``stop()`` ended (0 after a clean shutdown)."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
@@ -165,13 +167,14 @@ class SandboxServer:
             self._http = None
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
+            self.last_returncode = None if process is None else process.returncode
             return
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=timeout_s)
+            self.last_returncode = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=timeout_s)
+            self.last_returncode = process.wait(timeout=timeout_s)
 
     def restart(self) -> SandboxServer:
         """Stop and start again on the same port and database."""
