@@ -1,0 +1,177 @@
+"""Benchmark of the portal sync at scale (default 100,000 persons); prints one JSON line last.
+
+Measures, in one run against the sandbox started as its own process:
+- raw_records_per_s: the sandbox's saturation throughput, by a plain concurrent httpx loop
+  sending the very payloads the sync sends (a sample of them, see ``raw_sample``);
+- full_sync_s / full_records_per_s: the first full portal sync (all records created);
+- noop_s: a second run in the same warm process, nothing changed;
+- change1pct_s: a run after 1 % of the persons changed in the ERP;
+- peak_rss_mb: peak resident memory of this process (the flow runs in it; the ERP generator,
+  the sandbox and the Prefect API run in their own processes).
+
+Targets: full >= 80 % of raw; noop <= 3 s; change1pct <= noop + changed / raw rate; peak < 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BUSINESS_DATE = date(2026, 11, 21)
+
+
+def generate(erp_url: str, persons: int) -> None:
+    """Seed the ERP in a child process, so its memory does not count for the sync."""
+    subprocess.run(
+        [sys.executable, "-m", "connectors.erp", "seed", "--url", erp_url, "--persons", str(persons), "--seed", "42",
+         "--business-date", BUSINESS_DATE.isoformat()],
+        cwd=ROOT,
+        check=True,
+    )
+
+
+def desired_payloads(erp_url: str) -> list[tuple[str, dict[str, Any]]]:
+    """The payloads the sync will send, computed with the same rules (no Prefect)."""
+    from config.settings import load_settings
+    from connectors.erp.database import make_engine
+    from connectors.erp.extract import extract_portal_frames
+    from tasks.portal_rules import build_desired_state, released_objects
+    from tasks.portal_tasks import contact_rules
+
+    settings = load_settings("test")
+    frames = extract_portal_frames(make_engine(erp_url))
+    released = released_objects(frames["objects"]["object_no"], frames["object_groups"], [], settings.portal.object_group)
+    desired = build_desired_state(
+        released=released, objects=frames["objects"], units=frames["units"], persons=frames["persons"],
+        contracts=frames["contracts"], partners=frames["partners"], caretakers=frames["caretakers"],
+        rules=contact_rules(settings), today=BUSINESS_DATE,
+    )
+    out: list[tuple[str, dict[str, Any]]] = []
+    for entity in ("properties", "units", "contacts"):
+        out += [(entity, p) for p in desired.records[entity].values()]
+    return out
+
+
+async def raw_loop(base_url: str, key: str, secret: str, payloads: list[tuple[str, dict[str, Any]]], concurrency: int) -> float:
+    """PUT the payloads with a plain concurrent httpx loop; returns records per second."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        token = (await client.post("/v2/authenticate", json={"key": key, "secret": secret})).json()["token"]
+        queue = list(reversed(payloads))
+
+        async def worker() -> None:
+            while queue:
+                entity, payload = queue.pop()
+                r = await client.put(f"/v2/{entity}/{payload['id']}", json=payload, headers={"token": token})
+                if r.status_code >= 400:
+                    raise RuntimeError(f"raw loop: {r.status_code} {r.text[:200]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(payloads) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--persons", type=int, default=100_000)
+    parser.add_argument("--raw-sample", type=int, default=40_000, help="records the raw loop sends (0 = all)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="hausflow-bench-"))
+    erp_url, state_url = f"sqlite:///{work}/erp.sqlite", f"sqlite:///{work}/state.sqlite"
+    t0 = time.perf_counter()
+    generate(erp_url, args.persons)
+    print(f"ERP with {args.persons:,} persons generated in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    from sandbox.portal.server import SandboxServer
+
+    sandbox = SandboxServer(db_url=f"sqlite:///{work}/portal.sqlite")
+    sandbox.start()
+    try:
+        payloads = desired_payloads(erp_url)
+        sample = payloads if args.raw_sample <= 0 else payloads[: args.raw_sample]
+        raw_rate = asyncio.run(raw_loop(sandbox.base_url, sandbox.key, sandbox.secret, sample, args.concurrency))
+        print(f"raw httpx loop: {len(sample):,} PUTs at {raw_rate:,.0f} records/s (sandbox saturation)", flush=True)
+        sandbox.reset()
+        del payloads, sample
+
+        os.environ.update(
+            {
+                "HAUSFLOW_PROFILE": "test",
+                "HAUSFLOW_ERP_URL": erp_url,
+                "HAUSFLOW_STATE_URL": state_url,
+                "HAUSFLOW_BUSINESS_DATE": BUSINESS_DATE.isoformat(),
+                "HAUSFLOW_PORTAL__ENABLED": "true",
+                "HAUSFLOW_PORTAL__BASE_URL": sandbox.base_url,
+                "HAUSFLOW_PORTAL__API_KEY": sandbox.key,
+                "HAUSFLOW_PORTAL__API_SECRET": sandbox.secret,
+                "HAUSFLOW_PORTAL__CONCURRENCY": str(args.concurrency),
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+            }
+        )
+        from prefect.testing.utilities import prefect_test_harness
+
+        from connectors.erp import demo
+        from connectors.erp.database import make_engine
+        from flows.portal_sync import portal_sync
+
+        with prefect_test_harness(server_startup_timeout=60):
+            t = time.perf_counter()
+            first = portal_sync(profile="test")
+            full_s = time.perf_counter() - t
+            print(f"full sync: {first['confirmed']:,} records in {full_s:.1f} s", flush=True)
+            t = time.perf_counter()
+            noop = portal_sync(profile="test")
+            noop_s = time.perf_counter() - t
+            print(f"no-change run: {noop['planned_writes']} writes in {noop_s:.2f} s", flush=True)
+            changed = demo.mutate_erp(make_engine(erp_url), seed=1, fraction=0.01, business_date=BUSINESS_DATE)
+            t = time.perf_counter()
+            delta = portal_sync(profile="test")
+            change_s = time.perf_counter() - t
+            print(f"1 % changed ({len(changed):,} persons): {delta['confirmed']:,} writes in {change_s:.2f} s", flush=True)
+        counters = sandbox.counters()
+    finally:
+        sandbox.stop()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    full_rate = first["confirmed"] / full_s
+    budget = noop_s + delta["confirmed"] / raw_rate
+    result = {
+        "persons": args.persons,
+        "full_sync_s": round(full_s, 2),
+        "full_records_per_s": round(full_rate, 1),
+        "raw_records_per_s": round(raw_rate, 1),
+        "full_vs_raw": round(full_rate / raw_rate, 3),
+        "noop_s": round(noop_s, 2),
+        "change1pct_s": round(change_s, 2),
+        "change1pct_budget_s": round(budget, 2),
+        "change1pct_writes": delta["confirmed"],
+        "peak_rss_mb": round(peak_mb, 1),
+        "raw_sample": args.raw_sample,
+        "duplicate_writes": counters.get("duplicate_writes"),
+        "targets_met": {
+            "full_ge_80pct_raw": full_rate >= 0.8 * raw_rate,
+            "noop_le_3s": noop_s <= 3.0,
+            "change1pct_within_budget": change_s <= budget,
+            "peak_below_1gb": peak_mb < 1024,
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

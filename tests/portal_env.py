@@ -1,0 +1,53 @@
+"""Helpers shared by the portal-sync tests: a configured environment and the sandbox's view."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from typing import Any
+
+from connectors.portal import PortalClient
+from connectors.portal.auth import TokenCache
+
+BUSINESS_DATE = date(2026, 11, 21)
+
+
+@contextmanager
+def portal_env(sandbox: Any, erp_url: str, state_url: str, **extra: str) -> Iterator[dict[str, str]]:
+    """Environment of the test profile with the interface on and pointed at ``sandbox``."""
+    values = {
+        "HAUSFLOW_PROFILE": "test",
+        "HAUSFLOW_ERP_URL": erp_url,
+        "HAUSFLOW_STATE_URL": state_url,
+        "HAUSFLOW_BUSINESS_DATE": BUSINESS_DATE.isoformat(),
+        "HAUSFLOW_PORTAL__ENABLED": "true",
+        "HAUSFLOW_PORTAL__BASE_URL": sandbox.base_url,
+        "HAUSFLOW_PORTAL__API_KEY": sandbox.key,
+        "HAUSFLOW_PORTAL__API_SECRET": sandbox.secret,
+        "HAUSFLOW_PORTAL__BACKOFF_BASE_S": "0.05",
+        "HAUSFLOW_PORTAL__BACKOFF_MAX_S": "1",
+        "HAUSFLOW_PORTAL__BATCH_SIZE": "200",
+    }
+    values.update(extra)
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    TokenCache.clear()
+    try:
+        yield values
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def portal_view(sandbox: Any, include_archived: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
+    """Everything the sandbox holds, read over its API: entity -> id -> record."""
+    client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret)
+    return {
+        entity: {r["id"]: r for r in client.list_records(entity, include_archived=include_archived)}
+        for entity in ("properties", "units", "contacts")
+    }
