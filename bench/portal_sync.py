@@ -36,8 +36,20 @@ BUSINESS_DATE = date(2026, 11, 21)
 def generate(erp_url: str, persons: int) -> None:
     """Seed the ERP in a child process, so its memory does not count for the sync."""
     subprocess.run(
-        [sys.executable, "-m", "connectors.erp", "seed", "--url", erp_url, "--persons", str(persons), "--seed", "42",
-         "--business-date", BUSINESS_DATE.isoformat()],
+        [
+            sys.executable,
+            "-m",
+            "connectors.erp",
+            "seed",
+            "--url",
+            erp_url,
+            "--persons",
+            str(persons),
+            "--seed",
+            "42",
+            "--business-date",
+            BUSINESS_DATE.isoformat(),
+        ],
         cwd=ROOT,
         check=True,
     )
@@ -53,11 +65,19 @@ def desired_payloads(erp_url: str) -> list[tuple[str, dict[str, Any]]]:
 
     settings = load_settings("test")
     frames = extract_portal_frames(make_engine(erp_url))
-    released = released_objects(frames["objects"]["object_no"], frames["object_groups"], [], settings.portal.object_group)
+    released = released_objects(
+        frames["objects"]["object_no"], frames["object_groups"], [], settings.portal.object_group
+    )
     desired = build_desired_state(
-        released=released, objects=frames["objects"], units=frames["units"], persons=frames["persons"],
-        contracts=frames["contracts"], partners=frames["partners"], caretakers=frames["caretakers"],
-        rules=contact_rules(settings), today=BUSINESS_DATE,
+        released=released,
+        objects=frames["objects"],
+        units=frames["units"],
+        persons=frames["persons"],
+        contracts=frames["contracts"],
+        partners=frames["partners"],
+        caretakers=frames["caretakers"],
+        rules=contact_rules(settings),
+        today=BUSINESS_DATE,
     )
     out: list[tuple[str, dict[str, Any]]] = []
     for entity in ("properties", "units", "contacts"):
@@ -65,11 +85,15 @@ def desired_payloads(erp_url: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-async def raw_loop(base_url: str, key: str, secret: str, payloads: list[tuple[str, dict[str, Any]]], concurrency: int) -> float:
+async def raw_loop(
+    base_url: str, key: str, secret: str, payloads: list[tuple[str, dict[str, Any]]], concurrency: int
+) -> float:
     """PUT the payloads with a plain concurrent httpx loop; returns records per second."""
     import httpx
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
         token = (await client.post("/v2/authenticate", json={"key": key, "secret": secret})).json()["token"]
         queue = list(reversed(payloads))
 
@@ -105,8 +129,13 @@ def main() -> None:
     try:
         payloads = desired_payloads(erp_url)
         sample = payloads if args.raw_sample <= 0 else payloads[: args.raw_sample]
-        raw_rate = asyncio.run(raw_loop(sandbox.base_url, sandbox.key, sandbox.secret, sample, args.concurrency))
-        print(f"raw httpx loop: {len(sample):,} PUTs at {raw_rate:,.0f} records/s (sandbox saturation)", flush=True)
+        raw_rate = asyncio.run(
+            raw_loop(sandbox.base_url, sandbox.key, sandbox.secret, sample, args.concurrency)
+        )
+        print(
+            f"raw httpx loop: {len(sample):,} PUTs at {raw_rate:,.0f} records/s (sandbox saturation)",
+            flush=True,
+        )
         sandbox.reset()
         del payloads, sample
 
@@ -139,11 +168,16 @@ def main() -> None:
             noop = portal_sync(profile="test")
             noop_s = time.perf_counter() - t
             print(f"no-change run: {noop['planned_writes']} writes in {noop_s:.2f} s", flush=True)
-            changed = demo.mutate_erp(make_engine(erp_url), seed=1, fraction=0.01, business_date=BUSINESS_DATE)
+            changed = demo.mutate_erp(
+                make_engine(erp_url), seed=1, fraction=0.01, business_date=BUSINESS_DATE
+            )
             t = time.perf_counter()
             delta = portal_sync(profile="test")
             change_s = time.perf_counter() - t
-            print(f"1 % changed ({len(changed):,} persons): {delta['confirmed']:,} writes in {change_s:.2f} s", flush=True)
+            print(
+                f"1 % changed ({len(changed):,} persons): {delta['confirmed']:,} writes in {change_s:.2f} s",
+                flush=True,
+            )
         counters = sandbox.counters()
     finally:
         sandbox.stop()

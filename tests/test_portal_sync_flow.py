@@ -38,7 +38,13 @@ def world(sandbox: SandboxServer, tmp_path_factory: pytest.TempPathFactory) -> d
     sandbox.reset()
     with portal_env(sandbox, erp_url, state_url):
         first = portal_sync(profile="test")
-    return {"engine": engine, "erp_url": erp_url, "state_url": state_url, "edge": summary.edge_cases, "first": first}
+    return {
+        "engine": engine,
+        "erp_url": erp_url,
+        "state_url": state_url,
+        "edge": summary.edge_cases,
+        "first": first,
+    }
 
 
 def test_first_sync_loads_exactly_the_desired_portal(world: dict[str, Any], sandbox: SandboxServer) -> None:
@@ -46,7 +52,9 @@ def test_first_sync_loads_exactly_the_desired_portal(world: dict[str, Any], sand
     view = portal_view(sandbox)
     contacts = view["contacts"]
     assert first["failed"] == 0 and first["confirmed"] > 0
-    assert first["confirmed"] == sum(len(v) for v in view.values()) + first["counts"].get("responsibilities.created", 0)
+    assert first["confirmed"] == sum(len(v) for v in view.values()) + first["counts"].get(
+        "responsibilities.created", 0
+    )
     # every rule of seed 001, seen from the portal's side
     for person_no in edge["unreleased_object_tenants"]:
         assert person_no not in contacts, "tenant of an object that is not released"
@@ -99,7 +107,9 @@ def test_second_run_sends_nothing(world: dict[str, Any], sandbox: SandboxServer)
     assert after["duplicate_writes"] == 0
 
 
-def test_erp_changes_move_out_co_resident_removal_and_anonymisation(world: dict[str, Any], sandbox: SandboxServer) -> None:
+def test_erp_changes_move_out_co_resident_removal_and_anonymisation(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
     engine = world["engine"]
     edge = world["edge"]
     view = portal_view(sandbox)
@@ -122,13 +132,24 @@ def test_erp_changes_move_out_co_resident_removal_and_anonymisation(world: dict[
             )
         ).first()
     leaver = next(
-        p for p in view["contacts"] if p in counts and p not in edge["two_contracts"] and p not in edge["owners"]
-        and p not in edge["caretakers"] and len(view["contacts"][p]["contracts"]) == 1
+        p
+        for p in view["contacts"]
+        if p in counts
+        and p not in edge["two_contracts"]
+        and p not in edge["owners"]
+        and p not in edge["caretakers"]
+        and len(view["contacts"][p]["contracts"]) == 1
     )
     demo.move_out(engine, counts[leaver], BUSINESS_DATE - timedelta(days=40))
     assert partner_row is not None
     demo.remove_co_resident(engine, partner_row.contract_no, partner_row.person_no)
-    victim = next(p for p in view["contacts"] if p not in (leaver, partner_row.person_no) and p not in edge["owners"] and p not in edge["caretakers"])
+    victim = next(
+        p
+        for p in view["contacts"]
+        if p not in (leaver, partner_row.person_no)
+        and p not in edge["owners"]
+        and p not in edge["caretakers"]
+    )
     demo.anonymise_person(engine, victim)
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
         run = portal_sync(profile="test")
@@ -155,7 +176,9 @@ def test_dry_run_shows_the_plan_and_sends_nothing(world: dict[str, Any], sandbox
     assert plan["confirmed"] == 0
 
 
-def test_test_profile_has_the_interface_off_and_sends_nothing(world: dict[str, Any], sandbox: SandboxServer) -> None:
+def test_test_profile_has_the_interface_off_and_sends_nothing(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
     before = sandbox.counters()["requests"]
     with portal_env(sandbox, world["erp_url"], world["state_url"], HAUSFLOW_PORTAL__ENABLED="false"):
         result = portal_sync(profile="test")
@@ -163,12 +186,20 @@ def test_test_profile_has_the_interface_off_and_sends_nothing(world: dict[str, A
     assert sandbox.counters()["requests"] == before
 
 
-def test_logs_and_artifacts_carry_neither_secret_nor_token(world: dict[str, Any], sandbox: SandboxServer) -> None:
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort
-
+def test_logs_and_artifacts_carry_neither_secret_nor_token(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
     import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
 
     from connectors.portal.auth import TokenCache
 
@@ -180,12 +211,20 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(world: dict[str, Any]
 
     async def collect() -> str:
         async with get_client() as client:
-            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1, flow_run_filter=FlowRunFilter())
+            runs = await client.read_flow_runs(
+                sort=FlowRunSort.START_TIME_DESC, limit=1, flow_run_filter=FlowRunFilter()
+            )
             run_id = runs[0].id
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
             params = (await client.read_flow_run(run_id)).parameters
-            return "\n".join([l.message for l in logs] + [json.dumps(a.data, default=str) for a in artifacts] + [json.dumps(params)])
+            return "\n".join(
+                [l.message for l in logs]
+                + [json.dumps(a.data, default=str) for a in artifacts]
+                + [json.dumps(params)]
+            )
 
     text = asyncio.run(collect())
     assert "Plan:" in text and "portal-sync" not in sandbox.secret

@@ -95,7 +95,7 @@ def test_faults_converge_to_exactly_the_desired_state(sandbox: SandboxServer, tm
     assert sandbox.counters()["duplicate_writes"] == 0
 
 
-def _start_sync_process(env: dict[str, str], extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start_sync_process(env: dict[str, str], extra_env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     from prefect.settings import PREFECT_API_URL
 
     child_env = dict(os.environ)
@@ -106,34 +106,37 @@ def _start_sync_process(env: dict[str, str], extra_env: dict[str, str]) -> subpr
         [sys.executable, "-m", "flows.portal_sync"],
         cwd=ROOT,
         env=child_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
-@pytest.mark.parametrize("kill_after_writes", [(40, 180, 420)])
+@pytest.mark.parametrize("kill_after_writes", [(25, 90, 160)])
 def test_sigkill_mid_load_neither_loses_nor_duplicates(
     sandbox: SandboxServer, tmp_path: Path, kill_after_writes: tuple[int, ...]
 ) -> None:
     erp_url, state_url = f"sqlite:///{tmp_path}/erp.sqlite", f"sqlite:///{tmp_path}/state.sqlite"
-    demo.generate_erp(make_engine(erp_url), persons=250, seed=33, business_date=BUSINESS_DATE)
+    demo.generate_erp(make_engine(erp_url), persons=800, seed=33, business_date=BUSINESS_DATE)
     sandbox.reset()
     # latency keeps the load slow enough to kill it at a chosen point
-    sandbox.set_faults(latency_ms=[2, 6], apply_then_drop_rate=0.02, seed=9)
+    sandbox.set_faults(latency_ms=[5, 15], apply_then_drop_rate=0.02, seed=9)
     kills = 0
+    log = open(tmp_path / "sync-processes.log", "wb")  # noqa: SIM115 - read on failure
     try:
         with portal_env(sandbox, erp_url, state_url, HAUSFLOW_PORTAL__BATCH_SIZE="50") as env:
-            for threshold in kill_after_writes:
-                proc = _start_sync_process(env, {})
+            for threshold in kill_after_writes:  # new writes of this process before it is killed
+                start_writes = sandbox.counters()["writes"]
+                proc = _start_sync_process(env, {}, log)
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline and proc.poll() is None:
-                    if sandbox.counters()["writes"] >= threshold:
+                    if sandbox.counters()["writes"] - start_writes >= threshold:
                         os.kill(proc.pid, signal.SIGKILL)
                         kills += 1
                         break
                     time.sleep(0.02)
                 proc.wait(timeout=30)
-            assert kills >= 2, "the sync finished before it could be killed: raise the latency"
+            log.flush()
+            assert kills == len(kill_after_writes), (tmp_path / "sync-processes.log").read_text()[-3000:]
             results = sync_until_converged(env)
     finally:
         sandbox.clear_faults()
