@@ -197,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sepa_deployments(profile: str, once: object) -> list[object]:
+def _sepa_deployments(profile: str, once: Any) -> list[Any]:
     """On-demand deployments of the SEPA flows, when they are installed."""
-    out: list[object] = []
+    out: list[Any] = []
     try:
         from flows.sepa_debit import sepa_debit_run
     except ImportError:

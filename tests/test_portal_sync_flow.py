@@ -221,7 +221,7 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
             )
             params = (await client.read_flow_run(run_id)).parameters
             return "\n".join(
-                [l.message for l in logs]
+                [log.message for log in logs]
                 + [json.dumps(a.data, default=str) for a in artifacts]
                 + [json.dumps(params)]
             )
