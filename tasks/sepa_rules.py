@@ -40,6 +40,7 @@ MAX_CENTS = 99_999_999_999  # 999,999,999.99 EUR
 NOTPROVIDED = "NOTPROVIDED"
 
 
+@lru_cache(maxsize=4096)
 def transliterate(text: str) -> str:
     """Turn any text into the SEPA basic Latin set without losing meaning.
 
@@ -48,8 +49,9 @@ def transliterate(text: str) -> str:
     runs of spaces collapse. Nothing is cut here; length is the caller's business.
     """
     text = text.translate(_GERMAN).translate(_REPLACEMENTS)
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    if not text.isascii():  # fast path: most German text is ASCII once the umlauts are replaced
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = _TEXT_FORBIDDEN.sub(" ", text)
     return re.sub(r" {2,}", " ", text).strip()
 

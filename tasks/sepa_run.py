@@ -274,7 +274,7 @@ def _none(value: Any) -> Any:
     return value
 
 
-def plan_debits(run: SepaRun, chunk_rows: int = 20_000) -> DebitPlan:
+def plan_debits(run: SepaRun, chunk_rows: int = 5_000) -> DebitPlan:
     """Select, check and spool every claim; write the control listing (CSV) as it goes.
 
     Streams the ERP in chunks; per chunk one query each for mandates, ledger states and mandate
