@@ -138,14 +138,16 @@ def scan_pain008(
     """
     ns = NAMESPACES["pain.008"]
     q = f"{{{ns}}}"
+    tx_tag, hdr_tag, amt_tag = q + "DrctDbtTxInf", q + "GrpHdr", q + "InstdAmt"
     totals = Pain008Totals()
     block_n = 0
-    block_sum = Decimal("0")
+    block_cents = 0
+    all_cents = 0
     pmt_inf_id = ""
     block_hdr: tuple[int, Decimal] = (0, Decimal("0"))
     for elem in iter_validated(path, "pain.008", ("GrpHdr", "DrctDbtTxInf", "PmtInf"), validate):
         tag = elem.tag
-        if tag == q + "DrctDbtTxInf":
+        if tag == tx_tag:
             if block_n == 0:  # first transaction of a block: its header children are still there
                 block = elem.getparent()
                 pmt_inf_id = block.findtext(q + "PmtInfId") or ""
@@ -153,24 +155,35 @@ def scan_pain008(
                     int(block.findtext(q + "NbOfTxs") or "0"),
                     Decimal(block.findtext(q + "CtrlSum") or "0"),
                 )
-            amount = Decimal(elem.findtext(q + "InstdAmt") or "0")
             block_n += 1
-            block_sum += amount
+            block_cents += _to_cents(elem.findtext(amt_tag) or "0")
             if collect_ids:
                 totals.end_to_end_ids.append(elem.findtext(f"{q}PmtId/{q}EndToEndId") or "")
             if on_transaction is not None:
                 on_transaction(elem)
-        elif tag == q + "GrpHdr":
+        elif tag == hdr_tag:
             totals.msg_id = elem.findtext(q + "MsgId") or ""
             totals.header_nb_of_txs = int(elem.findtext(q + "NbOfTxs") or "0")
             totals.header_ctrl_sum = Decimal(elem.findtext(q + "CtrlSum") or "0")
         else:  # PmtInf end: its transactions have been counted
-            totals.blocks[pmt_inf_id] = (block_hdr[0], block_hdr[1], block_n, block_sum)
+            totals.blocks[pmt_inf_id] = (block_hdr[0], block_hdr[1], block_n, Decimal(block_cents).scaleb(-2))
             totals.counted_nb_of_txs += block_n
-            totals.counted_ctrl_sum += block_sum
+            all_cents += block_cents
             block_n = 0
-            block_sum = Decimal("0")
+            block_cents = 0
+    totals.counted_ctrl_sum = Decimal(all_cents).scaleb(-2)
     return totals
+
+
+def _to_cents(text: str) -> int:
+    """Exact cents of an amount text (the schema allows at most two decimals; more raise)."""
+    whole, _, fraction = text.partition(".")
+    if len(fraction) <= 2 and whole.isdigit() and (not fraction or fraction.isdigit()):
+        return int(whole) * 100 + int(fraction.ljust(2, "0"))
+    value = Decimal(text) * 100
+    if value != value.to_integral_value():
+        raise SepaValidationError(f"amount {text} has more than two decimals")
+    return int(value)
 
 
 def validate_file(path: Path, kind: str | None = None) -> str:
