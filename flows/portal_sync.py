@@ -1,6 +1,6 @@
 """The tenant-portal sync: ERP master data -> casavi (objects, units, persons, owners, caretakers).
 
-extract -> rules -> validate -> plan (difference to the confirmed state) -> load per batch -> protocol
+extract -> rules -> compare with the confirmed state -> validate what differs -> plan -> load per batch -> protocol
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tasks.portal_tasks import (
     TARGET,
     apply_portal_rules,
     business_today,
+    compare_with_portal_state,
     extract_erp,
     load_portal_batch,
     plan_portal_changes,
@@ -70,10 +71,9 @@ def portal_sync(
         frames = extract_erp(settings)
         desired, _released = apply_portal_rules(settings, frames, objects, today)
         del frames
-        quarantined = validate_portal_records(settings, desired, run_id)
-        plan, resp_skips = plan_portal_changes(
-            settings, desired, quarantined, entities, full_resync, bool(objects)
-        )
+        comparison = compare_with_portal_state(settings, desired, entities, full_resync)
+        quarantined = validate_portal_records(settings, comparison, run_id)
+        plan, resp_skips = plan_portal_changes(desired, comparison, quarantined, full_resync, bool(objects))
         outcomes = []
         if dry_run:
             logger.info("Dry run: %d writes planned, nothing sent.", len(plan.writes))

@@ -83,6 +83,7 @@ def plan_changes(
     full_resync: bool = False,
     allow_archive: bool = True,
     entities: tuple[str, ...] = ENTITIES,
+    hashes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Plan:
     """Compute the writes that bring the portal from ``state`` to ``desired``.
 
@@ -95,6 +96,7 @@ def plan_changes(
         full_resync: send every desired record even when its hash is unchanged.
         allow_archive: archive what is no longer desired (only after a complete extract of all objects).
         entities: the entities this run covers.
+        hashes: precomputed payload hashes (entity -> id -> hash), see :func:`desired_hashes`.
 
     Returns:
         The ordered plan: upserts (properties, units, contacts, responsibilities), then
@@ -109,11 +111,12 @@ def plan_changes(
             continue
         stream = STREAMS[entity]
         confirmed = state.get(entity, {})
+        known = (hashes or {}).get(entity, {})
         unchanged = 0
         for ref_id, payload in desired.get(entity, {}).items():
             if (entity, ref_id) in held:
                 continue
-            digest = payload_hash(stream, payload)
+            digest = known.get(ref_id) or payload_hash(stream, payload)
             entry = confirmed.get(ref_id)
             if entry is None:
                 outcome = "created"
@@ -169,6 +172,46 @@ def plan_changes(
                     )
                 )
     return plan
+
+
+def desired_hashes(
+    desired: Mapping[str, Mapping[str, dict[str, Any]]], entities: tuple[str, ...] = ENTITIES
+) -> dict[str, dict[str, str]]:
+    """Payload hash of every desired record, computed once per run."""
+    return {
+        entity: {rid: payload_hash(STREAMS[entity], p) for rid, p in desired.get(entity, {}).items()}
+        for entity in entities
+        if entity in desired
+    }
+
+
+def write_candidates(
+    desired: Mapping[str, Mapping[str, dict[str, Any]]],
+    state: Mapping[str, Mapping[str, StateEntry]],
+    hashes: Mapping[str, Mapping[str, str]],
+    full_resync: bool = False,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Desired records that differ from what the portal confirmed: the ones a run would write.
+
+    Only these need validating: a record equal to its confirmed version passed validation when
+    it was sent (a full resync validates everything again).
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for entity, records in desired.items():
+        confirmed = state.get(entity, {})
+        digests = hashes.get(entity, {})
+        chosen = {}
+        for rid, payload in records.items():
+            entry = confirmed.get(rid)
+            if (
+                full_resync
+                or entry is None
+                or entry.status != "active"
+                or entry.payload_hash != digests.get(rid)
+            ):
+                chosen[rid] = payload
+        out[entity] = chosen
+    return out
 
 
 def held_records(skips: list[Skip]) -> set[tuple[str, str]]:

@@ -71,27 +71,26 @@ class DesiredState:
     caretakers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+def _missing(value: Any) -> bool:
+    """``None``, NaN, ``pd.NA`` or ``NaT`` (what a DataFrame holds for SQL NULL)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
 def _text(value: Any) -> str | None:
-    """Stripped text or ``None`` for empty values and NaN/NA."""
-    if value is None:
+    """Stripped text or ``None`` for empty values and NULLs (hot path: called per field and row)."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if _missing(value):
         return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    text = str(value).strip()
-    return text or None
+    return str(value).strip() or None
 
 
 def _date(value: Any) -> date | None:
-    if value is None:
+    """A date from a date, a timestamp or an ISO string (SQLite returns dates as text)."""
+    if isinstance(value, str):
+        return date.fromisoformat(value[:10])
+    if _missing(value):
         return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
     if isinstance(value, pd.Timestamp):
         return value.date()
     if isinstance(value, date):

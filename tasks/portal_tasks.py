@@ -29,7 +29,15 @@ from connectors.state_store import (
     StateEntry,
     StateStore,
 )
-from tasks.portal_plan import ENTITIES, Plan, PlannedWrite, held_records, plan_changes
+from tasks.portal_plan import (
+    ENTITIES,
+    Plan,
+    PlannedWrite,
+    desired_hashes,
+    held_records,
+    plan_changes,
+    write_candidates,
+)
 from tasks.portal_rules import (
     ContactRules,
     DesiredState,
@@ -190,39 +198,82 @@ def apply_portal_rules(
     return desired, released
 
 
-@task(name="validate-portal-records", cache_policy=NO_CACHE)
-def validate_portal_records(settings: HausflowSettings, desired: DesiredState, run_id: str) -> list[Skip]:
-    """Validate with the GX suites; quarantine failing records (the rest goes on)."""
+@dataclass
+class Comparison:
+    """The confirmed portal state, the desired records' hashes and the records that differ."""
+
+    entities: tuple[str, ...]
+    state: dict[str, dict[str, StateEntry]]
+    hashes: dict[str, dict[str, str]]
+    candidates: dict[str, dict[str, dict[str, Any]]]
+
+
+@task(name="compare-with-portal-state", cache_policy=NO_CACHE)
+def compare_with_portal_state(
+    settings: HausflowSettings, desired: DesiredState, entities: list[str] | None, full_resync: bool
+) -> Comparison:
+    """Load what the portal confirmed and find the desired records that differ from it."""
     logger = get_run_logger()
+    chosen = tuple(e for e in ENTITIES if not entities or e in entities)
+    store = StateStore(settings.state_url)
+    state = {entity: store.load_state(TARGET, entity) for entity in chosen}
+    records = {e: r for e, r in desired.records.items() if e in chosen}
+    hashes = desired_hashes(records, chosen)
+    candidates = write_candidates(records, state, hashes, full_resync)
+    logger.info(
+        "Compared with what the portal confirmed: %s.",
+        ", ".join(
+            f"{len(candidates.get(e, {})):,} of {len(records.get(e, {})):,} {e} differ" for e in records
+        ),
+    )
+    return Comparison(chosen, state, hashes, candidates)
+
+
+@task(name="validate-portal-records", cache_policy=NO_CACHE)
+def validate_portal_records(settings: HausflowSettings, comparison: Comparison, run_id: str) -> list[Skip]:
+    """Validate the records about to be written with the GX suites; quarantine the failing ones.
+
+    Records equal to their confirmed version passed when they were sent and are not checked
+    again. Children of a record that is held and not yet in the portal are held too (a unit of
+    a quarantined new object, a contact whose only unit is held). The rest goes on.
+    """
+    logger = get_run_logger()
+    candidates = comparison.candidates
     failures: list[Skip] = []
     for entity in ("properties", "units", "contacts"):
-        failures.extend(validate_records(entity, desired.records.get(entity, {})))
+        failures.extend(validate_records(entity, candidates.get(entity, {})))
+
+    def absent(entity: str, ref_id: str) -> bool:
+        entry = comparison.state.get(entity, {}).get(ref_id)
+        return entry is None or entry.status != "active"
+
     failed_ids = {(f.entity, f.ref_id) for f in failures}
-    # units of a quarantined property and contacts pointing at held units cannot go either
-    held_props = {rid for ent, rid in failed_ids if ent == "properties"}
-    for unit_id, unit in desired.records.get("units", {}).items():
+    held_props = {rid for ent, rid in failed_ids if ent == "properties" and absent(ent, rid)}
+    for unit_id, unit in candidates.get("units", {}).items():
         if unit["propertyId"] in held_props and ("units", unit_id) not in failed_ids:
             failures.append(
                 Skip("units", unit_id, "parent_quarantined", f"object {unit['propertyId']} is in quarantine")
             )
-    held_units = {f.ref_id for f in failures if f.entity == "units"}
-    for person_no, contact in desired.records.get("contacts", {}).items():
-        bad = [
-            c for c in contact["contracts"] if c["propertyId"] in held_props or (c["unitId"] in held_units)
-        ]
+    held_units = {f.ref_id for f in failures if f.entity == "units" and absent("units", f.ref_id)}
+    for person_no, contact in candidates.get("contacts", {}).items():
+        bad = [c for c in contact["contracts"] if c["propertyId"] in held_props or c["unitId"] in held_units]
         if bad and ("contacts", person_no) not in failed_ids:
+            where = bad[0]["unitId"] or bad[0]["propertyId"]
             failures.append(
                 Skip(
                     "contacts",
                     person_no,
                     "parent_quarantined",
-                    f"contract in unit {bad[0]['unitId'] or bad[0]['propertyId']} which is in quarantine",
+                    f"contract in {where}, which is in quarantine",
                 )
             )
     store = StateStore(settings.state_url)
     store.quarantine(
         TARGET,
-        [QuarantineItem(f.entity, f.ref_id, f.rule, f.reason, _safe_record(desired, f)) for f in failures],
+        [
+            QuarantineItem(f.entity, f.ref_id, f.rule, f.reason, candidates.get(f.entity, {}).get(f.ref_id))
+            for f in failures
+        ],
         run_id,
     )
     resolved = store.resolve_quarantine(TARGET, {(f.entity, f.ref_id) for f in failures})
@@ -234,52 +285,51 @@ def validate_portal_records(settings: HausflowSettings, desired: DesiredState, r
             len(failures) - 20,
         )
     if resolved:
-        logger.info("%d records left the quarantine: they pass the checks now.", resolved)
+        logger.info(
+            "%d records left the quarantine: they pass the checks now or are no longer selected.", resolved
+        )
     return failures
-
-
-def _safe_record(desired: DesiredState, failure: Skip) -> dict[str, Any] | None:
-    """The failing record as stored in the quarantine (our own database, never a log)."""
-    return desired.records.get(failure.entity, {}).get(failure.ref_id)
 
 
 @task(name="plan-portal-changes", cache_policy=NO_CACHE)
 def plan_portal_changes(
-    settings: HausflowSettings,
     desired: DesiredState,
+    comparison: Comparison,
     quarantined: list[Skip],
-    entities: list[str] | None,
     full_resync: bool,
     partial: bool,
 ) -> tuple[Plan, list[Skip]]:
-    """Compare the desired state with the confirmed state; returns the plan and extra skips."""
+    """The writes of this run: desired minus confirmed, without what is held; plus extra skips."""
     logger = get_run_logger()
-    store = StateStore(settings.state_url)
-    chosen = tuple(e for e in ENTITIES if not entities or e in entities)
     held = held_records(quarantined)
-    sendable = {rid for rid in desired.records.get("contacts", {}) if ("contacts", rid) not in held}
+    confirmed_contacts = comparison.state.get("contacts", {})
+    sendable = {
+        rid
+        for rid in desired.records.get("contacts", {})
+        if ("contacts", rid) not in held or getattr(confirmed_contacts.get(rid), "status", None) == "active"
+    }
     responsibilities, resp_skips = build_responsibilities(desired, sendable)
     records = dict(desired.records)
     records["responsibilities"] = responsibilities
-    state: dict[str, dict[str, StateEntry]] = {entity: store.load_state(TARGET, entity) for entity in chosen}
+    hashes = dict(comparison.hashes)
+    hashes.update(desired_hashes({"responsibilities": responsibilities}, ("responsibilities",)))
     plan = plan_changes(
         records,
-        state,
+        comparison.state,
         held=held,
         withdraw_reasons=desired.withdraw_reasons,
         anonymise=desired.anonymise,
         full_resync=full_resync,
         allow_archive=not partial,
-        entities=chosen,
+        entities=comparison.entities,
+        hashes=hashes,
     )
     counts = plan.counts()
-    summary = "; ".join(
-        f"{entity}: "
-        + ", ".join(f"{n} {outcome}" for (ent, outcome), n in sorted(counts.items()) if ent == entity)
-        + f"{', ' if any(ent == entity for ent, _ in counts) else ''}{plan.unchanged.get(entity, 0)} unchanged"
-        for entity in chosen
-    )
-    logger.info("Plan: %s.", summary)
+    parts = []
+    for entity in comparison.entities:
+        mine = [f"{n:,} {outcome}" for (ent, outcome), n in sorted(counts.items()) if ent == entity]
+        parts.append(f"{entity}: " + ", ".join([*mine, f"{plan.unchanged.get(entity, 0):,} unchanged"]))
+    logger.info("Plan: %s.", "; ".join(parts))
     for note in plan.notes:
         logger.info(note)
     return plan, resp_skips

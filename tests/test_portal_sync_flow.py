@@ -226,7 +226,13 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
                 + [json.dumps(params)]
             )
 
+    import time
+
+    deadline = time.monotonic() + 20
     text = asyncio.run(collect())
+    while "Portal sync done" not in text and time.monotonic() < deadline:  # logs are shipped in batches
+        time.sleep(0.5)
+        text = asyncio.run(collect())
     assert "Plan:" in text and "portal-sync" not in sandbox.secret
     assert sandbox.secret not in text
     for token in tokens:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,11 @@ RESPONSIBILITIES = PortalStream(
 STREAMS: dict[str, PortalStream] = {s.name: s for s in (PROPERTIES, UNITS, CONTACTS, RESPONSIBILITIES)}
 
 
-def canonical_json(payload: dict[str, Any]) -> str:
-    """Deterministic JSON (sorted keys, no spaces) used for hashing and comparison."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+def canonical_json(payload: dict[str, Any]) -> bytes:
+    """Deterministic JSON (sorted keys, no spaces, UTF-8) used for hashing and comparison."""
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS, default=str)
 
 
 def payload_hash(stream: PortalStream, payload: dict[str, Any]) -> str:
     """SHA-256 of the writable part of ``payload``: equal hash, equal content at the partner."""
-    return hashlib.sha256(canonical_json(stream.project(payload)).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(stream.project(payload))).hexdigest()
