@@ -157,3 +157,26 @@ def test_spool_splits_files_and_plan_orders_blocks(tmp_path: Path) -> None:
         [("MSG0-001", "FRST", 1), ("MSG0-002", "RCUR", 2)],
         [("MSG1-001", "OOFF", 1), ("MSG1-002", "RCUR", 1)],
     ]
+
+
+def test_validating_while_writing_matches_a_second_read_and_rejects_bad_bytes(tmp_path: Path) -> None:
+    from connectors.sepa.pain008 import write_validated_part
+
+    block = PaymentBlock(
+        "MSG-001", date(2026, 3, 4), "RCUR", len(SHAPES), sum(t.amount_cents for t in SHAPES)
+    )
+    part, totals = write_validated_part(
+        tmp_path / "ok.xml", lambda fh: write_pain008(fh, "MSG", NOW, CREDITOR, [block], lambda b: SHAPES)
+    )
+    again = scan_pain008(part)
+    assert totals.problems() == [] and (totals.counted_nb_of_txs, totals.counted_ctrl_sum) == (
+        again.counted_nb_of_txs,
+        again.counted_ctrl_sum,
+    )
+    bad = PaymentBlock("MSG_001", date(2026, 3, 4), "RCUR", 1, 1001)
+    with pytest.raises(SepaValidationError, match="PmtInfId"):
+        write_validated_part(
+            tmp_path / "bad.xml",
+            lambda fh: write_pain008(fh, "MSG", NOW, CREDITOR, [bad], lambda b: [_tx(1)]),
+        )
+    assert not (tmp_path / "bad.xml.part").exists() and not (tmp_path / "bad.xml").exists()

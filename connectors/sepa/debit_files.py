@@ -25,7 +25,7 @@ from connectors.sepa.pain008 import (
     format_cents,
     publish,
     write_pain008,
-    write_part,
+    write_validated_part,
 )
 from connectors.sepa.schemas import scan_pain008
 from connectors.sepa.spool import BlockKey, read_block
@@ -179,8 +179,7 @@ def produce_file(
         pending.clear()
 
     try:
-        part = write_part(plan.path, writer)
-        totals = scan_pain008(part)
+        part, totals = write_validated_part(plan.path, writer)
         problems = totals.problems()
         n_ledger, sum_ledger = ledger.ledger_totals(plan.msg_id)
         if n_ledger != totals.counted_nb_of_txs or sum_ledger != totals.counted_ctrl_sum:

@@ -23,7 +23,7 @@ from typing import IO, NamedTuple
 from lxml import etree
 
 from connectors.sepa.errors import SepaValidationError
-from connectors.sepa.schemas import NAMESPACES
+from connectors.sepa.schemas import NAMESPACES, Pain008Totals, ParallelScan, scan_pain008
 
 PAIN008_NS = NAMESPACES["pain.008"]
 
@@ -309,3 +309,44 @@ def publish(part: Path, final_path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class _Tee:
+    """File object that writes to the ``.part`` file and to the validating child at once."""
+
+    def __init__(self, fh: IO[bytes], scan: ParallelScan) -> None:
+        self._fh = fh
+        self._scan = scan
+
+    def write(self, data: bytes) -> int:
+        self._fh.write(data)
+        self._scan.write(data)
+        return len(data)
+
+
+def write_validated_part(final_path: Path, writer: Callable[[IO[bytes]], None]) -> tuple[Path, Pain008Totals]:
+    """Write the ``.part`` file of ``final_path`` while a child process validates the same bytes.
+
+    Returns the part's path and its totals (XSD-valid, sums re-counted); the caller compares them
+    and publishes. Falls back to validating the finished file when no child process can start.
+
+    Raises:
+        SepaValidationError: the bytes break the schema (the ``.part`` file is removed).
+    """
+    try:
+        scan: ParallelScan | None = ParallelScan()
+    except OSError:
+        scan = None
+    if scan is None:
+        part = write_part(final_path, writer)
+        return part, scan_pain008(part)
+    try:
+        part = write_part(final_path, lambda fh: writer(_Tee(fh, scan)))  # type: ignore[arg-type]
+    except BaseException:
+        scan.abort()
+        raise
+    try:
+        return part, scan.finish()
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
