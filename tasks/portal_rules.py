@@ -220,20 +220,19 @@ def decide_contact(
             reason=expired[0] if expired else "no valid contract",
             rule="archive_days_after_move_out",
         )
-    contracts = sorted(
-        (
-            {
-                "type": "OWNER" if r.kind == "OWNER" else "RENTER",
-                "propertyId": r.property_id,
-                "unitId": r.unit_id,
-                "startDate": r.start.isoformat() if r.start else None,
-                "endDate": r.move_out.isoformat() if r.move_out else None,
-            }
-            for r in active
-            if r.kind != "CARETAKER"
-        ),
-        key=lambda c: (c["propertyId"], c["unitId"] or "", c["type"], c["startDate"] or ""),
-    )
+    contracts = [
+        {
+            "type": "OWNER" if r.kind == "OWNER" else "RENTER",
+            "propertyId": r.property_id,
+            "unitId": r.unit_id,
+            "startDate": r.start.isoformat() if r.start else None,
+            "endDate": r.move_out.isoformat() if r.move_out else None,
+        }
+        for r in active
+        if r.kind != "CARETAKER"
+    ]
+    if len(contracts) > 1:
+        contracts.sort(key=lambda c: (c["propertyId"], c["unitId"] or "", c["type"], c["startDate"] or ""))
     portal_user = _text(person.get("person_type")) in rules.person_types
     return ContactDecision("send", payload=contact_payload(person, contracts, portal_user))
 
@@ -267,6 +266,17 @@ def unit_payload(unit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _records(frame: pd.DataFrame) -> Iterable[dict[str, Any]]:
+    """Rows as plain dicts (``DataFrame.to_dict`` boxes every value and is several times slower)."""
+    names = list(frame.columns)
+    return (dict(zip(names, values, strict=True)) for values in _columns(frame, *names))
+
+
+def _columns(frame: pd.DataFrame, *names: str) -> Iterable[tuple[Any, ...]]:
+    """Rows of some columns as plain tuples (fast: no per-row Series or namedtuple)."""
+    return zip(*(frame[name].tolist() for name in names), strict=True)
+
+
 def collect_relations(
     released: set[str],
     objects: pd.DataFrame,
@@ -276,37 +286,39 @@ def collect_relations(
     caretakers: pd.DataFrame,
 ) -> dict[str, list[Relation]]:
     """Every person's relations to released objects (contracts, partner records, ownership, care)."""
-    unit_object = dict(zip(units["unit_no"], units["object_no"], strict=False))
+    unit_object = dict(_columns(units, "unit_no", "object_no"))
     relations: dict[str, list[Relation]] = {}
     by_contract: dict[str, Relation] = {}
-    for row in contracts.itertuples(index=False):
-        object_no = unit_object.get(row.unit_no)
+    for contract_no, unit_no, person_no, contract_type, start, move_out in _columns(
+        contracts, "contract_no", "unit_no", "person_no", "contract_type", "start_date", "move_out_date"
+    ):
+        object_no = unit_object.get(unit_no)
         if object_no not in released:
             continue
         relation = Relation(
-            "OWNER" if row.contract_type == "OWNER" else "RENTER",
+            "OWNER" if contract_type == "OWNER" else "RENTER",
             str(object_no),
-            str(row.unit_no),
-            _date(row.start_date),
-            _date(row.move_out_date),
-            str(row.contract_no),
+            str(unit_no),
+            _date(start),
+            _date(move_out),
+            str(contract_no),
         )
-        by_contract[str(row.contract_no)] = relation
-        relations.setdefault(str(row.person_no), []).append(relation)
-    for row in partners.itertuples(index=False):
-        lead = by_contract.get(str(row.contract_no))
+        by_contract[str(contract_no)] = relation
+        relations.setdefault(str(person_no), []).append(relation)
+    for contract_no, person_no in _columns(partners, "contract_no", "person_no"):
+        lead = by_contract.get(str(contract_no))
         if lead is None:
             continue
         partner = Relation(
             "PARTNER", lead.property_id, lead.unit_id, lead.start, lead.move_out, lead.contract_no
         )
-        relations.setdefault(str(row.person_no), []).append(partner)
-    for row in objects.itertuples(index=False):
-        if row.object_no in released and _text(row.owner_person_no):
-            relations.setdefault(str(row.owner_person_no), []).append(Relation("OWNER", str(row.object_no)))
-    for row in caretakers.itertuples(index=False):
-        if row.object_no in released:
-            relations.setdefault(str(row.person_no), []).append(Relation("CARETAKER", str(row.object_no)))
+        relations.setdefault(str(person_no), []).append(partner)
+    for object_no, owner in _columns(objects, "object_no", "owner_person_no"):
+        if object_no in released and _text(owner):
+            relations.setdefault(str(owner), []).append(Relation("OWNER", str(object_no)))
+    for object_no, person_no in _columns(caretakers, "object_no", "person_no"):
+        if object_no in released:
+            relations.setdefault(str(person_no), []).append(Relation("CARETAKER", str(object_no)))
     return relations
 
 
@@ -328,15 +340,17 @@ def build_desired_state(
     validation has settled which caretaker contacts the portal will hold.
     """
     desired = DesiredState(records={"properties": {}, "units": {}, "contacts": {}})
-    for obj in objects[objects["object_no"].isin(released)].to_dict("records"):
+    for obj in _records(objects[objects["object_no"].isin(released)]):
         payload = property_payload(obj)
         desired.records["properties"][payload["id"]] = payload
-    for unit in units[units["object_no"].isin(released)].to_dict("records"):
+    for unit in _records(units[units["object_no"].isin(released)]):
         payload = unit_payload(unit)
         desired.records["units"][payload["id"]] = payload
     relations = collect_relations(released, objects, units, contracts, partners, caretakers)
     candidates = persons[persons["person_no"].isin(relations.keys())]
-    for person in candidates.to_dict("records"):
+    names = list(candidates.columns)
+    for values in _columns(candidates, *names):
+        person = dict(zip(names, values, strict=True))
         person_no = str(person["person_no"])
         decision = decide_contact(person, relations[person_no], rules, today)
         if decision.action == "send" and decision.payload is not None:

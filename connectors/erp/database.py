@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,10 @@ def read_chunks(
     """Stream ``query`` as DataFrames of at most ``chunk_rows`` rows.
 
     Uses a server-side cursor where the dialect has one (``stream_results``), so memory stays
-    bounded by the chunk size, never by the table size.
+    bounded by the chunk size, never by the table size. Columns are built column-wise with
+    dtype ``object`` (values as the driver returns them, NULL as ``None``): pandas' row-wise
+    constructor probes every SQLAlchemy row for attributes, and pandas 3 ``str`` arrays are slow
+    to iterate, which the rules do.
     """
     with engine.connect().execution_options(stream_results=True, max_row_buffer=chunk_rows) as conn:
         result = conn.execute(query)
@@ -60,12 +63,21 @@ def read_chunks(
             rows = result.fetchmany(chunk_rows)
             if not rows:
                 break
-            yield pd.DataFrame.from_records(rows, columns=columns)
+            yield _frame(columns, rows)
+
+
+def _frame(columns: list[str], rows: Sequence[Any]) -> pd.DataFrame:
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    return pd.DataFrame(
+        {name: pd.Series(col, dtype=object) for name, col in zip(columns, values, strict=True)}
+    )
 
 
 def read_frame(engine: Engine, query: Select[Any], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.DataFrame:
     """Read ``query`` chunk by chunk into one DataFrame (empty frame with the columns if no rows)."""
     frames = list(read_chunks(engine, query, chunk_rows))
+    if len(frames) == 1:
+        return frames[0]
     if frames:
         return pd.concat(frames, ignore_index=True)
-    return pd.DataFrame(columns=[c.name for c in query.selected_columns])
+    return pd.DataFrame({c.name: pd.Series([], dtype=object) for c in query.selected_columns})
