@@ -153,6 +153,14 @@ def start_debit_run(
 ) -> SepaRun:
     """Check settings and dates, take the run lock, and recover what an earlier run left behind.
 
+    Args:
+        settings: the profile's settings (creditor, template, limits, URLs, business date).
+        collection_date: requested date; None means today, i.e. the earliest possible date.
+        batch_booking: overrides the stored default ``sepa.batch_booking`` when not None.
+        dry_run: the run stops after the control listing and records nothing.
+        run_id: the Prefect flow run id by default; fixed ids make file names reproducible (tests).
+        created_at: creation time of the files (UTC now by default); part of the message ids.
+
     Raises:
         ValueError: creditor settings are wrong or the date is too far ahead (nothing happens).
         SepaRunLocked: another debit run is active.
