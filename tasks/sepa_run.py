@@ -53,6 +53,7 @@ from tasks.sepa_rules import (
     claim_collection_date,
     classify_entry,
     decide_claim,
+    earliest_collection_date,
     effective_collection_date,
     listing_row,
     make_msg_id,
@@ -155,7 +156,7 @@ def start_debit_run(
 
     Args:
         settings: the profile's settings (creditor, template, limits, URLs, business date).
-        collection_date: requested date; None means today, i.e. the earliest possible date.
+        collection_date: requested date; None means the earliest possible date (no warning).
         batch_booking: overrides the stored default ``sepa.batch_booking`` when not None.
         dry_run: the run stops after the control listing and records nothing.
         run_id: the Prefect flow run id by default; fixed ids make file names reproducible (tests).
@@ -175,7 +176,7 @@ def start_debit_run(
             + " (fix config/profiles or HAUSFLOW_SEPA__*)"
         )
     today = business_today(settings)
-    requested = collection_date or today
+    requested = collection_date or earliest_collection_date(today, sepa["lead_days"])
     chosen = effective_collection_date(requested, today, sepa["lead_days"], sepa["max_days_ahead"])
     for warning in chosen.warnings:
         log.warning(warning)

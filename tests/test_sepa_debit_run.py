@@ -243,3 +243,8 @@ def test_claim_taken_by_another_run_between_plan_and_write_publishes_nothing(sce
     assert _xml_files(scenario.output_dir) == [] and not list(scenario.output_dir.glob("*.part"))
     assert claim_states(scenario.erp_url)["C1001"][0] == "OPEN"
     assert [f["status"] for f in ledger.files() if f["msg_id"] != "OTHER"] == ["abandoned"]
+
+
+def test_no_date_means_the_earliest_possible_without_warning(scenario: Scenario) -> None:
+    run, _plan, _files = debit_run(collection=None, dry_run=True)
+    assert run.collection_date == date(2026, 3, 3) and run.date_warnings == []
