@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     from config.settings import load_settings
 
     settings = load_settings(env["HAUSFLOW_PROFILE"])
+    for key, url in (("HAUSFLOW_ERP_URL", settings.erp_url), ("HAUSFLOW_STATE_URL", settings.state_url)):
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            env[key] = f"sqlite:///{ROOT / url.removeprefix('sqlite:///')}"  # absolute for every process
+    os.environ.update(env)
+    settings = load_settings(env["HAUSFLOW_PROFILE"])
     procs: list[subprocess.Popen[bytes]] = []
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from connectors.erp.database import make_engine
 
-        erp_path = Path(settings.erp_url.split("///", 1)[-1])
+        erp_path = Path(settings.erp_url.split("///", 1)[-1]).resolve()
         if settings.erp_url.startswith("sqlite") and not erp_path.exists():
             from connectors.erp.demo import generate_erp
 
