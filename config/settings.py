@@ -68,10 +68,15 @@ class SepaSettings(BaseModel):
     max_transactions_per_file: int = 500_000
     output_dir: str = "var/sepa"
     mandate_lapse_months: int = 36
-    lead_days: int = Field(default=1, description="TARGET2 business days between hand-in and collection (CORE: 1)")
-    max_days_ahead: int = Field(default=14, description="banks accept collection dates at most this far ahead")
+    lead_days: int = Field(
+        default=1, description="TARGET2 business days between hand-in and collection (CORE: 1)"
+    )
+    max_days_ahead: int = Field(
+        default=14, description="banks accept collection dates at most this far ahead"
+    )
     collection_horizon_days: int = Field(
-        default=0, description="also collect claims due up to this many days after the run's date, on their due date"
+        default=0,
+        description="also collect claims due up to this many days after the run's date, on their due date",
     )
     listing_preview_rows: int = Field(default=200, description="rows of the control listing shown in the UI")
 
