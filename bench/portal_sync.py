@@ -60,25 +60,10 @@ def desired_payloads(erp_url: str) -> list[tuple[str, dict[str, Any]]]:
     from config.settings import load_settings
     from connectors.erp.database import make_engine
     from connectors.erp.extract import extract_portal_frames
-    from tasks.portal_rules import build_desired_state, released_objects
-    from tasks.portal_tasks import contact_rules
+    from tasks.portal_tasks import desired_state_for
 
-    settings = load_settings("test")
     frames = extract_portal_frames(make_engine(erp_url))
-    released = released_objects(
-        frames["objects"]["object_no"], frames["object_groups"], [], settings.portal.object_group
-    )
-    desired = build_desired_state(
-        released=released,
-        objects=frames["objects"],
-        units=frames["units"],
-        persons=frames["persons"],
-        contracts=frames["contracts"],
-        partners=frames["partners"],
-        caretakers=frames["caretakers"],
-        rules=contact_rules(settings),
-        today=BUSINESS_DATE,
-    )
+    desired, _, _ = desired_state_for(load_settings("test"), frames, BUSINESS_DATE)
     out: list[tuple[str, dict[str, Any]]] = []
     for entity in ("properties", "units", "contacts"):
         out += [(entity, p) for p in desired.records[entity].values()]

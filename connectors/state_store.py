@@ -11,14 +11,14 @@ SQLite by default, PostgreSQL (or Oracle) for real; portable SQLAlchemy Core onl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Index,
@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 
 from connectors.erp.database import make_engine
+from connectors.sqlutil import chunks, utcnow
 
 state_metadata = MetaData()
 
@@ -111,17 +112,15 @@ protocol = Table(
     Index("ix_protocol_run", "run_id", "outcome"),
 )
 
-_IN_CHUNK = 500  # stays below Oracle's 1000-element IN-list limit
 
-
-def utcnow() -> datetime:
-    """Timezone-aware now in UTC (the only clock the store uses)."""
-    return datetime.now(UTC)
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _delete_ids(conn: Connection, table: Table, target: str, entity: str, ref_ids: Sequence[str]) -> None:
+    """Delete the rows of ``ref_ids`` of one target and entity (chunked ``IN`` lists)."""
+    for part in chunks(list(ref_ids)):
+        conn.execute(
+            delete(table).where(
+                and_(table.c.target == target, table.c.entity == entity, table.c.ref_id.in_(part))
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -209,25 +208,8 @@ class StateStore:
         with self.engine.begin() as conn:
             for entity, items in by_entity.items():
                 ids = [c.ref_id for c in items]
-                for part in _chunks(ids):
-                    conn.execute(
-                        delete(sync_state).where(
-                            and_(
-                                sync_state.c.target == target,
-                                sync_state.c.entity == entity,
-                                sync_state.c.ref_id.in_(part),
-                            )
-                        )
-                    )
-                    conn.execute(
-                        delete(sync_pending).where(
-                            and_(
-                                sync_pending.c.target == target,
-                                sync_pending.c.entity == entity,
-                                sync_pending.c.ref_id.in_(part),
-                            )
-                        )
-                    )
+                _delete_ids(conn, sync_state, target, entity, ids)
+                _delete_ids(conn, sync_pending, target, entity, ids)
                 conn.execute(
                     insert(sync_state),
                     [
@@ -256,16 +238,7 @@ class StateStore:
             for w in writes:
                 by_entity.setdefault(w.entity, []).append(w)
             for entity, items in by_entity.items():
-                for part in _chunks([w.ref_id for w in items]):
-                    conn.execute(
-                        delete(sync_pending).where(
-                            and_(
-                                sync_pending.c.target == target,
-                                sync_pending.c.entity == entity,
-                                sync_pending.c.ref_id.in_(part),
-                            )
-                        )
-                    )
+                _delete_ids(conn, sync_pending, target, entity, [w.ref_id for w in items])
             conn.execute(
                 insert(sync_pending),
                 [
@@ -297,16 +270,7 @@ class StateStore:
     def clear_pending(self, target: str, entity: str, ref_ids: Sequence[str]) -> None:
         """Forget pending writes that definitely did not happen (the partner refused them)."""
         with self.engine.begin() as conn:
-            for part in _chunks(list(ref_ids)):
-                conn.execute(
-                    delete(sync_pending).where(
-                        and_(
-                            sync_pending.c.target == target,
-                            sync_pending.c.entity == entity,
-                            sync_pending.c.ref_id.in_(part),
-                        )
-                    )
-                )
+            _delete_ids(conn, sync_pending, target, entity, ref_ids)
 
     # ---- quarantine ------------------------------------------------------------------------
     def quarantine(self, target: str, items: Sequence[QuarantineItem], run_id: str | None) -> None:
@@ -320,7 +284,7 @@ class StateStore:
             for item in items:
                 by_entity.setdefault(item.entity, []).append(item)
             for entity, group in by_entity.items():
-                for part in _chunks(sorted({i.ref_id for i in group})):
+                for part in chunks(sorted({i.ref_id for i in group})):
                     rows = conn.execute(
                         select(quarantine.c.entity, quarantine.c.ref_id, quarantine.c.rule).where(
                             and_(
@@ -379,7 +343,7 @@ class StateStore:
                 )
             ).all()
             ids = [row.id for row in rows if (row.entity, row.ref_id) not in failing]
-            for part in _chunks(ids):
+            for part in chunks(ids):
                 conn.execute(update(quarantine).where(quarantine.c.id.in_(part)).values(resolved_at=now))
         return len(ids)
 

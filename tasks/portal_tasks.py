@@ -68,6 +68,38 @@ def contact_rules(settings: HausflowSettings) -> ContactRules:
     )
 
 
+def desired_state_for(
+    settings: HausflowSettings, frames: dict[str, pd.DataFrame], today: date, objects: list[str] | None = None
+) -> tuple[DesiredState, set[str], list[str]]:
+    """The desired portal state for the extracted frames (pure).
+
+    Returns the desired state, the released objects of this run, and the requested ``objects``
+    that are not released (left out).
+    """
+    released = released_objects(
+        frames["objects"]["object_no"],
+        frames["object_groups"],
+        settings.portal.object_range,
+        settings.portal.object_group,
+    )
+    unknown: list[str] = []
+    if objects:
+        unknown = sorted(set(objects) - released)
+        released &= set(objects)
+    desired = build_desired_state(
+        released=released,
+        objects=frames["objects"],
+        units=frames["units"],
+        persons=frames["persons"],
+        contracts=frames["contracts"],
+        partners=frames["partners"],
+        caretakers=frames["caretakers"],
+        rules=contact_rules(settings),
+        today=today,
+    )
+    return desired, released, unknown
+
+
 @dataclass
 class BatchOutcome:
     """What one load batch achieved."""
@@ -158,30 +190,11 @@ def apply_portal_rules(
 ) -> tuple[DesiredState, set[str]]:
     """Build the desired portal state; ``objects`` narrows the released objects for this run."""
     logger = get_run_logger()
-    released = released_objects(
-        frames["objects"]["object_no"],
-        frames["object_groups"],
-        settings.portal.object_range,
-        settings.portal.object_group,
-    )
-    if objects:
-        unknown = sorted(set(objects) - released)
-        if unknown:
-            logger.warning(
-                "Objects %s are not released for the portal (object range/group) and are left out.", unknown
-            )
-        released &= set(objects)
-    desired = build_desired_state(
-        released=released,
-        objects=frames["objects"],
-        units=frames["units"],
-        persons=frames["persons"],
-        contracts=frames["contracts"],
-        partners=frames["partners"],
-        caretakers=frames["caretakers"],
-        rules=contact_rules(settings),
-        today=today,
-    )
+    desired, released, unknown = desired_state_for(settings, frames, today, objects)
+    if unknown:
+        logger.warning(
+            "Objects %s are not released for the portal (object range/group) and are left out.", unknown
+        )
     logger.info(
         "Portal rules on %s (business date): %d released objects, %d units, %d contacts to hold, %d waiting for "
         "their access date, %d to withdraw, %d anonymised in the ERP. Owner licence %s, caretaker licence %s.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,14 @@ def pg_database() -> Iterator[Callable[[], str]]:
         for name in created:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The portal sandbox as its own process on a free loopback port, one per test module."""
+    from sandbox.portal.server import SandboxServer
+
+    server = SandboxServer(db_url=f"sqlite:///{tmp_path_factory.mktemp('sandbox')}/portal.sqlite")
+    server.start()
+    yield server
+    server.stop()

@@ -4,7 +4,6 @@ ERP changes (move-out, co-resident removed, anonymisation), dry run, test profil
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,14 +17,6 @@ from sandbox.portal.server import SandboxServer
 from tests.portal_env import BUSINESS_DATE, portal_env, portal_view
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
-    server = SandboxServer(db_url=f"sqlite:///{tmp_path_factory.mktemp('sandbox')}/portal.sqlite")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,6 @@ from tests.portal_env import BUSINESS_DATE, portal_env, portal_view
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
-    server = SandboxServer(db_url=f"sqlite:///{tmp_path_factory.mktemp('sandbox')}/portal.sqlite")
-    server.start()
-    yield server
-    server.stop()
 
 
 def desired_ids(state_url: str) -> dict[str, set[str]]:

@@ -17,8 +17,7 @@ from sqlalchemy import Engine, Select, and_, case, or_, select, update
 
 from connectors.erp.database import DEFAULT_CHUNK_ROWS, read_chunks
 from connectors.erp.schema import claims, payment_types, persons, sepa_mandates
-
-_IN_CHUNK = 500
+from connectors.sqlutil import chunks
 
 
 def candidate_claims_query(due_until: date) -> Select[Any]:
@@ -98,8 +97,7 @@ def read_mandates(
             (sepa_mandates.c.mandate_id, mandate_ids),
         ):
             values = sorted(set(values))
-            for start in range(0, len(values), _IN_CHUNK):
-                part = values[start : start + _IN_CHUNK]
+            for part in chunks(values):
                 out.extend(
                     dict(r)
                     for r in conn.execute(select(*_MANDATE_COLUMNS).where(column.in_(part))).mappings()
@@ -114,8 +112,7 @@ def set_claim_status(
     changed = 0
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        for start in range(0, len(claim_nos), _IN_CHUNK):
-            part = list(claim_nos[start : start + _IN_CHUNK])
+        for part in chunks(list(claim_nos)):
             result = conn.execute(
                 update(claims)
                 .where(and_(claims.c.claim_no.in_(part), claims.c.status.in_(list(only_from))))
@@ -151,8 +148,7 @@ def mark_claims_paid(engine: Engine, claim_nos: Sequence[str]) -> int:
     changed = 0
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        for start in range(0, len(claim_nos), _IN_CHUNK):
-            part = list(claim_nos[start : start + _IN_CHUNK])
+        for part in chunks(list(claim_nos)):
             result = conn.execute(
                 update(claims)
                 .where(and_(claims.c.claim_no.in_(part), claims.c.status == "IN_COLLECTION"))

@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from sqlalchemy.exc import IntegrityError
 from connectors.erp.database import make_engine
 from connectors.sepa.errors import SepaLedgerConflict, SepaRunLocked
 from connectors.sepa.pain008 import part_path
+from connectors.sqlutil import chunks, utcnow
 
 sepa_metadata = MetaData()
 
@@ -137,18 +138,6 @@ sepa_locks = Table(
     Column("pid", Integer, nullable=False),
     Column("acquired_at", DateTime(timezone=True), nullable=False),
 )
-
-_IN_CHUNK = 500  # below Oracle's 1000-element IN-list limit
-
-
-def utcnow() -> datetime:
-    """Timezone-aware now in UTC (the ledger's only clock)."""
-    return datetime.now(UTC)
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -258,7 +247,7 @@ class SepaLedger:
             sepa_ledger.c.msg_id,
         )
         with self.engine.connect() as conn:
-            for part in _chunks(list(claim_nos)):
+            for part in chunks(list(claim_nos)):
                 for claim_no, attempt, status, msg_id in conn.execute(
                     select(*query_cols).where(sepa_ledger.c.claim_no.in_(part))
                 ):
@@ -277,7 +266,7 @@ class SepaLedger:
         """Per mandate: latest collection date and IBANs collected from (prepared/written/paid rows)."""
         out: dict[str, tuple[date | None, frozenset[str]]] = {}
         with self.engine.connect() as conn:
-            for part in _chunks(list(mandate_ids)):
+            for part in chunks(list(mandate_ids)):
                 query = (
                     select(
                         sepa_ledger.c.mandate_id,
@@ -301,7 +290,7 @@ class SepaLedger:
         """Per person: cents collected but not settled yet (``prepared``/``written``/``partly_paid``)."""
         out: dict[str, int] = {}
         with self.engine.connect() as conn:
-            for part in _chunks(sorted(set(person_nos))):
+            for part in chunks(sorted(set(person_nos))):
                 query = (
                     select(
                         sepa_ledger.c.person_no,
@@ -492,7 +481,7 @@ class SepaLedger:
         ids = sorted(set(e2e_ids))
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            for part in _chunks(ids):
+            for part in chunks(ids):
                 rows = conn.execute(
                     select(sepa_ledger)
                     .where(
@@ -551,7 +540,7 @@ class SepaLedger:
         """Move ledger rows to ``paid``/``partly_paid``/``returned`` with the statement reference."""
         now = utcnow()
         with self.engine.begin() as conn:
-            for part in _chunks(list(ids)):
+            for part in chunks(list(ids)):
                 conn.execute(
                     update(sepa_ledger)
                     .where(sepa_ledger.c.id.in_(part))
@@ -591,7 +580,7 @@ class SepaLedger:
         """All ledger rows of some claims (tests and reports)."""
         out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
-            for part in _chunks(list(claim_nos)):
+            for part in chunks(list(claim_nos)):
                 out.extend(
                     dict(r)
                     for r in conn.execute(
