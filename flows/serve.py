@@ -152,23 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         _wait_http(f"http://127.0.0.1:{args.prefect_port}/api/health", "The Prefect server", 180, server)
 
         from prefect import serve
-        from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
         from prefect.deployments import run_deployment
 
-        from flows.portal_sync import portal_sync
-
-        once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-        deployments: list[Any] = [
-            portal_sync.to_deployment(
-                name="every-5-minutes",
-                interval=timedelta(minutes=5),
-                concurrency_limit=once,
-                parameters={"profile": env["HAUSFLOW_PROFILE"]},
-                tags=["portal"],
-                description="Tenant-portal sync of master data (objects, units, persons, owners, caretakers).",
-            )
-        ]
-        deployments += _sepa_deployments(env["HAUSFLOW_PROFILE"], once)
+        deployments = build_deployments(env["HAUSFLOW_PROFILE"])
 
         if not args.no_first_run:
 
@@ -202,24 +188,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sepa_deployments(profile: str, once: Any) -> list[Any]:
-    """On-demand deployments of the SEPA flows, when they are installed."""
-    out: list[Any] = []
-    try:
-        from flows.sepa_debit import sepa_debit_run
-    except ImportError:
-        return out
-    out.append(
+def build_deployments(profile: str) -> list[Any]:
+    """The served deployments: the portal sync every 5 minutes, the SEPA flows on demand.
+
+    Each has a concurrency limit of 1 that cancels a run overlapping a running one. The SEPA
+    flows take their profile from ``HAUSFLOW_PROFILE``; a debit run defaults to a dry run, which
+    stops after the control listing.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.bank_reconciliation import import_bank_statement
+    from flows.portal_sync import portal_sync
+    from flows.sepa_debit import sepa_debit_run
+
+    once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    return [
+        portal_sync.to_deployment(
+            name="every-5-minutes",
+            interval=timedelta(minutes=5),
+            concurrency_limit=once,
+            parameters={"profile": profile},
+            tags=["portal"],
+            description="Tenant-portal sync of master data (objects, units, persons, owners, caretakers).",
+        ),
         sepa_debit_run.to_deployment(
-            name="on-demand", parameters={"profile": profile}, concurrency_limit=once, tags=["sepa"]
-        )
-    )
-    try:
-        from flows.bank_reconciliation import import_bank_statement
-    except ImportError:
-        return out
-    out.append(import_bank_statement.to_deployment(name="on-demand", concurrency_limit=once, tags=["sepa"]))
-    return out
+            name="on-demand", parameters={"dry_run": True}, concurrency_limit=once, tags=["sepa"]
+        ),
+        import_bank_statement.to_deployment(name="on-demand", concurrency_limit=once, tags=["sepa"]),
+    ]
 
 
 if __name__ == "__main__":

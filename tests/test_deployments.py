@@ -1,0 +1,55 @@
+"""The deployments (served by the main command, and in prefect.yaml) fit the flows they run."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.serve import build_deployments
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _flow(entrypoint: str) -> Any:
+    path, name = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, name)
+
+
+def _check_parameters(flow: Any, parameters: dict[str, Any]) -> None:
+    """No parameter the flow does not know; full validation where the flow needs nothing at run time."""
+    signature = inspect.signature(flow.fn)
+    assert set(parameters) <= set(signature.parameters), (flow.name, parameters)
+    required = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty]
+    if not set(required) - set(parameters):
+        flow.validate_parameters(parameters)
+
+
+def test_served_deployments_have_valid_parameters_and_no_overlap() -> None:
+    deployments = {d.name + "@" + d.flow_name: d for d in build_deployments("demo")}
+    assert set(deployments) == {
+        "every-5-minutes@portal-sync",
+        "on-demand@sepa-debit-run",
+        "on-demand@import-bank-statement",
+    }
+    for deployment in deployments.values():
+        flow = _flow(deployment.entrypoint)
+        _check_parameters(flow, deployment.parameters)
+        assert deployment.concurrency_limit == 1
+        assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
+    portal = deployments["every-5-minutes@portal-sync"]
+    assert [s.schedule.interval.total_seconds() for s in portal.schedules] == [300]
+
+
+def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters() -> None:
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for deployment in config["deployments"]:
+        flow = _flow(deployment["entrypoint"])
+        _check_parameters(flow, deployment.get("parameters") or {})
+        assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+        for value in deployment["work_pool"]["job_variables"]["env"].values():
+            assert "{{" in value or not any(word in value.lower() for word in ("secret", "key")), value
