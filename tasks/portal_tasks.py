@@ -21,6 +21,7 @@ from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
 from connectors.erp.extract import extract_portal_frames
 from connectors.portal import PortalClient, WriteOp
+from connectors.portal.streams import STREAMS, write_applied
 from connectors.state_store import (
     Confirmation,
     PendingWrite,
@@ -129,22 +130,11 @@ def recover_pending_writes(settings: HausflowSettings, run_id: str) -> dict[str,
     by_entity: dict[str, list[PendingWrite]] = {}
     for p in pending:
         by_entity.setdefault(p.entity, []).append(p)
-    from connectors.portal.streams import STREAMS, payload_hash
-
     for entity, items in by_entity.items():
         records = client.read_many(entity, [p.ref_id for p in items])
         for p in items:
             record = records.get(p.ref_id)
-            applied = False
-            if record is not None:
-                if p.op == "upsert":
-                    applied = payload_hash(STREAMS[entity], record) == p.payload_hash and not record.get(
-                        "archived", False
-                    )
-                elif p.op == "archive":
-                    applied = bool(record.get("archived"))
-                elif p.op == "anonymize":
-                    applied = bool(record.get("anonymised"))
+            applied = write_applied(STREAMS[entity], record, p.op, p.payload_hash)
             if applied:
                 confirmed.append(
                     Confirmation(

@@ -29,7 +29,7 @@ from connectors.portal.errors import (
     PortalTransportError,
     error_from_response,
 )
-from connectors.portal.streams import STREAMS, PortalStream, payload_hash
+from connectors.portal.streams import STREAMS, PortalStream, payload_hash, write_applied
 
 AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
 
@@ -274,16 +274,8 @@ class PortalClient:
         """Whether the partner already holds the result of ``op`` (read-back check)."""
         stream = STREAMS[op.entity]
         record = await self._get_one(client, limiter, stream, op.ref_id)
-        if record is None:
-            return False
-        if op.op == "upsert":
-            expected = op.payload_hash or payload_hash(stream, op.payload or {})
-            return payload_hash(stream, record) == expected and not record.get("archived", False)
-        if op.op == "archive":
-            return bool(record.get("archived"))
-        if op.op == "anonymize":
-            return bool(record.get("anonymised"))
-        return False
+        expected = op.payload_hash or payload_hash(stream, op.payload or {})
+        return write_applied(stream, record, op.op, expected)
 
     async def _write_one(self, client: httpx.AsyncClient, limiter: _RateLimiter, op: WriteOp) -> WriteResult:
         stream = STREAMS[op.entity]

@@ -71,3 +71,22 @@ def canonical_json(payload: dict[str, Any]) -> bytes:
 def payload_hash(stream: PortalStream, payload: dict[str, Any]) -> str:
     """SHA-256 of the writable part of ``payload``: equal hash, equal content at the partner."""
     return hashlib.sha256(canonical_json(stream.project(payload))).hexdigest()
+
+
+def write_applied(
+    stream: PortalStream, record: dict[str, Any] | None, op: str, expected_hash: str | None
+) -> bool:
+    """Whether a record read back from the portal already shows the result of a write.
+
+    ``upsert``: same writable content and not archived; ``archive``: archived; ``anonymize``:
+    anonymised. Used before retrying an ambiguous write and when settling pending writes.
+    """
+    if record is None:
+        return False
+    if op == "upsert":
+        return payload_hash(stream, record) == expected_hash and not record.get("archived", False)
+    if op == "archive":
+        return bool(record.get("archived"))
+    if op == "anonymize":
+        return bool(record.get("anonymised"))
+    return False
