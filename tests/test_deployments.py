@@ -53,3 +53,38 @@ def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters() ->
         assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
         for value in deployment["work_pool"]["job_variables"]["env"].values():
             assert "{{" in value or not any(word in value.lower() for word in ("secret", "key")), value
+
+
+def test_the_prefect_server_creates_the_scheduled_runs(prefect_harness: None) -> None:
+    """The 5-minute schedule really produces runs (the scheduler's insert breaks on SQLAlchemy 2.1)."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.portal_sync import portal_sync
+
+    async def scheduled_runs() -> int:
+        async with get_client() as client:
+            flow_id = await client.create_flow(portal_sync)
+            deployment_id = await client.create_deployment(
+                flow_id=flow_id,
+                name="schedule-check",
+                entrypoint="flows/portal_sync.py:portal_sync",
+                schedules=[],
+            )
+            from prefect.client.schemas.actions import DeploymentScheduleCreate
+            from prefect.client.schemas.schedules import IntervalSchedule
+
+            await client.create_deployment_schedules(
+                deployment_id,
+                [DeploymentScheduleCreate(schedule=IntervalSchedule(interval=300), active=True)],
+            )
+            response = await client._client.post(f"/deployments/{deployment_id}/schedule", json={})
+            response.raise_for_status()
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+            return sum(1 for r in runs if r.state_type is not None and r.state_type.value == "SCHEDULED")
+
+    assert asyncio.run(scheduled_runs()) >= 2
