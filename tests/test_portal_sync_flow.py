@@ -181,31 +181,26 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
     world: dict[str, Any], sandbox: SandboxServer
 ) -> None:
     import asyncio
+    from uuid import UUID
 
     from prefect import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
-        FlowRunFilter,
         LogFilter,
         LogFilterFlowRunId,
     )
-    from prefect.client.schemas.sorting import FlowRunSort
 
     from connectors.portal.auth import TokenCache
 
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
         demo.mutate_erp(world["engine"], seed=11, fraction=0.02, business_date=BUSINESS_DATE)
-        portal_sync(profile="test")
+        run_id = UUID(portal_sync(profile="test")["run_id"])
         tokens = [t for t, _ in TokenCache._tokens.values()]
     assert tokens
 
     async def collect() -> str:
         async with get_client() as client:
-            runs = await client.read_flow_runs(
-                sort=FlowRunSort.START_TIME_DESC, limit=1, flow_run_filter=FlowRunFilter()
-            )
-            run_id = runs[0].id
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
