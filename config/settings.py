@@ -41,6 +41,10 @@ class PortalSettings(BaseModel):
     rate_limit_per_s: float | None = None
     concurrency: int = 16
     batch_size: int = 2000
+    incremental: bool = Field(
+        default=True,
+        description="rebuild only what changed since the last complete run (see tasks/portal_memo.py)",
+    )
     # data configuration (seed 001: Objektbereich, Personentyp, Mieterportalaccount ... Tage)
     object_range: list[str] = Field(default_factory=list, description="released object numbers; empty = none")
     object_group: str | None = Field(default=None, description="alternatively: every object of this group")
@@ -90,6 +94,10 @@ class HausflowSettings(BaseSettings):
     erp_url: str = "sqlite:///var/erp.sqlite"
     state_url: str = "sqlite:///var/state.sqlite"
     business_date: date | None = Field(default=None, description="fixes 'today' (tests, replays)")
+    cache_dir: str = Field(
+        default="",
+        description="folder of the sync memos; empty: next to a SQLite state database, else var/cache",
+    )
     portal: PortalSettings = Field(default_factory=PortalSettings)
     licences: Licences = Field(default_factory=Licences)
     sepa: SepaSettings = Field(default_factory=SepaSettings)

@@ -32,9 +32,12 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from connectors.erp.database import make_engine
 from connectors.sqlutil import chunks, utcnow
@@ -52,7 +55,19 @@ sync_state = Table(
     Column("partner_internal_id", String(40)),
     Column("confirmed_at", DateTime(timezone=True), nullable=False),
     Column("run_id", String(40)),
+    # position in the store's change sequence (see StateStore.confirm): lets a run read only what
+    # was confirmed since it last looked
+    Column("seq", Integer),
+    Index("ix_sync_state_seq", "target", "seq"),
 )
+
+sync_meta = Table(
+    "sync_meta",
+    state_metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+STATE_SEQ = "state_seq"
 
 sync_pending = Table(
     "sync_pending",
@@ -123,6 +138,27 @@ def _delete_ids(conn: Connection, table: Table, target: str, entity: str, ref_id
         )
 
 
+def _upgrade(engine: Engine) -> None:
+    """Bring a state database of an older release up to date (idempotent, cheap when current).
+
+    Adds ``sync_state.seq`` with its index, and the change-sequence counter row.
+    """
+    columns = {c["name"] for c in inspect(engine).get_columns("sync_state")}
+    if "seq" not in columns:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE sync_state ADD COLUMN seq INTEGER"))
+        for index in sync_state.indexes:
+            index.create(engine, checkfirst=True)
+    with engine.connect() as conn:
+        present = conn.execute(select(sync_meta.c.value).where(sync_meta.c.name == STATE_SEQ)).first()
+    if present is None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(sync_meta).values(name=STATE_SEQ, value=0))
+        except IntegrityError:
+            pass  # another process created it at the same moment
+
+
 @dataclass(frozen=True)
 class StateEntry:
     """What the partner last confirmed for one record."""
@@ -184,8 +220,50 @@ class StateStore:
         self.url = url
         self.engine = engine or make_engine(url)
         state_metadata.create_all(self.engine)
+        _upgrade(self.engine)
 
     # ---- confirmed state -------------------------------------------------------------------
+    def current_seq(self) -> int:
+        """The newest position of the change sequence (0 before the first confirmation)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(sync_meta.c.value).where(sync_meta.c.name == STATE_SEQ)).scalar()
+        return int(value or 0)
+
+    def count_state(self, target: str) -> int:
+        """Number of confirmed records of ``target`` (all entities)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(sync_state.c.target == target)).scalar() or 0)
+
+    def changed_since(self, target: str, seq: int) -> tuple[dict[str, set[str]], set[int]]:
+        """Records confirmed after position ``seq``: entity -> reference ids, and the positions seen."""
+        query = select(sync_state.c.entity, sync_state.c.ref_id, sync_state.c.seq).where(
+            and_(sync_state.c.target == target, sync_state.c.seq > seq)
+        )
+        changed: dict[str, set[str]] = {}
+        seqs: set[int] = set()
+        with self.engine.connect() as conn:
+            for entity, ref_id, position in conn.execute(query):
+                changed.setdefault(entity, set()).add(ref_id)
+                seqs.add(int(position))
+        return changed, seqs
+
+    def load_state_for(self, target: str, entity: str, ref_ids: Iterable[str]) -> dict[str, StateEntry]:
+        """Confirmed entries of some records of one entity (chunked ``IN`` lists)."""
+        out: dict[str, StateEntry] = {}
+        ids = sorted(set(ref_ids))
+        with self.engine.connect() as conn:
+            for part in chunks(ids):
+                query = select(sync_state.c.ref_id, sync_state.c.payload_hash, sync_state.c.status).where(
+                    and_(
+                        sync_state.c.target == target,
+                        sync_state.c.entity == entity,
+                        sync_state.c.ref_id.in_(part),
+                    )
+                )
+                for ref_id, payload_hash, status in conn.execute(query):
+                    out[ref_id] = StateEntry(payload_hash, status)
+        return out
+
     def load_state(self, target: str, entity: str) -> dict[str, StateEntry]:
         """All confirmed entries of one entity (streamed; one small tuple per record)."""
         query = select(sync_state.c.ref_id, sync_state.c.payload_hash, sync_state.c.status).where(
@@ -197,15 +275,26 @@ class StateStore:
                 out[ref_id] = StateEntry(payload_hash, status)
         return out
 
-    def confirm(self, target: str, confirmations: Sequence[Confirmation], run_id: str | None) -> None:
-        """Advance the confirmed state and drop the matching pending entries, in one transaction."""
+    def confirm(self, target: str, confirmations: Sequence[Confirmation], run_id: str | None) -> int | None:
+        """Advance the confirmed state and drop the matching pending entries, in one transaction.
+
+        Returns the position in the change sequence this confirmation got (``None`` if there was
+        nothing to confirm). The counter row is updated first, so its row lock orders concurrent
+        confirmations: positions become visible in order, and a reader never skips one.
+        """
         if not confirmations:
-            return
+            return None
         now = utcnow()
         by_entity: dict[str, list[Confirmation]] = {}
         for c in confirmations:
             by_entity.setdefault(c.entity, []).append(c)
         with self.engine.begin() as conn:
+            conn.execute(
+                update(sync_meta).where(sync_meta.c.name == STATE_SEQ).values(value=sync_meta.c.value + 1)
+            )
+            seq = int(
+                conn.execute(select(sync_meta.c.value).where(sync_meta.c.name == STATE_SEQ)).scalar_one()
+            )
             for entity, items in by_entity.items():
                 ids = [c.ref_id for c in items]
                 _delete_ids(conn, sync_state, target, entity, ids)
@@ -222,10 +311,12 @@ class StateStore:
                             "partner_internal_id": c.partner_internal_id,
                             "confirmed_at": now,
                             "run_id": run_id,
+                            "seq": seq,
                         }
                         for c in items
                     ],
                 )
+        return seq
 
     # ---- pending writes --------------------------------------------------------------------
     def mark_pending(self, target: str, writes: Sequence[PendingWrite]) -> None:

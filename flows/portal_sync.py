@@ -1,6 +1,7 @@
 """The tenant-portal sync: ERP master data -> casavi (objects, units, persons, owners, caretakers).
 
-extract -> rules -> compare with the confirmed state -> validate what differs -> plan -> load per batch -> protocol
+extract -> find changes since the last run -> rules -> compare with the confirmed state -> validate what
+differs -> plan -> load per batch -> protocol -> memo for the next run
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from tasks.portal_tasks import (
     business_today,
     compare_with_portal_state,
     extract_erp,
+    find_portal_changes,
     load_portal_batch,
     plan_portal_changes,
     record_portal_protocol,
     recover_pending_writes,
+    remember_portal_run,
     validate_portal_records,
 )
 
@@ -77,10 +80,20 @@ def portal_sync(
     try:
         if not dry_run:
             recover_pending_writes(settings, run_id)
-        frames = extract_erp(settings)
-        desired, _released = apply_portal_rules(settings, whole(frames), objects, today)
-        del frames
-        comparison = compare_with_portal_state(settings, whole(desired), entities, full_resync)
+        tables = extract_erp(settings)
+        basis = find_portal_changes(
+            settings,
+            whole(tables),
+            today,
+            partial=bool(objects or entities),
+            full_resync=full_resync,
+            dry_run=dry_run,
+        )
+        desired, _released = apply_portal_rules(settings, whole(tables), objects, today, whole(basis.scope))
+        del tables
+        comparison = compare_with_portal_state(
+            settings, whole(desired), entities, full_resync, whole(basis.scope)
+        )
         quarantined = validate_portal_records(settings, whole(comparison), run_id)
         plan, resp_skips = plan_portal_changes(
             whole(desired), whole(comparison), whole(quarantined), full_resync, bool(objects)
@@ -100,6 +113,7 @@ def portal_sync(
             whole(outcomes),
             dry_run,
         )
+        remember_portal_run(settings, whole(basis), whole(desired), whole(quarantined), whole(outcomes))
     except Exception:
         store.finish_run(run_id, "FAILED", {})
         raise

@@ -7,7 +7,7 @@ the seed's cases one by one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -69,6 +69,15 @@ class DesiredState:
     withdraw_reasons: dict[tuple[str, str], str] = field(default_factory=dict)
     anonymise: set[str] = field(default_factory=set)
     caretakers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Set by an incremental run: ``records`` then holds only the recomputed records, and ``keys``
+    # every desired reference id per entity (recomputed or carried over unchanged).
+    keys: dict[str, set[str]] | None = None
+
+    def present(self, entity: str) -> Collection[str]:
+        """Reference ids of every desired record of ``entity``, recomputed in this run or not."""
+        if self.keys is not None and entity in self.keys:
+            return self.keys[entity]
+        return self.records.get(entity, {}).keys()
 
 
 def _missing(value: Any) -> bool:
@@ -333,17 +342,26 @@ def build_desired_state(
     caretakers: pd.DataFrame,
     rules: ContactRules,
     today: date,
+    properties_for: set[str] | None = None,
+    units_for: set[str] | None = None,
 ) -> DesiredState:
     """The desired portal state of properties, units and contacts, and what is withheld and why.
 
+    Contacts are built for every person in ``persons`` that has a relation in the other frames.
+    ``properties_for`` and ``units_for`` narrow the properties and units built (an incremental
+    run passes the frames it needs for some persons, objects and units, and these sets).
     Responsibilities (caretakers) are built later by :func:`build_responsibilities`, once the
     validation has settled which caretaker contacts the portal will hold.
     """
     desired = DesiredState(records={"properties": {}, "units": {}, "contacts": {}})
-    for obj in _records(objects[objects["object_no"].isin(released)]):
+    wanted_objects = released if properties_for is None else released & properties_for
+    for obj in _records(objects[objects["object_no"].isin(wanted_objects)]):
         payload = property_payload(obj)
         desired.records["properties"][payload["id"]] = payload
-    for unit in _records(units[units["object_no"].isin(released)]):
+    unit_rows = units[units["object_no"].isin(released)]
+    if units_for is not None:
+        unit_rows = unit_rows[unit_rows["unit_no"].isin(units_for)]
+    for unit in _records(unit_rows):
         payload = unit_payload(unit)
         desired.records["units"][payload["id"]] = payload
     relations = collect_relations(released, objects, units, contracts, partners, caretakers)
@@ -363,20 +381,30 @@ def build_desired_state(
             )
         elif decision.action == "withdraw":
             desired.withdraw_reasons[("contacts", person_no)] = decision.reason or "no valid contract"
-    if rules.caretaker_licence:
-        for row in (
-            caretakers[caretakers["object_no"].isin(released)]
-            .sort_values(["object_no", "person_no"])
-            .itertuples(index=False)
-        ):
-            desired.caretakers.setdefault(str(row.object_no), []).append(
-                {
-                    "contactId": str(row.person_no),
-                    "roleName": _text(row.role_name) or "Hausmeister",
-                    "roleType": _text(row.role_type) or "external",
-                }
-            )
+    desired.caretakers = caretaker_entries(caretakers, released, rules)
     return desired
+
+
+def caretaker_entries(
+    caretakers: pd.DataFrame, released: set[str], rules: ContactRules
+) -> dict[str, list[dict[str, Any]]]:
+    """Object number -> its caretakers as portal responsibilities (nothing without the licence)."""
+    entries: dict[str, list[dict[str, Any]]] = {}
+    if not rules.caretaker_licence:
+        return entries
+    for row in (
+        caretakers[caretakers["object_no"].isin(released)]
+        .sort_values(["object_no", "person_no"])
+        .itertuples(index=False)
+    ):
+        entries.setdefault(str(row.object_no), []).append(
+            {
+                "contactId": str(row.person_no),
+                "roleName": _text(row.role_name) or "Hausmeister",
+                "roleType": _text(row.role_type) or "external",
+            }
+        )
+    return entries
 
 
 def build_responsibilities(
@@ -389,8 +417,9 @@ def build_responsibilities(
     """
     records: dict[str, dict[str, Any]] = {}
     skipped: list[Skip] = []
+    properties = desired.present("properties")
     for object_no, entries in desired.caretakers.items():
-        if object_no not in desired.records.get("properties", {}):
+        if object_no not in properties:
             continue
         kept = [e for e in entries if e["contactId"] in sendable_contacts]
         for entry in entries:

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
-from connectors.erp.extract import extract_portal_frames
+from connectors.erp.extract import TableRows, extract_portal_rows
 from connectors.portal import PortalClient, WriteOp
 from connectors.portal.streams import STREAMS, write_applied
 from connectors.state_store import (
@@ -29,6 +29,19 @@ from connectors.state_store import (
     QuarantineItem,
     StateEntry,
     StateStore,
+)
+from tasks.portal_memo import (
+    BUILT_ENTITIES,
+    MemoStore,
+    Scope,
+    blob_digest,
+    dump_rows,
+    memo_after_run,
+    memo_folder,
+    merge_desired,
+    rows_for,
+    run_fingerprint,
+    scope_from_memo,
 )
 from tasks.portal_plan import (
     ENTITIES,
@@ -45,6 +58,7 @@ from tasks.portal_rules import (
     Skip,
     build_desired_state,
     build_responsibilities,
+    caretaker_entries,
     released_objects,
 )
 from tasks.validation import validate_records
@@ -101,6 +115,84 @@ def desired_state_for(
     return desired, released, unknown
 
 
+def desired_state_from_rows(
+    settings: HausflowSettings,
+    tables: dict[str, TableRows],
+    today: date,
+    objects: list[str] | None = None,
+    scope: Scope | None = None,
+) -> tuple[DesiredState, set[str], list[str]]:
+    """The desired portal state for the extracted rows: in full, or only ``scope`` rebuilt.
+
+    An incremental run (``scope``) rebuilds the scope's properties, units and contacts from the
+    rows they depend on and carries everything else over from the memo; caretakers are always
+    taken in full. Returns the desired state, the released objects and the requested ``objects``
+    that are not released.
+    """
+    released = released_objects(
+        [str(r[0]) for r in tables["objects"].rows],
+        tables["object_groups"].frame(),
+        settings.portal.object_range,
+        settings.portal.object_group,
+    )
+    unknown: list[str] = []
+    if objects:
+        unknown = sorted(set(objects) - released)
+        released &= set(objects)
+    rules = contact_rules(settings)
+    if scope is None:
+        frames = {name: table.frame() for name, table in tables.items()}
+        desired = build_desired_state(
+            released=released,
+            objects=frames["objects"],
+            units=frames["units"],
+            persons=frames["persons"],
+            contracts=frames["contracts"],
+            partners=frames["partners"],
+            caretakers=frames["caretakers"],
+            rules=rules,
+            today=today,
+        )
+        return desired, released, unknown
+    part = {
+        name: table.frame()
+        for name, table in rows_for(tables, scope.properties, scope.units, scope.contacts).items()
+    }
+    rebuilt = build_desired_state(
+        released=released,
+        objects=part["objects"],
+        units=part["units"],
+        persons=part["persons"],
+        contracts=part["contracts"],
+        partners=part["partners"],
+        caretakers=part["caretakers"],
+        rules=rules,
+        today=today,
+        properties_for=scope.properties,
+        units_for=scope.units,
+    )
+    rebuilt.caretakers = caretaker_entries(tables["caretakers"].frame(), released, rules)
+    return merge_desired(scope, rebuilt), released, unknown
+
+
+@dataclass
+class RunBasis:
+    """What a run builds on: the scope of an incremental run, or why it is a full one.
+
+    ``digests``/``blobs`` are this run's ERP rows for the memo; ``seq`` is the position of the
+    state store's change sequence when the run looked; ``remember`` says whether the run leaves a
+    memo (complete, not dry runs).
+    """
+
+    scope: Scope | None
+    why_full: str | None
+    fingerprint: str
+    seq: int
+    remember: bool
+    digests: dict[str, str] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
 @dataclass
 class BatchOutcome:
     """What one load batch achieved."""
@@ -110,6 +202,8 @@ class BatchOutcome:
     verified_by_read: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    failed_keys: list[tuple[str, str]] = field(default_factory=list)
+    seq: int | None = None  # position of this batch's confirmation in the state store's sequence
 
 
 @task(name="recover-pending-writes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -162,25 +256,91 @@ def recover_pending_writes(settings: HausflowSettings, run_id: str) -> dict[str,
 
 
 @task(name="extract-erp", cache_policy=NO_CACHE)
-def extract_erp(settings: HausflowSettings) -> dict[str, pd.DataFrame]:
+def extract_erp(settings: HausflowSettings) -> dict[str, TableRows]:
     """Read objects, units, persons, contracts, partners and caretakers from the ERP (chunked)."""
     logger = get_run_logger()
     engine = make_engine(settings.erp_url)
     try:
-        frames = extract_portal_frames(engine)
+        tables = extract_portal_rows(engine)
     finally:
         engine.dispose()
-    logger.info("Read the ERP: %s.", ", ".join(f"{len(df):,} {name}" for name, df in frames.items()))
-    return frames
+    logger.info("Read the ERP: %s.", ", ".join(f"{len(t.rows):,} {name}" for name, t in tables.items()))
+    return tables
+
+
+@task(name="find-portal-changes", cache_policy=NO_CACHE)
+def find_portal_changes(
+    settings: HausflowSettings,
+    tables: dict[str, TableRows],
+    today: date,
+    *,
+    partial: bool,
+    full_resync: bool,
+    dry_run: bool,
+) -> RunBasis:
+    """Compare the ERP rows and the confirmed state with the memo of the last complete run.
+
+    Returns the scope of an incremental run, or the reason for a full one (see
+    :mod:`tasks.portal_memo`).
+    """
+    logger = get_run_logger()
+    store = StateStore(settings.state_url)
+    seq = store.current_seq()
+    fingerprint = run_fingerprint(settings, today)
+    remember = not partial and not dry_run
+    basis = RunBasis(None, None, fingerprint, seq, remember)
+    if partial:
+        basis.why_full = "this run is for some objects or entities only"
+    elif full_resync:
+        basis.why_full = "a full resync was asked for"
+    elif not settings.portal.incremental:
+        basis.why_full = "incremental runs are switched off (portal.incremental = false)"
+    if basis.why_full is None or remember:
+        basis.blobs = {name: dump_rows(table.rows) for name, table in tables.items()}
+        basis.digests = {name: blob_digest(blob) for name, blob in basis.blobs.items()}
+    if basis.why_full is None:
+        memos = MemoStore(memo_folder(settings, TARGET))
+        memo = memos.load()
+        if memo is None:
+            basis.why_full = "there is no memo of an earlier complete run"
+        elif memo.fingerprint != fingerprint:
+            basis.why_full = "the business date, the portal settings, the licences or the rules changed"
+        elif memo.last_seq > seq or store.count_state(TARGET) != memo.state_count:
+            basis.why_full = (
+                "the state store changed in a way the memo cannot follow (records removed or restored)"
+            )
+        else:
+            old_rows: dict[str, list[tuple[Any, ...]]] = {}
+            for name in tables:
+                digest = memo.digests.get(name)
+                if digest == basis.digests[name]:
+                    continue
+                rows = memos.rows(name, digest) if digest else None
+                if rows is None:
+                    basis.why_full = f"the memo's rows of {name} are missing"
+                    break
+                old_rows[name] = rows
+            if basis.why_full is None:
+                changed, _ = store.changed_since(TARGET, memo.last_seq)
+                basis.scope = scope_from_memo(memo, tables, basis.digests, old_rows, changed)
+    if basis.scope is not None:
+        logger.info("Plan: %s.", basis.scope.describe())
+    else:
+        logger.info("Full run: %s; every record is rebuilt and compared.", basis.why_full)
+    return basis
 
 
 @task(name="apply-portal-rules", cache_policy=NO_CACHE)
 def apply_portal_rules(
-    settings: HausflowSettings, frames: dict[str, pd.DataFrame], objects: list[str] | None, today: date
+    settings: HausflowSettings,
+    tables: dict[str, TableRows],
+    objects: list[str] | None,
+    today: date,
+    scope: Scope | None = None,
 ) -> tuple[DesiredState, set[str]]:
     """Build the desired portal state; ``objects`` narrows the released objects for this run."""
     logger = get_run_logger()
-    desired, released, unknown = desired_state_for(settings, frames, today, objects)
+    desired, released, unknown = desired_state_from_rows(settings, tables, today, objects, scope)
     if unknown:
         logger.warning(
             "Objects %s are not released for the portal (object range/group) and are left out.", unknown
@@ -189,9 +349,9 @@ def apply_portal_rules(
         "Portal rules on %s (business date): %d released objects, %d units, %d contacts to hold, %d waiting for "
         "their access date, %d to withdraw, %d anonymised in the ERP. Owner licence %s, caretaker licence %s.",
         f"{today:%d.%m.%Y}",
-        len(desired.records["properties"]),
-        len(desired.records["units"]),
-        len(desired.records["contacts"]),
+        len(desired.present("properties")),
+        len(desired.present("units")),
+        len(desired.present("contacts")),
         len(desired.skipped),
         len(desired.withdraw_reasons),
         len(desired.anonymise),
@@ -213,20 +373,38 @@ class Comparison:
 
 @task(name="compare-with-portal-state", cache_policy=NO_CACHE)
 def compare_with_portal_state(
-    settings: HausflowSettings, desired: DesiredState, entities: list[str] | None, full_resync: bool
+    settings: HausflowSettings,
+    desired: DesiredState,
+    entities: list[str] | None,
+    full_resync: bool,
+    scope: Scope | None = None,
 ) -> Comparison:
-    """Load what the portal confirmed and find the desired records that differ from it."""
+    """Load what the portal confirmed and find the desired records that differ from it.
+
+    An incremental run loads only the confirmed entries of the records it rebuilt (and all
+    responsibilities, which are always built in full): the plan then reaches no further.
+    """
     logger = get_run_logger()
     chosen = tuple(e for e in ENTITIES if not entities or e in entities)
     store = StateStore(settings.state_url)
-    state = {entity: store.load_state(TARGET, entity) for entity in chosen}
+    state: dict[str, dict[str, StateEntry]] = {}
+    for entity in chosen:
+        if scope is None or entity not in BUILT_ENTITIES:
+            state[entity] = store.load_state(TARGET, entity)
+            continue
+        ids = scope.of(entity)
+        if len(ids) > 5_000:  # one streamed read beats many IN lists
+            everything = store.load_state(TARGET, entity)
+            state[entity] = {rid: everything[rid] for rid in ids if rid in everything}
+        else:
+            state[entity] = store.load_state_for(TARGET, entity, ids)
     records = {e: r for e, r in desired.records.items() if e in chosen}
     hashes = desired_hashes(records, chosen)
     candidates = write_candidates(records, state, hashes, full_resync)
     logger.info(
         "Compared with what the portal confirmed: %s.",
         ", ".join(
-            f"{len(candidates.get(e, {})):,} of {len(records.get(e, {})):,} {e} differ" for e in records
+            f"{len(candidates.get(e, {})):,} of {len(desired.present(e)):,} {e} differ" for e in records
         ),
     )
     return Comparison(chosen, state, hashes, candidates)
@@ -308,7 +486,7 @@ def plan_portal_changes(
     confirmed_contacts = comparison.state.get("contacts", {})
     sendable = {
         rid
-        for rid in desired.records.get("contacts", {})
+        for rid in desired.present("contacts")
         if ("contacts", rid) not in held or getattr(confirmed_contacts.get(rid), "status", None) == "active"
     }
     responsibilities, resp_skips = build_responsibilities(desired, sendable)
@@ -327,6 +505,9 @@ def plan_portal_changes(
         entities=comparison.entities,
         hashes=hashes,
     )
+    for entity in BUILT_ENTITIES:  # records an incremental run carried over are unchanged
+        if entity in plan.unchanged:
+            plan.unchanged[entity] += len(desired.present(entity)) - len(desired.records.get(entity, {}))
     counts = plan.counts()
     parts = []
     for entity in comparison.entities:
@@ -384,7 +565,8 @@ def load_portal_batch(
                 )
             protocol.append(ProtocolRow(write.entity, write.ref_id, "failed", reason))
             outcome.errors.append(f"{write.entity[:-1]} {write.ref_id}: {reason}")
-    store.confirm(TARGET, confirmations, run_id)
+            outcome.failed_keys.append((write.entity, write.ref_id))
+    outcome.seq = store.confirm(TARGET, confirmations, run_id)
     by_entity: dict[str, list[str]] = {}
     for item in rejected:
         by_entity.setdefault(item.entity, []).append(item.ref_id)
@@ -489,3 +671,41 @@ def record_portal_protocol(
         run_id, "DRY_RUN" if dry_run else ("COMPLETED_WITH_FAILURES" if failed else "COMPLETED"), summary
     )
     return summary
+
+
+@task(name="remember-portal-run", cache_policy=NO_CACHE)
+def remember_portal_run(
+    settings: HausflowSettings,
+    basis: RunBasis,
+    desired: DesiredState,
+    quarantined: list[Skip],
+    outcomes: list[BatchOutcome],
+) -> bool:
+    """Leave the memo for the next run (complete, not dry runs); returns whether it was written.
+
+    The memo vouches for the confirmed state up to the newest change this run saw, but only if
+    every change since the run looked was its own; otherwise up to where the run looked, so the
+    next run rebuilds what others confirmed in between.
+    """
+    if not basis.remember:
+        return False
+    unsynced: dict[str, set[str]] = {}
+    for skip in quarantined:
+        unsynced.setdefault(skip.entity, set()).add(skip.ref_id)
+    for outcome in outcomes:
+        for entity, ref_id in outcome.failed_keys:
+            unsynced.setdefault(entity, set()).add(ref_id)
+    store = StateStore(settings.state_url)
+    ours = {o.seq for o in outcomes if o.seq is not None}
+    _, seen = store.changed_since(TARGET, basis.seq)
+    last_seq = max(seen | {basis.seq}) if seen <= ours else basis.seq
+    memo = memo_after_run(
+        fingerprint=basis.fingerprint,
+        last_seq=last_seq,
+        state_count=store.count_state(TARGET),
+        digests=basis.digests,
+        desired=desired,
+        unsynced=unsynced,
+    )
+    MemoStore(memo_folder(settings, TARGET)).save(memo, basis.blobs)
+    return True

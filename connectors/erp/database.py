@@ -63,10 +63,11 @@ def read_chunks(
             rows = result.fetchmany(chunk_rows)
             if not rows:
                 break
-            yield _frame(columns, rows)
+            yield frame_from_rows(columns, rows)
 
 
-def _frame(columns: list[str], rows: Sequence[Any]) -> pd.DataFrame:
+def frame_from_rows(columns: list[str], rows: Sequence[Any]) -> pd.DataFrame:
+    """Rows (tuples) as a DataFrame of ``object`` columns, built column-wise (fast, no type guessing)."""
     values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
     return pd.DataFrame(
         {name: pd.Series(col, dtype=object) for name, col in zip(columns, values, strict=True)}
