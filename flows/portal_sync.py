@@ -56,7 +56,9 @@ def portal_sync(
         profile: settings profile (production, test, demo); default ``HAUSFLOW_PROFILE``.
 
     Returns:
-        A summary: planned, confirmed, failed, skipped, quarantined, unchanged, counts per outcome.
+        A summary: planned, confirmed, failed, skipped, quarantined, unchanged, counts per outcome,
+        and how the run was planned: ``mode`` (``full`` or ``incremental``), ``full_reason`` and
+        ``rebuilt`` (records rebuilt per entity).
     """
     logger = get_run_logger()
     settings = load_settings(profile)
@@ -114,6 +116,12 @@ def portal_sync(
             dry_run,
         )
         remember_portal_run(settings, whole(basis), whole(desired), whole(quarantined), whole(outcomes))
+        summary["mode"] = "full" if basis.scope is None else "incremental"
+        summary["full_reason"] = basis.why_full
+        summary["rebuilt"] = {
+            e: len(basis.scope.of(e)) if basis.scope else len(desired.records.get(e, {}))
+            for e in ("properties", "units", "contacts")
+        }
     except Exception:
         store.finish_run(run_id, "FAILED", {})
         raise

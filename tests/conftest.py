@@ -22,6 +22,19 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sync_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The sync memos of the whole session go to a temp folder, never into the checkout."""
+    folder = str(tmp_path_factory.mktemp("sync-cache"))
+    previous = os.environ.get("HAUSFLOW_CACHE_DIR")
+    os.environ["HAUSFLOW_CACHE_DIR"] = folder
+    yield folder
+    if previous is None:
+        os.environ.pop("HAUSFLOW_CACHE_DIR", None)
+    else:
+        os.environ["HAUSFLOW_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: object) -> Callable[[str], str]:
     """Return a factory of SQLite URLs inside the test's temp folder."""
