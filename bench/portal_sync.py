@@ -136,6 +136,7 @@ def main() -> None:
                 "HAUSFLOW_PORTAL__API_SECRET": sandbox.secret,
                 "HAUSFLOW_PORTAL__CONCURRENCY": str(args.concurrency),
                 "PREFECT_LOGGING_LEVEL": "WARNING",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             }
         )
         from prefect.testing.utilities import prefect_test_harness

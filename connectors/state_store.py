@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -387,20 +388,17 @@ class StateStore:
                     )
                     existing.update((e, r, ru) for e, r, ru in rows)
             new_rows = []
+            seen_again = []
             for item in items:
                 key = (item.entity, item.ref_id, item.rule)
                 if key in existing:
-                    conn.execute(
-                        update(quarantine)
-                        .where(
-                            and_(
-                                quarantine.c.target == target,
-                                quarantine.c.entity == item.entity,
-                                quarantine.c.ref_id == item.ref_id,
-                                quarantine.c.rule == item.rule,
-                            )
-                        )
-                        .values(last_seen=now, resolved_at=None, reason=item.reason, run_id=run_id)
+                    seen_again.append(
+                        {
+                            "b_entity": item.entity,
+                            "b_ref_id": item.ref_id,
+                            "b_rule": item.rule,
+                            "b_reason": item.reason,
+                        }
                     )
                 else:
                     existing.add(key)
@@ -417,6 +415,20 @@ class StateStore:
                             "last_seen": now,
                         }
                     )
+            if seen_again:  # one statement, many parameter sets
+                conn.execute(
+                    update(quarantine)
+                    .where(
+                        and_(
+                            quarantine.c.target == target,
+                            quarantine.c.entity == bindparam("b_entity"),
+                            quarantine.c.ref_id == bindparam("b_ref_id"),
+                            quarantine.c.rule == bindparam("b_rule"),
+                        )
+                    )
+                    .values(last_seen=now, resolved_at=None, reason=bindparam("b_reason"), run_id=run_id),
+                    seen_again,
+                )
             if new_rows:
                 conn.execute(insert(quarantine), new_rows)
 

@@ -199,7 +199,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def touched_rows(
     old: list[tuple[Any, ...]], new: list[tuple[Any, ...]], keyed: bool
 ) -> list[tuple[Any, ...]]:
-    """Rows added, removed or changed between two reads, old and new versions both."""
+    """Rows added, removed or changed between two reads, old and new versions both.
+
+    ``keyed`` tables are read in key order: when no row was added or removed, the two lists
+    line up and a positional comparison finds the changed rows without building indexes.
+    """
+    if keyed and len(old) == len(new):
+        differ = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+        if all(old[i][0] == new[i][0] for i in differ):
+            return [new[i] for i in differ] + [old[i] for i in differ]
     if keyed:
         old_by_key = {r[0]: r for r in old}
         new_by_key = {r[0]: r for r in new}

@@ -19,7 +19,7 @@ from config.settings import load_settings
 from connectors.erp import demo, schema
 from connectors.erp.database import make_engine
 from connectors.erp.extract import TableRows, extract_portal_rows
-from connectors.state_store import Confirmation, StateStore
+from connectors.state_store import Confirmation, QuarantineItem, StateStore
 from flows.portal_sync import portal_sync
 from sandbox.portal.server import SandboxServer
 from tasks.portal_memo import (
@@ -219,6 +219,8 @@ def test_touched_rows_sees_additions_removals_and_changes() -> None:
     assert sorted(touched_rows(old, new, keyed=True)) == [("2", "B"), ("2", "b"), ("3", "c"), ("4", "d")]
     assert sorted(touched_rows(old, new, keyed=False)) == [("2", "B"), ("2", "b"), ("3", "c"), ("4", "d")]
     assert touched_rows(old, list(old), keyed=True) == []
+    same_keys = [("1", "a"), ("2", "B"), ("3", "c")]  # lined up: compared by position
+    assert sorted(touched_rows(old, same_keys, keyed=True)) == [("2", "B"), ("2", "b")]
 
 
 def test_row_files_round_trip_plain_and_driver_values() -> None:
@@ -255,6 +257,24 @@ def test_state_store_numbers_confirmations_and_upgrades_an_old_database(tmp_path
     assert set(store.load_state_for("portal", "contacts", ["P1", "P2", "P9"])) == {"P1", "P2"}
     StateStore(url, engine)  # opening again changes nothing
     assert store.current_seq() == 2
+
+
+def test_quarantine_refreshes_records_seen_again_in_one_statement(tmp_path: Path) -> None:
+    store = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
+    items = [QuarantineItem("contacts", f"P{i}", "email_valid", "e-mail 'x' is invalid") for i in range(3)]
+    store.quarantine("portal", items, "r1")
+    store.resolve_quarantine("portal", [("contacts", "P0"), ("contacts", "P1")])  # P2 resolved
+    again = [
+        QuarantineItem("contacts", f"P{i}", "email_valid", f"e-mail 'y{i}' is invalid") for i in range(3)
+    ]
+    store.quarantine("portal", again, "r2")
+    open_q = {q["ref_id"]: q for q in store.open_quarantine("portal")}
+    assert sorted(open_q) == ["P0", "P1", "P2"]  # P2 is back in quarantine, no duplicate rows
+    assert all(
+        q["run_id"] == "r2" and q["reason"] == f"e-mail 'y{q['ref_id'][1]}' is invalid"
+        for q in open_q.values()
+    )
+    assert all(q["last_seen"] >= q["first_seen"] for q in open_q.values())
 
 
 # ---- the flow --------------------------------------------------------------------------------------
