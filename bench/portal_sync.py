@@ -4,8 +4,9 @@ Measures, in one run against the sandbox started as its own process:
 - raw_records_per_s: the sandbox's saturation throughput, by a plain concurrent httpx loop
   sending the very payloads the sync sends (a sample of them, see ``raw_sample``);
 - full_sync_s / full_records_per_s: the first full portal sync (all records created);
-- noop_s: a second run in the same warm process, nothing changed;
-- change1pct_s: a run after 1 % of the persons changed in the ERP;
+- noop_s: a run in the same warm process with nothing changed (median of ``--repeat`` runs);
+- change1pct_s: a run after 1 % of the persons changed in the ERP (median of ``--repeat`` runs,
+  each after a different 1 %); every run's figure is printed too;
 - peak_rss_mb: peak resident memory of this process (the flow runs in it; the ERP generator,
   the sandbox and the Prefect API run in their own processes).
 
@@ -19,6 +20,7 @@ import asyncio
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,6 +101,9 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=100_000)
     parser.add_argument("--raw-sample", type=int, default=40_000, help="records the raw loop sends (0 = all)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="no-change and 1 %% runs each (the median is reported)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hausflow-bench-"))
@@ -150,26 +155,39 @@ def main() -> None:
             first = portal_sync(profile="test")
             full_s = time.perf_counter() - t
             print(f"full sync: {first['confirmed']:,} records in {full_s:.1f} s", flush=True)
-            t = time.perf_counter()
-            noop = portal_sync(profile="test")
-            noop_s = time.perf_counter() - t
-            print(f"no-change run: {noop['planned_writes']} writes in {noop_s:.2f} s", flush=True)
-            changed = demo.mutate_erp(
-                make_engine(erp_url), seed=1, fraction=0.01, business_date=BUSINESS_DATE
-            )
-            t = time.perf_counter()
-            delta = portal_sync(profile="test")
-            change_s = time.perf_counter() - t
-            print(
-                f"1 % changed ({len(changed):,} persons): {delta['confirmed']:,} writes in {change_s:.2f} s",
-                flush=True,
-            )
+            noop_runs: list[float] = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                noop = portal_sync(profile="test")
+                noop_runs.append(time.perf_counter() - t)
+                print(
+                    f"no-change run ({noop['mode']}): {noop['planned_writes']} writes in {noop_runs[-1]:.2f} s",
+                    flush=True,
+                )
+            change_runs: list[float] = []
+            change_writes: list[int] = []
+            for seed in range(1, args.repeat + 1):
+                changed = demo.mutate_erp(
+                    make_engine(erp_url), seed=seed, fraction=0.01, business_date=BUSINESS_DATE
+                )
+                t = time.perf_counter()
+                delta = portal_sync(profile="test")
+                change_runs.append(time.perf_counter() - t)
+                change_writes.append(delta["confirmed"])
+                print(
+                    f"1 % changed ({len(changed):,} persons, {delta['mode']}): {delta['confirmed']:,} writes "
+                    f"in {change_runs[-1]:.2f} s",
+                    flush=True,
+                )
         counters = sandbox.counters()
     finally:
         sandbox.stop()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     full_rate = first["confirmed"] / full_s
-    budget = noop_s + delta["confirmed"] / raw_rate
+    noop_s = statistics.median(noop_runs)
+    change_s = statistics.median(change_runs)
+    writes = int(statistics.median(change_writes))
+    budget = noop_s + writes / raw_rate
     result = {
         "persons": args.persons,
         "full_sync_s": round(full_s, 2),
@@ -179,7 +197,9 @@ def main() -> None:
         "noop_s": round(noop_s, 2),
         "change1pct_s": round(change_s, 2),
         "change1pct_budget_s": round(budget, 2),
-        "change1pct_writes": delta["confirmed"],
+        "change1pct_writes": writes,
+        "noop_runs_s": [round(x, 2) for x in noop_runs],
+        "change1pct_runs_s": [round(x, 2) for x in change_runs],
         "peak_rss_mb": round(peak_mb, 1),
         "raw_sample": args.raw_sample,
         "duplicate_writes": counters.get("duplicate_writes"),
