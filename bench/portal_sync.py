@@ -2,7 +2,8 @@
 
 Measures, in one run against the sandbox started as its own process:
 - raw_records_per_s: the sandbox's saturation throughput, by a plain concurrent httpx loop
-  sending the very payloads the sync sends (a sample of them, see ``raw_sample``);
+  sending the very payloads the sync sends (all of them by default; ``--raw-sample N`` sends
+  only the first N, which are mostly units, for a quicker look);
 - full_sync_s / full_records_per_s: the first full portal sync (all records created);
 - noop_s: a run in the same warm process with nothing changed (median of ``--repeat`` runs);
 - change1pct_s: a run after 1 % of the persons changed in the ERP (median of ``--repeat`` runs,
@@ -99,7 +100,9 @@ async def raw_loop(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--persons", type=int, default=100_000)
-    parser.add_argument("--raw-sample", type=int, default=40_000, help="records the raw loop sends (0 = all)")
+    parser.add_argument(
+        "--raw-sample", type=int, default=0, help="records the raw loop sends (0 = all, the default)"
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
         "--repeat", type=int, default=3, help="no-change and 1 %% runs each (the median is reported)"
