@@ -59,17 +59,37 @@ def generate(erp_url: str, persons: int) -> None:
 
 
 def desired_payloads(erp_url: str) -> list[tuple[str, dict[str, Any]]]:
-    """The payloads the sync will send, computed with the same rules (no Prefect)."""
+    """The payloads the sync will send, computed with the same rules and checks (no Prefect).
+
+    Records the validation quarantines are left out (the sync never sends them), as are units
+    and contacts whose property or unit is left out.
+    """
     from config.settings import load_settings
     from connectors.erp.database import make_engine
     from connectors.erp.extract import extract_portal_frames
     from tasks.portal_tasks import desired_state_for
+    from tasks.validation import validate_records
 
     frames = extract_portal_frames(make_engine(erp_url))
     desired, _, _ = desired_state_for(load_settings("test"), frames, BUSINESS_DATE)
+    held = {
+        (s.entity, s.ref_id)
+        for entity in ("properties", "units", "contacts")
+        for s in validate_records(entity, desired.records[entity])
+    }
+    held_props = {rid for entity, rid in held if entity == "properties"}
+    held |= {("units", rid) for rid, u in desired.records["units"].items() if u["propertyId"] in held_props}
+    held_units = {rid for entity, rid in held if entity == "units"}
     out: list[tuple[str, dict[str, Any]]] = []
     for entity in ("properties", "units", "contacts"):
-        out += [(entity, p) for p in desired.records[entity].values()]
+        for rid, p in desired.records[entity].items():
+            if (entity, rid) in held:
+                continue
+            if entity == "contacts" and any(
+                c["propertyId"] in held_props or c["unitId"] in held_units for c in p["contracts"]
+            ):
+                continue
+            out.append((entity, p))
     return out
 
 

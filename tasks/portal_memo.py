@@ -171,7 +171,7 @@ class MemoStore:
 
     def save(self, memo: Memo, blobs: Mapping[str, bytes]) -> None:
         """Write the row files that are new, then the memo, then drop files no memo names."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         keep = {"memo.pickle"}
         for table, digest in memo.digests.items():
             name = f"{table}-{digest}.rows"
@@ -190,8 +190,11 @@ class MemoStore:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all or nothing; readable by the owner only (it holds ERP rows)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 

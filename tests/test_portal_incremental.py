@@ -354,6 +354,7 @@ def test_changes_to_the_state_store_from_elsewhere_are_caught(
     run = _sync(world, sandbox)
     assert run["mode"] == "full" and run["planned_writes"] == 0
     assert MemoStore(folder).load() is not None
+    assert {f.stat().st_mode & 0o777 for f in folder.iterdir()} == {0o600}  # it holds ERP rows
     assert _full_check(world, sandbox)["planned_writes"] == 0
 
 
