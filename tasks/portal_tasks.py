@@ -91,28 +91,8 @@ def desired_state_for(
     Returns the desired state, the released objects of this run, and the requested ``objects``
     that are not released (left out).
     """
-    released = released_objects(
-        frames["objects"]["object_no"],
-        frames["object_groups"],
-        settings.portal.object_range,
-        settings.portal.object_group,
-    )
-    unknown: list[str] = []
-    if objects:
-        unknown = sorted(set(objects) - released)
-        released &= set(objects)
-    desired = build_desired_state(
-        released=released,
-        objects=frames["objects"],
-        units=frames["units"],
-        persons=frames["persons"],
-        contracts=frames["contracts"],
-        partners=frames["partners"],
-        caretakers=frames["caretakers"],
-        rules=contact_rules(settings),
-        today=today,
-    )
-    return desired, released, unknown
+    released, unknown = _released(settings, frames["objects"]["object_no"], frames["object_groups"], objects)
+    return _build(frames, released, contact_rules(settings), today), released, unknown
 
 
 def desired_state_from_rows(
@@ -129,50 +109,51 @@ def desired_state_from_rows(
     taken in full. Returns the desired state, the released objects and the requested ``objects``
     that are not released.
     """
+    if scope is None:
+        frames = {name: table.frame() for name, table in tables.items()}
+        return desired_state_for(settings, frames, today, objects)
+    released, unknown = _released(
+        settings, [str(r[0]) for r in tables["objects"].rows], tables["object_groups"].frame(), objects
+    )
+    rules = contact_rules(settings)
+    part = {
+        name: table.frame()
+        for name, table in rows_for(tables, scope.properties, scope.units, scope.contacts).items()
+    }
+    rebuilt = _build(part, released, rules, today, properties_for=scope.properties, units_for=scope.units)
+    rebuilt.caretakers = caretaker_entries(tables["caretakers"].frame(), released, rules)
+    return merge_desired(scope, rebuilt), released, unknown
+
+
+def _released(
+    settings: HausflowSettings, object_nos: Any, groups: pd.DataFrame, objects: list[str] | None
+) -> tuple[set[str], list[str]]:
+    """Released objects of this run, and the requested ``objects`` that are not released."""
     released = released_objects(
-        [str(r[0]) for r in tables["objects"].rows],
-        tables["object_groups"].frame(),
-        settings.portal.object_range,
-        settings.portal.object_group,
+        object_nos, groups, settings.portal.object_range, settings.portal.object_group
     )
     unknown: list[str] = []
     if objects:
         unknown = sorted(set(objects) - released)
         released &= set(objects)
-    rules = contact_rules(settings)
-    if scope is None:
-        frames = {name: table.frame() for name, table in tables.items()}
-        desired = build_desired_state(
-            released=released,
-            objects=frames["objects"],
-            units=frames["units"],
-            persons=frames["persons"],
-            contracts=frames["contracts"],
-            partners=frames["partners"],
-            caretakers=frames["caretakers"],
-            rules=rules,
-            today=today,
-        )
-        return desired, released, unknown
-    part = {
-        name: table.frame()
-        for name, table in rows_for(tables, scope.properties, scope.units, scope.contacts).items()
-    }
-    rebuilt = build_desired_state(
+    return released, unknown
+
+
+def _build(
+    frames: dict[str, pd.DataFrame], released: set[str], rules: ContactRules, today: date, **narrow: Any
+) -> DesiredState:
+    return build_desired_state(
         released=released,
-        objects=part["objects"],
-        units=part["units"],
-        persons=part["persons"],
-        contracts=part["contracts"],
-        partners=part["partners"],
-        caretakers=part["caretakers"],
+        objects=frames["objects"],
+        units=frames["units"],
+        persons=frames["persons"],
+        contracts=frames["contracts"],
+        partners=frames["partners"],
+        caretakers=frames["caretakers"],
         rules=rules,
         today=today,
-        properties_for=scope.properties,
-        units_for=scope.units,
+        **narrow,
     )
-    rebuilt.caretakers = caretaker_entries(tables["caretakers"].frame(), released, rules)
-    return merge_desired(scope, rebuilt), released, unknown
 
 
 @dataclass
