@@ -184,10 +184,6 @@ class MemoStore:
             if path.name not in keep and not path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)
 
-    def clear(self) -> None:
-        """Forget the memo (the next run is a full one)."""
-        (self.folder / "memo.pickle").unlink(missing_ok=True)
-
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` all or nothing; readable by the owner only (it holds ERP rows)."""
@@ -223,6 +219,11 @@ def _s(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _cols(tables: Mapping[str, TableRows], table: str, *names: str) -> tuple[int, ...]:
+    """Positions of some columns in a table's rows."""
+    return tuple(tables[table].columns.index(name) for name in names)
+
+
 def dirty_records(
     tables: Mapping[str, TableRows], touched: Mapping[str, list[tuple[Any, ...]]]
 ) -> tuple[set[str], set[str], set[str]]:
@@ -234,26 +235,19 @@ def dirty_records(
     ownership, care) with the units and objects they point to.
     """
 
-    def col(table: str, name: str) -> int:
-        return tables[table].columns.index(name)
-
     def rows(table: str) -> list[tuple[Any, ...]]:
         return tables[table].rows
 
-    o_no, o_owner = col("objects", "object_no"), col("objects", "owner_person_no")
-    g_obj = col("object_groups", "object_no")
-    u_no, u_obj = col("units", "unit_no"), col("units", "object_no")
-    p_no = col("persons", "person_no")
-    c_no, c_unit, c_person = (
-        col("contracts", "contract_no"),
-        col("contracts", "unit_no"),
-        col("contracts", "person_no"),
-    )
-    cp_contract, cp_person = col("partners", "contract_no"), col("partners", "person_no")
-    ct_obj, ct_person = col("caretakers", "object_no"), col("caretakers", "person_no")
-
     def t(table: str) -> list[tuple[Any, ...]]:
-        return list(touched.get(table, []))
+        return touched.get(table, [])
+
+    o_no, o_owner = _cols(tables, "objects", "object_no", "owner_person_no")
+    (g_obj,) = _cols(tables, "object_groups", "object_no")
+    u_no, u_obj = _cols(tables, "units", "unit_no", "object_no")
+    (p_no,) = _cols(tables, "persons", "person_no")
+    c_no, c_unit, c_person = _cols(tables, "contracts", "contract_no", "unit_no", "person_no")
+    cp_contract, cp_person = _cols(tables, "partners", "contract_no", "person_no")
+    ct_obj, ct_person = _cols(tables, "caretakers", "object_no", "person_no")
 
     objects = {str(r[o_no]) for r in t("objects")} | {str(r[g_obj]) for r in t("object_groups")}
     persons = {str(r[p_no]) for r in t("persons")}
@@ -285,26 +279,19 @@ def rows_for(
 ) -> dict[str, TableRows]:
     """The rows the rules need to rebuild these properties, units and contacts, and no more."""
 
-    def col(table: str, name: str) -> int:
-        return tables[table].columns.index(name)
-
     def keep(table: str, chosen: list[tuple[Any, ...]]) -> TableRows:
         return TableRows(tables[table].columns, chosen)
 
-    cp_contract, cp_person = col("partners", "contract_no"), col("partners", "person_no")
+    cp_contract, cp_person = _cols(tables, "partners", "contract_no", "person_no")
     partners = [r for r in tables["partners"].rows if _s(r[cp_person]) in persons]
     lead = {_s(r[cp_contract]) for r in partners}
-    c_no, c_unit, c_person = (
-        col("contracts", "contract_no"),
-        col("contracts", "unit_no"),
-        col("contracts", "person_no"),
-    )
+    c_no, c_unit, c_person = _cols(tables, "contracts", "contract_no", "unit_no", "person_no")
     contracts = [r for r in tables["contracts"].rows if _s(r[c_person]) in persons or _s(r[c_no]) in lead]
     unit_refs = units | {str(r[c_unit]) for r in contracts if r[c_unit] is not None}
-    u_no = col("units", "unit_no")
-    o_no, o_owner = col("objects", "object_no"), col("objects", "owner_person_no")
-    p_no = col("persons", "person_no")
-    ct_person = col("caretakers", "person_no")
+    (u_no,) = _cols(tables, "units", "unit_no")
+    o_no, o_owner = _cols(tables, "objects", "object_no", "owner_person_no")
+    (p_no,) = _cols(tables, "persons", "person_no")
+    (ct_person,) = _cols(tables, "caretakers", "person_no")
     return {
         "objects": keep(
             "objects",
@@ -366,7 +353,7 @@ def scope_from_memo(
         touched[table] = rows
         changed_rows[table] = len({r[0] for r in rows}) if table in KEYED_TABLES else len(rows)
     objects, units, persons = dirty_records(tables, touched)
-    scope = Scope(
+    return Scope(
         memo,
         objects | memo.unsynced.get("properties", set()) | state_changed.get("properties", set()),
         units | memo.unsynced.get("units", set()) | state_changed.get("units", set()),
@@ -374,7 +361,6 @@ def scope_from_memo(
         changed_rows,
         sum(len(v) for v in state_changed.values()),
     )
-    return scope
 
 
 def merge_desired(scope: Scope, rebuilt: DesiredState) -> DesiredState:
