@@ -171,17 +171,17 @@ def main() -> None:
 
         from connectors.erp import demo
         from connectors.erp.database import make_engine
-        from flows.portal_sync import portal_sync
+        from flows.portal_sync import run_portal_sync
 
         with prefect_test_harness(server_startup_timeout=60):
             t = time.perf_counter()
-            first = portal_sync(profile="test")
+            first = run_portal_sync(profile="test")
             full_s = time.perf_counter() - t
             print(f"full sync: {first['confirmed']:,} records in {full_s:.1f} s", flush=True)
             noop_runs: list[float] = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                noop = portal_sync(profile="test")
+                noop = run_portal_sync(profile="test")
                 noop_runs.append(time.perf_counter() - t)
                 print(
                     f"no-change run ({noop['mode']}): {noop['planned_writes']} writes in {noop_runs[-1]:.2f} s",
@@ -194,7 +194,7 @@ def main() -> None:
                     make_engine(erp_url), seed=seed, fraction=0.01, business_date=BUSINESS_DATE
                 )
                 t = time.perf_counter()
-                delta = portal_sync(profile="test")
+                delta = run_portal_sync(profile="test")
                 change_runs.append(time.perf_counter() - t)
                 change_writes.append(delta["confirmed"])
                 print(

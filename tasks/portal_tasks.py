@@ -188,7 +188,7 @@ class BatchOutcome:
 
 
 @task(name="recover-pending-writes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def recover_pending_writes(settings: HausflowSettings, run_id: str) -> dict[str, int]:
+async def recover_pending_writes(settings: HausflowSettings, run_id: str) -> dict[str, int]:
     """Settle writes an earlier run sent but never saw confirmed (it crashed or gave up).
 
     Each pending write is read back from the portal: applied ones are confirmed without being
@@ -206,7 +206,7 @@ def recover_pending_writes(settings: HausflowSettings, run_id: str) -> dict[str,
     for p in pending:
         by_entity.setdefault(p.entity, []).append(p)
     for entity, items in by_entity.items():
-        records = client.read_many(entity, [p.ref_id for p in items])
+        records = await client.aread_many(entity, [p.ref_id for p in items])
         for p in items:
             record = records.get(p.ref_id)
             applied = write_applied(STREAMS[entity], record, p.op, p.payload_hash)
@@ -501,7 +501,7 @@ def plan_portal_changes(
 
 
 @task(name="load-portal-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def load_portal_batch(
+async def load_portal_batch(
     settings: HausflowSettings, run_id: str, writes: Sequence[PlannedWrite]
 ) -> BatchOutcome:
     """Send one batch: mark pending, write concurrently, confirm what the portal acknowledged.
@@ -516,7 +516,7 @@ def load_portal_batch(
         TARGET, [PendingWrite(w.entity, w.ref_id, w.op, w.payload_hash, run_id) for w in writes]
     )
     client = PortalClient.from_settings(settings.portal)
-    results = client.write_many(
+    results = await client.awrite_many(
         [WriteOp(w.entity, w.op, w.ref_id, w.payload, w.payload_hash) for w in writes]
     )
     outcome = BatchOutcome()

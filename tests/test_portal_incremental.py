@@ -20,7 +20,7 @@ from connectors.erp import demo, schema
 from connectors.erp.database import make_engine
 from connectors.erp.extract import TableRows, extract_portal_rows
 from connectors.state_store import Confirmation, QuarantineItem, StateStore
-from flows.portal_sync import portal_sync
+from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
 from tasks.portal_memo import (
     BUILT_ENTITIES,
@@ -289,7 +289,7 @@ def world(sandbox: SandboxServer, tmp_path: Path) -> dict[str, Any]:
 
 def _sync(world: dict[str, Any], sandbox: SandboxServer, **env: str) -> dict[str, Any]:
     with portal_env(sandbox, world["erp_url"], world["state_url"], **env):
-        return portal_sync(profile="test")
+        return run_portal_sync(profile="test")
 
 
 def _full_check(world: dict[str, Any], sandbox: SandboxServer, **env: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from connectors.erp import demo
 from connectors.erp.database import make_engine
 from connectors.state_store import StateStore
-from flows.portal_sync import portal_sync
+from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
 from tests.portal_env import BUSINESS_DATE, portal_env, portal_view
 
@@ -28,7 +28,7 @@ def world(sandbox: SandboxServer, tmp_path_factory: pytest.TempPathFactory) -> d
     summary = demo.generate_erp(engine, persons=300, seed=7, business_date=BUSINESS_DATE)
     sandbox.reset()
     with portal_env(sandbox, erp_url, state_url):
-        first = portal_sync(profile="test")
+        first = run_portal_sync(profile="test")
     return {
         "engine": engine,
         "erp_url": erp_url,
@@ -91,7 +91,7 @@ def test_every_edge_case_ends_in_quarantine_or_a_reported_skip(world: dict[str, 
 def test_second_run_sends_nothing(world: dict[str, Any], sandbox: SandboxServer) -> None:
     before = sandbox.counters()
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
-        second = portal_sync(profile="test")
+        second = run_portal_sync(profile="test")
     after = sandbox.counters()
     assert second["planned_writes"] == 0 and second["confirmed"] == 0
     assert after["writes"] == before["writes"]
@@ -143,7 +143,7 @@ def test_erp_changes_move_out_co_resident_removal_and_anonymisation(
     )
     demo.anonymise_person(engine, victim)
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
-        run = portal_sync(profile="test")
+        run = run_portal_sync(profile="test")
     after = portal_view(sandbox)["contacts"]
     assert after[leaver]["archived"] is True
     assert after[partner_row.person_no]["archived"] is True
@@ -154,14 +154,14 @@ def test_erp_changes_move_out_co_resident_removal_and_anonymisation(
     archived = {r.ref_id: r.reason for r in store.protocol_rows(run["run_id"], ["archived"])}
     assert "reported deleted after 30 days" in archived[leaver]
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
-        assert portal_sync(profile="test")["planned_writes"] == 0
+        assert run_portal_sync(profile="test")["planned_writes"] == 0
 
 
 def test_dry_run_shows_the_plan_and_sends_nothing(world: dict[str, Any], sandbox: SandboxServer) -> None:
     changed = demo.mutate_erp(world["engine"], seed=3, fraction=0.05, business_date=BUSINESS_DATE)
     before = sandbox.counters()
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
-        plan = portal_sync(profile="test", dry_run=True)
+        plan = run_portal_sync(profile="test", dry_run=True)
     assert sandbox.counters()["writes"] == before["writes"]
     assert 0 < plan["planned_writes"] <= len(changed)
     assert plan["confirmed"] == 0
@@ -172,7 +172,7 @@ def test_test_profile_has_the_interface_off_and_sends_nothing(
 ) -> None:
     before = sandbox.counters()["requests"]
     with portal_env(sandbox, world["erp_url"], world["state_url"], HAUSFLOW_PORTAL__ENABLED="false"):
-        result = portal_sync(profile="test")
+        result = run_portal_sync(profile="test")
     assert result["status"] == "disabled"
     assert sandbox.counters()["requests"] == before
 
@@ -195,7 +195,7 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
 
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
         demo.mutate_erp(world["engine"], seed=11, fraction=0.02, business_date=BUSINESS_DATE)
-        run_id = UUID(portal_sync(profile="test")["run_id"])
+        run_id = UUID(run_portal_sync(profile="test")["run_id"])
         tokens = [t for t, _ in TokenCache._tokens.values()]
     assert tokens
 

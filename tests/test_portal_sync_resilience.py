@@ -23,7 +23,7 @@ import pytest
 from connectors.erp import demo
 from connectors.erp.database import make_engine
 from connectors.state_store import StateStore
-from flows.portal_sync import portal_sync
+from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
 from tests.portal_env import BUSINESS_DATE, portal_env, portal_view
 
@@ -52,7 +52,7 @@ def sync_until_converged(env: dict[str, str], runs: int = 6) -> list[dict[str, A
     results = []
     for _ in range(runs):
         try:
-            results.append(portal_sync(profile="test"))
+            results.append(run_portal_sync(profile="test"))
         except RuntimeError as exc:  # some writes ran out of retries: the next run takes them
             results.append({"error": str(exc)})
             continue
@@ -81,7 +81,7 @@ def test_faults_converge_to_exactly_the_desired_state(sandbox: SandboxServer, tm
     counters = sandbox.counters()
     assert sum(counters["faults_injected"].values()) > 20, counters["faults_injected"]
     with portal_env(sandbox, erp_url, state_url) as env:
-        final = portal_sync(profile="test")
+        final = run_portal_sync(profile="test")
     assert final["planned_writes"] == 0, results
     assert_portal_matches(sandbox, state_url)
     assert sandbox.counters()["duplicate_writes"] == 0
@@ -133,7 +133,7 @@ def test_sigkill_mid_load_neither_loses_nor_duplicates(
     finally:
         sandbox.clear_faults()
     with portal_env(sandbox, erp_url, state_url):
-        final = portal_sync(profile="test")
+        final = run_portal_sync(profile="test")
     assert final["planned_writes"] == 0, results
     assert_portal_matches(sandbox, state_url)
     assert sandbox.counters()["duplicate_writes"] == 0
@@ -146,8 +146,8 @@ def test_whole_flow_on_postgresql(sandbox: SandboxServer, pg_database: Callable[
     summary = demo.generate_erp(make_engine(erp_url), persons=250, seed=44, business_date=BUSINESS_DATE)
     sandbox.reset()
     with portal_env(sandbox, erp_url, state_url):
-        first = portal_sync(profile="test")
-        second = portal_sync(profile="test")
+        first = run_portal_sync(profile="test")
+        second = run_portal_sync(profile="test")
     assert first["confirmed"] > 0 and first["failed"] == 0
     assert second["planned_writes"] == 0
     assert_portal_matches(sandbox, state_url)

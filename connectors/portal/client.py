@@ -155,13 +155,21 @@ class PortalClient:
             backoff_max_s=portal.backoff_max_s,
         )
 
-    # ---- public, synchronous surface ---------------------------------------------------------
-    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+    # ---- public surface: asynchronous for async flows and tasks, synchronous for the rest ------
+    async def awrite_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """Send ``ops`` concurrently; one result per op, in order. Never raises for a single op."""
+        return await self._write_many(ops)
+
+    async def aread_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Read records by reference id (``None`` for unknown ones)."""
+        return await self._read_many(entity, ref_ids)
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """:meth:`awrite_many` for synchronous callers (not inside a running event loop)."""
         return asyncio.run(self._write_many(ops))
 
     def read_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        """Read records by reference id (``None`` for unknown ones)."""
+        """:meth:`aread_many` for synchronous callers (not inside a running event loop)."""
         return asyncio.run(self._read_many(entity, ref_ids))
 
     def list_records(
