@@ -172,3 +172,30 @@ def test_rate_limit_spaces_requests() -> None:
     ops = [WriteOp("contacts", "archive", f"P{i}") for i in range(6)]
     make_client(handler, rate_limit_per_s=20.0, concurrency=6).write_many(ops)
     assert stamps[-1] - stamps[0] >= 0.2  # 6 requests at 20/s need at least 5 intervals of 50 ms
+
+
+def test_concurrency_bound_and_result_order() -> None:
+    import asyncio
+    import random
+
+    in_flight = 0
+    peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        if (r := auth_ok(request)) is not None:
+            return r
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(random.uniform(0, 0.01))  # answers come back out of order
+        in_flight -= 1
+        ref = request.url.path.rsplit("/", 1)[-1]
+        return httpx.Response(200, json={"internalId": int(ref[1:]), "id": ref})
+
+    ops = [WriteOp("contacts", "upsert", f"P{i}", {"id": f"P{i}", "lastName": "X"}) for i in range(200)]
+    results = make_client(handler, concurrency=5).write_many(ops)  # type: ignore[arg-type]
+    assert peak == 5
+    assert [r.op.ref_id for r in results] == [op.ref_id for op in ops]
+    assert [r.internal_id for r in results] == [str(i) for i in range(200)]
+    reads = make_client(handler, concurrency=3).read_many("contacts", ["P7", "P3", "P9"])  # type: ignore[arg-type]
+    assert list(reads) == ["P7", "P3", "P9"] and reads["P3"] == {"internalId": 3, "id": "P3"}

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx
 
@@ -30,6 +30,9 @@ from connectors.portal.errors import (
     error_from_response,
 )
 from connectors.portal.streams import STREAMS, PortalStream, payload_hash, write_applied
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
 
@@ -331,28 +334,33 @@ class PortalClient:
             op, True, created=response.status_code == 201, internal_id=internal_id, attempts=len(attempts)
         )
 
+    async def _each(self, items: Sequence[_T], call: Callable[[_T], Awaitable[_R]]) -> list[_R]:
+        """``call`` for every item, ``concurrency`` at a time; results in the order of ``items``.
+
+        A fixed set of workers takes the next item as soon as it is free: one coroutine per
+        request slot, not one per item waiting on a semaphore (cheaper for large batches).
+        """
+        results: list[_R | None] = [None] * len(items)
+        cursor = iter(range(len(items)))
+
+        async def worker() -> None:
+            for i in cursor:
+                results[i] = await call(items[i])
+
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(items)))))
+        return cast(list[_R], results)
+
     async def _write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         limiter = _RateLimiter(self._rate)
-        semaphore = asyncio.Semaphore(self._concurrency)
         async with self._client() as client:
-
-            async def run(op: WriteOp) -> WriteResult:
-                async with semaphore:
-                    return await self._write_one(client, limiter, op)
-
-            return list(await asyncio.gather(*(run(op) for op in ops)))
+            return await self._each(ops, lambda op: self._write_one(client, limiter, op))
 
     async def _read_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         stream = STREAMS[entity]
         limiter = _RateLimiter(self._rate)
-        semaphore = asyncio.Semaphore(self._concurrency)
         async with self._client() as client:
-
-            async def run(ref_id: str) -> tuple[str, dict[str, Any] | None]:
-                async with semaphore:
-                    return ref_id, await self._get_one(client, limiter, stream, ref_id)
-
-            return dict(await asyncio.gather(*(run(r) for r in ref_ids)))
+            records = await self._each(ref_ids, lambda ref_id: self._get_one(client, limiter, stream, ref_id))
+        return dict(zip(ref_ids, records, strict=True))
 
     async def _list(
         self, entity: str, modified_after: str | None, include_archived: bool
