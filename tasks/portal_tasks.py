@@ -279,8 +279,8 @@ def find_portal_changes(
     if basis.why_full is None or remember:
         basis.blobs = {name: dump_rows(table.rows) for name, table in tables.items()}
         basis.digests = {name: blob_digest(blob) for name, blob in basis.blobs.items()}
+    memos = MemoStore(memo_folder(settings, TARGET))
     if basis.why_full is None:
-        memos = MemoStore(memo_folder(settings, TARGET))
         memo = memos.load()
         if memo is None:
             basis.why_full = "there is no memo of an earlier complete run"
@@ -305,8 +305,11 @@ def find_portal_changes(
                 changed, _ = store.changed_since(TARGET, memo.last_seq)
                 basis.scope = scope_from_memo(memo, tables, basis.digests, old_rows, changed)
     if basis.scope is not None:
+        for name, table in tables.items():
+            memos.keep_warm(name, basis.digests[name], table.rows)
         logger.info("Plan: %s.", basis.scope.describe())
     else:
+        memos.drop_warm()
         logger.info("Full run: %s; every record is rebuilt and compared.", basis.why_full)
     return basis
 

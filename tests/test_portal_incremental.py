@@ -374,3 +374,27 @@ def test_quarantine_fixed_in_the_erp_is_sent_by_an_incremental_run(
     assert person_no in portal_view(sandbox)["contacts"]
     open_q = {q["ref_id"] for q in StateStore(world["state_url"]).open_quarantine("portal")}
     assert person_no not in open_q
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_warm_process_compares_with_the_rows_it_kept(world: dict[str, Any], sandbox: SandboxServer) -> None:
+    folder = memo_folder(
+        load_settings("test", erp_url=world["erp_url"], state_url=world["state_url"]), "portal"
+    )
+    _sync(world, sandbox)
+    assert _sync(world, sandbox)["mode"] == "incremental"  # keeps the rows it read in this process
+    for path in folder.glob("persons-*.rows"):
+        path.unlink()  # the row file is not needed while the process holds the same rows
+    changed = demo.mutate_erp(world["engine"], seed=7, fraction=0.05, business_date=BUSINESS_DATE)
+    run = _sync(world, sandbox)
+    assert run["mode"] == "incremental" and 0 < run["confirmed"] <= len(changed)
+    assert _full_check(world, sandbox)["planned_writes"] == 0  # a full run drops the kept rows
+
+    assert _sync(world, sandbox)["mode"] == "incremental"
+    MemoStore(folder).drop_warm()  # as in a new process: the file is the only source
+    for path in folder.glob("persons-*.rows"):
+        path.unlink()
+    demo.mutate_erp(world["engine"], seed=8, fraction=0.05, business_date=BUSINESS_DATE)
+    run = _sync(world, sandbox)
+    assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
+    assert _full_check(world, sandbox)["planned_writes"] == 0
