@@ -103,7 +103,9 @@ async def portal_sync(
         comparison = compare_with_portal_state(
             settings, whole(desired), entities, full_resync, whole(basis.scope)
         )
-        quarantined = validate_portal_records(settings, whole(comparison), run_id)
+        quarantined = validate_portal_records(
+            settings, whole(comparison), run_id, incremental=basis.scope is not None
+        )
         plan, resp_skips = plan_portal_changes(
             whole(desired), whole(comparison), whole(quarantined), full_resync, bool(objects)
         )

@@ -8,6 +8,7 @@ in the full run. The second half runs the flow against the sandbox.
 
 from __future__ import annotations
 
+import os
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -398,3 +399,58 @@ def test_a_warm_process_compares_with_the_rows_it_kept(world: dict[str, Any], sa
     run = _sync(world, sandbox)
     assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
     assert _full_check(world, sandbox)["planned_writes"] == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_unfixed_quarantine_is_not_checked_again_but_a_changed_record_is(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    first = _sync(world, sandbox)
+    assert first["quarantined"] > 0
+    script = (
+        "import json, sys\n"
+        "from flows.portal_sync import run_portal_sync\n"
+        "r = run_portal_sync(profile='test')\n"
+        "print('RESULT', json.dumps({'gx': 'great_expectations' in sys.modules, 'mode': r['mode'],"
+        " 'quarantined': r['quarantined'], 'writes': r['planned_writes']}))\n"
+    )
+    with portal_env(sandbox, world["erp_url"], world["state_url"]):
+        child = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=child,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    # a new process keeps the records nobody fixed in quarantine without loading the suites
+    assert json.loads(line.removeprefix("RESULT ")) == {
+        "gx": False,
+        "mode": "incremental",
+        "quarantined": first["quarantined"],
+        "writes": 0,
+    }
+    # a quarantined record that changed is checked again: still invalid, with the new value
+    person_no = world["edge"]["invalid_email"][0]
+    with world["engine"].begin() as conn:
+        conn.execute(
+            update(schema.persons).where(schema.persons.c.person_no == person_no).values(email="neu@kaputt")
+        )
+    run = _sync(world, sandbox)
+    assert run["mode"] == "incremental" and run["quarantined"] == first["quarantined"]
+    reasons = [
+        q["reason"]
+        for q in StateStore(world["state_url"]).open_quarantine("portal")
+        if q["ref_id"] == person_no
+    ]
+    assert reasons and all("neu@kaputt" in r for r in reasons)
+    assert _full_check(world, sandbox)["quarantined"] == first["quarantined"]
