@@ -153,6 +153,13 @@ class MemoStore:
         """Keep ``rows`` (whose dump has ``digest``) in this process for the next run's comparison."""
         _WARM_ROWS[(self.folder, table)] = (digest, rows)
 
+    def warm_digest(self, table: str, rows: list[tuple[Any, ...]]) -> str | None:
+        """The digest of ``rows`` if they equal the rows kept for ``table`` (no dump, no hashing)."""
+        warm = _WARM_ROWS.get((self.folder, table))
+        if warm is not None and (warm[1] is rows or warm[1] == rows):
+            return warm[0]
+        return None
+
     def drop_warm(self) -> None:
         """Forget the rows kept in this process for this folder."""
         for key in [k for k in _WARM_ROWS if k[0] == self.folder]:
@@ -188,16 +195,30 @@ class MemoStore:
         except Exception:
             return None
 
-    def save(self, memo: Memo, blobs: Mapping[str, bytes]) -> None:
-        """Write the row files that are new, then the memo, then drop files no memo names."""
+    def save(
+        self,
+        memo: Memo,
+        blobs: Mapping[str, bytes],
+        rows: Mapping[str, list[tuple[Any, ...]]] | None = None,
+    ) -> None:
+        """Write the row files that are new, then the memo, then drop files no memo names.
+
+        A table's file comes from ``blobs``, or is dumped from ``rows`` when the run did not
+        make its blob (its rows equalled the kept ones) and the file is missing.
+        """
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         keep = {"memo.pickle"}
-        for table, digest in memo.digests.items():
-            name = f"{table}-{digest}.rows"
-            keep.add(name)
-            path = self.folder / name
+        for table, digest in list(memo.digests.items()):
+            path = self.folder / f"{table}-{digest}.rows"
             if not path.exists():
-                _write_atomic(path, blobs[table])
+                if table in blobs:
+                    data = blobs[table]
+                else:  # equal rows may dump to other bytes (marshal marks shared objects): name what is written
+                    data = dump_rows((rows or {})[table])
+                    memo.digests[table] = digest = blob_digest(data)
+                    path = self.folder / f"{table}-{digest}.rows"
+                _write_atomic(path, data)
+            keep.add(path.name)
         _write_atomic(self.folder / "memo.pickle", pickle.dumps(memo, protocol=5))
         for path in self.folder.iterdir():
             if path.name not in keep and not path.name.endswith(".tmp"):

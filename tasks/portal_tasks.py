@@ -173,6 +173,7 @@ class RunBasis:
     remember: bool
     digests: dict[str, str] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # tables without a blob
 
 
 @dataclass
@@ -277,10 +278,16 @@ def find_portal_changes(
         basis.why_full = "a full resync was asked for"
     elif not settings.portal.incremental:
         basis.why_full = "incremental runs are switched off (portal.incremental = false)"
-    if basis.why_full is None or remember:
-        basis.blobs = {name: dump_rows(table.rows) for name, table in tables.items()}
-        basis.digests = {name: blob_digest(blob) for name, blob in basis.blobs.items()}
     memos = MemoStore(memo_folder(settings, TARGET))
+    if basis.why_full is None or remember:
+        for name, table in tables.items():
+            digest = memos.warm_digest(name, table.rows)  # unchanged since the last run in this process
+            if digest is None:
+                basis.blobs[name] = dump_rows(table.rows)
+                digest = blob_digest(basis.blobs[name])
+            else:
+                basis.rows[name] = table.rows
+            basis.digests[name] = digest
     if basis.why_full is None:
         memo = memos.load()
         if memo is None:
@@ -309,7 +316,9 @@ def find_portal_changes(
         for name, table in tables.items():
             memos.keep_warm(name, basis.digests[name], table.rows)
         logger.info("Plan: %s.", basis.scope.describe())
-    else:
+    else:  # a full run keeps no rows alive: it needs the memory to build
+        basis.blobs.update({name: dump_rows(rows) for name, rows in basis.rows.items()})
+        basis.rows = {}
         memos.drop_warm()
         logger.info("Full run: %s; every record is rebuilt and compared.", basis.why_full)
     return basis
@@ -731,5 +740,5 @@ def remember_portal_run(
         desired=desired,
         unsynced=unsynced,
     )
-    MemoStore(memo_folder(settings, TARGET)).save(memo, basis.blobs)
+    MemoStore(memo_folder(settings, TARGET)).save(memo, basis.blobs, basis.rows)
     return True
