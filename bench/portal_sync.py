@@ -7,7 +7,8 @@ Measures, in one run against the sandbox started as its own process:
 - full_sync_s / full_records_per_s: the first full portal sync (all records created);
 - noop_s: a run in the same warm process with nothing changed (median of ``--repeat`` runs);
 - change1pct_s: a run after 1 % of the persons changed in the ERP (median of ``--repeat`` runs,
-  each after a different 1 %); every run's figure is printed too;
+  each after a different 1 %); every run's figure is printed too, with the seconds of each of
+  its tasks as the Prefect API recorded them (``noop_task_s``, ``change1pct_task_s``);
 - peak_rss_mb: peak resident memory of this process (the flow runs in it; the ERP generator,
   the sandbox and the Prefect API run in their own processes).
 
@@ -91,6 +92,40 @@ def desired_payloads(erp_url: str) -> list[tuple[str, dict[str, Any]]]:
                 continue
             out.append((entity, p))
     return out
+
+
+def task_seconds(flow_run_id: str, timeout_s: float = 20.0) -> dict[str, float]:
+    """Seconds per task of one flow run (batches summed), as the Prefect API recorded them.
+
+    Task-run states reach the server a little after the flow returns: read until every task run
+    is final and their number stayed the same between two reads.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    runs: list[Any] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            before = len(runs)
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+            )
+            final = bool(runs) and all(r.state is not None and r.state.is_final() for r in runs)
+            if (final and len(runs) == before) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    out: dict[str, float] = {}
+    for run in sorted(runs, key=lambda r: r.start_time or r.expected_start_time):
+        name = run.name.rsplit("-", 1)[0]  # "load-portal-batch-3cb" -> "load-portal-batch"
+        out[name] = round(out.get(name, 0.0) + run.total_run_time.total_seconds(), 3)
+    return out
+
+
+def _tasks_line(seconds: dict[str, float]) -> str:
+    return "  tasks: " + ", ".join(f"{name} {s:.2f} s" for name, s in seconds.items())
 
 
 async def raw_loop(
@@ -179,6 +214,8 @@ def main() -> None:
             full_s = time.perf_counter() - t
             print(f"full sync: {first['confirmed']:,} records in {full_s:.1f} s", flush=True)
             noop_runs: list[float] = []
+            noop_tasks: list[dict[str, float]] = []
+            change_tasks: list[dict[str, float]] = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
                 noop = run_portal_sync(profile="test")
@@ -187,6 +224,8 @@ def main() -> None:
                     f"no-change run ({noop['mode']}): {noop['planned_writes']} writes in {noop_runs[-1]:.2f} s",
                     flush=True,
                 )
+                noop_tasks.append(task_seconds(noop["run_id"]))
+                print(_tasks_line(noop_tasks[-1]), flush=True)
             change_runs: list[float] = []
             change_writes: list[int] = []
             for seed in range(1, args.repeat + 1):
@@ -202,6 +241,8 @@ def main() -> None:
                     f"in {change_runs[-1]:.2f} s",
                     flush=True,
                 )
+                change_tasks.append(task_seconds(delta["run_id"]))
+                print(_tasks_line(change_tasks[-1]), flush=True)
         counters = sandbox.counters()
     finally:
         sandbox.stop()
@@ -223,6 +264,8 @@ def main() -> None:
         "change1pct_writes": writes,
         "noop_runs_s": [round(x, 2) for x in noop_runs],
         "change1pct_runs_s": [round(x, 2) for x in change_runs],
+        "noop_task_s": noop_tasks,
+        "change1pct_task_s": change_tasks,
         "peak_rss_mb": round(peak_mb, 1),
         "raw_sample": args.raw_sample,
         "duplicate_writes": counters.get("duplicate_writes"),
