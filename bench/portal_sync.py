@@ -118,7 +118,7 @@ def task_seconds(flow_run_id: str, timeout_s: float = 20.0) -> dict[str, float]:
                 break
             time.sleep(0.5)
     out: dict[str, float] = {}
-    for run in sorted(runs, key=lambda r: r.start_time or r.expected_start_time):
+    for run in sorted(runs, key=lambda r: str(r.start_time or r.expected_start_time or "")):
         name = run.name.rsplit("-", 1)[0]  # "load-portal-batch-3cb" -> "load-portal-batch"
         out[name] = round(out.get(name, 0.0) + run.total_run_time.total_seconds(), 3)
     return out
