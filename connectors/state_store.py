@@ -129,6 +129,11 @@ protocol = Table(
 )
 
 
+def record_json(record: dict[str, Any] | None) -> str | None:
+    """A quarantined record as the quarantine table stores it (compare payloads with this)."""
+    return json.dumps(record, default=str) if record else None
+
+
 def _delete_ids(conn: Connection, table: Table, target: str, entity: str, ref_ids: Sequence[str]) -> None:
     """Delete the rows of ``ref_ids`` of one target and entity (chunked ``IN`` lists)."""
     for part in chunks(list(ref_ids)):
@@ -409,7 +414,7 @@ class StateStore:
                             "ref_id": item.ref_id,
                             "rule": item.rule,
                             "reason": item.reason,
-                            "record_json": json.dumps(item.record, default=str) if item.record else None,
+                            "record_json": record_json(item.record),
                             "run_id": run_id,
                             "first_seen": now,
                             "last_seen": now,

@@ -6,7 +6,6 @@ one task per batch, never per row. Large inputs are not hashed for caching (``NO
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -30,6 +29,7 @@ from connectors.state_store import (
     QuarantineItem,
     StateEntry,
     StateStore,
+    record_json,
 )
 from tasks.portal_memo import (
     BUILT_ENTITIES,
@@ -62,7 +62,7 @@ from tasks.portal_rules import (
     caretaker_entries,
     released_objects,
 )
-from tasks.validation import validate_records
+from tasks.validation import RECORD_RULES, validate_records
 
 TARGET = "portal"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -409,15 +409,14 @@ def known_failures(
 ) -> tuple[list[Skip], set[tuple[str, str]]]:
     """Quarantine entries that still hold: the record's payload is exactly the one quarantined.
 
-    Only entries of the validation suites' per-record checks count (not holds, not the portal's
-    refusals, not uniqueness). A record
-    is taken as still failing only if every such open entry of it was quarantined with its
-    current payload. Returns those entries as skips, and the records they cover.
+    Only entries of checks that depend on the record alone count (``RECORD_RULES``: not holds,
+    not the portal's refusals, not uniqueness). A record is taken as still failing only if every
+    such open entry of it was quarantined with its current payload. Returns those entries as
+    skips, and the records they cover.
     """
     entries: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for entry in open_entries:
-        rule = str(entry["rule"])  # uniqueness depends on the other records: always checked again
-        if rule.startswith("expect_") and not rule.startswith("expect_column_values_to_be_unique"):
+        if entry["rule"] in RECORD_RULES:
             entries.setdefault((entry["entity"], entry["ref_id"]), []).append(entry)
     skips: list[Skip] = []
     covered: set[tuple[str, str]] = set()
@@ -425,7 +424,7 @@ def known_failures(
         payload = candidates.get(entity, {}).get(ref_id)
         if payload is None:
             continue
-        current = json.dumps(payload, default=str)
+        current = record_json(payload)
         if all(e["record_json"] == current for e in mine):
             covered.add((entity, ref_id))
             skips.extend(Skip(entity, ref_id, e["rule"], e["reason"]) for e in mine)

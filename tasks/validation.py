@@ -80,6 +80,29 @@ CHECKS: dict[str, tuple[Check, ...]] = {
     "units": UNIT_CHECKS,
 }
 
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def rule_name(expectation_type: str, column: str) -> str:
+    """The rule a failed check is quarantined under, e.g. ``expect_column_values_to_not_be_null(email)``."""
+    return f"{expectation_type}({column})"
+
+
+# Rules whose outcome depends on the record alone (uniqueness depends on the other records too).
+RECORD_RULES = frozenset(
+    rule_name(_snake(check.expectation), check.column)
+    for checks in CHECKS.values()
+    for check in checks
+    if check.expectation != "ExpectColumnValuesToBeUnique"
+)
+
 _lock = threading.Lock()
 _context: Any = None
 _batch_definitions: dict[str, Any] = {}
@@ -168,14 +191,7 @@ def validate_records(entity: str, records: dict[str, dict[str, Any]]) -> list[Sk
         for item in outcome.result.get("unexpected_index_list") or []:
             ref = str(item["_ref"])
             value = item.get(column)
-            failures.append(Skip(entity, ref, f"{config.type}({column})", check.reason.format(value=value)))
+            failures.append(
+                Skip(entity, ref, rule_name(config.type, column), check.reason.format(value=value))
+            )
     return failures
-
-
-def _snake(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i:
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
