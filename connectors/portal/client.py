@@ -12,7 +12,9 @@ That is how a write reaches the partner once, not twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +86,12 @@ class PortalApi(Protocol):
     def list_records(
         self, entity: str, modified_after: str | None = None, include_archived: bool = False
     ) -> list[dict[str, Any]]: ...
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every client of the process (building one costs about 20 ms)."""
+    return httpx.create_ssl_context()
 
 
 class _RateLimiter:
@@ -193,14 +201,16 @@ class PortalClient:
         asyncio.run(run())
 
     # ---- internals ---------------------------------------------------------------------------
-    def _client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
+    def _client(self, connections: int = 1) -> httpx.AsyncClient:
+        """An httpx client with a pool of ``connections`` (the workers of a batch get one each)."""
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         return httpx.AsyncClient(
             base_url=self.base_url,
             auth=self._auth,
             timeout=self._timeout,
             limits=limits,
             transport=self._transport,
+            verify=_tls_context(),
             headers={"Accept": "application/json", "User-Agent": "hausflow/0.1"},
         )
 
@@ -334,32 +344,38 @@ class PortalClient:
             op, True, created=response.status_code == 201, internal_id=internal_id, attempts=len(attempts)
         )
 
-    async def _each(self, items: Sequence[_T], call: Callable[[_T], Awaitable[_R]]) -> list[_R]:
+    async def _each(
+        self, items: Sequence[_T], call: Callable[[httpx.AsyncClient, _T], Awaitable[_R]]
+    ) -> list[_R]:
         """``call`` for every item, ``concurrency`` at a time; results in the order of ``items``.
 
-        A fixed set of workers takes the next item as soon as it is free: one coroutine per
-        request slot, not one per item waiting on a semaphore (cheaper for large batches).
+        A fixed set of workers takes the next item as soon as it is free, and each worker sends
+        over its own connection. Why not one pool of ``concurrency`` connections: httpcore checks
+        every idle connection of a pool (its socket, its peer) each time a request enters or
+        leaves it, which made up most of the client's CPU time per request with 16 connections
+        (one pool per worker: 0.55 instead of 1.24 ms per write, measured against the sandbox).
         """
         results: list[_R | None] = [None] * len(items)
         cursor = iter(range(len(items)))
 
         async def worker() -> None:
-            for i in cursor:
-                results[i] = await call(items[i])
+            async with self._client() as client:
+                for i in cursor:
+                    results[i] = await call(client, items[i])
 
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(items)))))
         return cast(list[_R], results)
 
     async def _write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         limiter = _RateLimiter(self._rate)
-        async with self._client() as client:
-            return await self._each(ops, lambda op: self._write_one(client, limiter, op))
+        return await self._each(ops, lambda client, op: self._write_one(client, limiter, op))
 
     async def _read_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         stream = STREAMS[entity]
         limiter = _RateLimiter(self._rate)
-        async with self._client() as client:
-            records = await self._each(ref_ids, lambda ref_id: self._get_one(client, limiter, stream, ref_id))
+        records = await self._each(
+            ref_ids, lambda client, ref_id: self._get_one(client, limiter, stream, ref_id)
+        )
         return dict(zip(ref_ids, records, strict=True))
 
     async def _list(
