@@ -13,6 +13,9 @@ the thread end on its own). Synchronous callers use :func:`run_portal_sync`.
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
@@ -45,6 +48,27 @@ def whole(value: T) -> T:
     return cast(T, quote(value))
 
 
+@contextmanager
+def collect_run_objects_only() -> Iterator[None]:
+    """Let the garbage collector skip what the process held before the run, until the run ends.
+
+    Why: a run reads ~100,000 rows per changed table; so many new objects make Python run full
+    collections, and each one walks every object of the process: the imported Prefect, pandas and
+    great-expectations modules and the rows kept from the last run, about 500,000 objects, at
+    0.15-0.4 s per run of 2-3 s. ``gc.freeze()`` sets them aside (nothing is freed or leaked: at
+    the end they go back to the oldest generation). A process that froze objects itself keeps
+    its own arrangement: then nothing is changed.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 @flow(name="portal-sync", log_prints=False)
 async def portal_sync(
     objects: list[str] | None = None,
@@ -67,6 +91,18 @@ async def portal_sync(
         and how the run was planned: ``mode`` (``full`` or ``incremental``), ``full_reason`` and
         ``rebuilt`` (records rebuilt per entity).
     """
+    with collect_run_objects_only():
+        return await _sync(objects, entities, full_resync, dry_run, profile)
+
+
+async def _sync(
+    objects: list[str] | None,
+    entities: list[str] | None,
+    full_resync: bool,
+    dry_run: bool,
+    profile: str | None,
+) -> dict[str, Any]:
+    """The body of :func:`portal_sync` (in its flow run)."""
     logger = get_run_logger()
     settings = load_settings(profile)
     if not settings.portal.enabled:

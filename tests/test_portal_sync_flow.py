@@ -223,3 +223,48 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
     assert sandbox.secret not in text
     for token in tokens:
         assert token not in text
+
+
+class _Node:
+    """A cycle-capable object a weak reference can watch."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_run_collects_its_own_objects_and_leaks_none_of_the_older_ones() -> None:
+    import gc
+    import weakref
+
+    from flows.portal_sync import collect_run_objects_only
+
+    assert gc.get_freeze_count() == 0
+    older = _Node()
+    older_ref = weakref.ref(older)
+    with collect_run_objects_only():
+        assert gc.get_freeze_count() > 0  # what the process held is set aside
+        del older  # an older cycle dropped during the run
+        made = _Node()
+        made_ref = weakref.ref(made)
+        del made
+        gc.collect()
+        assert made_ref() is None  # the run's own garbage is collected
+        assert older_ref() is not None  # the set-aside objects are not walked
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert older_ref() is None  # ... and go back to the collector after the run: nothing leaks
+
+
+def test_a_process_that_froze_objects_itself_keeps_its_arrangement() -> None:
+    import gc
+
+    from flows.portal_sync import collect_run_objects_only
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collect_run_objects_only():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
