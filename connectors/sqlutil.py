@@ -14,6 +14,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL (``sqlite:///path``); ``None`` for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite") or "///" not in url:
+        return None
+    path = url.split("///", 1)[1]
+    return None if path in ("", ":memory:") else path
+
+
 def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
     """``items`` in slices of at most ``size`` (for portable ``IN`` lists)."""
     for start in range(0, len(items), size):

@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from connectors.erp.database import make_engine
-from connectors.sqlutil import chunks, utcnow
+from connectors.sqlutil import chunks, sqlite_file, utcnow
 
 state_metadata = MetaData()
 
@@ -225,12 +225,13 @@ _ENGINES: dict[str, tuple[tuple[int, Any], Engine]] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def _sqlite_file(url: str) -> str | None:
-    """The file of a SQLite URL; ``None`` for other databases and in-memory SQLite."""
-    if not url.startswith("sqlite"):
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    """Device and inode of a file (``None`` if there is none): a file created anew differs."""
+    try:
+        stat = os.stat(path) if path else None
+    except FileNotFoundError:
         return None
-    path = url.split("///", 1)[1] if "///" in url else ""
-    return None if path in ("", ":memory:") else path
+    return (stat.st_dev, stat.st_ino) if stat else None
 
 
 def state_engine(url: str) -> Engine:
@@ -242,16 +243,12 @@ def state_engine(url: str) -> Engine:
     shared (each engine is its own database). A SQLite file that was replaced (deleted and
     created anew) gets a new engine; the old one is disposed. A forked child builds its own.
     """
-    file = _sqlite_file(url)
+    file = sqlite_file(url)
     if url.startswith("sqlite") and file is None:
         engine = make_engine(url)
         state_metadata.create_all(engine)
         return engine
-    try:
-        stat = os.stat(file) if file else None
-        identity: Any = (stat.st_dev, stat.st_ino) if stat else url
-    except FileNotFoundError:
-        identity = None
+    identity: Any = _file_identity(file) if file else url
     key = (os.getpid(), identity)
     with _ENGINES_LOCK:
         known = _ENGINES.get(url)
@@ -262,9 +259,8 @@ def state_engine(url: str) -> Engine:
         engine = make_engine(url)
         state_metadata.create_all(engine)
         _upgrade(engine)
-        if identity is None and file:  # the file exists now: remember it by its identity
-            stat = os.stat(file)
-            key = (os.getpid(), (stat.st_dev, stat.st_ino))
+        if identity is None:  # the engine created the file: remember it by its identity
+            key = (os.getpid(), _file_identity(file))
         _ENGINES[url] = (key, engine)
         return engine
 

@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(sandbox)
 
         from connectors.erp.database import make_engine
+        from connectors.sqlutil import sqlite_file
 
-        erp_path = Path(settings.erp_url.split("///", 1)[-1]).resolve()
-        if settings.erp_url.startswith("sqlite") and not erp_path.exists():
+        erp_file = sqlite_file(settings.erp_url)
+        erp_path = Path(erp_file or ".").resolve()
+        if erp_file and not erp_path.exists():
             from connectors.erp.demo import generate_erp
 
             print(

@@ -41,6 +41,7 @@ from typing import Any
 
 from config.settings import HausflowSettings
 from connectors.erp.extract import TableRows
+from connectors.sqlutil import sqlite_file
 from tasks.portal_rules import DesiredState, Skip
 
 MEMO_VERSION = 1
@@ -129,8 +130,8 @@ def memo_folder(settings: HausflowSettings, target: str) -> Path:
     identity = hashlib.sha256(f"{settings.erp_url}|{settings.state_url}|{target}".encode()).hexdigest()[:16]
     if settings.cache_dir:
         base = Path(settings.cache_dir)
-    elif settings.state_url.startswith("sqlite:///") and settings.state_url != "sqlite:///:memory:":
-        base = Path(settings.state_url.split("///", 1)[1]).parent / "cache"
+    elif state_file := sqlite_file(settings.state_url):
+        base = Path(state_file).parent / "cache"
     else:
         base = Path("var/cache")
     return base / f"portal-{identity}"

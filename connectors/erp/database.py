@@ -10,6 +10,7 @@ import pandas as pd
 from sqlalchemy import Engine, Select, create_engine, event
 
 from connectors.erp.schema import metadata
+from connectors.sqlutil import sqlite_file
 
 DEFAULT_CHUNK_ROWS = 20_000
 
@@ -21,8 +22,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     busy timeout turns "database is locked" into a short wait.
     """
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = sqlite_file(url)
+        if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {"timeout": 30})
         engine = create_engine(url, **kwargs)

@@ -255,7 +255,7 @@ class PortalClient:
         """Fetch a token now (fails fast with ``PortalAuthError`` on bad credentials)."""
 
         async def run() -> None:
-            async with self._client() as client:
+            async with self._channel() as client:
                 await self._request(
                     client, _RateLimiter(self._rate), "GET", "/v2/properties", params={"pageSize": 1}
                 )
@@ -263,7 +263,7 @@ class PortalClient:
         asyncio.run(run())
 
     # ---- internals ---------------------------------------------------------------------------
-    def _client(self) -> _Channel:
+    def _channel(self) -> _Channel:
         """One connection to the portal (each worker of a batch gets its own)."""
         return _Channel(self.base_url, self._auth, self._timeout, self._transport)
 
@@ -411,7 +411,7 @@ class PortalClient:
         cursor = iter(range(len(items)))
 
         async def worker() -> None:
-            async with self._client() as client:
+            async with self._channel() as client:
                 for i in cursor:
                     results[i] = await call(client, items[i])
 
@@ -442,7 +442,7 @@ class PortalClient:
             params["includeArchived"] = "true"
         out: list[dict[str, Any]] = []
         url: str | None = stream.path
-        async with self._client() as client:
+        async with self._channel() as client:
             while url:
                 response = await self._request(client, limiter, "GET", url, params=params)
                 assert response is not None
