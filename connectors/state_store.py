@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +35,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    event,
     func,
     insert,
     inspect,
@@ -146,6 +149,24 @@ def _delete_ids(conn: Connection, table: Table, target: str, entity: str, ref_id
         )
 
 
+def _insert_protocol(conn: Connection, run_id: str, rows: Sequence[ProtocolRow], now: datetime) -> None:
+    """Append protocol lines of a run inside the caller's transaction."""
+    conn.execute(
+        insert(protocol),
+        [
+            {
+                "run_id": run_id,
+                "entity": r.entity,
+                "ref_id": r.ref_id,
+                "outcome": r.outcome,
+                "reason": r.reason,
+                "at": now,
+            }
+            for r in rows
+        ],
+    )
+
+
 def _upgrade(engine: Engine) -> None:
     """Bring a state database of an older release up to date (idempotent, cheap when current).
 
@@ -257,12 +278,66 @@ def state_engine(url: str) -> Engine:
         if known is not None:  # replaced file: close its connections; forked child: leave the parent's
             known[1].dispose(close=known[0][0] == os.getpid())
         engine = make_engine(url)
+        if file:
+            _checkpoint_off_the_path(engine)
         state_metadata.create_all(engine)
         _upgrade(engine)
         if identity is None:  # the engine created the file: remember it by its identity
             key = (os.getpid(), _file_identity(file))
         _ENGINES[url] = (key, engine)
         return engine
+
+
+# Pages the write-ahead log of a SQLite state database may reach before the writing connection
+# copies it back itself (SQLite's default is 1,000 pages); normally a background checkpoint does it
+# first (see _checkpoint_off_the_path).
+WAL_PAGES_BEFORE_INLINE_CHECKPOINT = 16_000
+_checkpointing: set[int] = set()
+_background_checkpoint: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _checkpoint_off_the_path(engine: Engine) -> None:
+    """Let a SQLite state database copy its write-ahead log back in a background thread.
+
+    Why: SQLite copies the log back into the database (with an fsync) inside the commit that
+    makes it longer than 1,000 pages. A confirmation of 687 contacts writes about 1,000 pages, so
+    nearly every run's confirmation paid the copy: 60 ms instead of 37 ms. Here the commit only
+    appends to the log, and :func:`checkpoint_soon` starts the copy in a thread that waits for the
+    disk while the run goes on. The copy is SQLite's own passive checkpoint: it never blocks a
+    reader or writer and is safe to interrupt.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _wal_limit(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES_BEFORE_INLINE_CHECKPOINT}")
+        cur.close()
+
+    _background_checkpoint.add(engine)
+
+
+def checkpoint_soon(engine: Engine) -> threading.Thread | None:
+    """Start a passive checkpoint of a SQLite state database in a daemon thread (one at a time)."""
+    if engine not in _background_checkpoint:
+        return None
+    with _ENGINES_LOCK:
+        if id(engine) in _checkpointing:
+            return None
+        _checkpointing.add(id(engine))
+
+    def run() -> None:
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:  # a busy or closed database: the next checkpoint (or SQLite's own) follows
+            pass
+        finally:
+            with _ENGINES_LOCK:
+                _checkpointing.discard(id(engine))
+
+    thread = threading.Thread(target=run, name="state-store-checkpoint", daemon=True)
+    thread.start()
+    return thread
 
 
 class StateStore:
@@ -330,19 +405,52 @@ class StateStore:
                 out[ref_id] = StateEntry(payload_hash, status)
         return out
 
-    def confirm(self, target: str, confirmations: Sequence[Confirmation], run_id: str | None) -> int | None:
+    def confirm(
+        self,
+        target: str,
+        confirmations: Sequence[Confirmation],
+        run_id: str | None,
+        protocol_rows: Sequence[ProtocolRow] = (),
+    ) -> int | None:
         """Advance the confirmed state and drop the matching pending entries, in one transaction.
 
-        Returns the position in the change sequence this confirmation got (``None`` if there was
-        nothing to confirm). The counter row is updated first, so its row lock orders concurrent
-        confirmations: positions become visible in order, and a reader never skips one.
+        ``protocol_rows`` (of run ``run_id``) are written in the same transaction, so a run's
+        protocol never lacks a confirmed write. Returns the position in the change sequence this
+        confirmation got (``None`` if there was nothing to confirm). The counter row is updated
+        first, so its row lock orders concurrent confirmations: positions become visible in
+        order, and a reader never skips one.
+
+        Records the store holds already are updated in place, the others inserted. Why not
+        delete and insert again: that rewrites each record's primary-key entry too; for 687
+        updated contacts in a store of 135,000 records it wrote 1,640 pages and took 37 ms,
+        updating in place 1,010 pages and 20 ms (SQLite, WAL).
         """
         if not confirmations:
+            if protocol_rows and run_id is not None:
+                self.add_protocol(run_id, protocol_rows)
             return None
         now = utcnow()
         by_entity: dict[str, list[Confirmation]] = {}
         for c in confirmations:
             by_entity.setdefault(c.entity, []).append(c)
+        changed_in_place = (
+            update(sync_state)
+            .where(
+                and_(
+                    sync_state.c.target == target,
+                    sync_state.c.entity == bindparam("b_entity"),
+                    sync_state.c.ref_id == bindparam("b_ref_id"),
+                )
+            )
+            .values(
+                payload_hash=bindparam("b_hash"),
+                status=bindparam("b_status"),
+                partner_internal_id=bindparam("b_internal_id"),
+                confirmed_at=now,
+                run_id=run_id,
+                seq=bindparam("b_seq"),
+            )
+        )
         with self.engine.begin() as conn:
             conn.execute(
                 update(sync_meta).where(sync_meta.c.name == STATE_SEQ).values(value=sync_meta.c.value + 1)
@@ -351,26 +459,60 @@ class StateStore:
                 conn.execute(select(sync_meta.c.value).where(sync_meta.c.name == STATE_SEQ)).scalar_one()
             )
             for entity, items in by_entity.items():
-                ids = [c.ref_id for c in items]
-                _delete_ids(conn, sync_state, target, entity, ids)
+                latest = {c.ref_id: c for c in items}  # the last confirmation of a record wins
+                ids = sorted(latest)
+                held: set[str] = set()
+                for part in chunks(ids):
+                    held.update(
+                        conn.execute(
+                            select(sync_state.c.ref_id).where(
+                                and_(
+                                    sync_state.c.target == target,
+                                    sync_state.c.entity == entity,
+                                    sync_state.c.ref_id.in_(part),
+                                )
+                            )
+                        ).scalars()
+                    )
+                if held:
+                    conn.execute(
+                        changed_in_place,
+                        [
+                            {
+                                "b_entity": entity,
+                                "b_ref_id": ref_id,
+                                "b_hash": latest[ref_id].payload_hash,
+                                "b_status": STATUS_BY_OP[latest[ref_id].op],
+                                "b_internal_id": latest[ref_id].partner_internal_id,
+                                "b_seq": seq,
+                            }
+                            for ref_id in ids
+                            if ref_id in held
+                        ],
+                    )
+                new = [latest[ref_id] for ref_id in ids if ref_id not in held]
+                if new:
+                    conn.execute(
+                        insert(sync_state),
+                        [
+                            {
+                                "target": target,
+                                "entity": entity,
+                                "ref_id": c.ref_id,
+                                "payload_hash": c.payload_hash,
+                                "status": STATUS_BY_OP[c.op],
+                                "partner_internal_id": c.partner_internal_id,
+                                "confirmed_at": now,
+                                "run_id": run_id,
+                                "seq": seq,
+                            }
+                            for c in new
+                        ],
+                    )
                 _delete_ids(conn, sync_pending, target, entity, ids)
-                conn.execute(
-                    insert(sync_state),
-                    [
-                        {
-                            "target": target,
-                            "entity": entity,
-                            "ref_id": c.ref_id,
-                            "payload_hash": c.payload_hash,
-                            "status": STATUS_BY_OP[c.op],
-                            "partner_internal_id": c.partner_internal_id,
-                            "confirmed_at": now,
-                            "run_id": run_id,
-                            "seq": seq,
-                        }
-                        for c in items
-                    ],
-                )
+            if protocol_rows and run_id is not None:
+                _insert_protocol(conn, run_id, protocol_rows, now)
+        checkpoint_soon(self.engine)
         return seq
 
     # ---- pending writes --------------------------------------------------------------------
@@ -543,22 +685,8 @@ class StateStore:
         """Append protocol lines of a run."""
         if not rows:
             return
-        now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(
-                insert(protocol),
-                [
-                    {
-                        "run_id": run_id,
-                        "entity": r.entity,
-                        "ref_id": r.ref_id,
-                        "outcome": r.outcome,
-                        "reason": r.reason,
-                        "at": now,
-                    }
-                    for r in rows
-                ],
-            )
+            _insert_protocol(conn, run_id, rows, utcnow())
 
     def protocol_counts(self, run_id: str) -> dict[tuple[str, str], int]:
         """Counts per (entity, outcome) of one run."""

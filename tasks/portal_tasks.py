@@ -33,9 +33,13 @@ from connectors.state_store import (
 )
 from tasks.portal_memo import (
     BUILT_ENTITIES,
+    KEYED_TABLES,
     MemoStore,
     Scope,
+    TableVersion,
     blob_digest,
+    changed_positions,
+    delta_version,
     dump_rows,
     memo_after_run,
     memo_folder,
@@ -43,6 +47,7 @@ from tasks.portal_memo import (
     rows_for,
     run_fingerprint,
     scope_from_memo,
+    touched_rows,
 )
 from tasks.portal_plan import (
     ENTITIES,
@@ -161,9 +166,11 @@ def _build(
 class RunBasis:
     """What a run builds on: the scope of an incremental run, or why it is a full one.
 
-    ``digests``/``blobs`` are this run's ERP rows for the memo; ``seq`` is the position of the
-    state store's change sequence when the run looked; ``remember`` says whether the run leaves a
-    memo (complete, not dry runs).
+    ``versions`` are this run's ERP rows for the memo, ``files`` the row and delta files they
+    need that may be new, ``rows`` the rows themselves (incremental runs: to write a whole row
+    file if one of a version's files went missing); ``seq`` is the position of the state
+    store's change sequence when the run looked; ``remember`` says whether the run leaves a memo
+    (complete, not dry runs).
     """
 
     scope: Scope | None
@@ -171,9 +178,9 @@ class RunBasis:
     fingerprint: str
     seq: int
     remember: bool
-    digests: dict[str, str] = field(default_factory=dict)
-    blobs: dict[str, bytes] = field(default_factory=dict)
-    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # tables without a blob
+    versions: dict[str, TableVersion] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -279,17 +286,8 @@ def find_portal_changes(
     elif not settings.portal.incremental:
         basis.why_full = "incremental runs are switched off (portal.incremental = false)"
     memos = MemoStore(memo_folder(settings, TARGET))
-    if basis.why_full is None or remember:
-        for name, table in tables.items():
-            digest = memos.warm_digest(name, table.rows)  # unchanged since the last run in this process
-            if digest is None:
-                basis.blobs[name] = dump_rows(table.rows)
-                digest = blob_digest(basis.blobs[name])
-            else:
-                basis.rows[name] = table.rows
-            basis.digests[name] = digest
+    memo = memos.load() if basis.why_full is None else None
     if basis.why_full is None:
-        memo = memos.load()
         if memo is None:
             basis.why_full = "there is no memo of an earlier complete run"
         elif memo.fingerprint != fingerprint:
@@ -298,30 +296,75 @@ def find_portal_changes(
             basis.why_full = (
                 "the state store changed in a way the memo cannot follow (records removed or restored)"
             )
-        else:
-            old_rows: dict[str, list[tuple[Any, ...]]] = {}
-            for name in tables:
-                digest = memo.digests.get(name)
-                if digest == basis.digests[name]:
-                    continue
-                rows = memos.rows(name, digest) if digest else None
-                if rows is None:
-                    basis.why_full = f"the memo's rows of {name} are missing"
-                    break
-                old_rows[name] = rows
-            if basis.why_full is None:
-                changed, _ = store.changed_since(TARGET, memo.last_seq)
-                basis.scope = scope_from_memo(memo, tables, basis.digests, old_rows, changed)
+    if basis.why_full is None and memo is not None:
+        touched: dict[str, list[tuple[Any, ...]]] = {}
+        for name, table in tables.items():
+            known = memo.tables.get(name)
+            found = _changes_since(memos, basis, name, table.rows, known) if known else None
+            if found is None:
+                basis.why_full = f"the memo's rows of {name} are missing"
+                break
+            touched[name] = found
+        if basis.why_full is None:
+            changed, _ = store.changed_since(TARGET, memo.last_seq)
+            basis.scope = scope_from_memo(memo, tables, touched, changed)
     if basis.scope is not None:
         for name, table in tables.items():
-            memos.keep_warm(name, basis.digests[name], table.rows)
+            memos.keep_warm(name, basis.versions[name], table.rows)
+            basis.rows[name] = table.rows
         logger.info("Plan: %s.", basis.scope.describe())
     else:  # a full run keeps no rows alive: it needs the memory to build
-        basis.blobs.update({name: dump_rows(rows) for name, rows in basis.rows.items()})
-        basis.rows = {}
+        basis.versions, basis.files, basis.rows = {}, {}, {}
         memos.drop_warm()
+        if remember:
+            for name, table in tables.items():
+                _whole_file(basis, name, table.rows)
         logger.info("Full run: %s; every record is rebuilt and compared.", basis.why_full)
     return basis
+
+
+def _whole_file(basis: RunBasis, table: str, rows: list[tuple[Any, ...]]) -> TableVersion:
+    """Record ``rows`` for the memo as one whole row file."""
+    blob = dump_rows(rows)
+    version = TableVersion.base(table, blob_digest(blob))
+    basis.files[version.files[0]] = blob
+    basis.versions[table] = version
+    return version
+
+
+def _changes_since(
+    memos: MemoStore, basis: RunBasis, table: str, rows: list[tuple[Any, ...]], known: TableVersion
+) -> list[tuple[Any, ...]] | None:
+    """The rows of ``table`` touched since the memo's ``known`` version (``None``: its files are gone).
+
+    Records this run's version of the table in ``basis``. A process that kept the rows of
+    ``known`` compares with them and records a change as a delta file; a new process dumps the
+    rows, compares their digest with the memo's and, where they differ, reads the memo's files.
+    """
+    keyed = table in KEYED_TABLES
+    kept = memos.warm(table, known)
+    if kept is not None:
+        if kept is rows or kept == rows:
+            basis.versions[table] = known
+            return []
+        positions = changed_positions(kept, rows) if keyed else None
+        if positions is None:
+            _whole_file(basis, table, rows)
+            return touched_rows(kept, rows, keyed)
+        step = delta_version(table, known, rows, positions)
+        if step is None:
+            _whole_file(basis, table, rows)
+        else:
+            basis.versions[table], name, blob = step
+            basis.files[name] = blob
+        return [rows[i] for i in positions] + [kept[i] for i in positions]
+    version = _whole_file(basis, table, rows)
+    if version.id == known.id:
+        return []
+    old = memos.rows(table, known)
+    if old is None:
+        return None
+    return [] if old == rows else touched_rows(old, rows, keyed)
 
 
 @task(name="apply-portal-rules", cache_policy=NO_CACHE)
@@ -598,14 +641,13 @@ async def load_portal_batch(
             protocol.append(ProtocolRow(write.entity, write.ref_id, "failed", reason))
             outcome.errors.append(f"{write.entity[:-1]} {write.ref_id}: {reason}")
             outcome.failed_keys.append((write.entity, write.ref_id))
-    outcome.seq = store.confirm(TARGET, confirmations, run_id)
+    outcome.seq = store.confirm(TARGET, confirmations, run_id, protocol)
     by_entity: dict[str, list[str]] = {}
     for item in rejected:
         by_entity.setdefault(item.entity, []).append(item.ref_id)
     for entity, ids in by_entity.items():
         store.clear_pending(TARGET, entity, ids)
     store.quarantine(TARGET, rejected, run_id)
-    store.add_protocol(run_id, protocol)
     entity = writes[0].entity if writes else "-"
     logger.info(
         "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s.",
@@ -735,9 +777,8 @@ def remember_portal_run(
         fingerprint=basis.fingerprint,
         last_seq=last_seq,
         state_count=store.count_state(TARGET),
-        digests=basis.digests,
+        tables=basis.versions,
         desired=desired,
         unsynced=unsynced,
     )
-    MemoStore(memo_folder(settings, TARGET)).save(memo, basis.blobs, basis.rows)
-    return True
+    return MemoStore(memo_folder(settings, TARGET)).save(memo, basis.files, basis.rows)

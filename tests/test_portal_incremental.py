@@ -25,8 +25,10 @@ from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
 from tasks.portal_memo import (
     BUILT_ENTITIES,
+    KEYED_TABLES,
     Memo,
     MemoStore,
+    TableVersion,
     blob_digest,
     dump_rows,
     load_rows,
@@ -43,13 +45,13 @@ TODAY = BUSINESS_DATE
 
 
 # ---- rules level -----------------------------------------------------------------------------------
-def _digests(tables: dict[str, TableRows]) -> dict[str, str]:
-    return {name: blob_digest(dump_rows(t.rows)) for name, t in tables.items()}
+def _versions(tables: dict[str, TableRows]) -> dict[str, TableVersion]:
+    return {name: TableVersion.base(name, blob_digest(dump_rows(t.rows))) for name, t in tables.items()}
 
 
 def _memo(tables: dict[str, TableRows], desired: DesiredState) -> Memo:
     return memo_after_run(
-        fingerprint="f", last_seq=0, state_count=0, digests=_digests(tables), desired=desired, unsynced={}
+        fingerprint="f", last_seq=0, state_count=0, tables=_versions(tables), desired=desired, unsynced={}
     )
 
 
@@ -71,9 +73,13 @@ class Ledger:
     def step(self, today: date = TODAY) -> dict[str, int]:
         """Compare incremental and full after a change; returns how many records were rebuilt."""
         tables = extract_portal_rows(self.engine)
-        digests = _digests(tables)
-        old = {n: self.tables[n].rows for n in tables if digests[n] != self.memo.digests[n]}
-        scope = scope_from_memo(self.memo, tables, digests, old, {})
+        versions = _versions(tables)
+        touched = {
+            n: touched_rows(self.tables[n].rows, tables[n].rows, n in KEYED_TABLES)
+            for n in tables
+            if versions[n] != self.memo.tables[n]
+        }
+        scope = scope_from_memo(self.memo, tables, touched, {})
         inc, _, _ = desired_state_from_rows(self.settings, tables, today, scope=scope)
         full, _, _ = desired_state_from_rows(self.settings, tables, today)
         for entity in BUILT_ENTITIES:
@@ -392,8 +398,8 @@ def test_a_warm_process_compares_with_the_rows_it_kept(world: dict[str, Any], sa
     MemoStore(folder).drop_warm()
     memos = MemoStore(folder)
     memo = memos.load()
-    assert memo is not None and len(list(folder.glob("*.rows"))) == len(memo.digests) == 7
-    assert all(memos.rows(table, digest) is not None for table, digest in memo.digests.items())
+    assert memo is not None and len(list(folder.glob("*.rows"))) == len(memo.tables) == 7
+    assert all(memos.rows(table, version) is not None for table, version in memo.tables.items())
     assert _sync(world, sandbox)["mode"] == "incremental"
     for path in folder.glob("persons-*.rows"):
         path.unlink()  # the row file is not needed while the process holds the same rows
