@@ -30,6 +30,8 @@ from tasks.portal_memo import (
     MemoStore,
     TableVersion,
     blob_digest,
+    changed_positions,
+    delta_version,
     dump_rows,
     load_rows,
     memo_after_run,
@@ -237,6 +239,62 @@ def test_row_files_round_trip_plain_and_driver_values() -> None:
     assert load_rows(dump_rows(with_dates)) == with_dates
 
 
+def _bare_memo(tables: dict[str, TableVersion]) -> Memo:
+    return Memo("f", 0, 0, tables, {}, {}, {}, set(), {})
+
+
+def test_a_table_version_is_its_row_file_and_the_deltas_after_it(tmp_path: Path) -> None:
+    folder = tmp_path / "memo"
+    rows = [(f"P{i:03}", f"name {i}") for i in range(100)]
+    blob = dump_rows(rows)
+    base = TableVersion.base("persons", blob_digest(blob))
+    changed = list(rows)
+    changed[3], changed[70] = ("P003", "new"), ("P070", "new")
+    positions = changed_positions(rows, changed)
+    assert positions == [3, 70]
+    step = delta_version("persons", base, changed, positions)
+    assert step is not None
+    version, name, delta = step
+    assert version.files == (base.files[0], name) and name.endswith(".delta") and version.delta_rows == 2
+    assert version.id != base.id and len(delta) < len(blob) / 10
+    assert MemoStore(folder).save(_bare_memo({"persons": version}), {base.files[0]: blob, name: delta})
+    MemoStore(folder).drop_warm()
+    assert MemoStore(folder).rows("persons", version) == changed  # read from the files, in order
+    assert MemoStore(folder).rows("persons", base) == rows
+
+    # rows added, removed or moved: no delta by position
+    assert changed_positions(rows, rows[1:]) is None
+    assert changed_positions(rows, [("P999", "x"), *rows[1:]]) is None
+    # deltas may hold 10 % of the rows: beyond that a whole row file is due
+    assert delta_version("persons", version, changed, list(range(0, 100, 13))) is not None  # 2 + 8 rows
+    assert delta_version("persons", version, changed, list(range(0, 100, 12))) is None  # 2 + 9 rows
+    # a damaged delta file makes the version unreadable (the next run is a full one)
+    (folder / name).write_bytes(dump_rows([(500, ("P500", "x"))]))
+    assert MemoStore(folder).rows("persons", version) is None
+
+
+def test_a_missing_file_of_a_version_is_replaced_by_a_whole_row_file(tmp_path: Path) -> None:
+    folder = tmp_path / "memo"
+    rows = [(f"P{i:02}", "a") for i in range(20)]
+    blob = dump_rows(rows)
+    base = TableVersion.base("persons", blob_digest(blob))
+    assert MemoStore(folder).save(_bare_memo({"persons": base}), {base.files[0]: blob})
+    changed = [*rows[:1], ("P01", "c"), *rows[2:]]
+    step = delta_version("persons", base, changed, [1])
+    assert step is not None
+    (folder / base.files[0]).unlink()  # gone between the runs
+    memo = _bare_memo({"persons": step[0]})
+    assert not MemoStore(folder).save(memo, {step[1]: step[2]})  # without the rows: no memo at all
+    assert MemoStore(folder).load() is None
+    assert MemoStore(folder).save(memo, {step[1]: step[2]}, {"persons": changed})
+    saved = MemoStore(folder).load()
+    assert saved is not None and saved.tables["persons"].files[0].endswith(".rows")
+    assert len(saved.tables["persons"].files) == 1
+    MemoStore(folder).drop_warm()
+    assert MemoStore(folder).rows("persons", saved.tables["persons"]) == changed
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["memo.pickle", *saved.tables["persons"].files])
+
+
 # ---- state store -----------------------------------------------------------------------------------
 def test_state_store_numbers_confirmations_and_upgrades_an_old_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/old.sqlite"
@@ -413,6 +471,59 @@ def test_a_warm_process_compares_with_the_rows_it_kept(world: dict[str, Any], sa
     for path in folder.glob("persons-*.rows"):
         path.unlink()
     demo.mutate_erp(world["engine"], seed=8, fraction=0.05, business_date=BUSINESS_DATE)
+    run = _sync(world, sandbox)
+    assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
+    assert _full_check(world, sandbox)["planned_writes"] == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_warm_process_records_changed_rows_as_deltas_that_a_new_process_can_read(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    folder = memo_folder(
+        load_settings("test", erp_url=world["erp_url"], state_url=world["state_url"]), "portal"
+    )
+    _sync(world, sandbox)
+    _sync(world, sandbox)  # incremental: keeps the rows in this process
+    persons_file = {p.name for p in folder.glob("persons-*.rows")}
+    changed = demo.mutate_erp(world["engine"], seed=31, fraction=0.03, business_date=BUSINESS_DATE)
+    run = _sync(world, sandbox)
+    assert run["mode"] == "incremental" and 0 < run["confirmed"] <= len(changed)
+    memo = MemoStore(folder).load()
+    assert memo is not None
+    persons = memo.tables["persons"]
+    assert (
+        len(persons.files) == 2 and persons.files[1].endswith(".delta") and persons.delta_rows == len(changed)
+    )
+    assert {p.name for p in folder.glob("persons-*.rows")} == persons_file  # no whole file written again
+    assert all(len(v.files) == 1 for t, v in memo.tables.items() if t != "persons")
+
+    MemoStore(folder).drop_warm()  # a new process: reads the row file and the delta
+    run = _sync(world, sandbox)
+    assert run["mode"] == "incremental" and run["planned_writes"] == 0
+    memo = MemoStore(folder).load()
+    assert memo is not None and len(memo.tables["persons"].files) == 1  # it wrote one whole file again
+    assert not list(folder.glob("*.delta"))
+
+    # changes beyond the deltas' share of the rows: a whole row file
+    for seed in (32, 33, 34, 35):
+        demo.mutate_erp(world["engine"], seed=seed, fraction=0.03, business_date=BUSINESS_DATE)
+        assert _sync(world, sandbox)["mode"] == "incremental"
+    memo = MemoStore(folder).load()
+    assert memo is not None and memo.tables["persons"].delta_rows <= 0.1 * 300
+    assert _full_check(world, sandbox)["planned_writes"] == 0
+
+    # a damaged delta, and no rows kept in the process: the memo cannot vouch, a full run follows
+    demo.mutate_erp(world["engine"], seed=36, fraction=0.03, business_date=BUSINESS_DATE)
+    assert _sync(world, sandbox)["mode"] == "incremental"
+    assert _sync(world, sandbox)["mode"] == "incremental"
+    demo.mutate_erp(world["engine"], seed=37, fraction=0.03, business_date=BUSINESS_DATE)
+    assert _sync(world, sandbox)["mode"] == "incremental"
+    deltas = list(folder.glob("persons-*.delta"))
+    assert deltas
+    deltas[0].write_bytes(deltas[0].read_bytes()[:-3])
+    MemoStore(folder).drop_warm()
+    demo.mutate_erp(world["engine"], seed=38, fraction=0.03, business_date=BUSINESS_DATE)
     run = _sync(world, sandbox)
     assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
     assert _full_check(world, sandbox)["planned_writes"] == 0

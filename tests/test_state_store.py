@@ -1,11 +1,27 @@
-"""The state store's engines: one per process and database, a new one for a replaced SQLite file."""
+"""The state store's engines (one per process and database, a new one for a replaced SQLite file)
+and its confirmations (in place, with their protocol rows, the log copied back off the commit)."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from connectors.state_store import Confirmation, StateStore
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from connectors.state_store import (
+    WAL_PAGES_BEFORE_INLINE_CHECKPOINT,
+    Confirmation,
+    PendingWrite,
+    ProtocolRow,
+    StateStore,
+    sync_state,
+)
 
 
 def _confirm(store: StateStore, ref_id: str) -> None:
@@ -42,3 +58,75 @@ def test_a_replaced_sqlite_file_gets_a_new_engine_and_its_writes_land_in_the_new
 def test_in_memory_databases_are_never_shared() -> None:
     first, second = StateStore("sqlite:///:memory:"), StateStore("sqlite:///:memory:")
     assert first.engine is not second.engine
+
+
+# ---- confirmations ---------------------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.sqlite"
+    make: Callable[[], str] = request.getfixturevalue("pg_database")
+    return make()
+
+
+def _rows(store: StateStore) -> dict[str, tuple[Any, ...]]:
+    with store.engine.connect() as conn:
+        return {
+            r.ref_id: (r.payload_hash, r.status, r.partner_internal_id, r.run_id, r.seq)
+            for r in conn.execute(select(sync_state))
+        }
+
+
+def test_confirm_updates_known_records_in_place_inserts_new_ones_and_writes_the_protocol(
+    state_url: str,
+) -> None:
+    store = StateStore(state_url)
+    store.confirm(
+        "portal", [Confirmation("contacts", p, "upsert", f"h-{p}", f"i-{p}") for p in ("P1", "P2")], "r1"
+    )
+    store.mark_pending("portal", [PendingWrite("contacts", p, "upsert", "x", "r2") for p in ("P1", "P3")])
+    seq = store.confirm(
+        "portal",
+        [
+            Confirmation("contacts", "P1", "upsert", "stale", "i-P1"),
+            Confirmation("contacts", "P3", "upsert", "h-P3", "i-P3"),
+            Confirmation("contacts", "P1", "archive", None, "i-P1"),  # the last confirmation of a record wins
+        ],
+        "r2",
+        [ProtocolRow("contacts", "P1", "archived"), ProtocolRow("contacts", "P3", "created")],
+    )
+    assert seq == 2
+    assert _rows(store) == {
+        "P1": (None, "archived", "i-P1", "r2", 2),
+        "P2": ("h-P2", "active", "i-P2", "r1", 1),
+        "P3": ("h-P3", "active", "i-P3", "r2", 2),
+    }
+    assert store.load_pending("portal") == []
+    assert store.protocol_counts("r2") == {("contacts", "archived"): 1, ("contacts", "created"): 1}
+    assert store.changed_since("portal", 1) == ({"contacts": {"P1", "P3"}}, {2})
+
+
+def test_a_confirmation_and_its_protocol_rows_land_together_or_not_at_all(state_url: str) -> None:
+    store = StateStore(state_url)
+    broken = ProtocolRow("contacts", None, "created")  # type: ignore[arg-type]  # ref_id is NOT NULL
+    with pytest.raises(IntegrityError):
+        store.confirm("portal", [Confirmation("contacts", "P1", "upsert", "h")], "r1", [broken])
+    assert _rows(store) == {} and store.current_seq() == 0
+    assert store.protocol_counts("r1") == {}
+
+
+def test_sqlite_keeps_commits_short_and_copies_its_log_back_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    store = StateStore(f"sqlite:///{path}")
+    with store.engine.connect() as conn:  # commits never copy the log back themselves below this size
+        assert (
+            conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_PAGES_BEFORE_INLINE_CHECKPOINT
+        )
+    store.confirm("portal", [Confirmation("contacts", f"P{i}", "upsert", "h") for i in range(2000)], "r1")
+    for thread in threading.enumerate():
+        if thread.name == "state-store-checkpoint":
+            thread.join(timeout=30)
+    copy = tmp_path / "main-file-only.sqlite"
+    shutil.copyfile(path, copy)  # the database file alone, without its write-ahead log
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("select count(*) from sync_state").fetchone() == (2000,)
