@@ -561,20 +561,33 @@ class StateStore:
             _delete_ids(conn, sync_pending, target, entity, ref_ids)
 
     # ---- quarantine ------------------------------------------------------------------------
-    def quarantine(self, target: str, items: Sequence[QuarantineItem], run_id: str | None) -> None:
-        """Put records into quarantine, or refresh ``last_seen`` if they are there for the same rule."""
+    def quarantine(
+        self, target: str, items: Sequence[QuarantineItem], run_id: str | None
+    ) -> list[QuarantineItem]:
+        """Put records into quarantine, or refresh ``last_seen`` if they are there for the same rule.
+
+        Returns the items that were not open in quarantine before (new, or back after they had
+        been resolved), so a run can tell what is new from what it merely still holds.
+        """
         if not items:
-            return
+            return []
         now = utcnow()
+        opened: list[QuarantineItem] = []
         with self.engine.begin() as conn:
             existing: set[tuple[str, str, str]] = set()
+            still_open: set[tuple[str, str, str]] = set()
             by_entity: dict[str, list[QuarantineItem]] = {}
             for item in items:
                 by_entity.setdefault(item.entity, []).append(item)
             for entity, group in by_entity.items():
                 for part in chunks(sorted({i.ref_id for i in group})):
                     rows = conn.execute(
-                        select(quarantine.c.entity, quarantine.c.ref_id, quarantine.c.rule).where(
+                        select(
+                            quarantine.c.entity,
+                            quarantine.c.ref_id,
+                            quarantine.c.rule,
+                            quarantine.c.resolved_at,
+                        ).where(
                             and_(
                                 quarantine.c.target == target,
                                 quarantine.c.entity == entity,
@@ -582,11 +595,17 @@ class StateStore:
                             )
                         )
                     )
-                    existing.update((e, r, ru) for e, r, ru in rows)
+                    for e, r, ru, resolved_at in rows:
+                        existing.add((e, r, ru))
+                        if resolved_at is None:
+                            still_open.add((e, r, ru))
             new_rows = []
             seen_again = []
             for item in items:
                 key = (item.entity, item.ref_id, item.rule)
+                if key not in still_open:
+                    still_open.add(key)
+                    opened.append(item)
                 if key in existing:
                     seen_again.append(
                         {
@@ -627,6 +646,7 @@ class StateStore:
                 )
             if new_rows:
                 conn.execute(insert(quarantine), new_rows)
+        return opened
 
     def resolve_quarantine(self, target: str, still_failing: Iterable[tuple[str, str]]) -> int:
         """Mark open quarantine entries resolved unless (entity, ref_id) is still failing.

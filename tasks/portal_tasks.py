@@ -524,7 +524,7 @@ def validate_portal_records(
                     f"contract in {where}, which is in quarantine",
                 )
             )
-    store.quarantine(
+    opened = store.quarantine(
         TARGET,
         [
             QuarantineItem(f.entity, f.ref_id, f.rule, f.reason, candidates.get(f.entity, {}).get(f.ref_id))
@@ -533,12 +533,21 @@ def validate_portal_records(
         run_id,
     )
     resolved = store.resolve_quarantine(TARGET, {(f.entity, f.ref_id) for f in failures})
-    for f in failures[:20]:
+    fresh = {(i.entity, i.ref_id, i.rule) for i in opened}
+    new_failures = [f for f in failures if (f.entity, f.ref_id, f.rule) in fresh]
+    for f in new_failures[:20]:
         logger.warning("Quarantined %s %s: %s [%s]", f.entity[:-1], f.ref_id, f.reason, f.rule)
-    if len(failures) > 20:
+    if len(new_failures) > 20:
         logger.warning(
-            "... and %d more quarantined records (see the protocol artifact and the quarantine table).",
-            len(failures) - 20,
+            "... and %d more records newly quarantined (see the protocol artifact and the quarantine table).",
+            len(new_failures) - 20,
+        )
+    still = len({(f.entity, f.ref_id) for f in failures if (f.entity, f.ref_id, f.rule) not in fresh})
+    if still:
+        logger.warning(
+            "%d records stay in quarantine from earlier runs, for the same reasons (listed in the protocol "
+            "artifact and the quarantine table); they are sent once fixed in the ERP.",
+            still,
         )
     if resolved:
         logger.info(

@@ -51,3 +51,30 @@ def portal_view(sandbox: Any, include_archived: bool = True) -> dict[str, dict[s
         entity: {r["id"]: r for r in client.list_records(entity, include_archived=include_archived)}
         for entity in ("properties", "units", "contacts")
     }
+
+
+def run_log(run_id: str, until: str = "Portal sync done", timeout_s: float = 20.0) -> list[str]:
+    """The log messages of one flow run, read from the Prefect API once ``until`` has arrived.
+
+    Logs are shipped to the API in batches, a little after the run returns.
+    """
+    import asyncio
+    import time
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)]))
+            )
+        return [log.message for log in logs]
+
+    deadline = time.monotonic() + timeout_s
+    messages = asyncio.run(read())
+    while not any(until in m for m in messages) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        messages = asyncio.run(read())
+    return messages

@@ -41,7 +41,7 @@ from tasks.portal_memo import (
 )
 from tasks.portal_rules import DesiredState
 from tasks.portal_tasks import desired_state_from_rows
-from tests.portal_env import BUSINESS_DATE, portal_env, portal_view
+from tests.portal_env import BUSINESS_DATE, portal_env, portal_view, run_log
 
 TODAY = BUSINESS_DATE
 
@@ -327,12 +327,12 @@ def test_state_store_numbers_confirmations_and_upgrades_an_old_database(tmp_path
 def test_quarantine_refreshes_records_seen_again_in_one_statement(tmp_path: Path) -> None:
     store = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
     items = [QuarantineItem("contacts", f"P{i}", "email_valid", "e-mail 'x' is invalid") for i in range(3)]
-    store.quarantine("portal", items, "r1")
+    assert store.quarantine("portal", items, "r1") == items  # all new
     store.resolve_quarantine("portal", [("contacts", "P0"), ("contacts", "P1")])  # P2 resolved
     again = [
         QuarantineItem("contacts", f"P{i}", "email_valid", f"e-mail 'y{i}' is invalid") for i in range(3)
     ]
-    store.quarantine("portal", again, "r2")
+    assert store.quarantine("portal", again, "r2") == [again[2]]  # only P2 was not open any more
     open_q = {q["ref_id"]: q for q in store.open_quarantine("portal")}
     assert sorted(open_q) == ["P0", "P1", "P2"]  # P2 is back in quarantine, no duplicate rows
     assert all(
@@ -340,6 +340,7 @@ def test_quarantine_refreshes_records_seen_again_in_one_statement(tmp_path: Path
         for q in open_q.values()
     )
     assert all(q["last_seen"] >= q["first_seen"] for q in open_q.values())
+    assert store.quarantine("portal", again, "r3") == []  # all still open
 
 
 # ---- the flow --------------------------------------------------------------------------------------
@@ -527,6 +528,35 @@ def test_a_warm_process_records_changed_rows_as_deltas_that_a_new_process_can_re
     run = _sync(world, sandbox)
     assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
     assert _full_check(world, sandbox)["planned_writes"] == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_log_names_newly_quarantined_records_and_counts_the_ones_still_held(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    def warned(run: dict[str, Any]) -> tuple[set[str], list[str]]:
+        log = run_log(run["run_id"])
+        named = {m.split()[2].rstrip(":") for m in log if m.startswith("Quarantined ")}
+        return named, [m for m in log if "stay in quarantine from earlier runs" in m]
+
+    first = _sync(world, sandbox)
+    named, still = warned(first)
+    assert first["quarantined"] > 0 and len(named) == min(first["quarantined"], 20) and not still
+    second = _sync(world, sandbox)
+    named, still = warned(second)
+    assert not named and len(still) == 1 and still[0].startswith(f"{second['quarantined']} records stay")
+    person_no = sorted(set(_contacts_in_portal(world, sandbox)) - set(world["edge"]["anonymised"]))[0]
+    with world["engine"].begin() as conn:
+        conn.execute(
+            update(schema.persons).where(schema.persons.c.person_no == person_no).values(email="no-at-sign")
+        )
+    third = _sync(world, sandbox)
+    named, still = warned(third)
+    assert named == {person_no} and still[0].startswith(f"{third['quarantined'] - 1} records stay")
+
+
+def _contacts_in_portal(world: dict[str, Any], sandbox: SandboxServer) -> list[str]:
+    return sorted(portal_view(sandbox)["contacts"])
 
 
 @pytest.mark.usefixtures("prefect_harness")
