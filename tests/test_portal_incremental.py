@@ -471,7 +471,13 @@ def test_a_warm_process_compares_with_the_rows_it_kept(world: dict[str, Any], sa
     MemoStore(folder).drop_warm()  # as in a new process: the file is the only source
     for path in folder.glob("persons-*.rows"):
         path.unlink()
-    demo.mutate_erp(world["engine"], seed=8, fraction=0.05, business_date=BUSINESS_DATE)
+    _after_a_change_the_run_is_full_for_want_of_person_rows(world, sandbox, seed=8)
+
+
+def _after_a_change_the_run_is_full_for_want_of_person_rows(
+    world: dict[str, Any], sandbox: SandboxServer, seed: int
+) -> None:
+    demo.mutate_erp(world["engine"], seed=seed, fraction=0.05, business_date=BUSINESS_DATE)
     run = _sync(world, sandbox)
     assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
     assert _full_check(world, sandbox)["planned_writes"] == 0
@@ -524,10 +530,7 @@ def test_a_warm_process_records_changed_rows_as_deltas_that_a_new_process_can_re
     assert deltas
     deltas[0].write_bytes(deltas[0].read_bytes()[:-3])
     MemoStore(folder).drop_warm()
-    demo.mutate_erp(world["engine"], seed=38, fraction=0.03, business_date=BUSINESS_DATE)
-    run = _sync(world, sandbox)
-    assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
-    assert _full_check(world, sandbox)["planned_writes"] == 0
+    _after_a_change_the_run_is_full_for_want_of_person_rows(world, sandbox, seed=38)
 
 
 @pytest.mark.usefixtures("prefect_harness")
