@@ -539,10 +539,11 @@ def validate_portal_records(
         logger.warning("Quarantined %s %s: %s [%s]", f.entity[:-1], f.ref_id, f.reason, f.rule)
     if len(new_failures) > 20:
         logger.warning(
-            "... and %d more records newly quarantined (see the protocol artifact and the quarantine table).",
+            "... and %d more new quarantine entries (see the protocol artifact and the quarantine table).",
             len(new_failures) - 20,
         )
-    still = len({(f.entity, f.ref_id) for f in failures if (f.entity, f.ref_id, f.rule) not in fresh})
+    # records held for reasons that were all open before this run (a new reason makes it news)
+    still = len({(f.entity, f.ref_id) for f in failures} - {(f.entity, f.ref_id) for f in new_failures})
     if still:
         logger.warning(
             "%d records stay in quarantine from earlier runs, for the same reasons (listed in the protocol "
@@ -650,13 +651,14 @@ async def load_portal_batch(
             protocol.append(ProtocolRow(write.entity, write.ref_id, "failed", reason))
             outcome.errors.append(f"{write.entity[:-1]} {write.ref_id}: {reason}")
             outcome.failed_keys.append((write.entity, write.ref_id))
-    outcome.seq = store.confirm(TARGET, confirmations, run_id, protocol)
     by_entity: dict[str, list[str]] = {}
     for item in rejected:
         by_entity.setdefault(item.entity, []).append(item.ref_id)
     for entity, ids in by_entity.items():
         store.clear_pending(TARGET, entity, ids)
     store.quarantine(TARGET, rejected, run_id)
+    # last, and with the protocol rows in its transaction: a retried batch never writes them twice
+    outcome.seq = store.confirm(TARGET, confirmations, run_id, protocol)
     entity = writes[0].entity if writes else "-"
     logger.info(
         "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s.",
