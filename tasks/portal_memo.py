@@ -294,6 +294,13 @@ def changed_positions(old: list[tuple[Any, ...]], new: list[tuple[Any, ...]]) ->
     return None
 
 
+def rows_at(
+    old: list[tuple[Any, ...]], new: list[tuple[Any, ...]], positions: list[int]
+) -> list[tuple[Any, ...]]:
+    """The rows changed in place at ``positions``, new and old versions both."""
+    return [new[i] for i in positions] + [old[i] for i in positions]
+
+
 def touched_rows(
     old: list[tuple[Any, ...]], new: list[tuple[Any, ...]], keyed: bool
 ) -> list[tuple[Any, ...]]:
@@ -304,7 +311,7 @@ def touched_rows(
     if keyed:
         differ = changed_positions(old, new)
         if differ is not None:
-            return [new[i] for i in differ] + [old[i] for i in differ]
+            return rows_at(old, new, differ)
         old_by_key = {r[0]: r for r in old}
         new_by_key = {r[0]: r for r in new}
         return [r for r in new if old_by_key.get(r[0]) != r] + [r for r in old if new_by_key.get(r[0]) != r]

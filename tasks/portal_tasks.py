@@ -44,6 +44,7 @@ from tasks.portal_memo import (
     memo_after_run,
     memo_folder,
     merge_desired,
+    rows_at,
     rows_for,
     run_fingerprint,
     scope_from_memo,
@@ -357,7 +358,7 @@ def _changes_since(
         else:
             basis.versions[table], name, blob = step
             basis.files[name] = blob
-        return [rows[i] for i in positions] + [kept[i] for i in positions]
+        return rows_at(kept, rows, positions)
     version = _whole_file(basis, table, rows)
     if version.id == known.id:
         return []

@@ -548,7 +548,7 @@ def test_the_log_names_newly_quarantined_records_and_counts_the_ones_still_held(
     second = _sync(world, sandbox)
     named, still = warned(second)
     assert not named and len(still) == 1 and still[0].startswith(f"{second['quarantined']} records stay")
-    person_no = sorted(set(_contacts_in_portal(world, sandbox)) - set(world["edge"]["anonymised"]))[0]
+    person_no = sorted(set(portal_view(sandbox)["contacts"]) - set(world["edge"]["anonymised"]))[0]
     with world["engine"].begin() as conn:
         conn.execute(
             update(schema.persons).where(schema.persons.c.person_no == person_no).values(email="no-at-sign")
@@ -568,10 +568,6 @@ def test_the_log_names_newly_quarantined_records_and_counts_the_ones_still_held(
 
 def _held_records(world: dict[str, Any]) -> set[tuple[str, str]]:
     return {(q["entity"], q["ref_id"]) for q in StateStore(world["state_url"]).open_quarantine("portal")}
-
-
-def _contacts_in_portal(world: dict[str, Any], sandbox: SandboxServer) -> list[str]:
-    return sorted(portal_view(sandbox)["contacts"])
 
 
 @pytest.mark.usefixtures("prefect_harness")
