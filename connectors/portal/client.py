@@ -32,7 +32,6 @@ from connectors.portal.errors import (
     PortalTransportError,
     error_from_response,
 )
-from connectors.portal.network import single_connection_transport
 from connectors.portal.streams import STREAMS, PortalStream, payload_hash, write_applied
 
 _T = TypeVar("_T")
@@ -103,10 +102,8 @@ class _Channel:
     URL, headers and cookies, extracts cookies from every answer and walks the redirect and auth
     layers: 0.58 ms of CPU per write against the sandbox, which itself needs 0.4-0.5 ms. This
     channel does what the portal needs (base URL, JSON body, headers, the token flow of
-    :class:`PortalTokenAuth`, timeouts) and sends over the transport: 0.49 ms per write. The
-    transport's connection is opened by :mod:`connectors.portal.network` (asyncio streams, not
-    anyio), which brings that down to about 0.38 ms. Errors are httpx's own (``ConnectError``,
-    ``ReadTimeout``, ...), as with a client.
+    :class:`PortalTokenAuth`, timeouts) and sends over the transport: 0.49 ms per write.
+    Errors are httpx's own (``ConnectError``, ``ReadTimeout``, ...), as with a client.
     """
 
     def __init__(
@@ -120,7 +117,9 @@ class _Channel:
         self._auth = auth
         self._extensions = {"timeout": timeout.as_dict()}
         self._owns_transport = transport is None
-        self._transport = transport or single_connection_transport(_tls_context())
+        self._transport = transport or httpx.AsyncHTTPTransport(
+            verify=_tls_context(), limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        )
 
     async def __aenter__(self) -> _Channel:
         return self
