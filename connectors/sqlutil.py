@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql.expression import UpdateBase
 
 IN_CHUNK = 500  # stays below Oracle's 1000-element IN-list limit
 
@@ -26,3 +30,32 @@ def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]
     """``items`` in slices of at most ``size`` (for portable ``IN`` lists)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def driver_value(conn: Connection, column: ColumnElement[Any], value: Any) -> Any:
+    """``value`` as the driver takes it for ``column`` (what SQLAlchemy's type processing makes of it)."""
+    processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return processor(value) if processor is not None else value
+
+
+def execute_many(conn: Connection, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Run ``statement`` once per row in one driver call (``executemany``); returns the rows affected.
+
+    Why not ``conn.execute(statement, rows)``: SQLAlchemy then builds and type-processes each row's
+    parameters in Python, which cost more than the database's own work. Marking 700 contacts
+    pending and confirming them with their protocol rows, in the state store of the benchmark's
+    100,000-person ERP (SQLite), took 37-65 ms that way and takes 25-27 ms this way (medians of
+    runs on one machine). Here the statement is compiled once for the connection's dialect and
+    the rows go to the driver as they are. So every value comes as a named bind parameter (``bindparam`` or an
+    insert's column keys) and must be one the driver takes: convert with :func:`driver_value`
+    where the column type processes values (date-times on SQLite). The row count is the driver's
+    sum over all rows, reliable only where ``conn.dialect.supports_sane_multi_rowcount``.
+    """
+    if not rows:
+        return 0
+    compiled = statement.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    names = compiled.positiontup
+    params: list[Any] = (
+        [tuple(row[name] for name in names) for row in rows] if names is not None else list(rows)
+    )
+    return int(conn.exec_driver_sql(compiled.string, params).rowcount)

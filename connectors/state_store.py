@@ -39,6 +39,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    null,
     select,
     text,
     update,
@@ -46,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from connectors.erp.database import make_engine
-from connectors.sqlutil import chunks, sqlite_file, utcnow
+from connectors.sqlutil import chunks, driver_value, execute_many, sqlite_file, utcnow
 
 state_metadata = MetaData()
 
@@ -139,19 +140,26 @@ def record_json(record: dict[str, Any] | None) -> str | None:
     return json.dumps(record, default=str) if record else None
 
 
-def _delete_ids(conn: Connection, table: Table, target: str, entity: str, ref_ids: Sequence[str]) -> None:
-    """Delete the rows of ``ref_ids`` of one target and entity (chunked ``IN`` lists)."""
-    for part in chunks(list(ref_ids)):
-        conn.execute(
-            delete(table).where(
-                and_(table.c.target == target, table.c.entity == entity, table.c.ref_id.in_(part))
+def _delete_ids(conn: Connection, table: Table, target: str, entity: str, ref_ids: Iterable[str]) -> None:
+    """Delete the rows of ``ref_ids`` of one target and entity (one driver call)."""
+    execute_many(
+        conn,
+        delete(table).where(
+            and_(
+                table.c.target == bindparam("b_target"),
+                table.c.entity == bindparam("b_entity"),
+                table.c.ref_id == bindparam("b_ref_id"),
             )
-        )
+        ),
+        [{"b_target": target, "b_entity": entity, "b_ref_id": ref_id} for ref_id in ref_ids],
+    )
 
 
 def _insert_protocol(conn: Connection, run_id: str, rows: Sequence[ProtocolRow], now: datetime) -> None:
     """Append protocol lines of a run inside the caller's transaction."""
-    conn.execute(
+    at = driver_value(conn, protocol.c.at, now)
+    execute_many(
+        conn,
         insert(protocol),
         [
             {
@@ -160,7 +168,7 @@ def _insert_protocol(conn: Connection, run_id: str, rows: Sequence[ProtocolRow],
                 "ref_id": r.ref_id,
                 "outcome": r.outcome,
                 "reason": r.reason,
-                "at": now,
+                "at": at,
             }
             for r in rows
         ],
@@ -437,7 +445,7 @@ class StateStore:
             update(sync_state)
             .where(
                 and_(
-                    sync_state.c.target == target,
+                    sync_state.c.target == bindparam("b_target"),
                     sync_state.c.entity == bindparam("b_entity"),
                     sync_state.c.ref_id == bindparam("b_ref_id"),
                 )
@@ -446,12 +454,13 @@ class StateStore:
                 payload_hash=bindparam("b_hash"),
                 status=bindparam("b_status"),
                 partner_internal_id=bindparam("b_internal_id"),
-                confirmed_at=now,
-                run_id=run_id,
+                confirmed_at=bindparam("b_at"),
+                run_id=bindparam("b_run_id"),
                 seq=bindparam("b_seq"),
             )
         )
         with self.engine.begin() as conn:
+            at = driver_value(conn, sync_state.c.confirmed_at, now)
             conn.execute(
                 update(sync_meta).where(sync_meta.c.name == STATE_SEQ).values(value=sync_meta.c.value + 1)
             )
@@ -474,41 +483,43 @@ class StateStore:
                             )
                         ).scalars()
                     )
-                if held:
-                    conn.execute(
-                        changed_in_place,
-                        [
-                            {
-                                "b_entity": entity,
-                                "b_ref_id": ref_id,
-                                "b_hash": latest[ref_id].payload_hash,
-                                "b_status": STATUS_BY_OP[latest[ref_id].op],
-                                "b_internal_id": latest[ref_id].partner_internal_id,
-                                "b_seq": seq,
-                            }
-                            for ref_id in ids
-                            if ref_id in held
-                        ],
-                    )
-                new = [latest[ref_id] for ref_id in ids if ref_id not in held]
-                if new:
-                    conn.execute(
-                        insert(sync_state),
-                        [
-                            {
-                                "target": target,
-                                "entity": entity,
-                                "ref_id": c.ref_id,
-                                "payload_hash": c.payload_hash,
-                                "status": STATUS_BY_OP[c.op],
-                                "partner_internal_id": c.partner_internal_id,
-                                "confirmed_at": now,
-                                "run_id": run_id,
-                                "seq": seq,
-                            }
-                            for c in new
-                        ],
-                    )
+                execute_many(
+                    conn,
+                    changed_in_place,
+                    [
+                        {
+                            "b_target": target,
+                            "b_entity": entity,
+                            "b_ref_id": ref_id,
+                            "b_hash": latest[ref_id].payload_hash,
+                            "b_status": STATUS_BY_OP[latest[ref_id].op],
+                            "b_internal_id": latest[ref_id].partner_internal_id,
+                            "b_at": at,
+                            "b_run_id": run_id,
+                            "b_seq": seq,
+                        }
+                        for ref_id in ids
+                        if ref_id in held
+                    ],
+                )
+                execute_many(
+                    conn,
+                    insert(sync_state),
+                    [
+                        {
+                            "target": target,
+                            "entity": entity,
+                            "ref_id": c.ref_id,
+                            "payload_hash": c.payload_hash,
+                            "status": STATUS_BY_OP[c.op],
+                            "partner_internal_id": c.partner_internal_id,
+                            "confirmed_at": at,
+                            "run_id": run_id,
+                            "seq": seq,
+                        }
+                        for c in (latest[ref_id] for ref_id in ids if ref_id not in held)
+                    ],
+                )
                 _delete_ids(conn, sync_pending, target, entity, ids)
             if protocol_rows and run_id is not None:
                 _insert_protocol(conn, run_id, protocol_rows, now)
@@ -526,8 +537,11 @@ class StateStore:
             for w in writes:
                 by_entity.setdefault(w.entity, []).append(w)
             for entity, items in by_entity.items():
-                _delete_ids(conn, sync_pending, target, entity, [w.ref_id for w in items])
-            conn.execute(
+                _delete_ids(conn, sync_pending, target, entity, {w.ref_id for w in items})
+            created_at = driver_value(conn, sync_pending.c.created_at, now)
+            latest = {(w.entity, w.ref_id): w for w in writes}  # the last write of a record wins
+            execute_many(
+                conn,
                 insert(sync_pending),
                 [
                     {
@@ -537,9 +551,9 @@ class StateStore:
                         "op": w.op,
                         "payload_hash": w.payload_hash,
                         "run_id": w.run_id,
-                        "created_at": now,
+                        "created_at": created_at,
                     }
-                    for w in writes
+                    for w in latest.values()
                 ],
             )
 
@@ -626,26 +640,33 @@ class StateStore:
                             "reason": item.reason,
                             "record_json": record_json(item.record),
                             "run_id": run_id,
-                            "first_seen": now,
-                            "last_seen": now,
                         }
                     )
-            if seen_again:  # one statement, many parameter sets
-                conn.execute(
-                    update(quarantine)
-                    .where(
-                        and_(
-                            quarantine.c.target == target,
-                            quarantine.c.entity == bindparam("b_entity"),
-                            quarantine.c.ref_id == bindparam("b_ref_id"),
-                            quarantine.c.rule == bindparam("b_rule"),
-                        )
+            seen_at = driver_value(conn, quarantine.c.last_seen, now)
+            execute_many(
+                conn,
+                update(quarantine)
+                .where(
+                    and_(
+                        quarantine.c.target == bindparam("b_target"),
+                        quarantine.c.entity == bindparam("b_entity"),
+                        quarantine.c.ref_id == bindparam("b_ref_id"),
+                        quarantine.c.rule == bindparam("b_rule"),
                     )
-                    .values(last_seen=now, resolved_at=None, reason=bindparam("b_reason"), run_id=run_id),
-                    seen_again,
                 )
-            if new_rows:
-                conn.execute(insert(quarantine), new_rows)
+                .values(
+                    last_seen=bindparam("b_seen"),
+                    resolved_at=null(),
+                    reason=bindparam("b_reason"),
+                    run_id=bindparam("b_run_id"),
+                ),
+                [{**row, "b_target": target, "b_seen": seen_at, "b_run_id": run_id} for row in seen_again],
+            )
+            execute_many(
+                conn,
+                insert(quarantine),
+                [{**row, "first_seen": seen_at, "last_seen": seen_at} for row in new_rows],
+            )
         return opened
 
     def resolve_quarantine(self, target: str, still_failing: Iterable[tuple[str, str]]) -> int:

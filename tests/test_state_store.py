@@ -14,12 +14,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from connectors.sqlutil import utcnow
 from connectors.state_store import (
     WAL_PAGES_BEFORE_INLINE_CHECKPOINT,
     Confirmation,
     PendingWrite,
     ProtocolRow,
     StateStore,
+    protocol,
+    sync_pending,
+    sync_runs,
     sync_state,
 )
 
@@ -104,6 +108,39 @@ def test_confirm_updates_known_records_in_place_inserts_new_ones_and_writes_the_
     assert store.load_pending("portal") == []
     assert store.protocol_counts("r2") == {("contacts", "archived"): 1, ("contacts", "created"): 1}
     assert store.changed_since("portal", 1) == ({"contacts": {"P1", "P3"}}, {2})
+
+
+def test_bulk_writes_store_times_as_sqlalchemy_does_and_keep_the_last_pending_write_of_a_record(
+    state_url: str,
+) -> None:
+    # pending entries, confirmations and protocol rows go to the driver in one call each, past
+    # SQLAlchemy's type processing: their times must still be stored as SQLAlchemy stores them
+    store = StateStore(state_url)
+    before = utcnow()
+    store.start_run("r1", "portal-sync", "portal", False)  # written by SQLAlchemy itself
+    store.mark_pending(
+        "portal",
+        [
+            PendingWrite("contacts", "P2", "upsert", "old", "r1"),
+            PendingWrite("contacts", "P2", "archive", None, "r1"),
+        ],
+    )
+    store.confirm(
+        "portal",
+        [Confirmation("contacts", "P1", "upsert", "h")],
+        "r1",
+        [ProtocolRow("contacts", "P1", "created")],
+    )
+    after = utcnow()
+    assert store.load_pending("portal") == [PendingWrite("contacts", "P2", "archive", None, "r1")]
+    columns = [sync_runs.c.started_at, sync_state.c.confirmed_at, sync_pending.c.created_at, protocol.c.at]
+    with store.engine.connect() as conn:
+        times = [conn.execute(select(column)).scalar_one() for column in columns]
+        raw = [conn.exec_driver_sql(f"SELECT {c.name} FROM {c.table.name}").scalar_one() for c in columns]  # type: ignore[attr-defined]
+    for value in times:
+        assert before <= (value if value.tzinfo else value.replace(tzinfo=before.tzinfo)) <= after
+    if state_url.startswith("sqlite"):  # stored as text: one format for all
+        assert len({(type(v), len(v)) for v in raw}) == 1, raw
 
 
 def test_a_confirmation_and_its_protocol_rows_land_together_or_not_at_all(state_url: str) -> None:
