@@ -385,6 +385,16 @@ class StateStore:
                 seqs.add(int(position))
         return changed, seqs
 
+    def positions_since(self, target: str, seq: int) -> set[int]:
+        """The positions of the change sequence confirmed after ``seq`` (read from the index alone)."""
+        query = (
+            select(sync_state.c.seq)
+            .where(and_(sync_state.c.target == target, sync_state.c.seq > seq))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return {int(position) for position in conn.execute(query).scalars()}
+
     def load_state_for(self, target: str, entity: str, ref_ids: Iterable[str]) -> dict[str, StateEntry]:
         """Confirmed entries of some records of one entity (chunked ``IN`` lists)."""
         out: dict[str, StateEntry] = {}

@@ -783,7 +783,7 @@ def remember_portal_run(
             unsynced.setdefault(entity, set()).add(ref_id)
     store = StateStore(settings.state_url)
     ours = {o.seq for o in outcomes if o.seq is not None}
-    _, seen = store.changed_since(TARGET, basis.seq)
+    seen = store.positions_since(TARGET, basis.seq)
     last_seq = max(seen | {basis.seq}) if seen <= ours else basis.seq
     memo = memo_after_run(
         fingerprint=basis.fingerprint,

@@ -108,6 +108,7 @@ def test_confirm_updates_known_records_in_place_inserts_new_ones_and_writes_the_
     assert store.load_pending("portal") == []
     assert store.protocol_counts("r2") == {("contacts", "archived"): 1, ("contacts", "created"): 1}
     assert store.changed_since("portal", 1) == ({"contacts": {"P1", "P3"}}, {2})
+    assert store.positions_since("portal", 0) == {1, 2} and store.positions_since("portal", 2) == set()
 
 
 def test_bulk_writes_store_times_as_sqlalchemy_does_and_keep_the_last_pending_write_of_a_record(
