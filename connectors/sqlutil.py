@@ -45,8 +45,10 @@ def execute_many(conn: Connection, statement: UpdateBase, rows: Sequence[Mapping
     parameters in Python, which cost more than the database's own work. Marking 700 contacts
     pending and confirming them with their protocol rows, in the state store of the benchmark's
     100,000-person ERP (SQLite), took 37-66 ms that way and 26-47 ms this way (medians of eight,
-    three rounds taken in turns on one machine; 12-27 ms less in each round). Here the statement
-    is compiled once for the connection's dialect and the rows go to the driver as they are. So every value comes as a named bind parameter (``bindparam`` or an
+    three rounds taken in turns on one machine; 12-27 ms less in each round).
+
+    Here the statement is compiled once for the connection's dialect and the rows go to the
+    driver as they are. So every value comes as a named bind parameter (``bindparam`` or an
     insert's column keys) and must be one the driver takes: convert with :func:`driver_value`
     where the column type processes values (date-times on SQLite). The row count is the driver's
     sum over all rows, reliable only where ``conn.dialect.supports_sane_multi_rowcount``.

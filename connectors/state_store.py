@@ -45,6 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import ColumnElement
 
 from connectors.erp.database import make_engine
 from connectors.sqlutil import chunks, driver_value, execute_many, sqlite_file, utcnow
@@ -140,17 +141,21 @@ def record_json(record: dict[str, Any] | None) -> str | None:
     return json.dumps(record, default=str) if record else None
 
 
+def _each_record(table: Table) -> ColumnElement[bool]:
+    """The row of one record of ``table``, named by the bind parameters ``b_target``, ``b_entity``
+    and ``b_ref_id`` (for statements run once per record with :func:`execute_many`)."""
+    return and_(
+        table.c.target == bindparam("b_target"),
+        table.c.entity == bindparam("b_entity"),
+        table.c.ref_id == bindparam("b_ref_id"),
+    )
+
+
 def _delete_ids(conn: Connection, table: Table, target: str, entity: str, ref_ids: Iterable[str]) -> None:
     """Delete the rows of ``ref_ids`` of one target and entity (one driver call)."""
     execute_many(
         conn,
-        delete(table).where(
-            and_(
-                table.c.target == bindparam("b_target"),
-                table.c.entity == bindparam("b_entity"),
-                table.c.ref_id == bindparam("b_ref_id"),
-            )
-        ),
+        delete(table).where(_each_record(table)),
         [{"b_target": target, "b_entity": entity, "b_ref_id": ref_id} for ref_id in ref_ids],
     )
 
@@ -453,13 +458,7 @@ class StateStore:
             by_entity.setdefault(c.entity, []).append(c)
         changed_in_place = (
             update(sync_state)
-            .where(
-                and_(
-                    sync_state.c.target == bindparam("b_target"),
-                    sync_state.c.entity == bindparam("b_entity"),
-                    sync_state.c.ref_id == bindparam("b_ref_id"),
-                )
-            )
+            .where(_each_record(sync_state))
             .values(
                 payload_hash=bindparam("b_hash"),
                 status=bindparam("b_status"),
@@ -656,14 +655,7 @@ class StateStore:
             execute_many(
                 conn,
                 update(quarantine)
-                .where(
-                    and_(
-                        quarantine.c.target == bindparam("b_target"),
-                        quarantine.c.entity == bindparam("b_entity"),
-                        quarantine.c.ref_id == bindparam("b_ref_id"),
-                        quarantine.c.rule == bindparam("b_rule"),
-                    )
-                )
+                .where(and_(_each_record(quarantine), quarantine.c.rule == bindparam("b_rule")))
                 .values(
                     last_seen=bindparam("b_seen"),
                     resolved_at=null(),
