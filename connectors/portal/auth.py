@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Generator
 from datetime import datetime
 from typing import ClassVar
-
-import httpx
 
 from connectors.portal.errors import PortalAuthError, error_from_response
 
@@ -62,48 +60,49 @@ def _expiry(value: object) -> float:
     return time.time() + 3600
 
 
-class PortalTokenAuth(httpx.Auth):
-    """``httpx.Auth`` for the portal's ``token`` header, with one re-authentication on 401."""
+class PortalCredentials:
+    """Key and secret of one portal and the token they earn (kept in :class:`TokenCache`).
 
-    requires_response_body = True
+    The channel of :mod:`connectors.portal.client` sends every request with the cached token; on
+    401 it drops that token, authenticates once with :attr:`body` at :attr:`path` and sends again.
+    """
+
+    path = "/v2/authenticate"
 
     def __init__(self, base_url: str, key: str, secret: str) -> None:
-        self._url = base_url.rstrip("/") + "/v2/authenticate"
-        self._key = key
-        self._secret = secret
         self._cache_key = (base_url.rstrip("/"), key)
+        self._body = json.dumps({"key": key, "secret": secret}).encode()
 
-    def _authenticate(self) -> Generator[httpx.Request, httpx.Response, str]:
-        response = yield httpx.Request("POST", self._url, json={"key": self._key, "secret": self._secret})
-        if response.status_code != 200:
-            try:
-                body = response.json()
-            except ValueError:
-                body = response.text
-            error = error_from_response(
-                response.status_code, body, "/v2/authenticate", response.headers.get("Retry-After")
-            )
-            if response.status_code == 401:
+    def __repr__(self) -> str:  # never the secret
+        return f"PortalCredentials({self._cache_key[0]!r}, key={self._cache_key[1]!r})"
+
+    @property
+    def body(self) -> bytes:
+        """The JSON body of the authentication request."""
+        return self._body
+
+    def token(self) -> str | None:
+        """The cached token, if any is still valid."""
+        return TokenCache.get(self._cache_key)
+
+    def drop(self, token: str) -> None:
+        """Forget ``token`` (the portal refused it)."""
+        TokenCache.drop(self._cache_key, token)
+
+    def accept(self, status: int, content: bytes, retry_after: str | None) -> str:
+        """The token of an authentication answer, now cached; a typed error for any other answer."""
+        try:
+            data = json.loads(content) if content else None
+        except ValueError:
+            data = content.decode("utf-8", "replace")
+        if status != 200:
+            if status == 401:
                 raise PortalAuthError(
-                    401, "the portal refused key and secret: check the credentials", path="/v2/authenticate"
+                    401, "the portal refused key and secret: check the credentials", path=self.path
                 )
-            raise error
-        data = response.json()
+            raise error_from_response(status, data, self.path, retry_after)
+        if not isinstance(data, dict) or "token" not in data:
+            raise PortalAuthError(status, "the authentication answer holds no token", path=self.path)
         token = str(data["token"])
         TokenCache.put(self._cache_key, token, _expiry(data.get("expiresAt")))
         return token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Send with the cached token; on 401 drop it, authenticate once and resend."""
-        token = TokenCache.get(self._cache_key)
-        if token is None:
-            token = yield from self._authenticate()
-        request.headers["token"] = token
-        response = yield request
-        if response.status_code == 401:
-            TokenCache.drop(self._cache_key, token)
-            fresh = TokenCache.get(self._cache_key)
-            if fresh is None or fresh == token:
-                fresh = yield from self._authenticate()
-            request.headers["token"] = fresh
-            yield request
