@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
+from prefect.context import SyncClientContext
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -92,7 +93,9 @@ async def portal_sync(
         and how the run was planned: ``mode`` (``full`` or ``incremental``), ``full_reason`` and
         ``rebuilt`` (records rebuilt per entity).
     """
-    with collect_run_objects_only():
+    # One Prefect API client for the run's synchronous tasks: without a client in the context each
+    # task builds its own, and with it a TLS context (about 25 ms, nine times per run).
+    with collect_run_objects_only(), SyncClientContext.get_or_create():
         return await _sync(objects, entities, full_resync, dry_run, profile)
 
 

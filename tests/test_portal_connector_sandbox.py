@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -9,9 +10,10 @@ import httpx
 import pytest
 
 from connectors.portal import PortalAuthError, PortalClient, WriteOp
-from connectors.portal.auth import TokenCache
+from connectors.portal.auth import PortalCredentials, TokenCache
+from connectors.portal.client import _Channel
 from connectors.portal.streams import STREAMS, payload_hash
-from sandbox.portal.server import SandboxServer
+from sandbox.portal.server import SandboxServer, free_port
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +152,64 @@ def test_dropped_answers_and_5xx_end_with_each_record_written_once(
     counters = sandbox.counters()
     assert counters["duplicate_writes"] == 0 and counters["max_writes_per_record"] == 1
     assert client.stats.retries > 0
+
+
+def test_odd_reference_ids_travel_escaped_and_come_back_intact(client: PortalClient) -> None:
+    odd = {**PROPERTY, "id": "Haus Süd #2?a=1&b%20"}
+    [result] = client.write_many([upsert("properties", odd)])
+    assert result.ok and result.created, result.error
+    assert client.read_many("properties", [odd["id"]])[odd["id"]] is not None
+    assert [r["id"] for r in client.list_records("properties")] == [odd["id"]]
+
+
+def test_unreachable_portal_is_a_retried_transport_failure() -> None:
+    client = PortalClient(f"http://127.0.0.1:{free_port()}", "k", "s", backoff_base_s=0.001, max_retries=2)
+    TokenCache.put((client.base_url, "k"), "T", time.time() + 3600)
+    [result] = client.write_many([WriteOp("contacts", "archive", "P1")])
+    assert not result.ok and result.retriable and result.attempts == 3
+    assert "no connection (ConnectError)" in (result.error or "")
+
+
+def test_answer_slower_than_the_timeout_is_a_lost_answer(sandbox: SandboxServer) -> None:
+    sandbox.reset()
+    TokenCache.clear()
+    client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret, timeout_s=0.3, max_retries=0)
+    client.authenticate()
+    sandbox.set_faults(latency_ms=[1000, 1000])
+    try:
+        [result] = client.write_many([upsert("properties", PROPERTY)])
+    finally:
+        sandbox.clear_faults()
+    assert not result.ok and result.retriable
+    assert "ReadTimeout, answer lost" in (result.error or "")
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() -> None:
+    """The channel's next request goes out on a new connection, not into the closed one."""
+    connections: list[int] = []
+
+    async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"list": [], "_links": {"next": null}}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()  # no "Connection: close": the client takes the connection for reusable
+
+    async def scenario() -> list[int]:
+        server = await asyncio.start_server(answer_once_then_close, "127.0.0.1", 0)
+        base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        TokenCache.put((base_url, "k"), "T", time.time() + 3600)
+        auth = PortalCredentials(base_url, "k", "s")
+        statuses = []
+        async with server, _Channel(base_url, auth, httpx.Timeout(5.0)) as channel:
+            for _ in range(3):
+                statuses.append((await channel.request("GET", "/v2/units")).status_code)
+                await asyncio.sleep(0.2)  # the server's FIN arrives meanwhile
+        return statuses
+
+    assert asyncio.run(scenario()) == [200, 200, 200]
+    assert len(connections) == 3

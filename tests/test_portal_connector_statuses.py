@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from connectors.portal import PortalAuthError, PortalClient, WriteOp
+from connectors.portal import PortalAuthError, PortalClient, PortalTransportError, WriteOp
 from connectors.portal.auth import TokenCache
 from connectors.portal.streams import STREAMS, payload_hash
 
@@ -199,3 +199,22 @@ def test_concurrency_bound_and_result_order() -> None:
     assert [r.internal_id for r in results] == [str(i) for i in range(200)]
     reads = make_client(handler, concurrency=3).read_many("contacts", ["P7", "P3", "P9"])  # type: ignore[arg-type]
     assert list(reads) == ["P7", "P3", "P9"] and reads["P3"] == {"internalId": 3, "id": "P3"}
+
+
+def test_a_next_link_to_another_address_is_refused() -> None:
+    """The token goes to the portal's own address only, whatever a page links to."""
+    tokens_sent_for: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        tokens_sent_for.append(str(request.url))
+        if request.url.params.get("page") == "2":
+            return httpx.Response(200, json={"list": [{"id": "b"}], "_links": {"next": None}})
+        return httpx.Response(
+            200, json={"list": [{"id": "a"}], "_links": {"next": "http://elsewhere.test/v2/units?page=2"}}
+        )
+
+    with pytest.raises(PortalTransportError, match="another address"):
+        make_client(handler).list_records("units")
+    assert len(tokens_sent_for) == 1

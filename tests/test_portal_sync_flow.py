@@ -98,6 +98,28 @@ def test_second_run_sends_nothing(world: dict[str, Any], sandbox: SandboxServer)
     assert after["duplicate_writes"] == 0
 
 
+def test_the_tasks_of_a_run_share_one_prefect_api_client(
+    world: dict[str, Any], sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client costs a TLS context (about 25 ms): one per run, not one per task."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    made: list[int] = []
+    init = SyncPrefectClient.__init__
+
+    def counting(self: SyncPrefectClient, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncPrefectClient, "__init__", counting)
+    with portal_env(sandbox, world["erp_url"], world["state_url"]):
+        result = run_portal_sync(profile="test")
+    assert result["planned_writes"] == 0
+    # the flow engine's own (it looks up the result storage) and the one every task uses; each
+    # of the nine synchronous tasks built its own before
+    assert len(made) <= 2
+
+
 def test_erp_changes_move_out_co_resident_removal_and_anonymisation(
     world: dict[str, Any], sandbox: SandboxServer
 ) -> None:
