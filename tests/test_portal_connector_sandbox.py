@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from connectors.portal import PortalAuthError, PortalClient, WriteOp
+from connectors.portal import PortalAuthError, PortalClient, PortalTransportError, WriteOp
 from connectors.portal.auth import PortalCredentials, TokenCache
 from connectors.portal.client import _Channel
 from connectors.portal.streams import STREAMS, payload_hash
@@ -213,3 +215,48 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() 
 
     assert asyncio.run(scenario()) == [200, 200, 200]
     assert len(connections) == 3
+
+
+def test_the_portal_is_reached_over_verified_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS with the certificate checked against the trusted authorities: an unknown one is refused."""
+    import trustme
+
+    from connectors.portal import client as client_module
+
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_tls)
+    trusted = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(trusted))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = b'{"id": "P1", "lastName": "Muster"}'
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def read_one(trust: str | None) -> tuple[dict[str, object] | None, str]:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_tls)
+        base_url = f"https://localhost:{server.sockets[0].getsockname()[1]}"
+        TokenCache.put((base_url, "k"), "T", time.time() + 3600)
+        if trust:
+            monkeypatch.setenv("SSL_CERT_FILE", trust)
+        else:
+            monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        client_module._tls_context.cache_clear()
+        client = PortalClient(base_url, "k", "s", max_retries=0)
+        async with server:
+            try:
+                return (await client.aread_many("contacts", ["P1"]))["P1"], ""
+            except PortalTransportError as exc:
+                return None, str(exc)
+            finally:
+                client_module._tls_context.cache_clear()
+
+    record, _ = asyncio.run(read_one(str(trusted)))
+    assert record == {"id": "P1", "lastName": "Muster"}
+    record, error = asyncio.run(read_one(None))
+    assert record is None and "ConnectError" in error
