@@ -6,7 +6,8 @@ Measures, in one run against the sandbox started as its own process:
   default; ``--raw-sample N`` sends only the first N, which are mostly units, for a quicker look);
   ``raw_sandbox_busy`` is the share of the time the sandbox's process was on the CPU;
 - raw_transport_records_per_s: the same loop sending over an ``httpx.AsyncHTTPTransport`` per
-  worker, as the portal client does; it keeps the sandbox busier, so it is the stricter
+  worker (the portal client goes one layer lower, to a connection per worker); it keeps the
+  sandbox busier, so it is the stricter
   yardstick, and the targets are checked against it too (``targets_met_against_transport_loop``);
 - full_sync_s / full_records_per_s: the first full portal sync (all records created);
 - noop_s: a run in the same warm process with nothing changed (median of ``--repeat`` runs);
@@ -158,8 +159,9 @@ async def raw_loop(
     about 800 records/s, with the sandbox idle half of the time).
 
     ``transport_level``: each worker sends over an ``httpx.AsyncHTTPTransport`` instead of an
-    ``httpx.AsyncClient`` (no URL, header and cookie merging per request), which is what the
-    portal client does; this loop keeps the sandbox busier, so it is the stricter yardstick.
+    ``httpx.AsyncClient`` (no URL, header and cookie merging per request), as the portal client
+    did before it went to an httpcore connection per worker; this loop keeps the sandbox busier,
+    so it is the stricter yardstick.
     """
     import httpx
 
