@@ -662,7 +662,7 @@ async def load_portal_batch(
     outcome.seq = store.confirm(TARGET, confirmations, run_id, protocol)
     entity = writes[0].entity if writes else "-"
     logger.info(
-        "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s.",
+        "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s%s.",
         len(writes),
         entity,
         writes[0].op if writes else "-",
@@ -671,6 +671,9 @@ async def load_portal_batch(
         client.stats.requests,
         client.stats.retries,
         f", {outcome.verified_by_read} confirmed by reading back" if outcome.verified_by_read else "",
+        f", {client.stats.reauthentications} new tokens after the portal refused one"
+        if client.stats.reauthentications
+        else "",
     )
     for line in outcome.errors[:10]:
         logger.warning("Not loaded: %s", line)

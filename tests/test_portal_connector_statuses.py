@@ -96,10 +96,12 @@ def test_reauthenticates_once_on_401() -> None:
             return httpx.Response(401, json={"message": "token expired"})
         return httpx.Response(200, json={"internalId": 1})
 
-    [result] = make_client(handler).write_many([WriteOp("contacts", "upsert", "P1", CONTACT)])
+    client = make_client(handler)
+    [result] = client.write_many([WriteOp("contacts", "upsert", "P1", CONTACT)])
     assert result.ok
     assert used == ["T1", "T2"]
     assert "Authorization" not in str(used)
+    assert client.stats.reauthentications == 1
 
 
 def test_bad_credentials_fail_fast_with_a_clear_error() -> None:

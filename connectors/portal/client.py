@@ -239,8 +239,10 @@ class _Channel:
         auth: PortalCredentials,
         timeout: httpx.Timeout,
         transport: httpx.AsyncBaseTransport | None = None,
+        stats: ClientStats | None = None,
     ) -> None:
         base = httpx.URL(base_url)
+        self._stats = stats if stats is not None else ClientStats()
         self._scheme = base.raw_scheme
         self._host = base.raw_host
         self._port = base.port
@@ -306,6 +308,7 @@ class _Channel:
             fresh = self._auth.token()
             if fresh is None or fresh == token:
                 fresh = await self._authenticate()
+                self._stats.reauthentications += 1
             answer = await self._send(verb, url, body, fresh)
         return answer
 
@@ -419,7 +422,7 @@ class PortalClient:
     # ---- internals ---------------------------------------------------------------------------
     def _channel(self) -> _Channel:
         """One connection to the portal (each worker of a batch gets its own)."""
-        return _Channel(self.base_url, self._auth, self._timeout, self._transport)
+        return _Channel(self.base_url, self._auth, self._timeout, self._transport, self.stats)
 
     def _backoff(self, attempt: int, error: PortalError) -> float:
         if isinstance(error, PortalRetriableError) and error.retry_after_s is not None:
