@@ -671,13 +671,18 @@ async def load_portal_batch(
         client.stats.requests,
         client.stats.retries,
         f", {outcome.verified_by_read} confirmed by reading back" if outcome.verified_by_read else "",
-        f", {client.stats.reauthentications} new tokens after the portal refused one"
-        if client.stats.reauthentications
-        else "",
+        _new_tokens(client.stats.reauthentications),
     )
     for line in outcome.errors[:10]:
         logger.warning("Not loaded: %s", line)
     return outcome
+
+
+def _new_tokens(count: int) -> str:
+    """The load log's note on re-authentications ("" when there were none)."""
+    if not count:
+        return ""
+    return f", {count} new token{'s' if count != 1 else ''} after the portal refused one"
 
 
 @task(name="record-portal-protocol", cache_policy=NO_CACHE)

@@ -122,6 +122,30 @@ def test_expired_token_is_renewed_transparently(client: PortalClient, sandbox: S
     sandbox.set_token_ttl(3600)
 
 
+def test_a_batch_fetches_one_token_not_one_per_worker(
+    client: PortalClient, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetched: list[str] = []
+    accept = PortalCredentials.accept
+
+    def counting(self: PortalCredentials, status: int, content: bytes, retry_after: str | None) -> str:
+        token = accept(self, status, content, retry_after)
+        fetched.append(token)
+        return token
+
+    monkeypatch.setattr(PortalCredentials, "accept", counting)
+    writes = [upsert("properties", {**PROPERTY, "id": f"{2000 + i}"}) for i in range(40)]
+    assert all(r.ok for r in client.write_many(writes))  # no token yet: 16 workers start at once
+    assert len(fetched) == 1 and client.stats.reauthentications == 0
+    # a token the portal no longer accepts (revoked), still cached as valid for an hour
+    TokenCache.put((sandbox.base_url.rstrip("/"), sandbox.key), "revoked-token", time.time() + 3600)
+    assert all(r.ok for r in client.write_many(writes))  # each worker's first request is refused
+    assert len(fetched) == 2 and client.stats.reauthentications == 1
+    assert client.stats.by_status.get(401) is None  # the 401s were answered inside the channel
+    assert all(r.ok for r in client.write_many(writes))  # the new token is cached: no more
+    assert len(fetched) == 2 and client.stats.reauthentications == 1
+
+
 def test_wrong_secret_fails_fast(sandbox: SandboxServer) -> None:
     TokenCache.clear()
     with pytest.raises(PortalAuthError):

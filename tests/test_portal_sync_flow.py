@@ -4,6 +4,7 @@ ERP changes (move-out, co-resident removed, anonymisation), dry run, test profil
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -210,11 +211,14 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
 
     from connectors.portal.auth import TokenCache
 
+    # the cached token was revoked: the load gets a 401 and fetches one new token
+    revoked = "revoked-3f9a8c2e7d1b4a6f"
     with portal_env(sandbox, world["erp_url"], world["state_url"]):
+        TokenCache.put((sandbox.base_url.rstrip("/"), sandbox.key), revoked, time.time() + 3600)
         demo.mutate_erp(world["engine"], seed=11, fraction=0.02, business_date=BUSINESS_DATE)
         run_id = run_portal_sync(profile="test")["run_id"]
         tokens = [t for t, _ in TokenCache._tokens.values()]
-    assert tokens
+    assert tokens and revoked not in tokens
 
     async def collect() -> list[str]:
         async with get_client() as client:
@@ -226,8 +230,9 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
 
     text = "\n".join(run_log(run_id) + asyncio.run(collect()))
     assert "Plan:" in text and "portal-sync" not in sandbox.secret
+    assert "1 new token after the portal refused one" in text
     assert sandbox.secret not in text
-    for token in tokens:
+    for token in [*tokens, revoked]:
         assert token not in text
 
 

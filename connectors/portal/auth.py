@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import ClassVar
 
@@ -72,6 +74,8 @@ class PortalCredentials:
     def __init__(self, base_url: str, key: str, secret: str) -> None:
         self._cache_key = (base_url.rstrip("/"), key)
         self._body = json.dumps({"key": key, "secret": secret}).encode()
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:  # never the secret
         return f"PortalCredentials({self._cache_key[0]!r}, key={self._cache_key[1]!r})"
@@ -88,6 +92,32 @@ class PortalCredentials:
     def drop(self, token: str) -> None:
         """Forget ``token`` (the portal refused it)."""
         TokenCache.drop(self._cache_key, token)
+
+    async def renewed(
+        self, refused: str | None, authenticate: Callable[[], Awaitable[str]]
+    ) -> tuple[str, bool]:
+        """A token to send: ``refused`` (if any) is dropped; then the cached token if another
+        request fetched one meanwhile, else a new one from ``authenticate``. Returns the token
+        and whether it was fetched here.
+
+        Why one at a time: the requests of a batch run concurrently. Without the lock, every
+        request the portal refused with the same old token (up to one per worker), and every
+        worker starting without a token, would authenticate on its own.
+        """
+        async with self._loop_lock():
+            if refused is not None:
+                self.drop(refused)
+            current = self.token()
+            if current is not None and current != refused:
+                return current, False
+            return await authenticate(), True
+
+    def _loop_lock(self) -> asyncio.Lock:
+        """The lock for the running event loop (a client runs one loop per synchronous call)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
 
     def accept(self, status: int, content: bytes, retry_after: str | None) -> str:
         """The token of an authentication answer, now cached; a typed error for any other answer."""

@@ -301,14 +301,13 @@ class _Channel:
         if json is not None:
             body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         verb = method.encode("ascii")
-        token = self._auth.token() or await self._authenticate()
+        token = self._auth.token()
+        if token is None:
+            token, _ = await self._auth.renewed(None, self._authenticate)
         answer = await self._send(verb, url, body, token)
         if answer.status_code == 401:  # the token expired or was revoked: one new one, one more try
-            self._auth.drop(token)
-            fresh = self._auth.token()
-            if fresh is None or fresh == token:
-                fresh = await self._authenticate()
-                self._stats.reauthentications += 1
+            fresh, fetched = await self._auth.renewed(token, self._authenticate)
+            self._stats.reauthentications += int(fetched)
             answer = await self._send(verb, url, body, fresh)
         return answer
 
