@@ -74,8 +74,7 @@ class PortalCredentials:
     def __init__(self, base_url: str, key: str, secret: str) -> None:
         self._cache_key = (base_url.rstrip("/"), key)
         self._body = json.dumps({"key": key, "secret": secret}).encode()
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._lock: tuple[asyncio.Lock, asyncio.AbstractEventLoop] | None = None
 
     def __repr__(self) -> str:  # never the secret
         return f"PortalCredentials({self._cache_key[0]!r}, key={self._cache_key[1]!r})"
@@ -113,11 +112,17 @@ class PortalCredentials:
             return await authenticate(), True
 
     def _loop_lock(self) -> asyncio.Lock:
-        """The lock for the running event loop (a client runs one loop per synchronous call)."""
+        """The lock for the running event loop (a client runs one loop per synchronous call).
+
+        Lock and loop are kept as one pair, read and replaced in one step: a lock is never
+        handed to a loop it was not made for.
+        """
         loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        return self._lock
+        pair = self._lock
+        if pair is None or pair[1] is not loop:
+            pair = (asyncio.Lock(), loop)
+            self._lock = pair
+        return pair[0]
 
     def accept(self, status: int, content: bytes, retry_after: str | None) -> str:
         """The token of an authentication answer, now cached; a typed error for any other answer."""
