@@ -19,11 +19,13 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from unittest import mock
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+# Where the demo databases, the Prefect server's home and the logs live (HAUSFLOW_VAR_DIR: elsewhere).
+VAR = Path(os.environ.get("HAUSFLOW_VAR_DIR") or ROOT / "var").resolve()
 
 
 def _wait_http(url: str, what: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
@@ -56,6 +58,18 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _terminate(_runner: Any, *_args: Any, **_kwargs: Any) -> None:
+    """SIGTERM while the deployments are served: stop the runner as on Ctrl-C."""
+    from prefect.exceptions import TerminationSignal
+
+    raise TerminationSignal(signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             from connectors.erp.demo import generate_erp
 
             print(
-                f"Seeding the demo ERP ({args.persons:,} persons) at {erp_path.relative_to(ROOT)} ...",
+                f"Seeding the demo ERP ({args.persons:,} persons) at {_shown(erp_path)} ...",
                 flush=True,
             )
             engine = make_engine(settings.erp_url)
@@ -155,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from prefect import serve
         from prefect.deployments import run_deployment
+        from prefect.runner import Runner
 
         deployments = build_deployments(env["HAUSFLOW_PROFILE"])
 
@@ -176,11 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             f"  Prefect UI (flow runs, logs, protocol artifacts): http://127.0.0.1:{args.prefect_port}\n"
             f"  Portal sandbox (what arrived):                  http://127.0.0.1:{args.sandbox_port}/\n"
             f"  Sandbox API spec:                                http://127.0.0.1:{args.sandbox_port}/docs\n"
-            f"  Logs of the servers:                             {VAR.relative_to(ROOT)}/logs/\n"
+            f"  Logs of the servers:                             {_shown(VAR / 'logs')}/\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )
-        serve(*deployments, print_starting_message=False)  # type: ignore[arg-type]
+        # Prefect's runner puts its own SIGTERM handler in place when it starts; in prefect 3.8.8
+        # that handler leaves the runner's stop unawaited (a RuntimeWarning) and exits past this
+        # function's report. Raising Prefect's own termination signal instead makes SIGTERM
+        # (a service manager's stop) end the served runner as Ctrl-C does.
+        with mock.patch.object(Runner, "handle_sigterm", _terminate):
+            serve(*deployments, print_starting_message=False)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         print("\nStopping ...", flush=True)
     finally:
