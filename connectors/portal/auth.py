@@ -65,8 +65,9 @@ def _expiry(value: object) -> float:
 class PortalCredentials:
     """Key and secret of one portal and the token they earn (kept in :class:`TokenCache`).
 
-    The channel of :mod:`connectors.portal.client` sends every request with the cached token; on
-    401 it drops that token, authenticates once with :attr:`body` at :attr:`path` and sends again.
+    The channel of :mod:`connectors.portal.client` sends every request with the cached token. With
+    none cached, or on a 401, it asks :meth:`renewed`, which authenticates with :attr:`body` at
+    :attr:`path` once for all the requests that wait, and sends again.
     """
 
     path = "/v2/authenticate"
@@ -88,10 +89,6 @@ class PortalCredentials:
         """The cached token, if any is still valid."""
         return TokenCache.get(self._cache_key)
 
-    def drop(self, token: str) -> None:
-        """Forget ``token`` (the portal refused it)."""
-        TokenCache.drop(self._cache_key, token)
-
     async def renewed(
         self, refused: str | None, authenticate: Callable[[], Awaitable[str]]
     ) -> tuple[str, bool]:
@@ -105,7 +102,7 @@ class PortalCredentials:
         """
         async with self._loop_lock():
             if refused is not None:
-                self.drop(refused)
+                TokenCache.drop(self._cache_key, refused)
             current = self.token()
             if current is not None and current != refused:
                 return current, False
