@@ -417,6 +417,29 @@ class StateStore:
                     out[ref_id] = StateEntry(payload_hash, status)
         return out
 
+    def confirmed_in_run(
+        self, target: str, run_id: str, entity: str, ref_ids: Iterable[str]
+    ) -> dict[str, StateEntry]:
+        """Entries of these records whose last confirmation came from run ``run_id``.
+
+        A retried load batch asks this first: what an earlier attempt of the same run confirmed
+        is neither sent nor recorded again.
+        """
+        out: dict[str, StateEntry] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(sorted(set(ref_ids))):
+                query = select(sync_state.c.ref_id, sync_state.c.payload_hash, sync_state.c.status).where(
+                    and_(
+                        sync_state.c.target == target,
+                        sync_state.c.entity == entity,
+                        sync_state.c.run_id == run_id,
+                        sync_state.c.ref_id.in_(part),
+                    )
+                )
+                for ref_id, payload_hash, status in conn.execute(query):
+                    out[ref_id] = StateEntry(payload_hash, status)
+        return out
+
     def load_state(self, target: str, entity: str) -> dict[str, StateEntry]:
         """All confirmed entries of one entity (streamed; one small tuple per record)."""
         query = select(sync_state.c.ref_id, sync_state.c.payload_hash, sync_state.c.status).where(

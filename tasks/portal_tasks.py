@@ -16,6 +16,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
@@ -23,6 +24,7 @@ from connectors.erp.extract import TableRows, extract_portal_rows
 from connectors.portal import PortalClient, WriteOp
 from connectors.portal.streams import STREAMS, write_applied
 from connectors.state_store import (
+    STATUS_BY_OP,
     Confirmation,
     PendingWrite,
     ProtocolRow,
@@ -194,7 +196,7 @@ class BatchOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     failed_keys: list[tuple[str, str]] = field(default_factory=list)
-    seq: int | None = None  # position of this batch's confirmation in the state store's sequence
+    seqs: list[int] = field(default_factory=list)  # positions of its confirmations in the change sequence
 
 
 @task(name="recover-pending-writes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -613,22 +615,26 @@ async def load_portal_batch(
 
     The confirmed state advances only for acknowledged writes. Writes the portal refused (4xx)
     are quarantined with its message; writes that ran out of retries stay pending and are read
-    back at the start of the next run.
+    back at the start of the next run. A retry of the task neither sends nor records again what
+    an earlier attempt of the same run got through (:func:`_after_an_earlier_attempt`).
     """
     logger = get_run_logger()
     store = StateStore(settings.state_url)
-    store.mark_pending(
-        TARGET, [PendingWrite(w.entity, w.ref_id, w.op, w.payload_hash, run_id) for w in writes]
-    )
     client = PortalClient.from_settings(settings.portal)
-    results = await client.awrite_many(
-        [WriteOp(w.entity, w.op, w.ref_id, w.payload, w.payload_hash) for w in writes]
-    )
     outcome = BatchOutcome()
+    to_send = list(writes)
+    if task_run.get_run_count() > 1:
+        to_send = await _after_an_earlier_attempt(store, client, run_id, writes, outcome)
+    store.mark_pending(
+        TARGET, [PendingWrite(w.entity, w.ref_id, w.op, w.payload_hash, run_id) for w in to_send]
+    )
+    results = await client.awrite_many(
+        [WriteOp(w.entity, w.op, w.ref_id, w.payload, w.payload_hash) for w in to_send]
+    )
     confirmations: list[Confirmation] = []
     protocol: list[ProtocolRow] = []
     rejected: list[QuarantineItem] = []
-    for write, result in zip(writes, results, strict=True):
+    for write, result in zip(to_send, results, strict=True):
         if result.ok:
             outcome.confirmed += 1
             outcome.verified_by_read += int(result.verified_by_read)
@@ -659,7 +665,9 @@ async def load_portal_batch(
         store.clear_pending(TARGET, entity, ids)
     store.quarantine(TARGET, rejected, run_id)
     # last, and with the protocol rows in its transaction: a retried batch never writes them twice
-    outcome.seq = store.confirm(TARGET, confirmations, run_id, protocol)
+    seq = store.confirm(TARGET, confirmations, run_id, protocol)
+    if seq is not None:
+        outcome.seqs.append(seq)
     entity = writes[0].entity if writes else "-"
     logger.info(
         "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s%s.",
@@ -676,6 +684,56 @@ async def load_portal_batch(
     for line in outcome.errors[:10]:
         logger.warning("Not loaded: %s", line)
     return outcome
+
+
+async def _after_an_earlier_attempt(
+    store: StateStore,
+    client: PortalClient,
+    run_id: str,
+    writes: Sequence[PlannedWrite],
+    outcome: BatchOutcome,
+) -> list[PlannedWrite]:
+    """The writes of a retried batch that an earlier attempt of this run did not get through.
+
+    What it confirmed (same payload, same status) is counted in ``outcome`` and left out. What
+    it left pending (sent, or about to be, when it failed) is read back from the portal: if the
+    portal holds it, it is confirmed now with its protocol row and not sent again.
+    """
+    by_entity: dict[str, list[PlannedWrite]] = {}
+    for w in writes:
+        by_entity.setdefault(w.entity, []).append(w)
+    pending = {(p.entity, p.ref_id): p for p in store.load_pending(TARGET) if p.run_id == run_id}
+    left: list[PlannedWrite] = []
+    settled: list[tuple[PlannedWrite, dict[str, Any] | None]] = []  # None: confirmed before
+    for entity, items in by_entity.items():
+        done = store.confirmed_in_run(TARGET, run_id, entity, [w.ref_id for w in items])
+        unsure = [w for w in items if (entity, w.ref_id) in pending and w.ref_id not in done]
+        held = await client.aread_many(entity, [w.ref_id for w in unsure]) if unsure else {}
+        for w in items:
+            entry = done.get(w.ref_id)
+            if entry is not None and entry == StateEntry(w.payload_hash, STATUS_BY_OP[w.op]):
+                settled.append((w, None))
+            elif w.ref_id in held and write_applied(STREAMS[entity], held[w.ref_id], w.op, w.payload_hash):
+                settled.append((w, held[w.ref_id] or {}))
+            else:
+                left.append(w)
+    confirmations, rows = [], []
+    for w, record in settled:
+        outcome.confirmed += 1
+        outcome.counts[w.outcome] = outcome.counts.get(w.outcome, 0) + 1
+        if record is not None:
+            outcome.verified_by_read += 1
+            internal = record.get("internalId")
+            confirmations.append(
+                Confirmation(
+                    w.entity, w.ref_id, w.op, w.payload_hash, None if internal is None else str(internal)
+                )
+            )
+            rows.append(ProtocolRow(w.entity, w.ref_id, w.outcome, w.reason))
+    seq = store.confirm(TARGET, confirmations, run_id, rows)
+    if seq is not None:
+        outcome.seqs.append(seq)
+    return left
 
 
 def _new_tokens(count: int) -> str:
@@ -790,7 +848,7 @@ def remember_portal_run(
         for entity, ref_id in outcome.failed_keys:
             unsynced.setdefault(entity, set()).add(ref_id)
     store = StateStore(settings.state_url)
-    ours = {o.seq for o in outcomes if o.seq is not None}
+    ours = {seq for o in outcomes for seq in o.seqs}
     seen = store.positions_since(TARGET, basis.seq)
     last_seq = max(seen | {basis.seq}) if seen <= ours else basis.seq
     memo = memo_after_run(

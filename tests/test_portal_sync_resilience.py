@@ -25,7 +25,7 @@ from connectors.erp.database import make_engine
 from connectors.state_store import StateStore
 from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
-from tests.portal_env import BUSINESS_DATE, portal_env, portal_view
+from tests.portal_env import BUSINESS_DATE, portal_env, portal_view, run_log
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,3 +154,43 @@ def test_whole_flow_on_postgresql(sandbox: SandboxServer, pg_database: Callable[
     contacts = portal_view(sandbox)["contacts"]
     for person_no in summary.edge_cases["no_last_name"] + summary.edge_cases["unreleased_object_tenants"]:
         assert person_no not in contacts
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["confirm-lost", "confirm-committed"])
+def test_a_retried_load_batch_sends_and_records_nothing_twice(
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """The load task fails after the portal took a batch: at its confirmation (a database
+    error), or right after it was committed. Prefect retries the task; the retry reads the
+    pending writes back from the portal and confirms them, or finds them confirmed by its
+    earlier attempt. Nothing is sent twice, each record has one protocol row."""
+    erp_url, state_url = f"sqlite:///{tmp_path}/erp.sqlite", f"sqlite:///{tmp_path}/state.sqlite"
+    demo.generate_erp(make_engine(erp_url), persons=120, seed=12, business_date=BUSINESS_DATE)
+    sandbox.reset()
+    confirm = StateStore.confirm
+    failed: list[int] = []
+
+    def confirm_failing_once(self: StateStore, target: str, confirmations: Any, *args: Any) -> Any:
+        if confirmations and not failed:
+            failed.append(len(confirmations))
+            if committed:
+                confirm(self, target, confirmations, *args)
+            raise RuntimeError("database went away while confirming (injected)")
+        return confirm(self, target, confirmations, *args)
+
+    monkeypatch.setattr(StateStore, "confirm", confirm_failing_once)
+    with portal_env(sandbox, erp_url, state_url, HAUSFLOW_PORTAL__BATCH_SIZE="5000"):
+        result = run_portal_sync(profile="test")
+        log = run_log(result["run_id"])
+    counters = sandbox.counters()
+    assert failed and result["failed"] == 0
+    assert result["confirmed"] == counters["writes"]
+    assert counters["duplicate_writes"] == 0
+    store = StateStore(state_url)
+    written = ["created", "updated", "restored", "archived", "anonymised"]
+    rows = store.protocol_rows(result["run_id"], written, limit=10_000)
+    assert len(rows) == len({(r.entity, r.ref_id) for r in rows}) == result["confirmed"]
+    assert not store.load_pending("portal")
+    read_back = [line for line in log if f"{failed[0]} confirmed by reading back" in line]
+    assert len(read_back) == (0 if committed else 1), log
+    assert_portal_matches(sandbox, state_url)
