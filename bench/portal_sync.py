@@ -98,7 +98,7 @@ def mutate(erp_url: str, seed: int) -> int:
         ],
         cwd=ROOT,
         check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,  # its errors go to the benchmark's own stderr
         text=True,
     ).stdout
     return int(out.split()[1])  # "changed 998 persons in ..."

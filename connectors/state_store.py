@@ -418,26 +418,31 @@ class StateStore:
         return out
 
     def confirmed_in_run(
-        self, target: str, run_id: str, entity: str, ref_ids: Iterable[str]
-    ) -> dict[str, StateEntry]:
-        """Entries of these records whose last confirmation came from run ``run_id``.
+        self, target: str, run_id: str, entity: str, ref_ids: Iterable[str], after_seq: int
+    ) -> dict[str, tuple[StateEntry, int]]:
+        """Entries of these records that run ``run_id`` confirmed past position ``after_seq``.
 
-        A retried load batch asks this first: what an earlier attempt of the same run confirmed
-        is neither sent nor recorded again.
+        Returns reference id -> (entry, its position in the change sequence). A retried load
+        batch asks this first: what an earlier attempt of the same run confirmed is neither sent
+        nor recorded again. ``after_seq`` (where the run looked) leaves out what the run's
+        recovery of an interrupted run confirmed before.
         """
-        out: dict[str, StateEntry] = {}
+        out: dict[str, tuple[StateEntry, int]] = {}
         with self.engine.connect() as conn:
             for part in chunks(sorted(set(ref_ids))):
-                query = select(sync_state.c.ref_id, sync_state.c.payload_hash, sync_state.c.status).where(
+                query = select(
+                    sync_state.c.ref_id, sync_state.c.payload_hash, sync_state.c.status, sync_state.c.seq
+                ).where(
                     and_(
                         sync_state.c.target == target,
                         sync_state.c.entity == entity,
                         sync_state.c.run_id == run_id,
+                        sync_state.c.seq > after_seq,
                         sync_state.c.ref_id.in_(part),
                     )
                 )
-                for ref_id, payload_hash, status in conn.execute(query):
-                    out[ref_id] = StateEntry(payload_hash, status)
+                for ref_id, payload_hash, status, seq in conn.execute(query):
+                    out[ref_id] = (StateEntry(payload_hash, status), int(seq))
         return out
 
     def load_state(self, target: str, entity: str) -> dict[str, StateEntry]:

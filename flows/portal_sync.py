@@ -154,7 +154,7 @@ async def _sync(
             logger.info("Dry run: %d writes planned, nothing sent.", len(plan.writes))
         else:
             for batch in plan.batches(settings.portal.batch_size):
-                outcomes.append(await load_portal_batch(settings, run_id, whole(batch)))
+                outcomes.append(await load_portal_batch(settings, run_id, whole(batch), basis.seq))
         summary = record_portal_protocol(
             settings,
             run_id,

@@ -193,6 +193,7 @@ class BatchOutcome:
     confirmed: int = 0
     failed: int = 0
     verified_by_read: int = 0
+    confirmed_before: int = 0  # by an earlier attempt of a retried batch
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     failed_keys: list[tuple[str, str]] = field(default_factory=list)
@@ -609,14 +610,15 @@ def plan_portal_changes(
 
 @task(name="load-portal-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 async def load_portal_batch(
-    settings: HausflowSettings, run_id: str, writes: Sequence[PlannedWrite]
+    settings: HausflowSettings, run_id: str, writes: Sequence[PlannedWrite], since_seq: int = 0
 ) -> BatchOutcome:
     """Send one batch: mark pending, write concurrently, confirm what the portal acknowledged.
 
     The confirmed state advances only for acknowledged writes. Writes the portal refused (4xx)
     are quarantined with its message; writes that ran out of retries stay pending and are read
     back at the start of the next run. A retry of the task neither sends nor records again what
-    an earlier attempt of the same run got through (:func:`_after_an_earlier_attempt`).
+    an earlier attempt of the same run settled (:func:`_after_an_earlier_attempt`); ``since_seq``
+    is the position of the state store's change sequence when the run looked.
     """
     logger = get_run_logger()
     store = StateStore(settings.state_url)
@@ -624,7 +626,7 @@ async def load_portal_batch(
     outcome = BatchOutcome()
     to_send = list(writes)
     if task_run.get_run_count() > 1:
-        to_send = await _after_an_earlier_attempt(store, client, run_id, writes, outcome)
+        to_send = await _after_an_earlier_attempt(store, client, run_id, since_seq, writes, outcome)
     store.mark_pending(
         TARGET, [PendingWrite(w.entity, w.ref_id, w.op, w.payload_hash, run_id) for w in to_send]
     )
@@ -670,7 +672,7 @@ async def load_portal_batch(
         outcome.seqs.append(seq)
     entity = writes[0].entity if writes else "-"
     logger.info(
-        "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s%s.",
+        "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s%s%s.",
         len(writes),
         entity,
         writes[0].op if writes else "-",
@@ -679,6 +681,7 @@ async def load_portal_batch(
         client.stats.requests,
         client.stats.retries,
         f", {outcome.verified_by_read} confirmed by reading back" if outcome.verified_by_read else "",
+        f", {outcome.confirmed_before} confirmed by an earlier attempt" if outcome.confirmed_before else "",
         _new_tokens(client.stats.reauthentications),
     )
     for line in outcome.errors[:10]:
@@ -690,46 +693,78 @@ async def _after_an_earlier_attempt(
     store: StateStore,
     client: PortalClient,
     run_id: str,
+    since_seq: int,
     writes: Sequence[PlannedWrite],
     outcome: BatchOutcome,
 ) -> list[PlannedWrite]:
-    """The writes of a retried batch that an earlier attempt of this run did not get through.
+    """The writes of a retried batch that an earlier attempt of this run did not settle.
 
-    What it confirmed (same payload, same status) is counted in ``outcome`` and left out. What
-    it left pending (sent, or about to be, when it failed) is read back from the portal: if the
-    portal holds it, it is confirmed now with its protocol row and not sent again.
+    Settled, and counted in ``outcome`` without being sent again:
+    - written to the protocol as failed by that attempt (its bookkeeping was committed): as
+      failed again, with no new protocol line (its pending entry waits for the next run);
+    - refused by the portal in that attempt (quarantined under ``portal_rejected``): as failed,
+      with a protocol line if that attempt's was lost;
+    - left pending by it (sent, or about to be, when it failed): read back from the portal and,
+      if the portal holds it, confirmed now with its protocol line;
+    - confirmed by it (same payload and status, past ``since_seq``, where this run looked).
+    The rest is returned, to be sent.
     """
+    ids = {(w.entity, w.ref_id) for w in writes}
+    pending = {(p.entity, p.ref_id) for p in store.load_pending(TARGET) if p.run_id == run_id}
+    failed_before = {
+        (r.entity, r.ref_id): r.reason or "failed"
+        for r in store.protocol_rows(run_id, ["failed"], limit=1_000_000)
+        if (r.entity, r.ref_id) in ids
+    }
+    rejected = {
+        (q["entity"], q["ref_id"]): str(q["reason"])
+        for q in store.open_quarantine(TARGET)
+        if q["rule"] == "portal_rejected" and q["run_id"] == run_id and (q["entity"], q["ref_id"]) in ids
+    }
     by_entity: dict[str, list[PlannedWrite]] = {}
     for w in writes:
         by_entity.setdefault(w.entity, []).append(w)
-    pending = {(p.entity, p.ref_id): p for p in store.load_pending(TARGET) if p.run_id == run_id}
     left: list[PlannedWrite] = []
-    settled: list[tuple[PlannedWrite, dict[str, Any] | None]] = []  # None: confirmed before
+    confirmations: list[Confirmation] = []
+    rows: list[ProtocolRow] = []
     for entity, items in by_entity.items():
-        done = store.confirmed_in_run(TARGET, run_id, entity, [w.ref_id for w in items])
-        unsure = [w for w in items if (entity, w.ref_id) in pending and w.ref_id not in done]
-        held = await client.aread_many(entity, [w.ref_id for w in unsure]) if unsure else {}
+        done = store.confirmed_in_run(TARGET, run_id, entity, [w.ref_id for w in items], since_seq)
+        unsure = [
+            w.ref_id
+            for w in items
+            if (entity, w.ref_id) in pending and (entity, w.ref_id) not in failed_before | rejected.keys()
+        ]
+        held = await client.aread_many(entity, unsure) if unsure else {}
         for w in items:
-            entry = done.get(w.ref_id)
-            if entry is not None and entry == StateEntry(w.payload_hash, STATUS_BY_OP[w.op]):
-                settled.append((w, None))
+            key = (entity, w.ref_id)
+            confirmed = done.get(w.ref_id)
+            if key in failed_before or key in rejected:
+                reason = failed_before.get(key) or rejected[key]
+                if key not in failed_before:
+                    rows.append(ProtocolRow(entity, w.ref_id, "failed", reason))
+                outcome.failed += 1
+                outcome.counts["failed"] = outcome.counts.get("failed", 0) + 1
+                outcome.errors.append(f"{entity[:-1]} {w.ref_id}: {reason}")
+                outcome.failed_keys.append(key)
             elif w.ref_id in held and write_applied(STREAMS[entity], held[w.ref_id], w.op, w.payload_hash):
-                settled.append((w, held[w.ref_id] or {}))
+                record = held[w.ref_id] or {}
+                internal = record.get("internalId")
+                confirmations.append(
+                    Confirmation(
+                        entity, w.ref_id, w.op, w.payload_hash, None if internal is None else str(internal)
+                    )
+                )
+                rows.append(ProtocolRow(entity, w.ref_id, w.outcome, w.reason))
+                outcome.confirmed += 1
+                outcome.verified_by_read += 1
+                outcome.counts[w.outcome] = outcome.counts.get(w.outcome, 0) + 1
+            elif confirmed is not None and confirmed[0] == StateEntry(w.payload_hash, STATUS_BY_OP[w.op]):
+                outcome.confirmed += 1
+                outcome.confirmed_before += 1
+                outcome.counts[w.outcome] = outcome.counts.get(w.outcome, 0) + 1
+                outcome.seqs.append(confirmed[1])
             else:
                 left.append(w)
-    confirmations, rows = [], []
-    for w, record in settled:
-        outcome.confirmed += 1
-        outcome.counts[w.outcome] = outcome.counts.get(w.outcome, 0) + 1
-        if record is not None:
-            outcome.verified_by_read += 1
-            internal = record.get("internalId")
-            confirmations.append(
-                Confirmation(
-                    w.entity, w.ref_id, w.op, w.payload_hash, None if internal is None else str(internal)
-                )
-            )
-            rows.append(ProtocolRow(w.entity, w.ref_id, w.outcome, w.reason))
     seq = store.confirm(TARGET, confirmations, run_id, rows)
     if seq is not None:
         outcome.seqs.append(seq)

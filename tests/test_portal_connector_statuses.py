@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from connectors.portal import PortalAuthError, PortalClient, PortalTransportError, WriteOp
+from connectors.portal import PortalApiError, PortalAuthError, PortalClient, PortalTransportError, WriteOp
 from connectors.portal.auth import TokenCache
 from connectors.portal.streams import STREAMS, payload_hash
 
@@ -220,3 +220,30 @@ def test_a_next_link_to_another_address_is_refused() -> None:
     with pytest.raises(PortalTransportError, match="another address"):
         make_client(handler).list_records("units")
     assert len(tokens_sent_for) == 1
+
+
+def test_a_failed_read_stops_the_other_requests_of_the_call() -> None:
+    """One read fails for good (400): the call raises that error, and the requests still in
+    flight are stopped with it, so none of them is still on its way when the caller goes on."""
+    import asyncio
+
+    answered: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        ref = request.url.path.rsplit("/", 1)[-1]
+        if ref == "BAD":
+            return httpx.Response(400, json={"message": "no such thing"})
+        await asyncio.sleep(0.3)
+        answered.append(ref)
+        return httpx.Response(200, json={"id": ref})
+
+    async def run() -> list[str]:
+        client = make_client(handler, concurrency=4)  # type: ignore[arg-type]
+        with pytest.raises(PortalApiError, match="no such thing"):
+            await client.aread_many("contacts", ["P1", "P2", "BAD", "P4", "P5"])
+        await asyncio.sleep(0.5)  # long enough for any request left running to answer
+        return answered
+
+    assert asyncio.run(run()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 import httpcore
@@ -235,3 +236,46 @@ def test_a_connection_dropped_mid_answer_is_a_protocol_error() -> None:
                 await send(conn, f"{base}/")
 
     asyncio.run(run())
+
+
+def test_tls_stalls_end_within_their_timeouts() -> None:
+    """A server that never completes the TLS handshake is a connect timeout, one that never
+    answers over TLS a read timeout, each within its timeout: closing the connection does not
+    wait for the peer (asyncio would wait up to 30 s for its part of the TLS shutdown)."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+
+    async def run() -> tuple[float, float]:
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(60)  # takes the connection (and, with TLS, the handshake), says nothing
+
+        plain, plain_port = await serve(mute)
+        tls, tls_port = await serve(mute, server_context)
+        async with plain, tls:
+            started = time.monotonic()
+            base = f"https://localhost:{plain_port}"
+            async with connection(base, trusting) as conn:
+                request = httpcore.Request(
+                    "GET",
+                    f"{base}/",
+                    headers=[(b"Host", b"localhost")],
+                    extensions={"timeout": {"connect": 0.3}},
+                )
+                with pytest.raises(httpcore.ConnectTimeout):
+                    await conn.handle_async_request(request)
+            handshake = time.monotonic() - started
+            started = time.monotonic()
+            base = f"https://localhost:{tls_port}"
+            async with connection(base, trusting) as conn:
+                with pytest.raises(httpcore.ReadTimeout):
+                    await send(conn, f"{base}/v2/units/U1", b"{}", read_timeout=0.3)
+            answer = time.monotonic() - started
+            for server in (plain, tls):
+                server.close()
+        return handshake, answer
+
+    handshake, answer = asyncio.run(asyncio.wait_for(run(), 20))
+    assert handshake < 3 and answer < 3, (handshake, answer)

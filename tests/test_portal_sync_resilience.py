@@ -182,6 +182,7 @@ def test_a_retried_load_batch_sends_and_records_nothing_twice(
     with portal_env(sandbox, erp_url, state_url, HAUSFLOW_PORTAL__BATCH_SIZE="5000"):
         result = run_portal_sync(profile="test")
         log = run_log(result["run_id"])
+        after = run_portal_sync(profile="test")
     counters = sandbox.counters()
     assert failed and result["failed"] == 0
     assert result["confirmed"] == counters["writes"]
@@ -192,5 +193,79 @@ def test_a_retried_load_batch_sends_and_records_nothing_twice(
     assert len(rows) == len({(r.entity, r.ref_id) for r in rows}) == result["confirmed"]
     assert not store.load_pending("portal")
     read_back = [line for line in log if f"{failed[0]} confirmed by reading back" in line]
-    assert len(read_back) == (0 if committed else 1), log
+    earlier = [line for line in log if f"{failed[0]} confirmed by an earlier attempt" in line]
+    assert (len(read_back), len(earlier)) == ((0, 1) if committed else (1, 0)), log
+    # the run's memo vouches for all it confirmed: the next run rebuilds only the quarantined records
+    assert after["mode"] == "incremental" and after["planned_writes"] == 0
+    assert after["rebuilt"]["properties"] == after["rebuilt"]["units"] == 0
+    assert after["rebuilt"]["contacts"] <= result["quarantined"]
     assert_portal_matches(sandbox, state_url)
+
+
+def test_a_retried_batch_settles_each_kind_of_earlier_outcome(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """What a retried load batch does with each record, given what the earlier attempt of the run
+    (R) left in the state store and the portal: confirmed (A) is counted, not sent; pending and in
+    the portal (B) is confirmed by reading back; pending but not in the portal (C) is sent;
+    refused by the portal (D) and recorded as failed (E) stay failed, with one protocol line each;
+    confirmed by R's recovery before the run looked (F) is sent as planned."""
+    import asyncio
+
+    from connectors.portal import PortalClient, WriteOp
+    from connectors.portal.streams import STREAMS, payload_hash
+    from connectors.state_store import Confirmation, PendingWrite, ProtocolRow, QuarantineItem
+    from tasks.portal_plan import PlannedWrite
+    from tasks.portal_tasks import BatchOutcome, _after_an_earlier_attempt
+
+    sandbox.reset()
+    store = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
+    client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret)
+
+    def planned(ref: str) -> PlannedWrite:
+        payload = {
+            "id": ref,
+            "name": f"Haus {ref}",
+            "addresses": [
+                {"street": "Lindenstr. 5", "postalCode": "10115", "city": "Berlin", "country": "DE"}
+            ],
+            "customFields": {},
+        }
+        return PlannedWrite(
+            "properties", "upsert", ref, "created", payload, payload_hash(STREAMS["properties"], payload)
+        )
+
+    writes = {ref: planned(ref) for ref in "ABCDEF"}
+    since = store.confirm(
+        "portal", [Confirmation("properties", "F", "upsert", writes["F"].payload_hash, "9")], "R"
+    )
+    assert since is not None
+    seq_a = store.confirm(
+        "portal",
+        [Confirmation("properties", "A", "upsert", writes["A"].payload_hash, "1")],
+        "R",
+        [ProtocolRow("properties", "A", "created", None)],
+    )
+    assert client.write_many([WriteOp("properties", "upsert", "B", writes["B"].payload)])[0].ok
+    store.mark_pending(
+        "portal", [PendingWrite("properties", ref, "upsert", writes[ref].payload_hash, "R") for ref in "BCE"]
+    )
+    store.quarantine(
+        "portal", [QuarantineItem("properties", "D", "portal_rejected", "422: refused", None)], "R"
+    )
+    store.add_protocol("R", [ProtocolRow("properties", "E", "failed", "503 (gave up after 7 attempts)")])
+
+    outcome = BatchOutcome()
+    left = asyncio.run(_after_an_earlier_attempt(store, client, "R", since, list(writes.values()), outcome))
+
+    assert [w.ref_id for w in left] == ["C", "F"]
+    assert (outcome.confirmed, outcome.confirmed_before, outcome.verified_by_read) == (2, 1, 1)
+    assert (outcome.failed, sorted(outcome.failed_keys)) == (2, [("properties", "D"), ("properties", "E")])
+    assert seq_a in outcome.seqs and len(outcome.seqs) == 2
+    rows = store.protocol_rows("R")
+    assert sorted((r.ref_id, r.outcome) for r in rows) == [
+        ("A", "created"),
+        ("B", "created"),
+        ("D", "failed"),
+        ("E", "failed"),
+    ]
+    assert store.load_state("portal", "properties")["B"].payload_hash == writes["B"].payload_hash
+    assert {p.ref_id for p in store.load_pending("portal")} == {"C", "E"}

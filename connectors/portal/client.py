@@ -574,7 +574,16 @@ class PortalClient:
                 for i in cursor:
                     results[i] = await call(client, items[i])
 
-        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(items)))))
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(self._concurrency, len(items)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # one worker failed (or the caller was cancelled): stop the others before raising, so
+            # no write of this call is still on its way when the caller goes on (or retries)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
         return cast(list[_R], results)
 
     async def _write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:

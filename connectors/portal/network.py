@@ -17,13 +17,16 @@ everything above this layer stay httpcore's own. Failures are raised as httpcore
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import select
 import ssl
 from collections.abc import Iterable
 from typing import Any
 
 import httpcore
+
+# A host with several addresses (IPv6 and IPv4): the next one is tried this long after the last
+# without waiting for it to fail, as anyio does; one that drops packets would take the whole timeout.
+HAPPY_EYEBALLS_DELAY_S = 0.25
 
 
 class AsyncioStream(httpcore.AsyncNetworkStream):
@@ -55,9 +58,14 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):  # a connection the peer already dropped (SSLError too)
-            await self._writer.wait_closed()
+        """Close at once, as httpcore's own backends do: no waiting for the peer.
+
+        ``close()`` and ``wait_closed()`` would wait for the peer's part of the TLS shutdown (up
+        to asyncio's 30 s), for buffered bytes a stalled peer never takes, and forever after a
+        TLS handshake that timed out; httpcore shields the close from cancellation, so a timed-out
+        request would hang with it.
+        """
+        self._writer.transport.abort()
 
     async def start_tls(
         self,
@@ -69,10 +77,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             async with asyncio.timeout(timeout):
                 await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
         except TimeoutError as exc:
-            await self.aclose()
+            self._writer.transport.abort()
             raise httpcore.ConnectTimeout(f"no TLS handshake within {timeout} s") from exc
         except (OSError, ssl.SSLError) as exc:
-            await self.aclose()
+            self._writer.transport.abort()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         return self
 
@@ -120,15 +128,22 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=(local_address, 0) if local_address else None
+                    host,
+                    port,
+                    local_addr=(local_address, 0) if local_address else None,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S,
                 )
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"no connection to {host}:{port} within {timeout} s") from exc
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        sock = writer.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
+        try:
+            sock = writer.get_extra_info("socket")
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+        except OSError as exc:
+            writer.transport.abort()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         return AsyncioStream(reader, writer)
 
     async def sleep(self, seconds: float) -> None:
