@@ -85,7 +85,7 @@ def test_the_client_sends_through_the_backend(monkeypatch: pytest.MonkeyPatch) -
                     body = b'{"token":"t"}' if b"/authenticate" in request else b'{"internalId":7}'
                     writer.write(answer(body))
                     await writer.drain()
-            except asyncio.IncompleteReadError:
+            except (asyncio.IncompleteReadError, ConnectionError):  # the client closed, or aborted
                 writer.close()
 
         opened = 0
@@ -126,7 +126,7 @@ def test_requests_reuse_one_connection_and_carry_their_body() -> None:
                     seen.append(await read_request(reader))
                     writer.write(answer(b'{"ok":true}'))
                     await writer.drain()
-            except asyncio.IncompleteReadError:
+            except (asyncio.IncompleteReadError, ConnectionError):  # the client closed, or aborted
                 writer.close()
 
         server, port = await serve(handler)
