@@ -721,6 +721,8 @@ async def _after_an_earlier_attempt(
         for q in store.open_quarantine(TARGET)
         if q["rule"] == "portal_rejected" and q["run_id"] == run_id and (q["entity"], q["ref_id"]) in ids
     }
+    stays_failed = failed_before.keys() | rejected.keys()
+    to_read_back = pending - stays_failed
     by_entity: dict[str, list[PlannedWrite]] = {}
     for w in writes:
         by_entity.setdefault(w.entity, []).append(w)
@@ -729,16 +731,12 @@ async def _after_an_earlier_attempt(
     rows: list[ProtocolRow] = []
     for entity, items in by_entity.items():
         done = store.confirmed_in_run(TARGET, run_id, entity, [w.ref_id for w in items], since_seq)
-        unsure = [
-            w.ref_id
-            for w in items
-            if (entity, w.ref_id) in pending and (entity, w.ref_id) not in failed_before | rejected.keys()
-        ]
+        unsure = [w.ref_id for w in items if (entity, w.ref_id) in to_read_back]
         held = await client.aread_many(entity, unsure) if unsure else {}
         for w in items:
             key = (entity, w.ref_id)
             confirmed = done.get(w.ref_id)
-            if key in failed_before or key in rejected:
+            if key in stays_failed:
                 reason = failed_before.get(key) or rejected[key]
                 if key not in failed_before:
                     rows.append(ProtocolRow(entity, w.ref_id, "failed", reason))
