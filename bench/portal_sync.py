@@ -12,8 +12,9 @@ Measures, in one run against the sandbox started as its own process:
 - full_sync_s / full_records_per_s: the first full portal sync (all records created);
 - noop_s: a run in the same warm process with nothing changed (median of ``--repeat`` runs);
 - change1pct_s: a run after 1 % of the persons changed in the ERP (median of ``--repeat`` runs,
-  each after a different 1 %, made by a child process as the ERP would: :func:`mutate`); no-change and 1 % runs take turns, so that a slower spell of the
-  machine falls on both kinds; every run's figure is printed too, with the seconds of each of
+  each after a different 1 %, made by a child process as the ERP would: :func:`mutate`);
+  no-change and 1 % runs take turns, so that a slower spell of the machine falls on both
+  kinds; every run's figure is printed too, with the seconds of each of
   its tasks as the Prefect API recorded them (``noop_task_s``, ``change1pct_task_s``), and the
   median of the differences of the runs taken in turns (``change1pct_minus_noop_s``);
 - change1pct_paired_raw_s: right after each 1 % run, the plain loop (and the transport loop,
