@@ -10,6 +10,7 @@ portal interface off in the test system by default. A profile is a TOML file in
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,9 @@ from pydantic_settings import (
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 ProfileName = Literal["production", "test", "demo"]
+# The profile whose TOML the settings being built in this thread (or asyncio task) read; set by
+# load_settings for the one call, so flows of two profiles in one worker never see each other's.
+_LOADING_PROFILE: ContextVar[str | None] = ContextVar("hausflow_loading_profile", default=None)
 
 
 class PortalSettings(BaseModel):
@@ -111,7 +115,12 @@ class HausflowSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        profile = os.environ.get("HAUSFLOW_PROFILE", "test")
+        """Sources by precedence: init values, environment, the profile's TOML, secrets.
+
+        The profile is the one :func:`load_settings` is loading in this thread or task, else
+        ``HAUSFLOW_PROFILE``, else ``test``.
+        """
+        profile = _LOADING_PROFILE.get() or os.environ.get("HAUSFLOW_PROFILE", "test")
         toml_file = PROFILE_DIR / f"{profile}.toml"
         toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
         return (init_settings, env_settings, toml, file_secret_settings)
@@ -124,6 +133,9 @@ def load_settings(profile: str | None = None, **overrides: Any) -> HausflowSetti
         profile: ``production``, ``test`` or ``demo``; selects ``config/profiles/<profile>.toml``.
         overrides: values that win over environment and file (used by flows and tests).
 
+    The profile reaches the settings sources through a context variable, never through
+    ``os.environ``: flows of two profiles may load their settings at once in one worker.
+
     Raises:
         FileNotFoundError: the profile has no TOML file.
     """
@@ -131,12 +143,8 @@ def load_settings(profile: str | None = None, **overrides: Any) -> HausflowSetti
     path = PROFILE_DIR / f"{name}.toml"
     if not path.exists():
         raise FileNotFoundError(f"unknown profile {name!r}: {path.name} is missing in config/profiles")
-    previous = os.environ.get("HAUSFLOW_PROFILE")
-    os.environ["HAUSFLOW_PROFILE"] = name
+    token = _LOADING_PROFILE.set(name)
     try:
         return HausflowSettings(profile=name, **overrides)  # type: ignore[arg-type]
     finally:
-        if previous is None:
-            os.environ.pop("HAUSFLOW_PROFILE", None)
-        else:
-            os.environ["HAUSFLOW_PROFILE"] = previous
+        _LOADING_PROFILE.reset(token)

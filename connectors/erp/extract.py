@@ -71,27 +71,29 @@ def portal_queries() -> dict[str, Select[Any]]:
 def extract_portal_rows(engine: Engine, chunk_rows: int = 20_000) -> dict[str, TableRows]:
     """Read every table the portal rules need as plain row tuples.
 
-    The selects are built with SQLAlchemy Core and compiled for the engine's dialect, then run on
-    the driver's own cursor and fetched in chunks: SQLAlchemy's row objects and type processing
-    cost twice the time of the read itself at 100,000 persons. Values are what the driver returns
-    (SQLite gives dates as ISO text; the rules accept both). The read is complete or it raises:
-    archives are planned only from a complete extract.
+    Each select runs through SQLAlchemy (bound parameters, the engine's events and statement
+    cache) and is streamed in chunks of ``chunk_rows`` (a server-side cursor where the dialect has
+    one), so the driver never holds a whole table at once. Values are SQLAlchemy's for the column
+    types, the same on every dialect: dates as ``datetime.date``, flags as ``bool``. Rows are
+    turned into real tuples, which the memo compares and stores (:mod:`tasks.portal_memo`). The
+    price of SQLAlchemy's rows: at 100,000 persons on SQLite the read takes about 1.05 s instead
+    of the driver cursor's 0.43 s; chunk size and ``Result.tuples()`` do not change that.
+
+    Returns:
+        Per table name, its columns and rows in the query's total order.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the read failed; the extract is complete or it raises,
+            because archives are planned only from a complete extract.
     """
     out: dict[str, TableRows] = {}
     with engine.connect() as conn:
-        dbapi_conn = conn.connection.dbapi_connection
-        if dbapi_conn is None:  # pragma: no cover - a pooled connection always has one
-            raise RuntimeError("the ERP connection has no driver connection")
+        streaming = conn.execution_options(stream_results=True, yield_per=chunk_rows)
         for name, query in portal_queries().items():
-            sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
-            cursor = dbapi_conn.cursor()
-            try:
-                cursor.execute(sql)
-                rows: list[tuple[Any, ...]] = []
-                while batch := cursor.fetchmany(chunk_rows):
-                    rows.extend(batch if type(batch[0]) is tuple else map(tuple, batch))
-            finally:
-                cursor.close()
+            rows: list[tuple[Any, ...]] = []
+            with streaming.execute(query) as result:
+                for partition in result.partitions():
+                    rows.extend(map(tuple, partition))
             out[name] = TableRows(tuple(c.name for c in query.selected_columns), rows)
         conn.rollback()
     return out
