@@ -26,19 +26,18 @@ from prefect.utilities.annotations import quote
 from config.settings import load_settings
 from connectors.state_store import StateStore
 from tasks.portal_tasks import (
-    TARGET,
+    PORTAL,
     apply_portal_rules,
     business_today,
     compare_with_portal_state,
     extract_erp,
     find_portal_changes,
-    load_portal_batch,
     plan_portal_changes,
-    record_portal_protocol,
-    recover_pending_writes,
     remember_portal_run,
     validate_portal_records,
 )
+from tasks.sync.load import check_partner, load_partner_batch, recover_pending_writes
+from tasks.sync.protocol import record_protocol
 
 T = TypeVar("T")
 
@@ -119,7 +118,7 @@ async def _sync(
         return {"status": "disabled", "profile": settings.profile}
     run_id = str(flow_run.get_id() or "local")
     store = StateStore(settings.state_url)
-    store.start_run(run_id, "portal-sync", TARGET, dry_run)
+    store.start_run(run_id, "portal-sync", PORTAL.name, dry_run)
     today = business_today(settings)
     logger.info(
         "Portal sync (profile %s) to %s; the ERP is the master: portal-side edits of master data are overwritten.",
@@ -127,8 +126,9 @@ async def _sync(
         settings.portal.base_url,
     )
     try:
+        await check_partner(PORTAL, settings)
         if not dry_run:
-            await recover_pending_writes(settings, run_id)
+            await recover_pending_writes(PORTAL, settings)
         tables = extract_erp(settings)
         basis = find_portal_changes(
             settings,
@@ -154,8 +154,9 @@ async def _sync(
             logger.info("Dry run: %d writes planned, nothing sent.", len(plan.writes))
         else:
             for batch in plan.batches(settings.portal.batch_size):
-                outcomes.append(await load_portal_batch(settings, run_id, whole(batch), basis.seq))
-        summary = record_portal_protocol(
+                outcomes.append(await load_partner_batch(PORTAL, settings, run_id, whole(batch), basis.seq))
+        summary = record_protocol(
+            PORTAL,
             settings,
             run_id,
             whole(plan),

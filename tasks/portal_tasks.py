@@ -14,25 +14,15 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import task_run
 
 from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
 from connectors.erp.extract import TableRows, extract_portal_rows
-from connectors.portal import PortalClient, WriteOp
-from connectors.portal.streams import STREAMS, write_applied
-from connectors.state_store import (
-    STATUS_BY_OP,
-    Confirmation,
-    PendingWrite,
-    ProtocolRow,
-    QuarantineItem,
-    StateEntry,
-    StateStore,
-    record_json,
-)
+from connectors.portal import PortalClient
+from connectors.portal.streams import STREAMS
+from connectors.state_store import QuarantineItem, StateEntry, StateStore, record_json
+from connectors.sync.client import PartnerClient
 from tasks.portal_memo import (
     BUILT_ENTITIES,
     KEYED_TABLES,
@@ -52,15 +42,6 @@ from tasks.portal_memo import (
     scope_from_memo,
     touched_rows,
 )
-from tasks.portal_plan import (
-    ENTITIES,
-    Plan,
-    PlannedWrite,
-    desired_hashes,
-    held_records,
-    plan_changes,
-    write_candidates,
-)
 from tasks.portal_rules import (
     ContactRules,
     DesiredState,
@@ -70,9 +51,23 @@ from tasks.portal_rules import (
     caretaker_entries,
     released_objects,
 )
+from tasks.sync.load import BatchOutcome
+from tasks.sync.partner import Partner
+from tasks.sync.plan import Plan, desired_hashes, held_records, plan_changes, write_candidates
 from tasks.validation import RECORD_RULES, validate_records
 
 TARGET = "portal"
+
+
+def connect_portal(settings: HausflowSettings) -> PartnerClient:
+    """The portal's client for the run's settings."""
+    return PortalClient.from_settings(settings.portal)
+
+
+# The portal as a partner of the sync engine: its streams in write order, and its client.
+PORTAL = Partner(TARGET, tuple(STREAMS.values()), connect_portal)
+ENTITIES = PORTAL.entities
+
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
@@ -184,69 +179,6 @@ class RunBasis:
     versions: dict[str, TableVersion] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-
-
-@dataclass
-class BatchOutcome:
-    """What one load batch achieved."""
-
-    confirmed: int = 0
-    failed: int = 0
-    verified_by_read: int = 0
-    confirmed_before: int = 0  # by an earlier attempt of a retried batch
-    counts: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    failed_keys: list[tuple[str, str]] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)  # positions of its confirmations in the change sequence
-
-
-@task(name="recover-pending-writes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-async def recover_pending_writes(settings: HausflowSettings, run_id: str) -> dict[str, int]:
-    """Settle writes an earlier run sent but never saw confirmed (it crashed or gave up).
-
-    Each pending write is read back from the portal: applied ones are confirmed without being
-    sent again; the others are forgotten and planned afresh. Returns counts for the log.
-    """
-    logger = get_run_logger()
-    store = StateStore(settings.state_url)
-    pending = store.load_pending(TARGET)
-    if not pending:
-        return {"pending": 0, "confirmed": 0, "dropped": 0}
-    client = PortalClient.from_settings(settings.portal)
-    confirmed: list[Confirmation] = []
-    dropped: dict[str, list[str]] = {}
-    by_entity: dict[str, list[PendingWrite]] = {}
-    for p in pending:
-        by_entity.setdefault(p.entity, []).append(p)
-    for entity, items in by_entity.items():
-        records = await client.aread_many(entity, [p.ref_id for p in items])
-        for p in items:
-            record = records.get(p.ref_id)
-            applied = write_applied(STREAMS[entity], record, p.op, p.payload_hash)
-            if applied:
-                confirmed.append(
-                    Confirmation(
-                        entity,
-                        p.ref_id,
-                        p.op,
-                        p.payload_hash,
-                        str(record.get("internalId")) if record else None,
-                    )
-                )
-            else:
-                dropped.setdefault(entity, []).append(p.ref_id)
-    store.confirm(TARGET, confirmed, run_id)
-    for entity, ids in dropped.items():
-        store.clear_pending(TARGET, entity, ids)
-    n_dropped = sum(len(v) for v in dropped.values())
-    logger.info(
-        "Found %d unconfirmed writes of an interrupted run: %d had reached the portal and are now confirmed "
-        "(not sent again), %d had not and will be planned again.",
-        len(pending),
-        len(confirmed),
-        n_dropped,
-    )
-    return {"pending": len(pending), "confirmed": len(confirmed), "dropped": n_dropped}
 
 
 @task(name="extract-erp", cache_policy=NO_CACHE)
@@ -440,7 +372,7 @@ def compare_with_portal_state(
         else:
             state[entity] = store.load_state_for(TARGET, entity, ids)
     records = {e: r for e, r in desired.records.items() if e in chosen}
-    hashes = desired_hashes(records, chosen)
+    hashes = desired_hashes({e: STREAMS[e] for e in chosen}, records)
     candidates = write_candidates(records, state, hashes, full_resync)
     logger.info(
         "Compared with what the portal confirmed: %s.",
@@ -582,8 +514,9 @@ def plan_portal_changes(
     records = dict(desired.records)
     records["responsibilities"] = responsibilities
     hashes = dict(comparison.hashes)
-    hashes.update(desired_hashes({"responsibilities": responsibilities}, ("responsibilities",)))
+    hashes.update(desired_hashes({"responsibilities": STREAMS["responsibilities"]}, records))
     plan = plan_changes(
+        PORTAL.streams,
         records,
         comparison.state,
         held=held,
@@ -606,256 +539,6 @@ def plan_portal_changes(
     for note in plan.notes:
         logger.info(note)
     return plan, resp_skips
-
-
-@task(name="load-portal-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-async def load_portal_batch(
-    settings: HausflowSettings, run_id: str, writes: Sequence[PlannedWrite], since_seq: int = 0
-) -> BatchOutcome:
-    """Send one batch: mark pending, write concurrently, confirm what the portal acknowledged.
-
-    The confirmed state advances only for acknowledged writes. Writes the portal refused (4xx)
-    are quarantined with its message; writes that ran out of retries stay pending and are read
-    back at the start of the next run. A retry of the task neither sends nor records again what
-    an earlier attempt of the same run settled (:func:`_after_an_earlier_attempt`); ``since_seq``
-    is the position of the state store's change sequence when the run looked.
-    """
-    logger = get_run_logger()
-    store = StateStore(settings.state_url)
-    client = PortalClient.from_settings(settings.portal)
-    outcome = BatchOutcome()
-    to_send = list(writes)
-    if task_run.get_run_count() > 1:
-        to_send = await _after_an_earlier_attempt(store, client, run_id, since_seq, writes, outcome)
-    store.mark_pending(
-        TARGET, [PendingWrite(w.entity, w.ref_id, w.op, w.payload_hash, run_id) for w in to_send]
-    )
-    results = await client.awrite_many(
-        [WriteOp(w.entity, w.op, w.ref_id, w.payload, w.payload_hash) for w in to_send]
-    )
-    confirmations: list[Confirmation] = []
-    protocol: list[ProtocolRow] = []
-    rejected: list[QuarantineItem] = []
-    for write, result in zip(to_send, results, strict=True):
-        if result.ok:
-            outcome.confirmed += 1
-            outcome.verified_by_read += int(result.verified_by_read)
-            confirmations.append(
-                Confirmation(write.entity, write.ref_id, write.op, write.payload_hash, result.internal_id)
-            )
-            protocol.append(ProtocolRow(write.entity, write.ref_id, write.outcome, write.reason))
-            outcome.counts[write.outcome] = outcome.counts.get(write.outcome, 0) + 1
-        else:
-            outcome.failed += 1
-            outcome.counts["failed"] = outcome.counts.get("failed", 0) + 1
-            reason = result.error or "unknown error"
-            if result.retriable:
-                reason = (
-                    f"{reason} (gave up after {result.attempts} attempts; read back and retried next run)"
-                )
-            else:
-                rejected.append(
-                    QuarantineItem(write.entity, write.ref_id, "portal_rejected", reason, write.payload)
-                )
-            protocol.append(ProtocolRow(write.entity, write.ref_id, "failed", reason))
-            outcome.errors.append(f"{write.entity[:-1]} {write.ref_id}: {reason}")
-            outcome.failed_keys.append((write.entity, write.ref_id))
-    by_entity: dict[str, list[str]] = {}
-    for item in rejected:
-        by_entity.setdefault(item.entity, []).append(item.ref_id)
-    for entity, ids in by_entity.items():
-        store.clear_pending(TARGET, entity, ids)
-    store.quarantine(TARGET, rejected, run_id)
-    # last, and with the protocol rows in its transaction: a retried batch never writes them twice
-    seq = store.confirm(TARGET, confirmations, run_id, protocol)
-    if seq is not None:
-        outcome.seqs.append(seq)
-    entity = writes[0].entity if writes else "-"
-    logger.info(
-        "Loaded %d %s (%s): %d confirmed, %d failed; %d requests, %d retries%s%s%s.",
-        len(writes),
-        entity,
-        writes[0].op if writes else "-",
-        outcome.confirmed,
-        outcome.failed,
-        client.stats.requests,
-        client.stats.retries,
-        f", {outcome.verified_by_read} confirmed by reading back" if outcome.verified_by_read else "",
-        f", {outcome.confirmed_before} confirmed by an earlier attempt" if outcome.confirmed_before else "",
-        _new_tokens(client.stats.reauthentications),
-    )
-    for line in outcome.errors[:10]:
-        logger.warning("Not loaded: %s", line)
-    return outcome
-
-
-async def _after_an_earlier_attempt(
-    store: StateStore,
-    client: PortalClient,
-    run_id: str,
-    since_seq: int,
-    writes: Sequence[PlannedWrite],
-    outcome: BatchOutcome,
-) -> list[PlannedWrite]:
-    """The writes of a retried batch that an earlier attempt of this run did not settle.
-
-    Settled, and counted in ``outcome`` without being sent again:
-    - written to the protocol as failed by that attempt (its bookkeeping was committed): as
-      failed again, with no new protocol line (its pending entry waits for the next run);
-    - refused by the portal in that attempt (quarantined under ``portal_rejected``): as failed,
-      with a protocol line if that attempt's was lost;
-    - left pending by it (sent, or about to be, when it failed): read back from the portal and,
-      if the portal holds it, confirmed now with its protocol line;
-    - confirmed by it (same payload and status, past ``since_seq``, where this run looked).
-    The rest is returned, to be sent.
-    """
-    ids = {(w.entity, w.ref_id) for w in writes}
-    pending = {(p.entity, p.ref_id) for p in store.load_pending(TARGET) if p.run_id == run_id}
-    failed_before = {
-        (r.entity, r.ref_id): r.reason or "failed"
-        for r in store.protocol_rows(run_id, ["failed"], limit=1_000_000)
-        if (r.entity, r.ref_id) in ids
-    }
-    rejected = {
-        (q["entity"], q["ref_id"]): str(q["reason"])
-        for q in store.open_quarantine(TARGET)
-        if q["rule"] == "portal_rejected" and q["run_id"] == run_id and (q["entity"], q["ref_id"]) in ids
-    }
-    stays_failed = failed_before.keys() | rejected.keys()
-    to_read_back = pending - stays_failed
-    by_entity: dict[str, list[PlannedWrite]] = {}
-    for w in writes:
-        by_entity.setdefault(w.entity, []).append(w)
-    left: list[PlannedWrite] = []
-    confirmations: list[Confirmation] = []
-    rows: list[ProtocolRow] = []
-    for entity, items in by_entity.items():
-        done = store.confirmed_in_run(TARGET, run_id, entity, [w.ref_id for w in items], since_seq)
-        unsure = [w.ref_id for w in items if (entity, w.ref_id) in to_read_back]
-        held = await client.aread_many(entity, unsure) if unsure else {}
-        for w in items:
-            key = (entity, w.ref_id)
-            confirmed = done.get(w.ref_id)
-            if key in stays_failed:
-                reason = failed_before.get(key) or rejected[key]
-                if key not in failed_before:
-                    rows.append(ProtocolRow(entity, w.ref_id, "failed", reason))
-                outcome.failed += 1
-                outcome.counts["failed"] = outcome.counts.get("failed", 0) + 1
-                outcome.errors.append(f"{entity[:-1]} {w.ref_id}: {reason}")
-                outcome.failed_keys.append(key)
-            elif w.ref_id in held and write_applied(STREAMS[entity], held[w.ref_id], w.op, w.payload_hash):
-                record = held[w.ref_id] or {}
-                internal = record.get("internalId")
-                confirmations.append(
-                    Confirmation(
-                        entity, w.ref_id, w.op, w.payload_hash, None if internal is None else str(internal)
-                    )
-                )
-                rows.append(ProtocolRow(entity, w.ref_id, w.outcome, w.reason))
-                outcome.confirmed += 1
-                outcome.verified_by_read += 1
-                outcome.counts[w.outcome] = outcome.counts.get(w.outcome, 0) + 1
-            elif confirmed is not None and confirmed[0] == StateEntry(w.payload_hash, STATUS_BY_OP[w.op]):
-                outcome.confirmed += 1
-                outcome.confirmed_before += 1
-                outcome.counts[w.outcome] = outcome.counts.get(w.outcome, 0) + 1
-                outcome.seqs.append(confirmed[1])
-            else:
-                left.append(w)
-    seq = store.confirm(TARGET, confirmations, run_id, rows)
-    if seq is not None:
-        outcome.seqs.append(seq)
-    return left
-
-
-def _new_tokens(count: int) -> str:
-    """The load log's note on re-authentications ("" when there were none)."""
-    if not count:
-        return ""
-    return f", {count} new token{'s' if count != 1 else ''} after the portal refused one"
-
-
-@task(name="record-portal-protocol", cache_policy=NO_CACHE)
-def record_portal_protocol(
-    settings: HausflowSettings,
-    run_id: str,
-    plan: Plan,
-    skips: list[Skip],
-    quarantined: list[Skip],
-    outcomes: list[BatchOutcome],
-    dry_run: bool,
-) -> dict[str, Any]:
-    """Write skips to the protocol, publish the protocol table artifact, close the run record."""
-    store = StateStore(settings.state_url)
-    rows = [ProtocolRow(s.entity, s.ref_id, "skipped", s.reason) for s in skips]
-    rows += [ProtocolRow(q.entity, q.ref_id, "quarantined", f"{q.reason} [{q.rule}]") for q in quarantined]
-    store.add_protocol(run_id, rows)
-    if dry_run:
-        counts: dict[tuple[str, str], int] = {(e, f"planned {o}"): n for (e, o), n in plan.counts().items()}
-        for r in rows:
-            counts[(r.entity, r.outcome)] = counts.get((r.entity, r.outcome), 0) + 1
-    else:
-        counts = store.protocol_counts(run_id)
-    outcomes_seen = [
-        "created",
-        "updated",
-        "restored",
-        "archived",
-        "anonymised",
-        "skipped",
-        "quarantined",
-        "failed",
-    ]
-    if dry_run:
-        outcomes_seen = [f"planned {o}" for o in outcomes_seen[:5]] + outcomes_seen[5:]
-    table = []
-    for entity in ENTITIES:
-        row: dict[str, Any] = {"entity": entity}
-        for outcome in outcomes_seen:
-            row[outcome] = counts.get((entity, outcome), 0)
-        row["unchanged"] = plan.unchanged.get(entity, 0)
-        table.append(row)
-    create_table_artifact(
-        key="portal-sync-protocol",
-        table=table,
-        description=f"Portal sync {'dry run (nothing sent)' if dry_run else 'protocol'}: counts per entity and outcome.",
-    )
-    details = store.protocol_rows(run_id, ["skipped", "quarantined", "failed"], limit=50)
-    lines = ["| entity | record | outcome | reason |", "|---|---|---|---|"]
-    lines += [
-        f"| {d.entity} | {d.ref_id} | {d.outcome} | {(d.reason or '').replace('|', '/')} |" for d in details
-    ]
-    if dry_run:
-        lines += [
-            "",
-            "**Planned writes (first 50)**",
-            "",
-            "| entity | record | planned | reason |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {w.entity} | {w.ref_id} | {w.outcome} | {w.reason or ''} |" for w in plan.writes[:50]]
-    create_markdown_artifact(
-        key="portal-sync-details",
-        markdown="\n".join(lines),
-        description="First skipped, quarantined and failed records with their reasons.",
-    )
-    failed = sum(o.failed for o in outcomes)
-    summary = {
-        "run_id": run_id,
-        "dry_run": dry_run,
-        "planned_writes": len(plan.writes),
-        "confirmed": sum(o.confirmed for o in outcomes),
-        "failed": failed,
-        "skipped": len(skips),
-        "quarantined": len(quarantined),
-        "unchanged": sum(plan.unchanged.values()),
-        "counts": {f"{e}.{o}": n for (e, o), n in sorted(counts.items())},
-    }
-    store.finish_run(
-        run_id, "DRY_RUN" if dry_run else ("COMPLETED_WITH_FAILURES" if failed else "COMPLETED"), summary
-    )
-    return summary
 
 
 @task(name="remember-portal-run", cache_policy=NO_CACHE)

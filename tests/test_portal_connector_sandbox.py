@@ -11,9 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connectors.portal import PortalAuthError, PortalClient, PortalTransportError, WriteOp
-from connectors.portal.auth import PortalCredentials, TokenCache
-from connectors.portal.client import _Channel
+from connectors.portal import PortalClient, PortalCredentialsError, PortalTransportError, WriteOp
+from connectors.portal.auth import TokenCache
 from connectors.portal.streams import STREAMS, payload_hash
 from sandbox.portal.server import SandboxServer, free_port
 
@@ -122,34 +121,26 @@ def test_expired_token_is_renewed_transparently(client: PortalClient, sandbox: S
     sandbox.set_token_ttl(3600)
 
 
-def test_a_batch_fetches_one_token_not_one_per_worker(
-    client: PortalClient, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fetched: list[str] = []
-    accept = PortalCredentials.accept
-
-    def counting(self: PortalCredentials, status: int, content: bytes, retry_after: str | None) -> str:
-        token = accept(self, status, content, retry_after)
-        fetched.append(token)
-        return token
-
-    monkeypatch.setattr(PortalCredentials, "accept", counting)
+def test_a_batch_fetches_one_token_not_one_per_worker(client: PortalClient, sandbox: SandboxServer) -> None:
     writes = [upsert("properties", {**PROPERTY, "id": f"{2000 + i}"}) for i in range(40)]
     assert all(r.ok for r in client.write_many(writes))  # no token yet: 16 workers start at once
-    assert len(fetched) == 1 and client.stats.reauthentications == 0
+    assert client.stats.authentications == 1 and client.stats.reauthentications == 0
     # a token the portal no longer accepts (revoked), still cached as valid for an hour
     TokenCache.put((sandbox.base_url.rstrip("/"), sandbox.key), "revoked-token", time.time() + 3600)
     assert all(r.ok for r in client.write_many(writes))  # each worker's first request is refused
-    assert len(fetched) == 2 and client.stats.reauthentications == 1
-    assert client.stats.by_status.get(401) is None  # the 401s were answered inside the channel
+    assert client.stats.authentications == 2 and client.stats.reauthentications == 1
+    assert client.stats.by_status.get(401) is None  # the 401s were answered inside the token flow
     assert all(r.ok for r in client.write_many(writes))  # the new token is cached: no more
-    assert len(fetched) == 2 and client.stats.reauthentications == 1
+    assert client.stats.authentications == 2 and client.stats.reauthentications == 1
 
 
-def test_wrong_secret_fails_fast(sandbox: SandboxServer) -> None:
+def test_wrong_secret_fails_fast_with_one_login(sandbox: SandboxServer) -> None:
     TokenCache.clear()
-    with pytest.raises(PortalAuthError):
-        PortalClient(sandbox.base_url, sandbox.key, "wrong").authenticate()
+    before = sandbox.counters()["logins"]
+    with pytest.raises(PortalCredentialsError, match="refused the credentials") as refused:
+        PortalClient(sandbox.base_url, sandbox.key, "wrong").check()
+    assert "portal.api_secret" in refused.value.advice()
+    assert sandbox.counters()["logins"] - before == 1
 
 
 def test_sandbox_refuses_missing_or_wrong_token(sandbox: SandboxServer) -> None:
@@ -200,7 +191,7 @@ def test_answer_slower_than_the_timeout_is_a_lost_answer(sandbox: SandboxServer)
     sandbox.reset()
     TokenCache.clear()
     client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret, timeout_s=0.3, max_retries=0)
-    client.authenticate()
+    client.check()
     sandbox.set_faults(latency_ms=[1000, 1000])
     try:
         [result] = client.write_many([upsert("properties", PROPERTY)])
@@ -210,42 +201,11 @@ def test_answer_slower_than_the_timeout_is_a_lost_answer(sandbox: SandboxServer)
     assert "ReadTimeout, answer lost" in (result.error or "")
 
 
-def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() -> None:
-    """The channel's next request goes out on a new connection, not into the closed one."""
-    connections: list[int] = []
-
-    async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        await reader.readuntil(b"\r\n\r\n")
-        body = b'{"list": [], "_links": {"next": null}}'
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
-        )
-        await writer.drain()
-        writer.close()  # no "Connection: close": the client takes the connection for reusable
-
-    async def scenario() -> list[int]:
-        server = await asyncio.start_server(answer_once_then_close, "127.0.0.1", 0)
-        base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        TokenCache.put((base_url, "k"), "T", time.time() + 3600)
-        auth = PortalCredentials(base_url, "k", "s")
-        statuses = []
-        async with server, _Channel(base_url, auth, httpx.Timeout(5.0)) as channel:
-            for _ in range(3):
-                statuses.append((await channel.request("GET", "/v2/units")).status_code)
-                await asyncio.sleep(0.2)  # the server's FIN arrives meanwhile
-        return statuses
-
-    assert asyncio.run(scenario()) == [200, 200, 200]
-    assert len(connections) == 3
-
-
 def test_the_portal_is_reached_over_verified_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """HTTPS with the certificate checked against the trusted authorities: an unknown one is refused."""
     import trustme
 
-    from connectors.portal import client as client_module
+    from connectors.sync import http as http_module
 
     authority = trustme.CA()
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -270,7 +230,7 @@ def test_the_portal_is_reached_over_verified_tls(tmp_path: Path, monkeypatch: py
             monkeypatch.setenv("SSL_CERT_FILE", trust)
         else:
             monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-        client_module._tls_context.cache_clear()
+        http_module.default_tls_context.cache_clear()
         client = PortalClient(base_url, "k", "s", max_retries=0)
         async with server:
             try:
@@ -278,9 +238,43 @@ def test_the_portal_is_reached_over_verified_tls(tmp_path: Path, monkeypatch: py
             except PortalTransportError as exc:
                 return None, str(exc)
             finally:
-                client_module._tls_context.cache_clear()
+                http_module.default_tls_context.cache_clear()
 
     record, _ = asyncio.run(read_one(str(trusted)))
     assert record == {"id": "P1", "lastName": "Muster"}
     record, error = asyncio.run(read_one(None))
     assert record is None and "ConnectError" in error
+
+
+def test_proxy_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HTTP(S)_PROXY`` sends the portal's requests through the proxy; ``NO_PROXY`` exempts a host."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                seen.append(head.split(b"\r\n", 1)[0])
+                body = b'{"list": [], "_links": {"next": null}}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def scenario(no_proxy: str) -> str:
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        base_url = "http://portal.invalid"
+        TokenCache.put((base_url, "k"), "T", time.time() + 3600)
+        client = PortalClient(base_url, "k", "s", max_retries=0)
+        async with server:
+            try:
+                await client.alist_records("units")
+            except PortalTransportError as exc:
+                return str(exc)
+        return "through the proxy"
+
+    assert asyncio.run(scenario("elsewhere.invalid")) == "through the proxy"
+    assert seen == [b"GET http://portal.invalid/v2/units?pageSize=1000&page=1 HTTP/1.1"]
+    assert "no connection" in asyncio.run(scenario("portal.invalid"))  # straight to the (unknown) host
+    assert len(seen) == 1

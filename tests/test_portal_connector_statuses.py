@@ -8,7 +8,13 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from connectors.portal import PortalApiError, PortalAuthError, PortalClient, PortalTransportError, WriteOp
+from connectors.portal import (
+    PortalApiError,
+    PortalClient,
+    PortalCredentialsError,
+    PortalTransportError,
+    WriteOp,
+)
 from connectors.portal.auth import TokenCache
 from connectors.portal.streams import STREAMS, payload_hash
 
@@ -105,11 +111,56 @@ def test_reauthenticates_once_on_401() -> None:
 
 
 def test_bad_credentials_fail_fast_with_a_clear_error() -> None:
+    logins: list[str] = []
+
     def handler(request: httpx.Request) -> httpx.Response:
+        logins.append(request.url.path)
         return httpx.Response(401, json={"message": "invalid key"})
 
-    with pytest.raises(PortalAuthError, match="refused key and secret"):
-        make_client(handler).authenticate()
+    with pytest.raises(PortalCredentialsError, match="refused the credentials") as refused:
+        make_client(handler).check()
+    assert "portal.api_key" in refused.value.advice()
+    assert logins == ["/v2/authenticate"]
+
+
+def test_refused_credentials_stop_a_batch_after_one_login_not_one_per_record() -> None:
+    """16 workers start without a token: one login is refused, every worker stops, nothing is
+    sent and no record gets a failed result of its own (the call raises)."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        return httpx.Response(401, json={"message": "invalid key"})
+
+    client = make_client(handler)
+    ops = [WriteOp("contacts", "upsert", f"P{i}", CONTACT) for i in range(100)]
+    with pytest.raises(PortalCredentialsError):
+        client.write_many(ops)
+    assert calls == ["POST /v2/authenticate"]
+    assert client.stats.authentications == 1
+
+
+@pytest.mark.parametrize("failure", ["429", "503", "timeout", "dropped"])
+def test_a_login_that_failed_on_the_way_is_retried_like_any_call(failure: str) -> None:
+    logins: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/authenticate":
+            logins.append(1)
+            if len(logins) == 1:
+                if failure == "timeout":
+                    raise httpx.ReadTimeout("slow", request=request)
+                if failure == "dropped":
+                    raise httpx.RemoteProtocolError("server disconnected", request=request)
+                return httpx.Response(int(failure), headers={"Retry-After": "0"}, json={"message": "busy"})
+            return httpx.Response(200, json={"token": "T1", "expiresAt": "2099-01-01T00:00:00.000Z"})
+        return httpx.Response(200, json={"internalId": 1})
+
+    client = make_client(handler)
+    [result] = client.write_many([WriteOp("contacts", "archive", "P1")])
+    assert result.ok, result.error
+    assert len(logins) == 2 and client.stats.retries == 1
+    assert client.credentials_expire() == pytest.approx(4070908800.0)
 
 
 def test_dropped_connection_after_apply_is_confirmed_by_read_back_not_resent() -> None:

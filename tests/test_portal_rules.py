@@ -9,7 +9,6 @@ import pytest
 
 from connectors.portal.streams import STREAMS, payload_hash
 from connectors.state_store import StateEntry
-from tasks.portal_plan import plan_changes
 from tasks.portal_rules import (
     ContactRules,
     Relation,
@@ -18,6 +17,7 @@ from tasks.portal_rules import (
     decide_contact,
     released_objects,
 )
+from tasks.sync.plan import plan_changes
 from tasks.validation import validate_records
 
 TODAY = date(2026, 11, 21)
@@ -365,7 +365,9 @@ def test_plan_creates_updates_archives_and_is_empty_when_in_step() -> None:
     b = {"id": "P2", "lastName": "B", "contracts": []}
     b2 = {"id": "P2", "lastName": "B-neu", "contracts": []}
     state = {"contacts": _state("contacts", {"P1": a, "P2": b, "P3": {"id": "P3"}})}
-    plan = plan_changes({"contacts": {"P1": a, "P2": b2, "P4": {"id": "P4", "lastName": "D"}}}, state)
+    plan = plan_changes(
+        tuple(STREAMS.values()), {"contacts": {"P1": a, "P2": b2, "P4": {"id": "P4", "lastName": "D"}}}, state
+    )
     assert [(w.ref_id, w.outcome) for w in plan.writes] == [
         ("P2", "updated"),
         ("P4", "created"),
@@ -373,7 +375,11 @@ def test_plan_creates_updates_archives_and_is_empty_when_in_step() -> None:
     ]
     in_step = {"contacts": _state("contacts", {"P1": a, "P2": b2, "P4": {"id": "P4", "lastName": "D"}})}
     assert (
-        plan_changes({"contacts": {"P1": a, "P2": b2, "P4": {"id": "P4", "lastName": "D"}}}, in_step).writes
+        plan_changes(
+            tuple(STREAMS.values()),
+            {"contacts": {"P1": a, "P2": b2, "P4": {"id": "P4", "lastName": "D"}}},
+            in_step,
+        ).writes
         == []
     )
 
@@ -382,12 +388,13 @@ def test_plan_holds_quarantined_and_partial_runs_never_archive() -> None:
     a = {"id": "P1", "lastName": "A"}
     state = {"contacts": _state("contacts", {"P1": a, "P9": {"id": "P9"}})}
     plan = plan_changes(
+        tuple(STREAMS.values()),
         {"contacts": {"P1": {"id": "P1", "lastName": "changed"}}},
         state,
         held={("contacts", "P1"), ("contacts", "P9")},
     )
     assert plan.writes == []
-    plan = plan_changes({"contacts": {}}, state, allow_archive=False)
+    plan = plan_changes(tuple(STREAMS.values()), {"contacts": {}}, state, allow_archive=False)
     assert plan.writes == [] and plan.notes
 
 
@@ -400,7 +407,10 @@ def test_plan_anonymises_once_and_restores_archived() -> None:
         }
     }
     plan = plan_changes(
-        {"contacts": {"P3": {"id": "P3", "lastName": "C"}}}, state, anonymise={"P1", "P2", "P7"}
+        tuple(STREAMS.values()),
+        {"contacts": {"P3": {"id": "P3", "lastName": "C"}}},
+        state,
+        anonymise={"P1", "P2", "P7"},
     )
     assert [(w.ref_id, w.op, w.outcome) for w in plan.writes] == [
         ("P3", "upsert", "restored"),
@@ -414,7 +424,7 @@ def test_plan_orders_phases_parents_first_and_batches_never_mix_phases() -> None
         "units": {f"1-{i}": {"id": f"1-{i}", "propertyId": "1"} for i in range(5)},
         "contacts": {"P1": {"id": "P1", "lastName": "A"}},
     }
-    plan = plan_changes(desired, {"contacts": {"OLD": StateEntry("h", "active")}})
+    plan = plan_changes(tuple(STREAMS.values()), desired, {"contacts": {"OLD": StateEntry("h", "active")}})
     assert [w.entity for w in plan.writes][:2] == ["properties", "units"]
     batches = list(plan.batches(2))
     assert [len(b) for b in batches] == [1, 2, 2, 1, 1, 1]

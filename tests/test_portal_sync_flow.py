@@ -236,6 +236,44 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
         assert token not in text
 
 
+def test_wrong_credentials_end_the_run_at_once_and_blame_no_record(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    """A wrong API secret: one login refused, the run Failed before any write, one log line that
+    names the settings, nothing quarantined or counted as failed (it used to send one login per
+    record and quarantine every record as refused by the portal)."""
+    from sqlalchemy import select
+
+    from connectors.state_store import sync_runs
+    from connectors.sync.errors import PartnerCredentialsError
+
+    store = StateStore(world["state_url"])
+    quarantined = {(q["entity"], q["ref_id"], q["rule"]) for q in store.open_quarantine("portal")}
+    before = sandbox.counters()
+    with (
+        portal_env(
+            sandbox, world["erp_url"], world["state_url"], HAUSFLOW_PORTAL__API_SECRET="not-the-secret-9c1e"
+        ),
+        pytest.raises(PartnerCredentialsError),
+    ):
+        run_portal_sync(profile="test", full_resync=True)
+    after = sandbox.counters()
+    assert after["logins"] - before["logins"] <= 2 and after["logins_refused"] > before["logins_refused"]
+    assert after["writes"] == before["writes"] and after["duplicate_writes"] == before["duplicate_writes"]
+    assert {(q["entity"], q["ref_id"], q["rule"]) for q in store.open_quarantine("portal")} == quarantined
+    with store.engine.connect() as conn:
+        run_id, status = conn.execute(
+            select(sync_runs.c.run_id, sync_runs.c.status).order_by(sync_runs.c.started_at.desc()).limit(1)
+        ).one()
+    assert status == "FAILED" and store.protocol_rows(run_id) == []
+    log = run_log(run_id, until="refused the credentials")
+    lines = [m for m in log if "portal.api_key" in m]
+    assert (
+        len(lines) == 1 and "portal.api_secret" in lines[0] and "stops before it reads or sends" in lines[0]
+    )
+    assert not any("not-the-secret-9c1e" in m for m in log)
+
+
 class _Node:
     """A cycle-capable object a weak reference can watch."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from connectors.erp import demo
 from connectors.erp.database import make_engine
@@ -161,7 +162,7 @@ def test_a_retried_load_batch_sends_and_records_nothing_twice(
     sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: bool
 ) -> None:
     """The load task fails after the portal took a batch: at its confirmation (a database
-    error), or right after it was committed. Prefect retries the task; the retry reads the
+    error, which is retriable), or right after it was committed. Prefect retries the task; the retry reads the
     pending writes back from the portal and confirms them, or finds them confirmed by its
     earlier attempt. Nothing is sent twice, each record has one protocol row."""
     erp_url, state_url = f"sqlite:///{tmp_path}/erp.sqlite", f"sqlite:///{tmp_path}/state.sqlite"
@@ -175,7 +176,7 @@ def test_a_retried_load_batch_sends_and_records_nothing_twice(
             failed.append(len(confirmations))
             if committed:
                 confirm(self, target, confirmations, *args)
-            raise RuntimeError("database went away while confirming (injected)")
+            raise OperationalError("UPDATE sync_state", {}, Exception("database went away (injected)"))
         return confirm(self, target, confirmations, *args)
 
     monkeypatch.setattr(StateStore, "confirm", confirm_failing_once)
@@ -213,8 +214,9 @@ def test_a_retried_batch_settles_each_kind_of_earlier_outcome(sandbox: SandboxSe
     from connectors.portal import PortalClient, WriteOp
     from connectors.portal.streams import STREAMS, payload_hash
     from connectors.state_store import Confirmation, PendingWrite, ProtocolRow, QuarantineItem
-    from tasks.portal_plan import PlannedWrite
-    from tasks.portal_tasks import BatchOutcome, _after_an_earlier_attempt
+    from tasks.portal_tasks import PORTAL
+    from tasks.sync.load import BatchOutcome, settle_earlier_attempt
+    from tasks.sync.plan import PlannedWrite
 
     sandbox.reset()
     store = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
@@ -254,7 +256,9 @@ def test_a_retried_batch_settles_each_kind_of_earlier_outcome(sandbox: SandboxSe
     store.add_protocol("R", [ProtocolRow("properties", "E", "failed", "503 (gave up after 7 attempts)")])
 
     outcome = BatchOutcome()
-    left = asyncio.run(_after_an_earlier_attempt(store, client, "R", since, list(writes.values()), outcome))
+    left = asyncio.run(
+        settle_earlier_attempt(store, client, PORTAL, "R", since, list(writes.values()), outcome)
+    )
 
     assert [w.ref_id for w in left] == ["C", "F"]
     assert (outcome.confirmed, outcome.confirmed_before, outcome.verified_by_read) == (2, 1, 1)

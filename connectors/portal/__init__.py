@@ -1,10 +1,11 @@
-"""Tenant-portal (casavi manager API v2) connector."""
+"""Tenant-portal (casavi manager API v2) connector: a client, its streams, its token flow."""
 
 from connectors.portal.client import PortalApi, PortalClient, WriteOp, WriteResult
 from connectors.portal.errors import (
     PortalApiError,
     PortalAuthError,
     PortalConflictError,
+    PortalCredentialsError,
     PortalError,
     PortalNotFoundError,
     PortalRetriableError,
@@ -20,6 +21,7 @@ __all__ = [
     "PortalAuthError",
     "PortalClient",
     "PortalConflictError",
+    "PortalCredentialsError",
     "PortalError",
     "PortalNotFoundError",
     "PortalRetriableError",

@@ -278,6 +278,8 @@ class Counters:
     duplicate_writes: int = 0
     writes_by_entity: dict[str, int] = field(default_factory=dict)
     writes_by_op: dict[str, int] = field(default_factory=dict)
+    logins: int = 0  # POST /v2/authenticate calls, accepted or refused
+    logins_refused: int = 0
 
     def write(self, entity: str, op: str, effective: bool) -> None:
         """Count one accepted write: an effective change or a duplicate (nothing changed)."""
@@ -616,10 +618,12 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
     )
     async def authenticate(credentials: AuthRequest) -> Response:
         """Exchange key and secret for a token (401 on wrong credentials)."""
+        state.counters.logins += 1
         if not (
             secrets.compare_digest(credentials.key, state.key)
             and secrets.compare_digest(credentials.secret, state.secret)
         ):
+            state.counters.logins_refused += 1
             raise ApiError(401, "key or secret is wrong")
         token = secrets.token_hex(24)
         expires = datetime.now(UTC) + timedelta(seconds=state.token_ttl_s)
@@ -779,6 +783,8 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
             "writes_by_entity": c.writes_by_entity,
             "writes_by_op": c.writes_by_op,
             "duplicate_writes": c.duplicate_writes,
+            "logins": c.logins,
+            "logins_refused": c.logins_refused,
             "max_writes_per_record": store.max_writes_per_record,
             "faults_injected": dict(state.faults.injected),
             "records": {e: s["total"] for e, s in by_state.items()},

@@ -1,4 +1,4 @@
-"""Plan by difference: desired portal state minus what the portal last confirmed (pure, no I/O).
+"""Plan by difference: desired state minus what the partner last confirmed (pure, no I/O).
 
 Why not modification dates: deletions, co-tenant removals and time-driven changes (day N after
 the move-out) leave no modification date behind. Comparing the full desired state with the
@@ -7,21 +7,24 @@ confirmed state catches all of them, and a re-run after success plans nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from connectors.portal.streams import STREAMS, payload_hash
 from connectors.state_store import StateEntry
-from tasks.portal_rules import Skip
+from connectors.sync.streams import Stream, payload_hash
 
-ENTITIES = ("properties", "units", "contacts", "responsibilities")
-# Phases run one after the other; within a phase writes go concurrently.
-UPSERT_ORDER = ("properties", "units", "contacts", "responsibilities")
-ARCHIVE_ORDER = ("contacts", "units", "properties")
-DEFAULT_WITHDRAW_REASON = (
-    "no longer selected for the portal (deleted in the ERP, object no longer released, or licence off)"
-)
+DEFAULT_WITHDRAW_REASON = "no longer selected (deleted in the ERP, no longer released, or licence off)"
+
+
+class Held(Protocol):
+    """Anything that names a record held back (a rule's skip, a quarantine entry)."""
+
+    @property
+    def entity(self) -> str: ...
+
+    @property
+    def ref_id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,13 @@ class Plan:
                 yield phase[start : start + size]
 
 
+def upsert_order(streams: Sequence[Stream]) -> list[Stream]:
+    """Streams in the order their upserts go (parents first)."""
+    return sorted(streams, key=lambda s: s.write_order)
+
+
 def plan_changes(
+    streams: Sequence[Stream],
     desired: Mapping[str, Mapping[str, dict[str, Any]]],
     state: Mapping[str, Mapping[str, StateEntry]],
     *,
@@ -82,34 +91,35 @@ def plan_changes(
     anonymise: set[str] | None = None,
     full_resync: bool = False,
     allow_archive: bool = True,
-    entities: tuple[str, ...] = ENTITIES,
+    entities: tuple[str, ...] | None = None,
     hashes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Plan:
-    """Compute the writes that bring the portal from ``state`` to ``desired``.
+    """Compute the writes that bring the partner from ``state`` to ``desired``.
 
     Args:
+        streams: the partner's streams; their ``write_order`` orders the plan.
         desired: entity -> reference id -> payload, as the rules built it (already validated).
         state: entity -> reference id -> what the portal last confirmed.
         held: (entity, id) of records in quarantine: neither written nor archived this run.
         withdraw_reasons: why a record is no longer desired, for the protocol.
-        anonymise: person numbers anonymised in the ERP.
+        anonymise: reference ids anonymised in the ERP (of the anonymisable streams).
         full_resync: send every desired record even when its hash is unchanged.
         allow_archive: archive what is no longer desired (only after a complete extract of all objects).
-        entities: the entities this run covers.
+        entities: the entities this run covers (default: every stream).
         hashes: precomputed payload hashes (entity -> id -> hash), see :func:`desired_hashes`.
 
     Returns:
-        The ordered plan: upserts (properties, units, contacts, responsibilities), then
-        responsibility removals, archives (contacts, units, properties) and anonymisations.
+        The ordered plan: upserts in write order (parents first), then withdrawals of records
+        of streams that cannot be archived, archives in reverse write order (children first),
+        and anonymisations.
     """
+    ordered = [s for s in upsert_order(streams) if entities is None or s.name in entities]
     held = held or set()
     withdraw_reasons = withdraw_reasons or {}
     anonymise = anonymise or set()
     plan = Plan()
-    for entity in UPSERT_ORDER:
-        if entity not in entities:
-            continue
-        stream = STREAMS[entity]
+    for stream in ordered:
+        entity = stream.name
         confirmed = state.get(entity, {})
         known = (hashes or {}).get(entity, {})
         unchanged = 0
@@ -135,52 +145,54 @@ def plan_changes(
         plan.notes.append(
             "partial run (objects chosen): nothing is archived; a full run reconciles deletions"
         )
-    if allow_archive and "responsibilities" in entities:
-        stream = STREAMS["responsibilities"]
-        wanted = desired.get("responsibilities", {})
-        for ref_id, entry in sorted(state.get("responsibilities", {}).items()):
-            if ref_id in wanted or entry.status != "active" or ("responsibilities", ref_id) in held:
+    for stream in ordered if allow_archive else ():
+        if stream.archivable or stream.withdrawn is None:
+            continue
+        entity = stream.name
+        wanted = desired.get(entity, {})
+        for ref_id, entry in sorted(state.get(entity, {}).items()):
+            if ref_id in wanted or entry.status != "active" or (entity, ref_id) in held:
                 continue
-            empty = {"id": ref_id, "responsibilities": []}
+            empty = stream.withdrawn(ref_id)
             digest = payload_hash(stream, empty)
             if entry.payload_hash == digest:
                 continue
-            plan.writes.append(
-                PlannedWrite(
-                    "responsibilities", "upsert", ref_id, "updated", empty, digest, "caretakers removed"
-                )
-            )
-    for entity in ARCHIVE_ORDER:
-        if not allow_archive or entity not in entities:
+            reason = stream.withdrawn_reason
+            plan.writes.append(PlannedWrite(entity, "upsert", ref_id, "updated", empty, digest, reason))
+    for stream in reversed(ordered) if allow_archive else ():
+        if not stream.archivable:
             continue
+        entity = stream.name
         wanted = desired.get(entity, {})
         for ref_id, entry in sorted(state.get(entity, {}).items()):
             if entry.status != "active" or ref_id in wanted or (entity, ref_id) in held:
                 continue
-            if entity == "contacts" and ref_id in anonymise:
+            if stream.anonymisable and ref_id in anonymise:
                 continue  # anonymised below, which also archives
             reason = withdraw_reasons.get((entity, ref_id), DEFAULT_WITHDRAW_REASON)
             plan.writes.append(PlannedWrite(entity, "archive", ref_id, "archived", reason=reason))
-    if "contacts" in entities:
-        confirmed = state.get("contacts", {})
+    for stream in ordered:
+        if not stream.anonymisable:
+            continue
+        confirmed = state.get(stream.name, {})
         for ref_id in sorted(anonymise):
             entry = confirmed.get(ref_id)
             if entry is not None and entry.status != "anonymised":
                 plan.writes.append(
                     PlannedWrite(
-                        "contacts", "anonymize", ref_id, "anonymised", reason="anonymised in the ERP"
+                        stream.name, "anonymize", ref_id, "anonymised", reason="anonymised in the ERP"
                     )
                 )
     return plan
 
 
 def desired_hashes(
-    desired: Mapping[str, Mapping[str, dict[str, Any]]], entities: tuple[str, ...] = ENTITIES
+    streams: Mapping[str, Stream], desired: Mapping[str, Mapping[str, dict[str, Any]]]
 ) -> dict[str, dict[str, str]]:
-    """Payload hash of every desired record, computed once per run."""
+    """Payload hash of every desired record of the given streams, computed once per run."""
     return {
-        entity: {rid: payload_hash(STREAMS[entity], p) for rid, p in desired.get(entity, {}).items()}
-        for entity in entities
+        entity: {rid: payload_hash(stream, p) for rid, p in desired[entity].items()}
+        for entity, stream in streams.items()
         if entity in desired
     }
 
@@ -214,6 +226,6 @@ def write_candidates(
     return out
 
 
-def held_records(skips: list[Skip]) -> set[tuple[str, str]]:
+def held_records(skips: Sequence[Held]) -> set[tuple[str, str]]:
     """(entity, id) of every record held back by validation."""
     return {(s.entity, s.ref_id) for s in skips}

@@ -1,0 +1,183 @@
+"""Token flows as ``httpx.Auth``: log in once, send the token, log in again once on 401.
+
+A partner's token flow subclasses :class:`TokenAuth` with three things: the login request, how
+to read the token and its expiry from the answer, and how a request carries the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncGenerator, Generator
+from typing import Any, ClassVar
+
+import httpx
+
+from connectors.sync.client import ClientStats
+from connectors.sync.errors import PartnerCredentialsError, PartnerError, error_from_response
+
+
+class TokenCache:
+    """Process-wide cache of tokens, keyed by partner address and API key.
+
+    Why: a token lives long (the portal's about a month) and there is no refresh; every batch
+    task builds its own client, and logging in per batch would double the request count of small
+    batches and crowd the partner's login counter.
+    """
+
+    _lock = threading.Lock()
+    _tokens: ClassVar[dict[tuple[str, str], tuple[str, float]]] = {}
+
+    @classmethod
+    def get(cls, key: tuple[str, str]) -> str | None:
+        """A cached token that is not about to expire, else ``None``."""
+        with cls._lock:
+            entry = cls._tokens.get(key)
+        if entry and entry[1] - 60 > time.time():
+            return entry[0]
+        return None
+
+    @classmethod
+    def expiry(cls, key: tuple[str, str]) -> float | None:
+        """When the cached token expires (epoch seconds), if one is cached."""
+        with cls._lock:
+            entry = cls._tokens.get(key)
+        return entry[1] if entry else None
+
+    @classmethod
+    def put(cls, key: tuple[str, str], token: str, expires_at: float) -> None:
+        """Remember a token until shortly before ``expires_at`` (epoch seconds)."""
+        with cls._lock:
+            cls._tokens[key] = (token, expires_at)
+
+    @classmethod
+    def drop(cls, key: tuple[str, str], token: str) -> None:
+        """Forget ``token`` if it is still the cached one (another request may have renewed it)."""
+        with cls._lock:
+            entry = cls._tokens.get(key)
+            if entry and entry[0] == token:
+                del cls._tokens[key]
+
+    @classmethod
+    def clear(cls) -> None:
+        """Forget every token (tests)."""
+        with cls._lock:
+            cls._tokens.clear()
+
+
+class TokenAuth(httpx.Auth):
+    """A login-token flow for ``httpx.AsyncClient``, shared by the concurrent requests of a client.
+
+    With no valid token cached, the first request logs in and the others wait for its token;
+    after a 401, the first refused request logs in again (once) and the others take the new
+    token. A refused login (400, 401, 403) raises :class:`PartnerCredentialsError` and is
+    remembered: the client's other requests raise it too, without another login, so wrong
+    credentials cost one login per client, never one per record. A 429 or 5xx answer to the login
+    raises the partner's retriable error: the client retries the request, login included.
+
+    Subclasses give :meth:`login_request`, :meth:`read_token` and :meth:`apply`.
+    """
+
+    partner = "partner"
+    settings_hint = "the partner's credentials"
+
+    def __init__(self, base_url: str, key: str, stats: ClientStats | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.cache_key = (self.base_url, key)
+        self.stats = stats if stats is not None else ClientStats()
+        self._refused: PartnerCredentialsError | None = None
+        self._lock: tuple[asyncio.Lock, asyncio.AbstractEventLoop] | None = None
+
+    # ---- what a partner's flow defines -------------------------------------------------------
+    def login_request(self) -> httpx.Request:
+        """The request that exchanges the credentials for a token."""
+        raise NotImplementedError
+
+    def read_token(self, data: Any) -> tuple[str, float | None]:
+        """The token and its expiry (epoch seconds, ``None`` if unknown) of a login answer."""
+        raise NotImplementedError
+
+    def apply(self, request: httpx.Request, token: str) -> None:
+        """Put ``token`` on ``request``."""
+        raise NotImplementedError
+
+    # ---- the flow ----------------------------------------------------------------------------
+    def token(self) -> str | None:
+        """The cached token, if any is still valid."""
+        return TokenCache.get(self.cache_key)
+
+    def expires_at(self) -> float | None:
+        """When the cached token expires (epoch seconds), if one is cached."""
+        return TokenCache.expiry(self.cache_key)
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError(f"{type(self).__name__} works with httpx.AsyncClient only")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = self.token()
+        if token is None:
+            async with self._loop_lock():
+                token = self.token()
+                if token is None:
+                    login = yield self._login()
+                    await login.aread()
+                    token = self._accept(login, fresh=False)
+        self.apply(request, token)
+        response = yield request
+        if response.status_code != 401:
+            return
+        # the token expired or was revoked: one new one for every request that waits, one more try
+        async with self._loop_lock():
+            TokenCache.drop(self.cache_key, token)
+            fresh = self.token()
+            if fresh is None:
+                login = yield self._login()
+                await login.aread()
+                fresh = self._accept(login, fresh=True)
+        self.apply(request, fresh)
+        yield request
+
+    def _login(self) -> httpx.Request:
+        if self._refused is not None:
+            raise self._refused
+        self.stats.authentications += 1
+        return self.login_request()
+
+    def _accept(self, response: httpx.Response, fresh: bool) -> str:
+        """The token of a login answer, now cached; a typed error for any other answer."""
+        try:
+            data: Any = response.json() if response.content else None
+        except ValueError:
+            data = response.text
+        path = response.request.url.path
+        if response.status_code in (400, 401, 403):
+            error = error_from_response(response.status_code, data, path, partner=self.partner)
+            self._refused = PartnerCredentialsError(
+                self.partner, response.status_code, error.message, self.settings_hint
+            )
+            raise self._refused
+        if response.status_code != 200:
+            raise error_from_response(
+                response.status_code, data, path, response.headers.get("Retry-After"), self.partner
+            )
+        try:
+            token, expires = self.read_token(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PartnerError(f"the {self.partner}'s login answer holds no token") from exc
+        TokenCache.put(self.cache_key, token, expires if expires is not None else time.time() + 3600)
+        self.stats.reauthentications += int(fresh)
+        return token
+
+    def _loop_lock(self) -> asyncio.Lock:
+        """The lock for the running event loop (a client may run one loop per synchronous call).
+
+        Lock and loop are kept as one pair, read and replaced in one step: a lock is never
+        handed to a loop it was not made for.
+        """
+        loop = asyncio.get_running_loop()
+        pair = self._lock
+        if pair is None or pair[1] is not loop:
+            pair = (asyncio.Lock(), loop)
+            self._lock = pair
+        return pair[0]

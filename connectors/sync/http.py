@@ -1,0 +1,373 @@
+"""``HttpPartnerClient``: a partner API over ``httpx.AsyncClient``, exactly once per write.
+
+Contract: reads are paged (``list`` + ``_links.next``, the link pinned to the partner's own
+address); writes are upserts by reference id (``PUT``), archives and anonymisations
+(``POST {item}/archive``), sent concurrently, bounded by ``concurrency`` and the rate limit.
+Retriable failures (408, 429 with ``Retry-After``, 5xx, timeouts, dropped connections, the same
+on the login) are retried with exponential backoff up to ``max_retries``. Before retrying a
+write whose outcome is ambiguous (the answer was lost, 500/502/504), the record is read back: if
+the partner already holds exactly what we sent, the write counts as confirmed and is not sent
+again. That is how a write reaches the partner once, not twice.
+
+Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as httpx reads them; TLS
+certificates are verified against the system's authorities (``verify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import httpx
+
+from connectors.sync.auth import TokenAuth
+from connectors.sync.client import ClientStats, WriteOp, WriteResult
+from connectors.sync.errors import (
+    AMBIGUOUS_STATUSES,
+    PartnerApiError,
+    PartnerAuthError,
+    PartnerCredentialsError,
+    PartnerError,
+    PartnerNotFoundError,
+    PartnerRetriableError,
+    PartnerTransportError,
+    error_from_response,
+)
+from connectors.sync.streams import Stream, payload_hash, write_applied
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@functools.cache
+def default_tls_context() -> ssl.SSLContext:
+    """One TLS context with the system's authorities for every client of the process (building one
+    costs about 20 ms, and each batch task builds a client)."""
+    return httpx.create_ssl_context()
+
+
+class RateLimiter:
+    """At most ``rate`` requests per second across a client's concurrent requests (httpx has none)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        """Return when the next request may go out."""
+        if not self._interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class HttpPartnerClient:
+    """A partner API client over HTTP. Build it inside the task that uses it, from plain settings.
+
+    Args:
+        name: the partner, for messages (``portal``).
+        base_url: the partner's address, e.g. ``https://api.mycasavi.com``.
+        streams: the partner's entities by name.
+        auth: the partner's token flow.
+        check_path: a cheap authenticated read that shows the partner answers (:meth:`acheck`).
+        concurrency: requests in flight at once, each worker over a connection of its own.
+        rate_limit_per_s: upper bound of requests per second, ``None`` for none.
+        max_retries: retries per request for retriable failures.
+        verify: TLS verification (an ``ssl.SSLContext``, ``True`` or a CA bundle path).
+        transport: an ``httpx`` transport instead of the network (tests: ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        streams: Mapping[str, Stream],
+        auth: TokenAuth,
+        *,
+        check_path: str,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        concurrency: int = 16,
+        rate_limit_per_s: float | None = None,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 20.0,
+        verify: ssl.SSLContext | str | bool | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.streams = dict(streams)
+        self.stats = ClientStats()
+        self._auth = auth
+        self._auth.stats = self.stats
+        self._check_path = check_path
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._concurrency = max(1, concurrency)
+        self._rate = rate_limit_per_s
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base_s
+        self._backoff_max = backoff_max_s
+        self._verify = default_tls_context() if verify is None else verify
+        self._transport = transport
+        self._origin = httpx.URL(self.base_url).copy_with(path="/", query=None, fragment=None)
+
+    # ---- the PartnerClient interface -----------------------------------------------------------
+    async def awrite_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """Send ``ops`` concurrently; one result per op, in order.
+
+        Raises only for what concerns every record: refused credentials
+        (:class:`PartnerCredentialsError`) or a token refused right after the login.
+        """
+        limiter = RateLimiter(self._rate)
+        return await self._each(ops, lambda http, op: self._write_one(http, limiter, op))
+
+    async def aread_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Read records by reference id (``None`` for unknown ones)."""
+        stream = self.streams[entity]
+        limiter = RateLimiter(self._rate)
+        records = await self._each(ref_ids, lambda http, ref_id: self._get_one(http, limiter, stream, ref_id))
+        return dict(zip(ref_ids, records, strict=True))
+
+    async def alist_records(
+        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every record of a collection, following ``_links.next`` page by page."""
+        stream = self.streams[entity]
+        limiter = RateLimiter(self._rate)
+        params: dict[str, Any] | None = {"pageSize": 1000, "page": 1}
+        if modified_after and params is not None:
+            params["modifiedAfter"] = modified_after
+        if include_archived and params is not None:
+            params["includeArchived"] = "true"
+        out: list[dict[str, Any]] = []
+        url: str | None = stream.path
+        async with self._http() as http:
+            while url:
+                response = await self._request(http, limiter, "GET", url, params=params)
+                assert response is not None
+                data = response.json()
+                out.extend(data.get("list", []))
+                url = (data.get("_links") or {}).get("next")
+                if url:
+                    self._pinned(url)
+                params = None  # the next link carries its own query
+        return out
+
+    async def acheck(self) -> None:
+        """One cheap authenticated read: raises unless the partner answers and takes the credentials."""
+        async with self._http() as http:
+            await self._request(
+                http, RateLimiter(self._rate), "GET", self._check_path, params={"pageSize": 1}
+            )
+
+    def credentials_expire(self) -> float | None:
+        """When the current token expires (epoch seconds), once the client has one."""
+        return self._auth.expires_at()
+
+    # ---- the same for synchronous callers (not inside a running event loop) -------------------
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """:meth:`awrite_many` for synchronous callers."""
+        return asyncio.run(self.awrite_many(ops))
+
+    def read_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """:meth:`aread_many` for synchronous callers."""
+        return asyncio.run(self.aread_many(entity, ref_ids))
+
+    def list_records(
+        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+    ) -> list[dict[str, Any]]:
+        """:meth:`alist_records` for synchronous callers."""
+        return asyncio.run(self.alist_records(entity, modified_after, include_archived))
+
+    def check(self) -> None:
+        """:meth:`acheck` for synchronous callers."""
+        asyncio.run(self.acheck())
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _http(self, connections: int = 1) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` with ``connections`` connections to the partner.
+
+        Concurrent calls take one client of one connection per worker (:meth:`_each`), not one
+        client with a pool of ``concurrency`` connections: httpcore checks every connection of
+        a pool each time a request enters or leaves it, which made up most of the client's CPU
+        time per request with 16 connections (measured against the sandbox: see
+        docs/performance.md).
+        """
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=self._auth,
+            timeout=self._timeout,
+            limits=limits,
+            verify=self._verify,
+            transport=self._transport,
+            headers={"Accept": "application/json", "User-Agent": "hausflow/0.1"},
+            trust_env=True,
+        )
+
+    def _pinned(self, url: str) -> None:
+        """A ``next`` link must stay on the partner's own address: the token goes nowhere else."""
+        link = httpx.URL(url)
+        if link.is_absolute_url and link.copy_with(path="/", query=None, fragment=None) != self._origin:
+            raise PartnerTransportError(f"the {self.name}'s link {url} leads to another address")
+
+    def _backoff(self, attempt: int, error: PartnerError) -> float:
+        if isinstance(error, PartnerRetriableError) and error.retry_after_s is not None:
+            return min(error.retry_after_s, self._backoff_max)
+        delay = self._backoff_base * (2**attempt)
+        return min(delay, self._backoff_max) * (0.5 + random.random() / 2)
+
+    async def _request(
+        self,
+        http: httpx.AsyncClient,
+        limiter: RateLimiter,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        verify: Callable[[], Awaitable[bool]] | None = None,
+        attempts_out: list[int] | None = None,
+    ) -> httpx.Response | None:
+        """One request with bounded retries. Returns ``None`` when ``verify`` proved it was applied."""
+        attempt = 0
+        while True:
+            await limiter.wait()
+            self.stats.requests += 1
+            ambiguous = False
+            try:
+                response = await http.request(method, path, json=json, params=params)
+            except PartnerError as exc:  # from the login: retriable (429, 5xx) or not (credentials)
+                if not exc.retriable:
+                    raise
+                error: PartnerError = exc
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                error = PartnerTransportError(f"{method} {path}: no connection ({type(exc).__name__})")
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                error = PartnerTransportError(f"{method} {path}: {type(exc).__name__}, answer lost")
+                ambiguous = True
+            else:
+                status = response.status_code
+                self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+                if status < 400:
+                    if attempts_out is not None:
+                        attempts_out.append(attempt + 1)
+                    return response
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = response.text
+                error = error_from_response(
+                    status, body, path, response.headers.get("Retry-After"), self.name
+                )
+                if not error.retriable:
+                    raise error
+                ambiguous = status in AMBIGUOUS_STATUSES
+            if attempts_out is not None:
+                attempts_out.append(attempt + 1)
+            if ambiguous and verify is not None:
+                try:
+                    if await verify():
+                        self.stats.verified_by_read += 1
+                        return None
+                except PartnerCredentialsError:
+                    raise
+                except PartnerError:
+                    pass  # cannot tell: fall through to a normal retry
+            if attempt >= self._max_retries:
+                raise error
+            attempt += 1
+            self.stats.retries += 1
+            await asyncio.sleep(self._backoff(attempt, error))
+
+    async def _get_one(
+        self, http: httpx.AsyncClient, limiter: RateLimiter, stream: Stream, ref_id: str
+    ) -> dict[str, Any] | None:
+        try:
+            response = await self._request(http, limiter, "GET", stream.item_path(ref_id))
+        except PartnerNotFoundError:
+            return None
+        assert response is not None
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def _write_one(self, http: httpx.AsyncClient, limiter: RateLimiter, op: WriteOp) -> WriteResult:
+        stream = self.streams[op.entity]
+        path = stream.item_path(op.ref_id)
+        attempts: list[int] = []
+
+        async def applied() -> bool:  # the read-back check before retrying an ambiguous write
+            record = await self._get_one(http, limiter, stream, op.ref_id)
+            expected = op.payload_hash or payload_hash(stream, op.payload or {})
+            return write_applied(stream, record, op.op, expected)
+
+        if op.op == "upsert":
+            method, target, body = "PUT", path, stream.body(op.payload or {})
+        elif op.op in ("archive", "anonymize"):
+            method, target, body = "POST", f"{path}/{op.op}", None
+        else:
+            raise ValueError(f"unknown write op {op.op!r}")
+        try:
+            response = await self._request(
+                http, limiter, method, target, json=body, verify=applied, attempts_out=attempts
+            )
+        except (PartnerCredentialsError, PartnerAuthError):
+            raise  # not this record's fault: the caller stops the whole call
+        except PartnerApiError as exc:
+            return WriteResult(
+                op, False, error=exc.describe(), error_status=exc.status, retriable=exc.retriable,
+                attempts=len(attempts),
+            )  # fmt: skip
+        except PartnerError as exc:
+            return WriteResult(op, False, error=str(exc), retriable=exc.retriable, attempts=len(attempts))
+        if response is None:
+            return WriteResult(op, True, verified_by_read=True, attempts=len(attempts))
+        internal_id = None
+        if response.content:
+            try:
+                internal = response.json().get("internalId")
+                internal_id = None if internal is None else str(internal)
+            except (ValueError, AttributeError):
+                internal_id = None
+        return WriteResult(
+            op, True, created=response.status_code == 201, internal_id=internal_id, attempts=len(attempts)
+        )
+
+    async def _each(
+        self, items: Sequence[_T], call: Callable[[httpx.AsyncClient, _T], Awaitable[_R]]
+    ) -> list[_R]:
+        """``call`` for every item, ``concurrency`` at a time; results in the order of ``items``.
+
+        A fixed set of workers, each with its own client and connection, takes the next item as
+        soon as one is free. When one call fails (or the caller is cancelled), the others are
+        stopped before the error goes up, so no request of this call is still on its way when the
+        caller goes on or retries.
+        """
+        results: list[_R | None] = [None] * len(items)
+        cursor = iter(range(len(items)))
+
+        async def worker() -> None:
+            async with self._http() as http:
+                for i in cursor:
+                    results[i] = await call(http, items[i])
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(self._concurrency, len(items)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        return cast(list[_R], results)
