@@ -18,6 +18,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A stored date-time as an aware one in UTC.
+
+    Why: SQLite keeps ``DateTime(timezone=True)`` values without their zone (the stores write UTC),
+    PostgreSQL returns them in the session's zone; callers compare and print them as UTC.
+    """
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def sqlite_file(url: str) -> str | None:
     """The file of a SQLite URL (``sqlite:///path``); ``None`` for other databases and in-memory SQLite."""
     if not url.startswith("sqlite") or "///" not in url:

@@ -5,7 +5,9 @@ point. So each write is first recorded as *pending*, and the confirmed state adv
 what the partner acknowledged. A later run verifies pending entries against the partner before it
 plans anything, so a crash neither loses a change nor sends it twice.
 
-SQLite by default, PostgreSQL (or Oracle) for real; portable SQLAlchemy Core only.
+SQLite by default, PostgreSQL (or Oracle) for real; portable SQLAlchemy Core only. The tables
+below are the model; databases get them by the migrations in ``connectors/state_migrations``,
+which run when a store is opened.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -38,17 +40,16 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     null,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
 from connectors.erp.database import make_engine
-from connectors.sqlutil import chunks, driver_value, execute_many, sqlite_file, utcnow
+from connectors.sqlutil import as_utc, chunks, driver_value, execute_many, sqlite_file, utcnow
+from connectors.state_migrations import migrate
 
 state_metadata = MetaData()
 
@@ -135,6 +136,17 @@ protocol = Table(
     Index("ix_protocol_run", "run_id", "outcome"),
 )
 
+KEY_HINT_LENGTH = 40
+partner_credentials = Table(
+    "partner_credentials",
+    state_metadata,
+    Column("target", String(20), primary_key=True),
+    # which key a connector uses, recognisable but useless to anyone who reads it (see credential_hint)
+    Column("key_hint", String(KEY_HINT_LENGTH), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),  # NULL: the partner named no expiry
+    Column("fetched_at", DateTime(timezone=True), nullable=False),
+)
+
 
 def record_json(record: dict[str, Any] | None) -> str | None:
     """A quarantined record as the quarantine table stores it (compare payloads with this)."""
@@ -178,27 +190,6 @@ def _insert_protocol(conn: Connection, run_id: str, rows: Sequence[ProtocolRow],
             for r in rows
         ],
     )
-
-
-def _upgrade(engine: Engine) -> None:
-    """Bring a state database of an older release up to date (idempotent, cheap when current).
-
-    Adds ``sync_state.seq`` with its index, and the change-sequence counter row.
-    """
-    columns = {c["name"] for c in inspect(engine).get_columns("sync_state")}
-    if "seq" not in columns:
-        with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE sync_state ADD COLUMN seq INTEGER"))
-        for index in sync_state.indexes:
-            index.create(engine, checkfirst=True)
-    with engine.connect() as conn:
-        present = conn.execute(select(sync_meta.c.value).where(sync_meta.c.name == STATE_SEQ)).first()
-    if present is None:
-        try:
-            with engine.begin() as conn:
-                conn.execute(insert(sync_meta).values(name=STATE_SEQ, value=0))
-        except IntegrityError:
-            pass  # another process created it at the same moment
 
 
 @dataclass(frozen=True)
@@ -252,6 +243,29 @@ class ProtocolRow:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class CredentialRecord:
+    """When a partner's credentials were fetched and when they expire (times aware, in UTC)."""
+
+    target: str
+    key_hint: str
+    expires_at: datetime | None
+    fetched_at: datetime
+
+
+KEY_HINT_CHARS = 4
+MIN_KEY_CHARS_FOR_HINT = 16
+
+
+def credential_hint(key: str) -> str:
+    """The hint of a key the store keeps: its first 4 characters and "…".
+
+    Why only that: enough to tell which of two keys is in use after a rotation, too little to use.
+    A key shorter than 16 characters gives "…" alone (4 characters would be a quarter of it).
+    """
+    return (key[:KEY_HINT_CHARS] if len(key) >= MIN_KEY_CHARS_FOR_HINT else "") + "…"
+
+
 STATUS_BY_OP = {"upsert": "active", "archive": "archived", "anonymize": "anonymised"}
 
 
@@ -269,7 +283,7 @@ def _file_identity(path: str | None) -> tuple[int, int] | None:
 
 
 def state_engine(url: str) -> Engine:
-    """The engine of a state database, one per process and database, with its schema checked.
+    """The engine of a state database, one per process and database, migrated to the newest schema.
 
     Why shared: a run builds a ``StateStore`` in each of its tasks; a new engine each time meant
     a new connection and a schema check every time (3-4 ms per store against the state database
@@ -280,7 +294,7 @@ def state_engine(url: str) -> Engine:
     file = sqlite_file(url)
     if url.startswith("sqlite") and file is None:
         engine = make_engine(url)
-        state_metadata.create_all(engine)
+        migrate(engine)
         return engine
     identity: Any = _file_identity(file) if file else url
     key = (os.getpid(), identity)
@@ -293,8 +307,7 @@ def state_engine(url: str) -> Engine:
         engine = make_engine(url)
         if file:
             _checkpoint_off_the_path(engine)
-        state_metadata.create_all(engine)
-        _upgrade(engine)
+        migrate(engine)
         if identity is None:  # the engine created the file: remember it by its identity
             key = (os.getpid(), _file_identity(file))
         _ENGINES[url] = (key, engine)
@@ -362,8 +375,7 @@ class StateStore:
             self.engine = state_engine(url)
         else:
             self.engine = engine
-            state_metadata.create_all(self.engine)
-            _upgrade(self.engine)
+            migrate(self.engine)
 
     # ---- confirmed state -------------------------------------------------------------------
     def current_seq(self) -> int:
@@ -726,6 +738,51 @@ class StateStore:
         )
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    # ---- partner credentials ---------------------------------------------------------------
+    def record_credentials(self, target: str, key_hint: str, expires_at: datetime | None) -> None:
+        """Remember which key ``target``'s connector fetched credentials with and when they expire.
+
+        Why: a later run warns before a partner's token or certificate runs out. One row per
+        target, replaced on each call; ``fetched_at`` is now (UTC). Never pass the key or token:
+        ``key_hint`` is what :func:`credential_hint` makes of it.
+
+        Raises:
+            ValueError: ``key_hint`` is longer than a hint (40 characters: more likely the secret
+                itself), or ``expires_at`` has no time zone.
+        """
+        if len(key_hint) > KEY_HINT_LENGTH:
+            raise ValueError(
+                f"key hint of {target} has {len(key_hint)} characters: pass credential_hint(key), "
+                "never the key or token itself"
+            )
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise ValueError(f"expiry of the credentials of {target} has no time zone: {expires_at}")
+        values = {
+            "key_hint": key_hint,
+            "expires_at": None if expires_at is None else expires_at.astimezone(UTC),
+            "fetched_at": utcnow(),
+        }
+        replace = update(partner_credentials).where(partner_credentials.c.target == target).values(**values)
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(replace).rowcount == 0:
+                    conn.execute(insert(partner_credentials).values(target=target, **values))
+        except IntegrityError:  # another process inserted the target's row between the two statements
+            with self.engine.begin() as conn:
+                conn.execute(replace)
+
+    def credentials(self, target: str) -> CredentialRecord | None:
+        """What :meth:`record_credentials` last recorded for ``target`` (``None``: nothing yet)."""
+        query = select(
+            partner_credentials.c.key_hint, partner_credentials.c.expires_at, partner_credentials.c.fetched_at
+        ).where(partner_credentials.c.target == target)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        expires_at = None if row.expires_at is None else as_utc(row.expires_at)
+        return CredentialRecord(target, row.key_hint, expires_at, as_utc(row.fetched_at))
 
     # ---- runs and protocol -----------------------------------------------------------------
     def start_run(self, run_id: str, flow: str, target: str, dry_run: bool) -> None:
