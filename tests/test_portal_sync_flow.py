@@ -236,6 +236,17 @@ def test_logs_and_artifacts_carry_neither_secret_nor_token(
         assert token not in text
 
 
+def test_the_tokens_expiry_is_kept_for_the_credential_warning(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    from datetime import UTC, datetime
+
+    record = StateStore(world["state_url"]).credentials("portal")
+    assert record is not None and record.expires_at is not None
+    assert record.expires_at > datetime.now(UTC) and record.fetched_at <= datetime.now(UTC)
+    assert sandbox.key not in record.key_hint and sandbox.secret not in record.key_hint
+
+
 def test_wrong_credentials_end_the_run_at_once_and_blame_no_record(
     world: dict[str, Any], sandbox: SandboxServer
 ) -> None:

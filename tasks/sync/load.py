@@ -34,6 +34,7 @@ from connectors.state_store import (
     QuarantineItem,
     StateEntry,
     StateStore,
+    credential_hint,
 )
 from connectors.sync.client import PartnerClient, WriteOp
 from connectors.sync.errors import PartnerCredentialsError, is_retriable
@@ -295,11 +296,10 @@ def _new_tokens(partner: Partner, client: PartnerClient) -> str:
 
 
 def _key_hint(settings: HausflowSettings, partner: str) -> str:
-    """A hint of which API key is in use, never the key itself."""
+    """A hint of which API key is in use (:func:`credential_hint`), never the key itself."""
     section = getattr(settings, partner, None)
     key = getattr(section, "api_key", None)
-    value = key.get_secret_value() if key is not None else ""
-    return f"{value[:4]}…" if value else ""
+    return credential_hint(key.get_secret_value() if key is not None else "")
 
 
 @task(
