@@ -27,20 +27,20 @@ from tasks.portal_memo import (
     BUILT_ENTITIES,
     KEYED_TABLES,
     MemoStore,
+    MemoUnusable,
     Scope,
+    TableLinks,
     TableVersion,
-    blob_digest,
     changed_positions,
-    delta_version,
-    dump_rows,
     memo_after_run,
     memo_folder,
     merge_desired,
-    rows_at,
     rows_for,
     run_fingerprint,
     scope_from_memo,
-    touched_rows,
+    table_digest,
+    table_file,
+    touched_links,
 )
 from tasks.portal_rules import (
     ContactRules,
@@ -109,9 +109,10 @@ def desired_state_from_rows(
     """The desired portal state for the extracted rows: in full, or only ``scope`` rebuilt.
 
     An incremental run (``scope``) rebuilds the scope's properties, units and contacts from the
-    rows they depend on and carries everything else over from the memo; caretakers are always
-    taken in full. Returns the desired state, the released objects and the requested ``objects``
-    that are not released.
+    rows they depend on, decides the persons the memo's run withheld again (the memo keeps no
+    reasons), and carries everything else over from the memo; caretakers are always taken in
+    full. Returns the desired state, the released objects and the requested ``objects`` that
+    are not released.
     """
     if scope is None:
         frames = {name: table.frame() for name, table in tables.items()}
@@ -122,7 +123,9 @@ def desired_state_from_rows(
     rules = contact_rules(settings)
     part = {
         name: table.frame()
-        for name, table in rows_for(tables, scope.properties, scope.units, scope.contacts).items()
+        for name, table in rows_for(
+            tables, scope.properties, scope.units, scope.contacts | scope.memo.withheld
+        ).items()
     }
     rebuilt = _build(part, released, rules, today, properties_for=scope.properties, units_for=scope.units)
     rebuilt.caretakers = caretaker_entries(tables["caretakers"].frame(), released, rules)
@@ -164,11 +167,10 @@ def _build(
 class RunBasis:
     """What a run builds on: the scope of an incremental run, or why it is a full one.
 
-    ``versions`` are this run's ERP rows for the memo, ``files`` the row and delta files they
-    need that may be new, ``rows`` the rows themselves (incremental runs: to write a whole row
-    file if one of a version's files went missing); ``seq`` is the position of the state
-    store's change sequence when the run looked; ``remember`` says whether the run leaves a memo
-    (complete, not dry runs).
+    ``versions`` are this run's ERP tables for the memo, ``files`` the table files they need
+    that may be new, ``rows`` the tables themselves (incremental runs: to write a table file
+    again if one went missing); ``seq`` is the position of the state store's change sequence when
+    the run looked; ``remember`` says whether the run leaves a memo (complete, not dry runs).
     """
 
     scope: Scope | None
@@ -178,7 +180,7 @@ class RunBasis:
     remember: bool
     versions: dict[str, TableVersion] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
-    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    rows: dict[str, TableRows] = field(default_factory=dict)
 
 
 @task(name="extract-erp", cache_policy=NO_CACHE)
@@ -222,85 +224,98 @@ def find_portal_changes(
     elif not settings.portal.incremental:
         basis.why_full = "incremental runs are switched off (portal.incremental = false)"
     memos = MemoStore(memo_folder(settings, TARGET))
-    memo = memos.load() if basis.why_full is None else None
     if basis.why_full is None:
-        if memo is None:
-            basis.why_full = "there is no memo of an earlier complete run"
-        elif memo.fingerprint != fingerprint:
-            basis.why_full = "the business date, the portal settings, the licences or the rules changed"
-        elif memo.last_seq > seq or store.count_state(TARGET) != memo.state_count:
-            basis.why_full = (
-                "the state store changed in a way the memo cannot follow (records removed or restored)"
-            )
-    if basis.why_full is None and memo is not None:
-        touched: dict[str, list[tuple[Any, ...]]] = {}
-        for name, table in tables.items():
-            known = memo.tables.get(name)
-            found = _changes_since(memos, basis, name, table.rows, known) if known else None
-            if found is None:
-                basis.why_full = f"the memo's rows of {name} are missing"
-                break
-            touched[name] = found
-        if basis.why_full is None:
-            changed, _ = store.changed_since(TARGET, memo.last_seq)
-            basis.scope = scope_from_memo(memo, tables, touched, changed)
+        try:
+            basis.scope = _scope(store, memos, basis, tables)
+        except MemoUnusable as exc:
+            basis.why_full = str(exc)
     if basis.scope is not None:
-        for name, table in tables.items():
-            memos.keep_warm(name, basis.versions[name], table.rows)
-            basis.rows[name] = table.rows
+        basis.rows = dict(tables)
         logger.info("Plan: %s.", basis.scope.describe())
     else:  # a full run keeps no rows alive: it needs the memory to build
         basis.versions, basis.files, basis.rows = {}, {}, {}
         memos.drop_warm()
         if remember:
             for name, table in tables.items():
-                _whole_file(basis, name, table.rows)
+                _whole_file(basis, name, table)
         logger.info("Full run: %s; every record is rebuilt and compared.", basis.why_full)
     return basis
 
 
-def _whole_file(basis: RunBasis, table: str, rows: list[tuple[Any, ...]]) -> TableVersion:
-    """Record ``rows`` for the memo as one whole row file."""
-    blob = dump_rows(rows)
-    version = TableVersion.base(table, blob_digest(blob))
-    basis.files[version.files[0]] = blob
+def _scope(
+    store: StateStore, memos: MemoStore, basis: RunBasis, tables: dict[str, TableRows]
+) -> Scope | None:
+    """The scope of an incremental run, or ``None`` with the reason in ``basis.why_full``.
+
+    Raises ``MemoUnusable`` (damaged or refused memo).
+    """
+    memo = memos.load()
+    if memo is None:
+        basis.why_full = "there is no memo of an earlier complete run"
+    elif memo.fingerprint != basis.fingerprint:
+        basis.why_full = "the business date, the portal settings, the licences or the rules changed"
+    elif memo.last_seq > basis.seq or store.count_state(TARGET) != memo.state_count:
+        basis.why_full = (
+            "the state store changed in a way the memo cannot follow (records removed or restored)"
+        )
+    elif set(memo.tables) != set(tables):
+        basis.why_full = "the memo's tables are not the ones this run read"
+    if memo is None or basis.why_full is not None:
+        return None
+    touched = {
+        name: _changes_since(memos, basis, name, table, memo.tables[name]) for name, table in tables.items()
+    }
+    changed, _ = store.changed_since(TARGET, memo.last_seq)
+    return scope_from_memo(memo, tables, touched, changed)
+
+
+def _whole_file(
+    basis: RunBasis, table: str, rows: TableRows, links: TableLinks | None = None, digest: str | None = None
+) -> TableLinks:
+    """Record ``rows`` for the memo as a new table file (``links`` and ``digest`` if known)."""
+    links = links or TableLinks.of(table, rows)
+    data = links.to_json(table)
+    version = TableVersion(digest or table_digest(rows.rows), table_file(table, data))
+    basis.files[version.file] = data
     basis.versions[table] = version
-    return version
+    return links
 
 
 def _changes_since(
-    memos: MemoStore, basis: RunBasis, table: str, rows: list[tuple[Any, ...]], known: TableVersion
-) -> list[tuple[Any, ...]] | None:
-    """The rows of ``table`` touched since the memo's ``known`` version (``None``: its files are gone).
+    memos: MemoStore, basis: RunBasis, table: str, rows: TableRows, known: TableVersion
+) -> list[Sequence[Any]]:
+    """Link columns of the rows of ``table`` added, removed or changed since the memo's ``known``.
 
-    Records this run's version of the table in ``basis``. A process that kept the rows of
-    ``known`` compares with them and records a change as a delta file; a new process dumps the
-    rows, compares their digest with the memo's and, where they differ, reads the memo's files.
+    Records this run's version of the table in ``basis`` and keeps its rows in the process. A
+    process that kept the rows of ``known`` compares with them, and digests only the rows that
+    changed in place; a new process compares the digest of the whole table with the memo's and,
+    where it differs, the digest of every row with the memo's file. Raises ``MemoUnusable`` if
+    that file is gone, damaged or not private.
     """
-    keyed = table in KEYED_TABLES
     kept = memos.warm(table, known)
-    if kept is not None:
-        if kept is rows or kept == rows:
-            basis.versions[table] = known
-            return []
-        positions = changed_positions(kept, rows) if keyed else None
-        if positions is None:
-            _whole_file(basis, table, rows)
-            return touched_rows(kept, rows, keyed)
-        step = delta_version(table, known, rows, positions)
-        if step is None:
-            _whole_file(basis, table, rows)
-        else:
-            basis.versions[table], name, blob = step
-            basis.files[name] = blob
-        return rows_at(kept, rows, positions)
-    version = _whole_file(basis, table, rows)
-    if version.id == known.id:
+    digest = None
+    if kept is not None and (kept.rows is rows.rows or kept.rows == rows.rows):
+        digest = known.digest
+    elif kept is None:
+        digest = table_digest(rows.rows)
+    if digest == known.digest:
+        basis.versions[table] = known
+        memos.keep_warm(table, known, rows.rows, kept.links if kept is not None else None)
         return []
-    old = memos.rows(table, known)
-    if old is None:
-        return None
-    return [] if old == rows else touched_rows(old, rows, keyed)
+    if kept is None:
+        old = memos.links(table, known)
+        positions = None
+    else:
+        old = kept.links or TableLinks.of(table, TableRows(rows.columns, kept.rows))
+        positions = changed_positions(kept.rows, rows.rows) if table in KEYED_TABLES else None
+    if positions is None:
+        new = _whole_file(basis, table, rows, digest=digest)
+        touched = touched_links(old, new)
+    else:
+        new = _whole_file(basis, table, rows, old.patched(table, rows, positions))
+        touched = [new.links[i] for i in positions] + [old.links[i] for i in positions]
+    memos.keep_warm(table, basis.versions[table], rows.rows, new)
+    return touched
 
 
 @task(name="apply-portal-rules", cache_policy=NO_CACHE)

@@ -9,7 +9,10 @@ in the full run. The second half runs the flow against the sandbox.
 from __future__ import annotations
 
 import os
+import pickle
+import stat
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +28,19 @@ from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
 from tasks.portal_memo import (
     BUILT_ENTITIES,
-    KEYED_TABLES,
+    MEMO_FILE,
     Memo,
     MemoStore,
+    MemoUnusable,
+    TableLinks,
     TableVersion,
-    blob_digest,
     changed_positions,
-    delta_version,
-    dump_rows,
-    load_rows,
     memo_after_run,
     memo_folder,
     scope_from_memo,
-    touched_rows,
+    table_digest,
+    table_file,
+    touched_links,
 )
 from tasks.portal_rules import DesiredState
 from tasks.portal_tasks import desired_state_from_rows
@@ -48,7 +51,10 @@ TODAY = BUSINESS_DATE
 
 # ---- rules level -----------------------------------------------------------------------------------
 def _versions(tables: dict[str, TableRows]) -> dict[str, TableVersion]:
-    return {name: TableVersion.base(name, blob_digest(dump_rows(t.rows))) for name, t in tables.items()}
+    return {
+        name: TableVersion(table_digest(t.rows), table_file(name, TableLinks.of(name, t).to_json(name)))
+        for name, t in tables.items()
+    }
 
 
 def _memo(tables: dict[str, TableRows], desired: DesiredState) -> Memo:
@@ -77,7 +83,7 @@ class Ledger:
         tables = extract_portal_rows(self.engine)
         versions = _versions(tables)
         touched = {
-            n: touched_rows(self.tables[n].rows, tables[n].rows, n in KEYED_TABLES)
+            n: touched_links(TableLinks.of(n, self.tables[n]), TableLinks.of(n, tables[n]))
             for n in tables
             if versions[n] != self.memo.tables[n]
         }
@@ -222,77 +228,149 @@ def test_a_caretaker_follows_its_object_and_its_assignment(ledger: Ledger) -> No
     assert "HM-1" not in ledger.full.records["contacts"]
 
 
-def test_touched_rows_sees_additions_removals_and_changes() -> None:
+PERSONS = ("person_no", "last_name")
+
+
+def _links(rows: list[tuple[Any, ...]]) -> TableLinks:
+    return TableLinks.of("persons", TableRows(PERSONS, rows))
+
+
+def test_touched_links_see_additions_removals_and_changes() -> None:
     old = [("1", "a"), ("2", "b"), ("3", "c")]
     new = [("1", "a"), ("2", "B"), ("4", "d")]
-    assert sorted(touched_rows(old, new, keyed=True)) == [("2", "B"), ("2", "b"), ("3", "c"), ("4", "d")]
-    assert sorted(touched_rows(old, new, keyed=False)) == [("2", "B"), ("2", "b"), ("3", "c"), ("4", "d")]
-    assert touched_rows(old, list(old), keyed=True) == []
+    assert sorted(map(tuple, touched_links(_links(old), _links(new)))) == [("2",), ("2",), ("3",), ("4",)]
+    assert touched_links(_links(old), _links(list(old))) == []
     same_keys = [("1", "a"), ("2", "B"), ("3", "c")]  # lined up: compared by position
-    assert sorted(touched_rows(old, same_keys, keyed=True)) == [("2", "B"), ("2", "b")]
+    assert changed_positions(old, same_keys) == [1]
+    assert _links(old).patched("persons", TableRows(PERSONS, same_keys), [1]) == _links(same_keys)
+    assert changed_positions(old, old[1:]) is None  # rows added or removed: no comparison by position
+    assert changed_positions(old, [("9", "x"), *old[1:]]) is None
 
 
-def test_row_files_round_trip_plain_and_driver_values() -> None:
-    plain = [("P1", "Müller", None, 1, 2.5)]
-    with_dates = [("P1", date(2026, 1, 31))]  # what PostgreSQL drivers return
-    assert load_rows(dump_rows(plain)) == plain
-    assert load_rows(dump_rows(with_dates)) == with_dates
+def test_digests_follow_the_values_and_a_table_file_holds_links_and_digests_only() -> None:
+    rows = [("P1", "Müller", None, 1, 2.5, True), ("P2", date(2026, 1, 31), Decimal("1.50"))]
+    assert table_digest(rows) != table_digest(rows[:1])
+    assert _links([("P1", "a")]).digests != _links([("P1", "b")]).digests
+    # a date as PostgreSQL's driver returns it and as SQLite returns it: the same digest
+    assert _links([("P1", date(2026, 1, 31))]) == _links([("P1", "2026-01-31")])
+    links = _links([("P1", "Müller"), ("P2", None)])
+    data = links.to_json("persons")
+    assert "Müller".encode() not in data
+    back = TableLinks.from_json("persons", data)
+    assert [tuple(x) for x in back.links] == links.links and back.digests == links.digests
+    for bad in (b"", b"garbage", b"[]", data.replace(b"person_no", b"last_name"), data[:-2]):
+        with pytest.raises(ValueError):
+            TableLinks.from_json("persons", bad)
 
 
 def _bare_memo(tables: dict[str, TableVersion]) -> Memo:
-    return Memo("f", 0, 0, tables, {}, {}, {}, set(), {})
+    return Memo("f", 0, 0, tables, {"contacts": {"P01"}}, {"P02"}, {})
 
 
-def test_a_table_version_is_its_row_file_and_the_deltas_after_it(tmp_path: Path) -> None:
+def _saved(folder: Path, rows: list[tuple[Any, ...]]) -> tuple[Memo, TableRows]:
+    table = TableRows(PERSONS, rows)
+    data = TableLinks.of("persons", table).to_json("persons")
+    memo = _bare_memo({"persons": TableVersion(table_digest(rows), table_file("persons", data))})
+    assert MemoStore(folder).save(memo, {memo.tables["persons"].file: data})
+    return memo, table
+
+
+def test_a_table_file_is_checked_and_a_missing_one_is_written_again(tmp_path: Path) -> None:
     folder = tmp_path / "memo"
-    rows = [(f"P{i:03}", f"name {i}") for i in range(100)]
-    blob = dump_rows(rows)
-    base = TableVersion.base("persons", blob_digest(blob))
-    changed = list(rows)
-    changed[3], changed[70] = ("P003", "new"), ("P070", "new")
-    positions = changed_positions(rows, changed)
-    assert positions == [3, 70]
-    step = delta_version("persons", base, changed, positions)
-    assert step is not None
-    version, name, delta = step
-    assert version.files == (base.files[0], name) and name.endswith(".delta") and version.delta_rows == 2
-    assert version.id != base.id and len(delta) < len(blob) / 10
-    assert MemoStore(folder).save(_bare_memo({"persons": version}), {base.files[0]: blob, name: delta})
-    MemoStore(folder).drop_warm()
-    assert MemoStore(folder).rows("persons", version) == changed  # read from the files, in order
-    assert MemoStore(folder).rows("persons", base) == rows
-
-    # rows added, removed or moved: no delta by position
-    assert changed_positions(rows, rows[1:]) is None
-    assert changed_positions(rows, [("P999", "x"), *rows[1:]]) is None
-    # deltas may hold 10 % of the rows: beyond that a whole row file is due
-    assert delta_version("persons", version, changed, list(range(0, 100, 13))) is not None  # 2 + 8 rows
-    assert delta_version("persons", version, changed, list(range(0, 100, 12))) is None  # 2 + 9 rows
-    # a damaged delta file makes the version unreadable (the next run is a full one)
-    (folder / name).write_bytes(dump_rows([(500, ("P500", "x"))]))
-    assert MemoStore(folder).rows("persons", version) is None
-
-
-def test_a_missing_file_of_a_version_is_replaced_by_a_whole_row_file(tmp_path: Path) -> None:
-    folder = tmp_path / "memo"
-    rows = [(f"P{i:02}", "a") for i in range(20)]
-    blob = dump_rows(rows)
-    base = TableVersion.base("persons", blob_digest(blob))
-    assert MemoStore(folder).save(_bare_memo({"persons": base}), {base.files[0]: blob})
-    changed = [*rows[:1], ("P01", "c"), *rows[2:]]
-    step = delta_version("persons", base, changed, [1])
-    assert step is not None
-    (folder / base.files[0]).unlink()  # gone between the runs
-    memo = _bare_memo({"persons": step[0]})
-    assert not MemoStore(folder).save(memo, {step[1]: step[2]})  # without the rows: no memo at all
+    memo, table = _saved(folder, [(f"P{i:02}", "a") for i in range(20)])
+    version = memo.tables["persons"]
+    assert MemoStore(folder).load() == memo
+    assert MemoStore(folder).links("persons", version) == TableLinks.from_json(
+        "persons", TableLinks.of("persons", table).to_json("persons")
+    )
+    data = (folder / version.file).read_bytes()
+    (folder / version.file).write_bytes(data.replace(b'"P03"', b'"P93"'))  # damaged: its name is its digest
+    with pytest.raises(MemoUnusable, match="file of persons is damaged"):
+        MemoStore(folder).links("persons", version)
+    (folder / version.file).unlink()  # gone between the runs
+    with pytest.raises(MemoUnusable, match="file of persons is missing"):
+        MemoStore(folder).links("persons", version)
+    assert not MemoStore(folder).save(memo, {})  # without the rows: no memo at all
     assert MemoStore(folder).load() is None
-    assert MemoStore(folder).save(memo, {step[1]: step[2]}, {"persons": changed})
-    saved = MemoStore(folder).load()
-    assert saved is not None and saved.tables["persons"].files[0].endswith(".rows")
-    assert len(saved.tables["persons"].files) == 1
-    MemoStore(folder).drop_warm()
-    assert MemoStore(folder).rows("persons", saved.tables["persons"]) == changed
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["memo.pickle", *saved.tables["persons"].files])
+    assert MemoStore(folder).save(memo, {}, {"persons": table})
+    assert MemoStore(folder).links("persons", version).digests == TableLinks.of("persons", table).digests
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MEMO_FILE, version.file])
+
+
+def test_a_memo_that_another_user_could_have_written_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "memo"
+    memo, _ = _saved(folder, [("P01", "a")])
+    table_path = folder / memo.tables["persons"].file
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
+    for path, mode in ((folder / MEMO_FILE, 0o620), (folder / MEMO_FILE, 0o602), (folder, 0o770)):
+        os.chmod(path, mode)
+        with pytest.raises(MemoUnusable, match="can be written by group or others"):
+            MemoStore(folder).load()
+        os.chmod(path, 0o700 if path == folder else 0o600)
+    os.chmod(table_path, 0o660)
+    with pytest.raises(MemoUnusable, match="can be written by group or others"):
+        MemoStore(folder).links("persons", memo.tables["persons"])
+    assert MemoStore(folder).save(memo, {}, {"persons": TableRows(PERSONS, [("P01", "a")])})
+    assert stat.S_IMODE(table_path.stat().st_mode) == 0o600  # written anew, private
+    # a link planted where the memo should be is not followed
+    (tmp_path / "elsewhere.json").write_bytes((folder / MEMO_FILE).read_bytes())
+    (folder / MEMO_FILE).unlink()
+    (folder / MEMO_FILE).symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(MemoUnusable, match="cannot be read"):
+        MemoStore(folder).load()
+    # nothing is written into a folder others can write to
+    os.chmod(folder, 0o777)
+    assert not MemoStore(folder).save(memo, {}, {"persons": TableRows(PERSONS, [("P01", "a")])})
+    assert (folder / MEMO_FILE).is_symlink()
+
+
+def test_a_memo_of_another_owner_is_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    folder = tmp_path / "memo"
+    memo, _ = _saved(folder, [("P01", "a")])
+    for path in (folder / MEMO_FILE, folder):
+        os.chown(path, 4242, -1)
+        with pytest.raises(MemoUnusable, match=r"belongs to another user \(uid 4242\)"):
+            MemoStore(folder).load()
+        os.chown(path, 0, -1)
+    os.chown(folder / memo.tables["persons"].file, 4242, -1)
+    with pytest.raises(MemoUnusable, match="belongs to another user"):
+        MemoStore(folder).links("persons", memo.tables["persons"])
+
+
+class _Planted:
+    """Unpickling this creates a folder: proof that a payload was deserialised."""
+
+    def __init__(self, proof: Path) -> None:
+        self.proof = proof
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.proof),))
+
+
+def test_garbage_or_a_pickle_in_the_memo_is_never_deserialised(tmp_path: Path) -> None:
+    folder, proof = tmp_path / "memo", tmp_path / "unpickled"
+    memo, _ = _saved(folder, [("P01", "a")])
+    version = memo.tables["persons"]
+    for payload in (pickle.dumps(_Planted(proof)), b"\x80\x04garbage", b'{"version": 3}'):
+        for name in (MEMO_FILE, version.file):
+            (folder / name).write_bytes(payload)
+        with pytest.raises(MemoUnusable, match="damaged"):
+            MemoStore(folder).load()
+        with pytest.raises(MemoUnusable, match="damaged"):
+            MemoStore(folder).links("persons", version)
+        # a file named by the payload's digest passes the name check; its content is still refused
+        named = TableVersion(version.digest, table_file("persons", payload))
+        (folder / named.file).write_bytes(payload)
+        with pytest.raises(MemoUnusable, match="damaged"):
+            MemoStore(folder).links("persons", named)
+    assert not proof.exists()
+    # a memo naming files outside its folder is damaged
+    (folder / MEMO_FILE).write_bytes(memo.to_json().replace(version.file.encode(), b"../../outside.json"))
+    with pytest.raises(MemoUnusable, match="not table files"):
+        MemoStore(folder).load()
 
 
 # ---- state store -----------------------------------------------------------------------------------
@@ -412,15 +490,28 @@ def test_changes_to_the_state_store_from_elsewhere_are_caught(
         )
     run = _sync(world, sandbox)
     assert run["mode"] == "full" and run["counts"].get("contacts.created") == 1
-    # a lost or damaged memo costs one full run, nothing else
+    # a lost or damaged memo costs one full run, nothing else; a pickle in its place is not unpickled
     folder = memo_folder(
         load_settings("test", erp_url=world["erp_url"], state_url=world["state_url"]), "portal"
     )
-    (folder / "memo.pickle").write_bytes(b"damaged")
+    proof = folder.parent / "unpickled"
+    for payload in (b"damaged", pickle.dumps(_Planted(proof))):
+        (folder / MEMO_FILE).write_bytes(payload)
+        run = _sync(world, sandbox)
+        assert run["mode"] == "full" and run["planned_writes"] == 0
+        assert run["full_reason"].startswith(f"the memo in {folder} is damaged")
+    assert not proof.exists()
+    assert MemoStore(folder).load() is not None
+    assert {f.stat().st_mode & 0o777 for f in folder.iterdir()} == {0o600}
+    # a memo others could have written is refused, with the reason in the log, and written anew
+    os.chmod(folder / MEMO_FILE, 0o664)
     run = _sync(world, sandbox)
     assert run["mode"] == "full" and run["planned_writes"] == 0
-    assert MemoStore(folder).load() is not None
-    assert {f.stat().st_mode & 0o777 for f in folder.iterdir()} == {0o600}  # it holds ERP rows
+    assert any(
+        "Full run: the memo file" in m and "can be written by group or others" in m
+        for m in run_log(run["run_id"])
+    )
+    assert _sync(world, sandbox)["mode"] == "incremental"
     assert _full_check(world, sandbox)["planned_writes"] == 0
 
 
@@ -449,19 +540,19 @@ def test_a_warm_process_compares_with_the_rows_it_kept(world: dict[str, Any], sa
     )
     _sync(world, sandbox)
     assert _sync(world, sandbox)["mode"] == "incremental"  # keeps the rows it read in this process
-    for path in folder.glob("*.rows"):
+    for path in folder.glob("*-*.json"):
         path.unlink()
-    # unchanged tables are recognised by the kept rows (not dumped again); the memo's missing
-    # row files are written from them, so a process without kept rows can still follow
+    # unchanged tables are recognised by the kept rows (not digested again); the memo's missing
+    # table files are written from them, so a process without kept rows can still follow
     assert _sync(world, sandbox)["mode"] == "incremental"
     MemoStore(folder).drop_warm()
     memos = MemoStore(folder)
     memo = memos.load()
-    assert memo is not None and len(list(folder.glob("*.rows"))) == len(memo.tables) == 7
-    assert all(memos.rows(table, version) is not None for table, version in memo.tables.items())
+    assert memo is not None and len(list(folder.glob("*-*.json"))) == len(memo.tables) == 7
+    assert all(memos.links(table, version) for table, version in memo.tables.items())
     assert _sync(world, sandbox)["mode"] == "incremental"
-    for path in folder.glob("persons-*.rows"):
-        path.unlink()  # the row file is not needed while the process holds the same rows
+    for path in folder.glob("persons-*.json"):
+        path.unlink()  # the table file is not needed while the process holds the same rows
     changed = demo.mutate_erp(world["engine"], seed=7, fraction=0.05, business_date=BUSINESS_DATE)
     run = _sync(world, sandbox)
     assert run["mode"] == "incremental" and 0 < run["confirmed"] <= len(changed)
@@ -469,22 +560,22 @@ def test_a_warm_process_compares_with_the_rows_it_kept(world: dict[str, Any], sa
 
     assert _sync(world, sandbox)["mode"] == "incremental"
     MemoStore(folder).drop_warm()  # as in a new process: the file is the only source
-    for path in folder.glob("persons-*.rows"):
+    for path in folder.glob("persons-*.json"):
         path.unlink()
-    _after_a_change_the_run_is_full_for_want_of_person_rows(world, sandbox, seed=8)
+    _after_a_change_the_run_is_full_for_want_of_person_links(world, sandbox, 8, "is missing")
 
 
-def _after_a_change_the_run_is_full_for_want_of_person_rows(
-    world: dict[str, Any], sandbox: SandboxServer, seed: int
+def _after_a_change_the_run_is_full_for_want_of_person_links(
+    world: dict[str, Any], sandbox: SandboxServer, seed: int, why: str
 ) -> None:
     demo.mutate_erp(world["engine"], seed=seed, fraction=0.05, business_date=BUSINESS_DATE)
     run = _sync(world, sandbox)
-    assert run["mode"] == "full" and run["full_reason"] == "the memo's rows of persons are missing"
+    assert run["mode"] == "full" and run["full_reason"].startswith(f"the memo's file of persons {why}")
     assert _full_check(world, sandbox)["planned_writes"] == 0
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_warm_process_records_changed_rows_as_deltas_that_a_new_process_can_read(
+def test_a_changed_table_gets_a_new_file_that_a_new_process_can_read(
     world: dict[str, Any], sandbox: SandboxServer
 ) -> None:
     folder = memo_folder(
@@ -492,45 +583,69 @@ def test_a_warm_process_records_changed_rows_as_deltas_that_a_new_process_can_re
     )
     _sync(world, sandbox)
     _sync(world, sandbox)  # incremental: keeps the rows in this process
-    persons_file = {p.name for p in folder.glob("persons-*.rows")}
+    files = {p.name for p in folder.glob("*-*.json")}
     changed = demo.mutate_erp(world["engine"], seed=31, fraction=0.03, business_date=BUSINESS_DATE)
-    run = _sync(world, sandbox)
+    run = _sync(world, sandbox)  # compares with the kept rows, by position
     assert run["mode"] == "incremental" and 0 < run["confirmed"] <= len(changed)
     memo = MemoStore(folder).load()
     assert memo is not None
-    persons = memo.tables["persons"]
-    assert (
-        len(persons.files) == 2 and persons.files[1].endswith(".delta") and persons.delta_rows == len(changed)
-    )
-    assert {p.name for p in folder.glob("persons-*.rows")} == persons_file  # no whole file written again
-    assert all(len(v.files) == 1 for t, v in memo.tables.items() if t != "persons")
+    persons = memo.tables["persons"].file
+    assert {p.name for p in folder.glob("*-*.json")} == files - {
+        p for p in files if p.startswith("persons-")
+    } | {persons}  # only the persons' file is new
 
-    MemoStore(folder).drop_warm()  # a new process: reads the row file and the delta
+    MemoStore(folder).drop_warm()  # a new process: compares digests with the file
+    changed = demo.mutate_erp(world["engine"], seed=32, fraction=0.03, business_date=BUSINESS_DATE)
     run = _sync(world, sandbox)
-    assert run["mode"] == "incremental" and run["planned_writes"] == 0
-    memo = MemoStore(folder).load()
-    assert memo is not None and len(memo.tables["persons"].files) == 1  # it wrote one whole file again
-    assert not list(folder.glob("*.delta"))
-
-    # changes beyond the deltas' share of the rows: a whole row file
-    for seed in (32, 33, 34, 35):
-        demo.mutate_erp(world["engine"], seed=seed, fraction=0.03, business_date=BUSINESS_DATE)
-        assert _sync(world, sandbox)["mode"] == "incremental"
-    memo = MemoStore(folder).load()
-    assert memo is not None and memo.tables["persons"].delta_rows <= 0.1 * 300
+    assert run["mode"] == "incremental" and 0 < run["confirmed"] <= len(changed)
+    assert run["rebuilt"]["contacts"] < 60
     assert _full_check(world, sandbox)["planned_writes"] == 0
 
-    # a damaged delta, and no rows kept in the process: the memo cannot vouch, a full run follows
-    demo.mutate_erp(world["engine"], seed=36, fraction=0.03, business_date=BUSINESS_DATE)
+    # a damaged table file, and no rows kept in the process: the memo cannot vouch, a full run follows
     assert _sync(world, sandbox)["mode"] == "incremental"
-    assert _sync(world, sandbox)["mode"] == "incremental"
-    demo.mutate_erp(world["engine"], seed=37, fraction=0.03, business_date=BUSINESS_DATE)
-    assert _sync(world, sandbox)["mode"] == "incremental"
-    deltas = list(folder.glob("persons-*.delta"))
-    assert deltas
-    deltas[0].write_bytes(deltas[0].read_bytes()[:-3])
+    (persons_file,) = folder.glob("persons-*.json")
+    persons_file.write_bytes(persons_file.read_bytes()[:-3])
     MemoStore(folder).drop_warm()
-    _after_a_change_the_run_is_full_for_want_of_person_rows(world, sandbox, seed=38)
+    _after_a_change_the_run_is_full_for_want_of_person_links(world, sandbox, 38, "is damaged")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_memo_keeps_no_personal_data(world: dict[str, Any], sandbox: SandboxServer) -> None:
+    """No last name, e-mail or skip reason, nor those of a person anonymised since, in any file of
+    ``cache_dir`` after full and incremental runs."""
+    p = schema.persons
+    engine = world["engine"]
+
+    def personal_values() -> set[str]:
+        with engine.connect() as conn:
+            found = conn.execute(select(p.c.last_name, p.c.email, p.c.first_name)).all()
+        return {v for row in found for v in row if v and len(v) >= 3}
+
+    folder = memo_folder(
+        load_settings("test", erp_url=world["erp_url"], state_url=world["state_url"]), "portal"
+    )
+    seen = personal_values()
+    first = _sync(world, sandbox)
+    second = _sync(world, sandbox)
+    assert (first["mode"], second["mode"]) == ("full", "incremental")
+    store = StateStore(world["state_url"])
+    skips = store.protocol_rows(first["run_id"], ["skipped"], limit=10_000)
+    assert skips and store.protocol_rows(second["run_id"], ["skipped"], limit=10_000) == skips
+    person_no = sorted(set(portal_view(sandbox)["contacts"]) - set(world["edge"]["anonymised"]))[0]
+    person = _one_row(engine, p, p.c.person_no == person_no)
+    assert person["last_name"] and person["email"]
+    demo.anonymise_person(engine, person_no)
+    demo.mutate_erp(engine, seed=41, fraction=0.05, business_date=BUSINESS_DATE)
+    third = _sync(world, sandbox)
+    assert third["mode"] == "incremental" and third["counts"].get("contacts.anonymised") == 1
+    assert person["last_name"] not in personal_values()
+    seen |= personal_values()
+    blobs = [f.read_bytes() for f in folder.parent.rglob("*") if f.is_file()]
+    assert any(f.parent == folder for f in folder.parent.rglob("*"))
+    for value in sorted(
+        seen | {person["last_name"], person["email"]} | {s.reason for s in skips if s.reason}
+    ):
+        assert not any(value.encode() in blob for blob in blobs), value
 
 
 @pytest.mark.usefixtures("prefect_harness")
