@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -137,6 +138,15 @@ protocol = Table(
 )
 
 KEY_HINT_LENGTH = 40
+sync_keys = Table(
+    "sync_keys",
+    state_metadata,
+    Column("name", String(40), primary_key=True),
+    # a random key, created on first use (see StateStore.key); it keys the memo's row digests
+    Column("key_hex", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 partner_credentials = Table(
     "partner_credentials",
     state_metadata,
@@ -740,6 +750,31 @@ class StateStore:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     # ---- partner credentials ---------------------------------------------------------------
+    def key(self, name: str) -> bytes:
+        """The random 32-byte key called ``name``, created on first use (by whichever process is first).
+
+        Why here: such a key protects digests kept outside the state database (the memo's row
+        digests in ``cache_dir``); it must live where the personal data it stands for lives.
+        """
+        query = select(sync_keys.c.key_hex).where(sync_keys.c.name == name)
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        if found is None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        insert(sync_keys).values(
+                            name=name,
+                            key_hex=secrets.token_hex(32),
+                            created_at=utcnow(),
+                        )
+                    )
+            except IntegrityError:
+                pass  # another process created it at the same moment: take theirs
+            with self.engine.connect() as conn:
+                found = conn.execute(query).scalar_one()
+        return bytes.fromhex(found)
+
     def record_credentials(self, target: str, key_hint: str, expires_at: datetime | None) -> None:
         """Remember which key ``target``'s connector fetched credentials with and when they expire.
 

@@ -26,11 +26,11 @@ from the same rows by the same rules, and the portal confirmed it.
 
 **No personal data.** The memo holds ERP reference numbers (which the state store holds too)
 and digests, no names, addresses, e-mails, phone numbers, dates or reasons. The digests are
-BLAKE2b (16 bytes) over orjson of the row, without a key: a key would have to live where a
-reader of the memo cannot reach it (the state store, which has no place for it), and a key next
-to the memo protects nothing. Inverting a person's digest means guessing the whole row at once
-(names, address, e-mail, phones). Low-entropy rows remain guessable from their digest with their
-reference numbers: a contract's type and dates, a caretaker's role.
+keyed BLAKE2b (16 bytes) over orjson of the row. The key is random, created once per state
+database and kept there (``StateStore.key``, table ``sync_keys``), next to the personal data it
+stands for, never in ``cache_dir``: without it even a row with few possible values (a contract's
+type and dates) cannot be guessed back from its digest. A new state database brings a new key,
+and the memo's fingerprint names the key, so the next run is a full one.
 
 **Nothing is deserialised that another user could have written.** The memo is JSON (orjson),
 read only from a folder and files owned by the user running the sync and not writable by group
@@ -67,15 +67,16 @@ from connectors.erp.extract import TableRows
 from connectors.sqlutil import sqlite_file
 from tasks.portal_rules import DesiredState
 
-MEMO_VERSION = 3
+MEMO_VERSION = 4
 MEMO_FILE = "memo.json"
 ROOT = Path(__file__).resolve().parent.parent
 # The code that decides what a record looks like: another release of it means a full run.
 CODE_FILES = (
     "connectors/erp/extract.py",
     "connectors/portal/streams.py",
+    "connectors/sync/streams.py",
     "tasks/portal_rules.py",
-    "tasks/portal_plan.py",
+    "tasks/sync/plan.py",
     "tasks/portal_memo.py",
     "tasks/portal_tasks.py",
     "tasks/validation.py",
@@ -110,9 +111,13 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def table_digest(rows: list[tuple[Any, ...]]) -> str:
-    """Digest of a table's rows in order: one serialisation and one hash, no work per row."""
-    return _digest(orjson.dumps(rows, default=str))
+def table_digest(rows: list[tuple[Any, ...]], *, key: bytes) -> str:
+    """Keyed digest of a table's rows in order: one serialisation and one hash, no work per row."""
+    return hashlib.blake2b(orjson.dumps(rows, default=str), key=key, digest_size=16).hexdigest()
+
+
+def _row_digest(row: tuple[Any, ...], key: bytes) -> str:
+    return hashlib.blake2b(orjson.dumps(row, default=str), key=key, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -127,22 +132,22 @@ class TableLinks:
     digests: list[str]
 
     @classmethod
-    def of(cls, table: str, rows: TableRows) -> TableLinks:
-        """The links and digests of every row of ``rows``."""
+    def of(cls, table: str, rows: TableRows, *, key: bytes) -> TableLinks:
+        """The links and keyed digests of every row of ``rows``."""
         pick = _picker(table, rows.columns)
         dumps, blake2b = orjson.dumps, hashlib.blake2b
         return cls(
             [pick(r) for r in rows.rows],
-            [blake2b(dumps(r, default=str), digest_size=16).hexdigest() for r in rows.rows],
+            [blake2b(dumps(r, default=str), key=key, digest_size=16).hexdigest() for r in rows.rows],
         )
 
-    def patched(self, table: str, rows: TableRows, positions: list[int]) -> TableLinks:
+    def patched(self, table: str, rows: TableRows, positions: list[int], *, key: bytes) -> TableLinks:
         """These links after the rows at ``positions`` changed in place to those of ``rows``."""
         pick = _picker(table, rows.columns)
         links, digests = list(self.links), list(self.digests)
         for i in positions:
             links[i] = pick(rows.rows[i])
-            digests[i] = _digest(orjson.dumps(rows.rows[i], default=str))
+            digests[i] = _row_digest(rows.rows[i], key)
         return TableLinks(links, digests)
 
     def to_json(self, table: str) -> bytes:
@@ -261,8 +266,9 @@ class Memo:
         return memo
 
 
-def run_fingerprint(settings: HausflowSettings, today: date) -> str:
-    """Everything besides the ERP rows that decides the desired state: date, rules, settings, code."""
+def run_fingerprint(settings: HausflowSettings, today: date, key: bytes) -> str:
+    """Everything besides the ERP rows that decides the desired state (date, rules, settings,
+    code), and which key the row digests are made with (a new state database means a new key)."""
     code = hashlib.sha256()
     for name in CODE_FILES:
         path = ROOT / name
@@ -278,6 +284,7 @@ def run_fingerprint(settings: HausflowSettings, today: date) -> str:
         "licences": settings.licences.model_dump(),
         "code": code.hexdigest(),
         "python": sys.version_info[:2],
+        "digest_key": hashlib.blake2b(key, digest_size=8, person=b"key-id").hexdigest(),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -407,14 +414,20 @@ class MemoStore:
             raise MemoUnusable(f"the memo's file of {table} is damaged ({exc})") from exc
 
     def save(
-        self, memo: Memo, files: Mapping[str, bytes], rows: Mapping[str, TableRows] | None = None
+        self,
+        memo: Memo,
+        files: Mapping[str, bytes],
+        rows: Mapping[str, TableRows] | None = None,
+        *,
+        key: bytes = b"",
     ) -> bool:
         """Write the table files that are new, then the memo, then drop files no memo names.
 
         The new files come from ``files``. A file the memo names that is missing or not private
         any more, and not among them, is written from the table's ``rows``; without them no memo
-        is written (the next run is a full one). Nothing is written into a folder that is not
-        private to this user. Returns whether the memo was written.
+        is written (the next run is a full one); ``key`` is the digest key they were made with.
+        Nothing is written into a folder that is not private to this user. Returns whether the
+        memo was written.
         """
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._folder_refused() is not None:
@@ -425,10 +438,10 @@ class MemoStore:
             if version.file in files:
                 _write_atomic(path, files[version.file])
             elif not _private_file(path):
-                if rows is None or table not in rows:
+                if rows is None or table not in rows or not key:
                     (self.folder / MEMO_FILE).unlink(missing_ok=True)
                     return False
-                data = TableLinks.of(table, rows[table]).to_json(table)
+                data = TableLinks.of(table, rows[table], key=key).to_json(table)
                 memo.tables[table] = TableVersion(version.digest, table_file(table, data))
                 _write_atomic(self.folder / memo.tables[table].file, data)
             keep.add(memo.tables[table].file)

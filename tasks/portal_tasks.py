@@ -57,6 +57,7 @@ from tasks.sync.plan import Plan, desired_hashes, held_records, plan_changes, wr
 from tasks.validation import RECORD_RULES, validate_records
 
 TARGET = "portal"
+MEMO_KEY = "portal-memo"  # the state store's key for the memo's row digests
 
 
 def connect_portal(settings: HausflowSettings) -> PartnerClient:
@@ -170,7 +171,8 @@ class RunBasis:
     ``versions`` are this run's ERP tables for the memo, ``files`` the table files they need
     that may be new, ``rows`` the tables themselves (incremental runs: to write a table file
     again if one went missing); ``seq`` is the position of the state store's change sequence when
-    the run looked; ``remember`` says whether the run leaves a memo (complete, not dry runs).
+    the run looked; ``remember`` says whether the run leaves a memo (complete, not dry runs);
+    ``key`` keys the memo's digests.
     """
 
     scope: Scope | None
@@ -181,6 +183,7 @@ class RunBasis:
     versions: dict[str, TableVersion] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     rows: dict[str, TableRows] = field(default_factory=dict)
+    key: bytes = field(default=b"", repr=False)  # the memo's digest key (StateStore.key), never logged
 
 
 @task(name="extract-erp", cache_policy=NO_CACHE)
@@ -214,9 +217,10 @@ def find_portal_changes(
     logger = get_run_logger()
     store = StateStore(settings.state_url)
     seq = store.current_seq()
-    fingerprint = run_fingerprint(settings, today)
+    key = store.key(MEMO_KEY)
+    fingerprint = run_fingerprint(settings, today, key)
     remember = not partial and not dry_run
-    basis = RunBasis(None, None, fingerprint, seq, remember)
+    basis = RunBasis(None, None, fingerprint, seq, remember, key=key)
     if partial:
         basis.why_full = "this run is for some objects or entities only"
     elif full_resync:
@@ -273,9 +277,9 @@ def _whole_file(
     basis: RunBasis, table: str, rows: TableRows, links: TableLinks | None = None, digest: str | None = None
 ) -> TableLinks:
     """Record ``rows`` for the memo as a new table file (``links`` and ``digest`` if known)."""
-    links = links or TableLinks.of(table, rows)
+    links = links or TableLinks.of(table, rows, key=basis.key)
     data = links.to_json(table)
-    version = TableVersion(digest or table_digest(rows.rows), table_file(table, data))
+    version = TableVersion(digest or table_digest(rows.rows, key=basis.key), table_file(table, data))
     basis.files[version.file] = data
     basis.versions[table] = version
     return links
@@ -297,7 +301,7 @@ def _changes_since(
     if kept is not None and (kept.rows is rows.rows or kept.rows == rows.rows):
         digest = known.digest
     elif kept is None:
-        digest = table_digest(rows.rows)
+        digest = table_digest(rows.rows, key=basis.key)
     if digest == known.digest:
         basis.versions[table] = known
         memos.keep_warm(table, known, rows.rows, kept.links if kept is not None else None)
@@ -306,13 +310,13 @@ def _changes_since(
         old = memos.links(table, known)
         positions = None
     else:
-        old = kept.links or TableLinks.of(table, TableRows(rows.columns, kept.rows))
+        old = kept.links or TableLinks.of(table, TableRows(rows.columns, kept.rows), key=basis.key)
         positions = changed_positions(kept.rows, rows.rows) if table in KEYED_TABLES else None
     if positions is None:
         new = _whole_file(basis, table, rows, digest=digest)
         touched = touched_links(old, new)
     else:
-        new = _whole_file(basis, table, rows, old.patched(table, rows, positions))
+        new = _whole_file(basis, table, rows, old.patched(table, rows, positions, key=basis.key))
         touched = [new.links[i] for i in positions] + [old.links[i] for i in positions]
     memos.keep_warm(table, basis.versions[table], rows.rows, new)
     return touched
@@ -590,4 +594,4 @@ def remember_portal_run(
         desired=desired,
         unsynced=unsynced,
     )
-    return MemoStore(memo_folder(settings, TARGET)).save(memo, basis.files, basis.rows)
+    return MemoStore(memo_folder(settings, TARGET)).save(memo, basis.files, basis.rows, key=basis.key)

@@ -48,11 +48,15 @@ from tests.portal_env import BUSINESS_DATE, portal_env, portal_view, run_log
 
 TODAY = BUSINESS_DATE
 
+KEY = b"k" * 32  # a digest key, as StateStore.key makes one
+
 
 # ---- rules level -----------------------------------------------------------------------------------
 def _versions(tables: dict[str, TableRows]) -> dict[str, TableVersion]:
     return {
-        name: TableVersion(table_digest(t.rows), table_file(name, TableLinks.of(name, t).to_json(name)))
+        name: TableVersion(
+            table_digest(t.rows, key=KEY), table_file(name, TableLinks.of(name, t, key=KEY).to_json(name))
+        )
         for name, t in tables.items()
     }
 
@@ -83,7 +87,7 @@ class Ledger:
         tables = extract_portal_rows(self.engine)
         versions = _versions(tables)
         touched = {
-            n: touched_links(TableLinks.of(n, self.tables[n]), TableLinks.of(n, tables[n]))
+            n: touched_links(TableLinks.of(n, self.tables[n], key=KEY), TableLinks.of(n, tables[n], key=KEY))
             for n in tables
             if versions[n] != self.memo.tables[n]
         }
@@ -229,10 +233,11 @@ def test_a_caretaker_follows_its_object_and_its_assignment(ledger: Ledger) -> No
 
 
 PERSONS = ("person_no", "last_name")
+CONTRACTS = ("contract_no", "unit_no", "person_no", "contract_type", "start_date", "move_out_date")
 
 
 def _links(rows: list[tuple[Any, ...]]) -> TableLinks:
-    return TableLinks.of("persons", TableRows(PERSONS, rows))
+    return TableLinks.of("persons", TableRows(PERSONS, rows), key=KEY)
 
 
 def test_touched_links_see_additions_removals_and_changes() -> None:
@@ -242,14 +247,27 @@ def test_touched_links_see_additions_removals_and_changes() -> None:
     assert touched_links(_links(old), _links(list(old))) == []
     same_keys = [("1", "a"), ("2", "B"), ("3", "c")]  # lined up: compared by position
     assert changed_positions(old, same_keys) == [1]
-    assert _links(old).patched("persons", TableRows(PERSONS, same_keys), [1]) == _links(same_keys)
+    assert _links(old).patched("persons", TableRows(PERSONS, same_keys), [1], key=KEY) == _links(same_keys)
     assert changed_positions(old, old[1:]) is None  # rows added or removed: no comparison by position
     assert changed_positions(old, [("9", "x"), *old[1:]]) is None
 
 
+def test_row_digests_are_keyed_so_a_guess_of_a_row_cannot_be_checked_without_the_key() -> None:
+    import hashlib
+
+    import orjson
+
+    contract = ("C1", "U1", "P1", "MIETE", "2026-01-01", None)  # few possible values: guessable
+    keyed = TableLinks.of("contracts", TableRows(CONTRACTS, [contract]), key=KEY).digests[0]
+    unkeyed = hashlib.blake2b(orjson.dumps(contract), digest_size=16).hexdigest()
+    other_key = TableLinks.of("contracts", TableRows(CONTRACTS, [contract]), key=b"x" * 32).digests[0]
+    assert keyed not in (unkeyed, other_key)
+    assert table_digest([contract], key=KEY) != table_digest([contract], key=b"x" * 32)
+
+
 def test_digests_follow_the_values_and_a_table_file_holds_links_and_digests_only() -> None:
     rows = [("P1", "Müller", None, 1, 2.5, True), ("P2", date(2026, 1, 31), Decimal("1.50"))]
-    assert table_digest(rows) != table_digest(rows[:1])
+    assert table_digest(rows, key=KEY) != table_digest(rows[:1], key=KEY)
     assert _links([("P1", "a")]).digests != _links([("P1", "b")]).digests
     # a date as PostgreSQL's driver returns it and as SQLite returns it: the same digest
     assert _links([("P1", date(2026, 1, 31))]) == _links([("P1", "2026-01-31")])
@@ -269,8 +287,8 @@ def _bare_memo(tables: dict[str, TableVersion]) -> Memo:
 
 def _saved(folder: Path, rows: list[tuple[Any, ...]]) -> tuple[Memo, TableRows]:
     table = TableRows(PERSONS, rows)
-    data = TableLinks.of("persons", table).to_json("persons")
-    memo = _bare_memo({"persons": TableVersion(table_digest(rows), table_file("persons", data))})
+    data = TableLinks.of("persons", table, key=KEY).to_json("persons")
+    memo = _bare_memo({"persons": TableVersion(table_digest(rows, key=KEY), table_file("persons", data))})
     assert MemoStore(folder).save(memo, {memo.tables["persons"].file: data})
     return memo, table
 
@@ -281,7 +299,7 @@ def test_a_table_file_is_checked_and_a_missing_one_is_written_again(tmp_path: Pa
     version = memo.tables["persons"]
     assert MemoStore(folder).load() == memo
     assert MemoStore(folder).links("persons", version) == TableLinks.from_json(
-        "persons", TableLinks.of("persons", table).to_json("persons")
+        "persons", TableLinks.of("persons", table, key=KEY).to_json("persons")
     )
     data = (folder / version.file).read_bytes()
     (folder / version.file).write_bytes(data.replace(b'"P03"', b'"P93"'))  # damaged: its name is its digest
@@ -292,8 +310,12 @@ def test_a_table_file_is_checked_and_a_missing_one_is_written_again(tmp_path: Pa
         MemoStore(folder).links("persons", version)
     assert not MemoStore(folder).save(memo, {})  # without the rows: no memo at all
     assert MemoStore(folder).load() is None
-    assert MemoStore(folder).save(memo, {}, {"persons": table})
-    assert MemoStore(folder).links("persons", version).digests == TableLinks.of("persons", table).digests
+    assert not MemoStore(folder).save(memo, {}, {"persons": table})  # nor without the key
+    assert MemoStore(folder).save(memo, {}, {"persons": table}, key=KEY)
+    assert (
+        MemoStore(folder).links("persons", version).digests
+        == TableLinks.of("persons", table, key=KEY).digests
+    )
     assert sorted(p.name for p in folder.iterdir()) == sorted([MEMO_FILE, version.file])
 
 
@@ -311,7 +333,7 @@ def test_a_memo_that_another_user_could_have_written_is_refused(tmp_path: Path) 
     os.chmod(table_path, 0o660)
     with pytest.raises(MemoUnusable, match="can be written by group or others"):
         MemoStore(folder).links("persons", memo.tables["persons"])
-    assert MemoStore(folder).save(memo, {}, {"persons": TableRows(PERSONS, [("P01", "a")])})
+    assert MemoStore(folder).save(memo, {}, {"persons": TableRows(PERSONS, [("P01", "a")])}, key=KEY)
     assert stat.S_IMODE(table_path.stat().st_mode) == 0o600  # written anew, private
     # a link planted where the memo should be is not followed
     (tmp_path / "elsewhere.json").write_bytes((folder / MEMO_FILE).read_bytes())

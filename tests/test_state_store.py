@@ -168,3 +168,21 @@ def test_sqlite_keeps_commits_short_and_copies_its_log_back_in_the_background(tm
     shutil.copyfile(path, copy)  # the database file alone, without its write-ahead log
     with sqlite3.connect(copy) as conn:
         assert conn.execute("select count(*) from sync_state").fetchone() == (2000,)
+
+
+def test_a_key_is_made_once_per_database_and_kept(tmp_path: Path) -> None:
+    first = StateStore(f"sqlite:///{tmp_path}/a.sqlite")
+    key = first.key("portal-memo")
+    assert len(key) == 32 and StateStore(f"sqlite:///{tmp_path}/a.sqlite").key("portal-memo") == key
+    assert first.key("other") != key
+    assert StateStore(f"sqlite:///{tmp_path}/b.sqlite").key("portal-memo") != key
+    keys: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: keys.append(StateStore(f"sqlite:///{tmp_path}/c.sqlite").key("k")))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(keys) == 4 and len(set(keys)) == 1
