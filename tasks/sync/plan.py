@@ -99,7 +99,7 @@ def plan_changes(
     Args:
         streams: the partner's streams; their ``write_order`` orders the plan.
         desired: entity -> reference id -> payload, as the rules built it (already validated).
-        state: entity -> reference id -> what the portal last confirmed.
+        state: entity -> reference id -> what the partner last confirmed.
         held: (entity, id) of records in quarantine: neither written nor archived this run.
         withdraw_reasons: why a record is no longer desired, for the protocol.
         anonymise: reference ids anonymised in the ERP (of the anonymisable streams).
@@ -203,7 +203,7 @@ def write_candidates(
     hashes: Mapping[str, Mapping[str, str]],
     full_resync: bool = False,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Desired records that differ from what the portal confirmed: the ones a run would write.
+    """Desired records that differ from what the partner confirmed: the ones a run would write.
 
     Only these need validating: a record equal to its confirmed version passed validation when
     it was sent (a full resync validates everything again).
