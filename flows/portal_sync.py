@@ -128,7 +128,7 @@ async def _sync(
     try:
         await check_partner(PORTAL, settings)
         if not dry_run:
-            await recover_pending_writes(PORTAL, settings)
+            await recover_pending_writes(PORTAL, settings, run_id)
         tables = extract_erp(settings)
         basis = find_portal_changes(
             settings,

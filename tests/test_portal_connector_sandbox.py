@@ -137,7 +137,7 @@ def test_a_batch_fetches_one_token_not_one_per_worker(client: PortalClient, sand
 def test_wrong_secret_fails_fast_with_one_login(sandbox: SandboxServer) -> None:
     TokenCache.clear()
     before = sandbox.counters()["logins"]
-    with pytest.raises(PortalCredentialsError, match="refused the credentials") as refused:
+    with pytest.raises(PortalCredentialsError, match="refused the login") as refused:
         PortalClient(sandbox.base_url, sandbox.key, "wrong").check()
     assert "portal.api_secret" in refused.value.advice()
     assert sandbox.counters()["logins"] - before == 1

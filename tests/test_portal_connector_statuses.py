@@ -12,6 +12,7 @@ from connectors.portal import (
     PortalApiError,
     PortalClient,
     PortalCredentialsError,
+    PortalProtocolError,
     PortalTransportError,
     WriteOp,
 )
@@ -117,7 +118,7 @@ def test_bad_credentials_fail_fast_with_a_clear_error() -> None:
         logins.append(request.url.path)
         return httpx.Response(401, json={"message": "invalid key"})
 
-    with pytest.raises(PortalCredentialsError, match="refused the credentials") as refused:
+    with pytest.raises(PortalCredentialsError, match="refused the login") as refused:
         make_client(handler).check()
     assert "portal.api_key" in refused.value.advice()
     assert logins == ["/v2/authenticate"]
@@ -268,7 +269,7 @@ def test_a_next_link_to_another_address_is_refused() -> None:
             200, json={"list": [{"id": "a"}], "_links": {"next": "http://elsewhere.test/v2/units?page=2"}}
         )
 
-    with pytest.raises(PortalTransportError, match="another address"):
+    with pytest.raises(PortalProtocolError, match="another address"):
         make_client(handler).list_records("units")
     assert len(tokens_sent_for) == 1
 
@@ -298,3 +299,114 @@ def test_a_failed_read_stops_the_other_requests_of_the_call() -> None:
         return answered
 
     assert asyncio.run(run()) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (422, {"detail": [{"msg": "invalid", "input": {"key": "k", "secret": "s3cr3t-echoed"}}]}),
+        (404, {"message": "no such path s3cr3t-echoed"}),
+        (200, {"message": "welcome s3cr3t-echoed"}),  # a proxy's page, no token
+    ],
+)
+def test_any_login_answer_but_a_token_is_a_refusal_that_quotes_nothing(status: int, body: object) -> None:
+    """Not only 401: a login answered otherwise (a wrong base URL, a proxy's page) stops the call
+    after one login, blames no record, and the message quotes nothing of the answer (it may
+    echo the secret)."""
+    logins: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        logins.append(1)
+        return httpx.Response(status, json=body)
+
+    client = make_client(handler)
+    with pytest.raises(PortalCredentialsError) as refused:
+        client.write_many([WriteOp("contacts", "archive", f"P{i}") for i in range(20)])
+    assert len(logins) == 1
+    assert "s3cr3t" not in refused.value.advice() and f"HTTP {status}" in str(refused.value)
+
+
+def test_a_login_the_partner_never_answers_ends_within_the_timeout() -> None:
+    import asyncio
+    import time
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout") or {}
+        await asyncio.sleep(timeout.get("read") or 30)  # as a silent server: until the read timeout
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    client = make_client(handler, timeout_s=0.2, max_retries=0)
+    started = time.monotonic()
+    with pytest.raises(PortalTransportError, match="answer lost"):
+        client.check()
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("status", [301, 307, 308])
+def test_a_redirected_write_is_not_confirmed(status: int) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        return httpx.Response(status, headers={"Location": "https://elsewhere.test/v2/contacts/P1"})
+
+    [result] = make_client(handler).write_many([WriteOp("contacts", "upsert", "P1", CONTACT)])
+    assert (
+        not result.ok
+        and not result.retriable
+        and "redirecting to https://elsewhere.test" in (result.error or "")
+    )
+    with pytest.raises(PortalProtocolError, match="base_url"):
+        make_client(handler).check()
+
+
+def test_retry_after_pauses_every_request_of_the_client_and_a_too_long_one_is_not_waited_for() -> None:
+    import time
+
+    sent: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        sent.append(time.monotonic())
+        if len(sent) == 1:
+            return httpx.Response(429, headers={"Retry-After": "0.5"}, json={"message": "slow down"})
+        return httpx.Response(200, json={"internalId": 1})
+
+    client = make_client(handler, concurrency=1)
+    results = client.write_many([WriteOp("contacts", "archive", f"P{i}") for i in range(3)])
+    assert all(r.ok for r in results)
+    assert len(sent) == 4 and sent[1] - sent[0] >= 0.45
+
+    def too_long(request: httpx.Request) -> httpx.Response:
+        if (r := auth_ok(request)) is not None:
+            return r
+        return httpx.Response(503, headers={"Retry-After": "3600"}, json={"message": "maintenance"})
+
+    [result] = make_client(too_long).write_many([WriteOp("contacts", "archive", "P1")])
+    assert not result.ok and result.retriable and result.attempts == 1
+
+
+def test_retry_after_as_a_date_and_the_errors_survive_pickling() -> None:
+    import pickle
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from connectors.sync.errors import (
+        PartnerCredentialsError,
+        PartnerRetriableError,
+        PartnerValidationError,
+        retry_after_seconds,
+    )
+
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 < (retry_after_seconds(soon) or 0) <= 30
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds("soon") is None
+    for error in (
+        PartnerCredentialsError("portal", 401, "HTTP 401", "portal.api_key"),
+        PartnerRetriableError(429, "slow down", [], "/v2/x", "portal", 3.0),
+        PartnerValidationError(
+            422, "bad", [{"fieldName": "email", "errorMessage": "invalid"}], "/v2/x", "portal"
+        ),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)

@@ -277,7 +277,7 @@ def test_wrong_credentials_end_the_run_at_once_and_blame_no_record(
             select(sync_runs.c.run_id, sync_runs.c.status).order_by(sync_runs.c.started_at.desc()).limit(1)
         ).one()
     assert status == "FAILED" and store.protocol_rows(run_id) == []
-    log = run_log(run_id, until="refused the credentials")
+    log = run_log(run_id, until="refused the login")
     lines = [m for m in log if "portal.api_key" in m]
     assert (
         len(lines) == 1 and "portal.api_secret" in lines[0] and "stops before it reads or sends" in lines[0]

@@ -167,7 +167,7 @@ def test_withdrawal_archive_and_refusal_follow_the_streams(store: CrashingStore)
 def test_refused_credentials_end_the_batch_with_nothing_quarantined(store: CrashingStore) -> None:
     fake = FakePartnerClient("toy", {"accounts": ACCOUNTS, "bookings": BOOKINGS}, credentials_ok=False)
     partner = toy_partner(fake)
-    with pytest.raises(PartnerCredentialsError, match="refused the credentials"):
+    with pytest.raises(PartnerCredentialsError, match="refused the login"):
         run(partner, store, "run-1", desired(3))
     assert store.open_quarantine("toy") == [] and store.protocol_rows("run-1") == []
 

@@ -32,7 +32,7 @@ class PortalAuth(TokenAuth):
     partner = "portal"
     settings_hint = (
         "portal.api_key and portal.api_secret (HAUSFLOW_PORTAL__API_KEY / HAUSFLOW_PORTAL__API_SECRET, "
-        "or the Secret blocks named in prefect.yaml)"
+        "or the Secret blocks named in prefect.yaml), and portal.base_url"
     )
     path = "/v2/authenticate"
 

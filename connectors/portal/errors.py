@@ -20,6 +20,9 @@ from connectors.sync.errors import (
     PartnerNotFoundError as PortalNotFoundError,
 )
 from connectors.sync.errors import (
+    PartnerProtocolError as PortalProtocolError,
+)
+from connectors.sync.errors import (
     PartnerRetriableError as PortalRetriableError,
 )
 from connectors.sync.errors import (
@@ -36,6 +39,7 @@ __all__ = [
     "PortalCredentialsError",
     "PortalError",
     "PortalNotFoundError",
+    "PortalProtocolError",
     "PortalRetriableError",
     "PortalTransportError",
     "PortalValidationError",

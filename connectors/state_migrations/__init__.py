@@ -10,7 +10,8 @@ the revisions are how a database gets there. Revisions so far:
 
 - ``0001`` the schema of the release before migrations, without the change sequence;
 - ``0002`` the change sequence: ``sync_state.seq``, its index and the ``state_seq`` counter row;
-- ``0003`` ``partner_credentials``: when each partner's credentials expire (never the secret).
+- ``0003`` ``partner_credentials``: when each partner's credentials expire (never the secret);
+- ``0004`` ``sync_keys``: random keys made once per database (the memo's digest key).
 
 Databases created before there were migrations have the tables but no ``alembic_version``;
 :func:`migrate` recognises them by their tables and records the revision they match (``0002`` if
@@ -22,9 +23,9 @@ Adding a migration (a developer's steps)::
     # 2. a scratch database at the current head, then the new revision compared against it
     python -m connectors.state_migrations --url sqlite:///var/migrations.sqlite upgrade head
     python -m connectors.state_migrations --url sqlite:///var/migrations.sqlite \\
-        revision --autogenerate --rev-id 0004 -m "what the change is for"
-    # 3. read and tidy versions/v0004_*.py (autogenerate misses renames and data changes; write
-    #    downgrade too), set HEAD below to "0004", then check that the model and the revisions
+        revision --autogenerate --rev-id 0005 -m "what the change is for"
+    # 3. read and tidy versions/v0005_*.py (autogenerate misses renames and data changes; write
+    #    downgrade too), set HEAD below to "0005", then check that the model and the revisions
     #    agree (tests/test_state_migrations.py does too, on SQLite and PostgreSQL):
     python -m connectors.state_migrations --url sqlite:///var/migrations.sqlite upgrade head
     python -m connectors.state_migrations --url sqlite:///var/migrations.sqlite check

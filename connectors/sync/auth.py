@@ -14,8 +14,14 @@ from typing import Any, ClassVar
 
 import httpx
 
+from connectors.state_store import credential_hint
 from connectors.sync.client import ClientStats
-from connectors.sync.errors import PartnerCredentialsError, PartnerError, error_from_response
+from connectors.sync.errors import (
+    RETRIABLE_STATUSES,
+    PartnerCredentialsError,
+    PartnerRetriableError,
+    retry_after_seconds,
+)
 
 
 class TokenCache:
@@ -71,10 +77,11 @@ class TokenAuth(httpx.Auth):
 
     With no valid token cached, the first request logs in and the others wait for its token;
     after a 401, the first refused request logs in again (once) and the others take the new
-    token. A refused login (400, 401, 403) raises :class:`PartnerCredentialsError` and is
-    remembered: the client's other requests raise it too, without another login, so wrong
-    credentials cost one login per client, never one per record. A 429 or 5xx answer to the login
-    raises the partner's retriable error: the client retries the request, login included.
+    token. A refused login (any answer but a token, 408, 429 or 5xx) raises
+    :class:`PartnerCredentialsError` and is remembered: the client's other requests raise it too,
+    without another login, so wrong credentials cost one login per client, never one per record.
+    A 408, 429 or 5xx answer to the login raises the partner's retriable error: the client
+    retries the request, login included. The login gets the timeouts of the request it serves.
 
     Subclasses give :meth:`login_request`, :meth:`read_token` and :meth:`apply`.
     """
@@ -120,7 +127,7 @@ class TokenAuth(httpx.Auth):
             async with self._loop_lock():
                 token = self.token()
                 if token is None:
-                    login = yield self._login()
+                    login = yield self._login(request)
                     await login.aread()
                     token = self._accept(login, fresh=False)
         self.apply(request, token)
@@ -132,42 +139,59 @@ class TokenAuth(httpx.Auth):
             TokenCache.drop(self.cache_key, token)
             fresh = self.token()
             if fresh is None:
-                login = yield self._login()
+                login = yield self._login(request)
                 await login.aread()
                 fresh = self._accept(login, fresh=True)
         self.apply(request, fresh)
         yield request
 
-    def _login(self) -> httpx.Request:
+    def _login(self, request: httpx.Request) -> httpx.Request:
+        """The login request, with the timeouts of the request that needs it (a login the
+        partner never answers ends as that request would)."""
         if self._refused is not None:
-            raise self._refused
+            refused = self._refused
+            raise PartnerCredentialsError(
+                refused.partner, refused.status, refused.detail, refused.settings_hint
+            )
         self.stats.authentications += 1
-        return self.login_request()
+        login = self.login_request()
+        if "timeout" in request.extensions:
+            login.extensions["timeout"] = request.extensions["timeout"]
+        return login
 
     def _accept(self, response: httpx.Response, fresh: bool) -> str:
-        """The token of a login answer, now cached; a typed error for any other answer."""
-        try:
-            data: Any = response.json() if response.content else None
-        except ValueError:
-            data = response.text
-        path = response.request.url.path
-        if response.status_code in (400, 401, 403):
-            error = error_from_response(response.status_code, data, path, partner=self.partner)
-            self._refused = PartnerCredentialsError(
-                self.partner, response.status_code, error.message, self.settings_hint
+        """The token of a login answer, now cached; a typed error for any other answer.
+
+        Only the status goes into an error, never the answer's body: a login answer may echo
+        the credentials. 408, 429 and 5xx are retriable; any other answer, and a 200 without a
+        token, is a refusal, remembered for the client's other requests.
+        """
+        status = response.status_code
+        where = f"HTTP {status} {response.reason_phrase} at {response.request.url.path}".rstrip()
+        if status in RETRIABLE_STATUSES:
+            raise PartnerRetriableError(
+                status,
+                "the login was not answered",
+                path=response.request.url.path,
+                partner=self.partner,
+                retry_after_s=retry_after_seconds(response.headers.get("Retry-After")),
             )
-            raise self._refused
-        if response.status_code != 200:
-            raise error_from_response(
-                response.status_code, data, path, response.headers.get("Retry-After"), self.partner
-            )
-        try:
-            token, expires = self.read_token(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PartnerError(f"the {self.partner}'s login answer holds no token") from exc
-        TokenCache.put(self.cache_key, token, expires if expires is not None else time.time() + 3600)
+        token: tuple[str, float | None] | None = None
+        if status == 200:
+            try:
+                token = self.read_token(response.json())
+            except (KeyError, TypeError, ValueError):
+                where = f"{where}, but the answer holds no token"
+        if token is None:
+            self._refused = PartnerCredentialsError(self.partner, status, where, self.settings_hint)
+            raise PartnerCredentialsError(self.partner, status, where, self.settings_hint)
+        TokenCache.put(self.cache_key, token[0], token[1] if token[1] is not None else time.time() + 3600)
         self.stats.reauthentications += int(fresh)
-        return token
+        return token[0]
+
+    def key_hint(self) -> str:
+        """Which key this flow logs in with, as a hint (first 4 characters of a long key), never the key."""
+        return credential_hint(self.cache_key[1])
 
     def _loop_lock(self) -> asyncio.Lock:
         """The lock for the running event loop (a client may run one loop per synchronous call).

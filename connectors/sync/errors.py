@@ -2,7 +2,8 @@
 
 PartnerError
 ├── PartnerTransportError      timeouts, refused or dropped connections (retriable)
-├── PartnerCredentialsError    the partner refused the configured credentials (fatal for the run)
+├── PartnerProtocolError       a redirect, a link to another address (fatal)
+├── PartnerCredentialsError    the partner refused the login (fatal for the run)
 └── PartnerApiError            the partner answered with an error status
     ├── PartnerRetriableError  408, 429, 5xx (retriable)
     ├── PartnerAuthError       401 after one re-authentication (fatal)
@@ -16,6 +17,8 @@ PartnerError
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -35,15 +38,27 @@ class PartnerTransportError(PartnerError):
     retriable = True
 
 
+class PartnerProtocolError(PartnerError):
+    """The partner's answer breaks the contract the client relies on (a redirect, a link to
+    another address): no retry can help, and nothing is confirmed because of it."""
+
+
 class PartnerCredentialsError(PartnerError):
-    """The partner refused the configured credentials: no record is to blame, and trying again
-    with the same ones can lock the customer's account, so the run ends at once."""
+    """The partner refused the login: no record is to blame, and trying again with the same
+    credentials can lock the customer's account, so the run ends at once.
+
+    The message never quotes the partner's answer (a login answer may echo the secret).
+    """
 
     def __init__(self, partner: str, status: int, message: str, settings_hint: str) -> None:
         self.partner = partner
         self.status = status
+        self.detail = message
         self.settings_hint = settings_hint
-        super().__init__(f"the {partner} refused the credentials ({status}: {message})")
+        super().__init__(f"the {partner} refused the login ({message})")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, as Prefect may store a failed state
+        return (type(self), (self.partner, self.status, self.detail, self.settings_hint))
 
     def advice(self) -> str:
         """What a person does about it, for the one log line that says so."""
@@ -68,6 +83,9 @@ class PartnerApiError(PartnerError):
         self.partner = partner
         super().__init__(self.describe())
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, as Prefect may store a failed state
+        return (type(self), (self.status, self.message, self.errors, self.path, self.partner))
+
     def describe(self) -> str:
         """One line a person can read: status, path, the partner's message and field errors."""
         fields = "; ".join(f"{e.get('fieldName')}: {e.get('errorMessage')}" for e in self.errors)
@@ -80,9 +98,23 @@ class PartnerRetriableError(PartnerApiError):
 
     retriable = True
 
-    def __init__(self, *args: Any, retry_after_s: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        path: str = "",
+        partner: str = "partner",
+        retry_after_s: float | None = None,
+    ) -> None:
         self.retry_after_s = retry_after_s
-        super().__init__(*args, **kwargs)
+        super().__init__(status, message, errors, path, partner)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.status, self.message, self.errors, self.path, self.partner, self.retry_after_s),
+        )
 
 
 class PartnerAuthError(PartnerApiError):
@@ -116,19 +148,30 @@ def error_from_response(
         message = str(body)[:500]
     message = message or f"HTTP {status}"
     if status in RETRIABLE_STATUSES:
-        seconds: float | None = None
-        if retry_after:
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                seconds = None
-        return PartnerRetriableError(status, message, errors, path, partner, retry_after_s=seconds)
+        return PartnerRetriableError(status, message, errors, path, partner, retry_after_seconds(retry_after))
     kind: type[PartnerApiError] = {
         401: PartnerAuthError,
         404: PartnerNotFoundError,
         409: PartnerConflictError,
     }.get(status, PartnerValidationError)
     return kind(status, message, errors, path, partner)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def is_retriable(error: BaseException) -> bool:

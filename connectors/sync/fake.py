@@ -75,11 +75,11 @@ class FakePartnerClient:
             return WriteResult(
                 op, False, error=f"{self.name} answered 404: unknown", error_status=404, attempts=1
             )
-        flag = "archived" if op.op == "archive" else "anonymised"
+        flag = stream.archived_field if op.op == "archive" else stream.anonymised_field
         if held.get(flag):
             self.duplicates += 1
         held[flag] = True
-        held["archived"] = True
+        held[stream.archived_field] = True
         return WriteResult(op, True, internal_id=op.ref_id, attempts=1)
 
     async def aread_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
@@ -93,7 +93,8 @@ class FakePartnerClient:
     ) -> list[dict[str, Any]]:
         """Every record held (archived ones on request)."""
         self._login()
-        return [dict(r) for r in self.records[entity].values() if include_archived or not r.get("archived")]
+        archived = self.streams[entity].archived_field
+        return [dict(r) for r in self.records[entity].values() if include_archived or not r.get(archived)]
 
     async def acheck(self) -> None:
         """Raises when the credentials are refused."""
@@ -102,3 +103,12 @@ class FakePartnerClient:
     def credentials_expire(self) -> float | None:
         """The fake's credentials do not expire."""
         return None
+
+    def key_hint(self) -> str:
+        """The fake has no key."""
+        return "…"
+
+    def internal_id(self, data: Any) -> str | None:
+        """The fake's own id of a record it holds."""
+        internal = data.get("internalId") if isinstance(data, dict) else None
+        return None if internal is None else str(internal)

@@ -1,16 +1,22 @@
 """``HttpPartnerClient``: a partner API over ``httpx.AsyncClient``, exactly once per write.
 
-Contract: reads are paged (``list`` + ``_links.next``, the link pinned to the partner's own
-address); writes are upserts by reference id (``PUT``), archives and anonymisations
-(``POST {item}/archive``), sent concurrently, bounded by ``concurrency`` and the rate limit.
-Retriable failures (408, 429 with ``Retry-After``, 5xx, timeouts, dropped connections, the same
-on the login) are retried with exponential backoff up to ``max_retries``. Before retrying a
-write whose outcome is ambiguous (the answer was lost, 500/502/504), the record is read back: if
-the partner already holds exactly what we sent, the write counts as confirmed and is not sent
-again. That is how a write reaches the partner once, not twice.
+Contract: writes are sent concurrently, bounded by ``concurrency`` and the rate limit; only a 2xx
+answer confirms one. Retriable failures (408, 429, 5xx, timeouts, dropped connections, the same
+on the login) are retried with exponential backoff up to ``max_retries``; a ``Retry-After`` holds
+every request of the client for as long as the partner asked. Before retrying a write whose
+outcome is ambiguous (the answer was lost, 500/502/504), the record is read back: if the partner
+already holds exactly what we sent, the write counts as confirmed and is not sent again. That is
+how a write reaches the partner once, not twice.
+
+The shape of requests and pages is hausflow's REST convention, the one the tenant portal's
+public API has and the partner contracts hausflow defines itself adopt (``docs/portal-api.md``):
+records by reference id (``PUT {path}/{id}``, ``POST {path}/{id}/archive``), pages as ``list`` +
+``_links.next`` (the link pinned to the partner's own address). A partner with another shape
+overrides :meth:`HttpPartnerClient.write_request`, :meth:`~HttpPartnerClient.page_params`,
+:meth:`~HttpPartnerClient.read_page` and :meth:`~HttpPartnerClient.internal_id`.
 
 Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as httpx reads them; TLS
-certificates are verified against the system's authorities (``verify``).
+certificates are verified against httpx's authorities (certifi's bundle, or ``SSL_CERT_FILE``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from connectors.sync.errors import (
     PartnerCredentialsError,
     PartnerError,
     PartnerNotFoundError,
+    PartnerProtocolError,
     PartnerRetriableError,
     PartnerTransportError,
     error_from_response,
@@ -46,13 +53,14 @@ _R = TypeVar("_R")
 
 @functools.cache
 def default_tls_context() -> ssl.SSLContext:
-    """One TLS context with the system's authorities for every client of the process (building one
+    """One TLS context with httpx's authorities for every client of the process (building one
     costs about 20 ms, and each batch task builds a client)."""
     return httpx.create_ssl_context()
 
 
 class RateLimiter:
-    """At most ``rate`` requests per second across a client's concurrent requests (httpx has none)."""
+    """At most ``rate`` requests per second across a client's concurrent requests, and a pause
+    for all of them when the partner asks for one (``Retry-After``). httpx has neither."""
 
     def __init__(self, rate: float | None) -> None:
         self._interval = 1.0 / rate if rate else 0.0
@@ -61,14 +69,16 @@ class RateLimiter:
 
     async def wait(self) -> None:
         """Return when the next request may go out."""
-        if not self._interval:
-            return
         async with self._lock:
             now = time.monotonic()
             delay = self._next - now
             self._next = max(now, self._next) + self._interval
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def hold(self, seconds: float) -> None:
+        """No request goes out for ``seconds`` from now."""
+        self._next = max(self._next, time.monotonic() + seconds)
 
 
 class HttpPartnerClient:
@@ -83,7 +93,8 @@ class HttpPartnerClient:
         concurrency: requests in flight at once, each worker over a connection of its own.
         rate_limit_per_s: upper bound of requests per second, ``None`` for none.
         max_retries: retries per request for retriable failures.
-        verify: TLS verification (an ``ssl.SSLContext``, ``True`` or a CA bundle path).
+        retry_after_max_s: the longest pause a ``Retry-After`` gets (a longer one fails the request).
+        verify: TLS verification (an ``ssl.SSLContext``; ``False`` only for tests).
         transport: an ``httpx`` transport instead of the network (tests: ``httpx.MockTransport``).
     """
 
@@ -102,7 +113,8 @@ class HttpPartnerClient:
         max_retries: int = 6,
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 20.0,
-        verify: ssl.SSLContext | str | bool | None = None,
+        retry_after_max_s: float = 300.0,
+        verify: ssl.SSLContext | bool | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
@@ -118,6 +130,7 @@ class HttpPartnerClient:
         self._max_retries = max_retries
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
+        self._retry_after_max = retry_after_max_s
         self._verify = default_tls_context() if verify is None else verify
         self._transport = transport
         self._origin = httpx.URL(self.base_url).copy_with(path="/", query=None, fragment=None)
@@ -145,20 +158,15 @@ class HttpPartnerClient:
         """Every record of a collection, following ``_links.next`` page by page."""
         stream = self.streams[entity]
         limiter = RateLimiter(self._rate)
-        params: dict[str, Any] | None = {"pageSize": 1000, "page": 1}
-        if modified_after and params is not None:
-            params["modifiedAfter"] = modified_after
-        if include_archived and params is not None:
-            params["includeArchived"] = "true"
+        params: dict[str, Any] | None = self.page_params(modified_after, include_archived)
         out: list[dict[str, Any]] = []
         url: str | None = stream.path
         async with self._http() as http:
             while url:
                 response = await self._request(http, limiter, "GET", url, params=params)
                 assert response is not None
-                data = response.json()
-                out.extend(data.get("list", []))
-                url = (data.get("_links") or {}).get("next")
+                records, url = self.read_page(response.json())
+                out.extend(records)
                 if url:
                     self._pinned(url)
                 params = None  # the next link carries its own query
@@ -174,6 +182,39 @@ class HttpPartnerClient:
     def credentials_expire(self) -> float | None:
         """When the current token expires (epoch seconds), once the client has one."""
         return self._auth.expires_at()
+
+    def key_hint(self) -> str:
+        """Which API key the client uses, as a hint that is useless to anyone who reads it."""
+        return self._auth.key_hint()
+
+    # ---- the partner's REST shape (override for a partner with another one) -------------------
+    def write_request(self, stream: Stream, op: WriteOp) -> tuple[str, str, dict[str, Any] | None]:
+        """Method, path and JSON body of a write: ``PUT`` the record by reference id, or ``POST``
+        to its ``archive`` or ``anonymize`` action."""
+        path = stream.item_path(op.ref_id)
+        if op.op == "upsert":
+            return "PUT", path, stream.body(op.payload or {})
+        if op.op in ("archive", "anonymize"):
+            return "POST", f"{path}/{op.op}", None
+        raise ValueError(f"unknown write op {op.op!r}")
+
+    def page_params(self, modified_after: str | None, include_archived: bool) -> dict[str, Any]:
+        """The query of a list's first page."""
+        params: dict[str, Any] = {"pageSize": 1000, "page": 1}
+        if modified_after:
+            params["modifiedAfter"] = modified_after
+        if include_archived:
+            params["includeArchived"] = "true"
+        return params
+
+    def read_page(self, data: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """The records of a page and the link to the next one (``None`` on the last page)."""
+        return list(data.get("list", [])), (data.get("_links") or {}).get("next")
+
+    def internal_id(self, data: Any) -> str | None:
+        """The partner's own id of a record it answered with, if it names one."""
+        internal = data.get("internalId") if isinstance(data, dict) else None
+        return None if internal is None else str(internal)
 
     # ---- the same for synchronous callers (not inside a running event loop) -------------------
     def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
@@ -195,8 +236,8 @@ class HttpPartnerClient:
         asyncio.run(self.acheck())
 
     # ---- internals -----------------------------------------------------------------------------
-    def _http(self, connections: int = 1) -> httpx.AsyncClient:
-        """An ``httpx.AsyncClient`` with ``connections`` connections to the partner.
+    def _http(self) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` with one connection to the partner.
 
         Concurrent calls take one client of one connection per worker (:meth:`_each`), not one
         client with a pool of ``concurrency`` connections: httpcore checks every connection of
@@ -204,7 +245,7 @@ class HttpPartnerClient:
         time per request with 16 connections (measured against the sandbox: see
         docs/performance.md).
         """
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         return httpx.AsyncClient(
             base_url=self.base_url,
             auth=self._auth,
@@ -220,11 +261,9 @@ class HttpPartnerClient:
         """A ``next`` link must stay on the partner's own address: the token goes nowhere else."""
         link = httpx.URL(url)
         if link.is_absolute_url and link.copy_with(path="/", query=None, fragment=None) != self._origin:
-            raise PartnerTransportError(f"the {self.name}'s link {url} leads to another address")
+            raise PartnerProtocolError(f"the {self.name}'s link {url} leads to another address")
 
-    def _backoff(self, attempt: int, error: PartnerError) -> float:
-        if isinstance(error, PartnerRetriableError) and error.retry_after_s is not None:
-            return min(error.retry_after_s, self._backoff_max)
+    def _backoff(self, attempt: int) -> float:
         delay = self._backoff_base * (2**attempt)
         return min(delay, self._backoff_max) * (0.5 + random.random() / 2)
 
@@ -260,10 +299,16 @@ class HttpPartnerClient:
             else:
                 status = response.status_code
                 self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
-                if status < 400:
+                if 200 <= status < 300:
                     if attempts_out is not None:
                         attempts_out.append(attempt + 1)
                     return response
+                if status < 400:  # not followed: a write sent elsewhere must not count as done
+                    where = response.headers.get("Location", "elsewhere")
+                    raise PartnerProtocolError(
+                        f"{method} {path}: the {self.name} answered {status}, redirecting to {where}; "
+                        "check its address (base_url)"
+                    )
                 try:
                     body = response.json()
                 except ValueError:
@@ -289,7 +334,13 @@ class HttpPartnerClient:
                 raise error
             attempt += 1
             self.stats.retries += 1
-            await asyncio.sleep(self._backoff(attempt, error))
+            pause = error.retry_after_s if isinstance(error, PartnerRetriableError) else None
+            if pause is None:
+                await asyncio.sleep(self._backoff(attempt))
+            elif pause > self._retry_after_max:
+                raise error  # the partner asks for a longer pause than a run waits: the next run retries
+            else:
+                limiter.hold(pause)  # every request of the client waits, not only this one
 
     async def _get_one(
         self, http: httpx.AsyncClient, limiter: RateLimiter, stream: Stream, ref_id: str
@@ -304,7 +355,6 @@ class HttpPartnerClient:
 
     async def _write_one(self, http: httpx.AsyncClient, limiter: RateLimiter, op: WriteOp) -> WriteResult:
         stream = self.streams[op.entity]
-        path = stream.item_path(op.ref_id)
         attempts: list[int] = []
 
         async def applied() -> bool:  # the read-back check before retrying an ambiguous write
@@ -312,12 +362,7 @@ class HttpPartnerClient:
             expected = op.payload_hash or payload_hash(stream, op.payload or {})
             return write_applied(stream, record, op.op, expected)
 
-        if op.op == "upsert":
-            method, target, body = "PUT", path, stream.body(op.payload or {})
-        elif op.op in ("archive", "anonymize"):
-            method, target, body = "POST", f"{path}/{op.op}", None
-        else:
-            raise ValueError(f"unknown write op {op.op!r}")
+        method, target, body = self.write_request(stream, op)
         try:
             response = await self._request(
                 http, limiter, method, target, json=body, verify=applied, attempts_out=attempts
@@ -336,9 +381,8 @@ class HttpPartnerClient:
         internal_id = None
         if response.content:
             try:
-                internal = response.json().get("internalId")
-                internal_id = None if internal is None else str(internal)
-            except (ValueError, AttributeError):
+                internal_id = self.internal_id(response.json())
+            except ValueError:
                 internal_id = None
         return WriteResult(
             op, True, created=response.status_code == 201, internal_id=internal_id, attempts=len(attempts)

@@ -38,6 +38,8 @@ class Stream:
             (an empty list of caretakers); ``None``: such records are left as they are.
         withdrawn_reason: the protocol's reason for such a withdrawal.
         anonymisable: records can be anonymised (``POST {item}/anonymize``).
+        archived_field, anonymised_field: the flags by which a record read back shows that it
+            was archived or anonymised.
     """
 
     name: str
@@ -49,6 +51,8 @@ class Stream:
     withdrawn: Callable[[str], dict[str, Any]] | None = None
     withdrawn_reason: str = "withdrawn"
     anonymisable: bool = False
+    archived_field: str = "archived"
+    anonymised_field: str = "anonymised"
 
     @property
     def sub_resource(self) -> bool:
@@ -90,9 +94,9 @@ def write_applied(stream: Stream, record: dict[str, Any] | None, op: str, expect
     if record is None:
         return False
     if op == "upsert":
-        return payload_hash(stream, record) == expected_hash and not record.get("archived", False)
+        return payload_hash(stream, record) == expected_hash and not record.get(stream.archived_field, False)
     if op == "archive":
-        return bool(record.get("archived"))
+        return bool(record.get(stream.archived_field))
     if op == "anonymize":
-        return bool(record.get("anonymised"))
+        return bool(record.get(stream.anonymised_field))
     return False

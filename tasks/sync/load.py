@@ -34,7 +34,6 @@ from connectors.state_store import (
     QuarantineItem,
     StateEntry,
     StateStore,
-    credential_hint,
 )
 from connectors.sync.client import PartnerClient, WriteOp
 from connectors.sync.errors import PartnerCredentialsError, is_retriable
@@ -80,17 +79,24 @@ class BatchOutcome:
 
 
 def _confirmation(
-    entity: str, ref_id: str, op: str, digest: str | None, record: dict[str, Any] | None
+    client: PartnerClient,
+    entity: str,
+    ref_id: str,
+    op: str,
+    digest: str | None,
+    record: dict[str, Any] | None,
 ) -> Confirmation:
-    internal = (record or {}).get("internalId")
-    return Confirmation(entity, ref_id, op, digest, None if internal is None else str(internal))
+    return Confirmation(entity, ref_id, op, digest, client.internal_id(record or {}))
 
 
-async def recover_pending(store: StateStore, client: PartnerClient, partner: Partner) -> tuple[int, int, int]:
+async def recover_pending(
+    store: StateStore, client: PartnerClient, partner: Partner, run_id: str | None = None
+) -> tuple[int, int, int]:
     """Settle the writes an earlier run sent but never saw confirmed (it crashed or gave up).
 
-    Each pending write is read back: applied ones are confirmed without being sent again; the
-    others are forgotten and planned afresh. Returns (pending, confirmed, dropped).
+    Each pending write is read back: applied ones are confirmed (under ``run_id``, the run that
+    found them) without being sent again; the others are forgotten and planned afresh. Returns
+    (pending, confirmed, dropped).
     """
     pending = store.load_pending(partner.name)
     if not pending:
@@ -106,10 +112,10 @@ async def recover_pending(store: StateStore, client: PartnerClient, partner: Par
         for p in items:
             record = records.get(p.ref_id)
             if write_applied(streams[entity], record, p.op, p.payload_hash):
-                confirmed.append(_confirmation(entity, p.ref_id, p.op, p.payload_hash, record))
+                confirmed.append(_confirmation(client, entity, p.ref_id, p.op, p.payload_hash, record))
             else:
                 dropped.setdefault(entity, []).append(p.ref_id)
-    store.confirm(partner.name, confirmed, None)
+    store.confirm(partner.name, confirmed, run_id)
     for entity, ids in dropped.items():
         store.clear_pending(partner.name, entity, ids)
     return len(pending), len(confirmed), sum(len(v) for v in dropped.values())
@@ -238,7 +244,9 @@ async def settle_earlier_attempt(
                     rows.append(ProtocolRow(entity, w.ref_id, "failed", reason))
                 outcome.fail(entity, w.ref_id, reason)
             elif w.ref_id in held and write_applied(streams[entity], held[w.ref_id], w.op, w.payload_hash):
-                confirmations.append(_confirmation(entity, w.ref_id, w.op, w.payload_hash, held[w.ref_id]))
+                confirmations.append(
+                    _confirmation(client, entity, w.ref_id, w.op, w.payload_hash, held[w.ref_id])
+                )
                 rows.append(ProtocolRow(entity, w.ref_id, w.outcome, w.reason))
                 outcome.confirmed += 1
                 outcome.verified_by_read += 1
@@ -277,7 +285,7 @@ async def check_partner(partner: Partner, settings: HausflowSettings) -> None:
     expires = client.credentials_expire()
     if expires is not None:
         StateStore(settings.state_url).record_credentials(
-            partner.name, _key_hint(settings, partner.name), datetime.fromtimestamp(expires, UTC)
+            partner.name, client.key_hint(), datetime.fromtimestamp(expires, UTC)
         )
     until = (
         f"; its token is valid until {datetime.fromtimestamp(expires, UTC):%Y-%m-%d %H:%M} UTC"
@@ -295,13 +303,6 @@ def _new_tokens(partner: Partner, client: PartnerClient) -> str:
     return f", {count} new token{'s' if count != 1 else ''} after the {partner.name} refused one"
 
 
-def _key_hint(settings: HausflowSettings, partner: str) -> str:
-    """A hint of which API key is in use (:func:`credential_hint`), never the key itself."""
-    section = getattr(settings, partner, None)
-    key = getattr(section, "api_key", None)
-    return credential_hint(key.get_secret_value() if key is not None else "")
-
-
 @task(
     name="recover-pending-writes",
     cache_policy=NO_CACHE,
@@ -309,13 +310,13 @@ def _key_hint(settings: HausflowSettings, partner: str) -> str:
     retry_delay_seconds=5,
     retry_condition_fn=retry_if_retriable,
 )
-async def recover_pending_writes(partner: Partner, settings: HausflowSettings) -> dict[str, int]:
+async def recover_pending_writes(partner: Partner, settings: HausflowSettings, run_id: str) -> dict[str, int]:
     """:func:`recover_pending` as a task; returns counts for the log."""
     logger = get_run_logger()
     store = StateStore(settings.state_url)
     if not store.load_pending(partner.name):
         return {"pending": 0, "confirmed": 0, "dropped": 0}
-    pending, confirmed, dropped = await recover_pending(store, partner.connect(settings), partner)
+    pending, confirmed, dropped = await recover_pending(store, partner.connect(settings), partner, run_id)
     logger.info(
         "Found %d unconfirmed writes of an interrupted run: %d had reached the %s and are now confirmed "
         "(not sent again), %d had not and will be planned again.",
