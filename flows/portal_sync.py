@@ -84,7 +84,7 @@ async def portal_sync(
         objects: restrict this run to these object numbers (no archiving in such a partial run).
         entities: restrict to some of properties, units, contacts, responsibilities.
         full_resync: send every record again, even if unchanged since the last confirmation.
-        dry_run: compute and show the plan (protocol artifact), send nothing.
+        dry_run: compute and show the plan (artifacts portal-sync-protocol and -details), send nothing.
         profile: settings profile (production, test, demo); default ``HAUSFLOW_PROFILE``.
 
     Returns:
@@ -185,7 +185,8 @@ async def _sync(
     )
     if summary["failed"]:
         raise RuntimeError(
-            f"{summary['failed']} portal writes failed (see the protocol artifact); the next run retries them."
+            f"{summary['failed']} portal writes failed (listed with the reason in portal-sync-details); "
+            "the next run retries them."
         )
     return summary
 

@@ -6,7 +6,7 @@ one task per batch, never per row. Large inputs are not hashed for caching (``NO
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -51,7 +51,7 @@ from tasks.portal_rules import (
     caretaker_entries,
     released_objects,
 )
-from tasks.sync.load import BatchOutcome
+from tasks.sync.load import BatchOutcome, details_key
 from tasks.sync.partner import Partner
 from tasks.sync.plan import Plan, desired_hashes, held_records, plan_changes, write_candidates
 from tasks.validation import RECORD_RULES, validate_records
@@ -494,16 +494,18 @@ def validate_portal_records(
         logger.warning("Quarantined %s %s: %s [%s]", f.entity[:-1], f.ref_id, f.reason, f.rule)
     if len(new_failures) > 20:
         logger.warning(
-            "... and %d more new quarantine entries (see the protocol artifact and the quarantine table).",
+            "... and %d more new quarantine entries (all in the quarantine table, the first ones in %s).",
             len(new_failures) - 20,
+            details_key(PORTAL),
         )
     # records held for reasons that were all open before this run (a new reason makes it news)
     still = len({(f.entity, f.ref_id) for f in failures} - {(f.entity, f.ref_id) for f in new_failures})
     if still:
         logger.warning(
-            "%d records stay in quarantine from earlier runs, for the same reasons (listed in the protocol "
-            "artifact and the quarantine table); they are sent once fixed in the ERP.",
+            "%d records stay in quarantine from earlier runs, for the same reasons (in the quarantine table and "
+            "%s); they are sent once fixed in the ERP.",
             still,
+            details_key(PORTAL),
         )
     if resolved:
         logger.info(
@@ -554,10 +556,58 @@ def plan_portal_changes(
     for entity in comparison.entities:
         mine = [f"{n:,} {outcome}" for (ent, outcome), n in sorted(counts.items()) if ent == entity]
         parts.append(f"{entity}: " + ", ".join([*mine, f"{plan.unchanged.get(entity, 0):,} unchanged"]))
+    fate = withdrawn_fate(desired.withdraw_reasons, comparison, held, plan)
+    if fate:
+        told = ", ".join(f"{n:,} {what}" for what, n in fate.items() if n)
+        parts.append(f"of the {sum(fate.values()):,} to withdraw: {told}")
     logger.info("Plan: %s.", "; ".join(parts))
     for note in plan.notes:
         logger.info(note)
     return plan, resp_skips
+
+
+def withdrawn_fate(
+    withdraw: Collection[tuple[str, str]],
+    comparison: Comparison,
+    held: set[tuple[str, str]],
+    plan: Plan,
+) -> dict[str, int]:
+    """What becomes of the records the rules withdraw, so the rules' "N to withdraw" and the
+    protocol's archived count add up (pure).
+
+    Returns counts, in this order, of: ``archived now`` (planned to be archived in this run: the
+    protocol's archived lines for them), ``already archived or never in the portal`` (the
+    confirmed state holds no active record: never sent, archived or anonymised earlier; in an
+    incremental run also those settled by an earlier run and not looked at again), ``held in
+    quarantine``, ``left for a full run`` (a run for some objects or entities archives nothing).
+    Each record counts once.
+    Empty when nothing is withdrawn.
+    """
+    if not withdraw:
+        return {}
+    archiving = {(w.entity, w.ref_id) for w in plan.writes if w.op == "archive"}
+    fate = dict.fromkeys(
+        (
+            "archived now",
+            "already archived or never in the portal",
+            "held in quarantine",
+            "left for a full run",
+        ),
+        0,
+    )
+    for entity, ref_id in withdraw:
+        entry = comparison.state.get(entity, {}).get(ref_id)
+        if (entity, ref_id) in archiving:
+            fate["archived now"] += 1
+        elif entity not in comparison.entities:
+            fate["left for a full run"] += 1
+        elif entry is None or entry.status != "active":
+            fate["already archived or never in the portal"] += 1
+        elif (entity, ref_id) in held:
+            fate["held in quarantine"] += 1
+        else:  # active in the portal, and this run is for some objects only
+            fate["left for a full run"] += 1
+    return fate
 
 
 @task(name="remember-portal-run", cache_policy=NO_CACHE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -238,7 +239,13 @@ def _erp_status_updater(engine: Any) -> Callable[[Sequence[str], str], None]:
 
 @dataclass
 class DebitPlan:
-    """Result of the planning pass: the control listing and the spooled blocks."""
+    """Result of the planning pass: the control listing and the spooled blocks.
+
+    ``quarantined``, ``skipped`` and ``warned`` are the first ``listing_preview_rows`` claims in
+    quarantine, skipped claims and warning lines (claim, person, mandate, rule, reason or
+    warning; IBANs masked) for the UI; ``counts`` and ``warnings`` count all of them, and the
+    control listing (CSV) holds every one.
+    """
 
     listing_path: Path
     preview: list[dict[str, str]]
@@ -247,6 +254,28 @@ class DebitPlan:
     blocks: list[tuple[BlockKey, int, int]]
     warnings: int
     quarantined: list[dict[str, str]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    warned: list[dict[str, str]] = field(default_factory=list)
+
+
+IBAN_IN_TEXT = re.compile(r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b")
+
+
+def mask_ibans(text: str) -> str:
+    """``text`` with every IBAN in it masked (an amendment's original IBAN, say), for the UI."""
+    return IBAN_IN_TEXT.sub(lambda m: mask_iban(m.group(0)), text)
+
+
+def claim_note(decision: Decision, text: str) -> dict[str, str]:
+    """One line of the control summary: the claim, its person and mandate, the rule and a reason
+    or warning (IBANs masked)."""
+    return {
+        "claim_no": decision.claim.claim_no,
+        "person_no": decision.claim.person_no,
+        "mandate_id": decision.mandate.mandate_id if decision.mandate else "",
+        "rule": decision.rule or "",
+        "text": mask_ibans(text),
+    }
 
 
 def _mandate(row: dict[str, Any]) -> Mandate:
@@ -306,6 +335,8 @@ def plan_debits(run: SepaRun, chunk_rows: int = 5_000) -> DebitPlan:
     counts = {"debit": 0, "quarantine": 0, "skip": 0}
     preview: list[dict[str, str]] = []
     quarantined: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
+    warned: list[dict[str, str]] = []
     failing: set[tuple[str, str]] = set()
     debit_sum = 0
     warnings = 0
@@ -321,7 +352,18 @@ def plan_debits(run: SepaRun, chunk_rows: int = 5_000) -> DebitPlan:
             counts[decision.outcome] += 1
             warnings += len(decision.warnings)
             if len(preview) < preview_rows:
-                preview.append({**row, "iban": mask_iban(row["iban"])})
+                preview.append(
+                    {
+                        **row,
+                        "iban": mask_iban(row["iban"]),
+                        "amendment": mask_ibans(row["amendment"]),
+                        "warnings": mask_ibans(row["warnings"]),
+                    }
+                )
+            if decision.outcome == "skip" and len(skipped) < preview_rows:
+                skipped.append(claim_note(decision, decision.reason or ""))
+            for warning in decision.warnings[: max(preview_rows - len(warned), 0)]:
+                warned.append(claim_note(decision, warning))
 
         for frame in read_candidate_claims(erp, due_until, chunk_rows):
             records = frame.to_dict("records")
@@ -437,14 +479,7 @@ def plan_debits(run: SepaRun, chunk_rows: int = 5_000) -> DebitPlan:
                         )
                     )
                     if len(quarantined) < preview_rows:
-                        quarantined.append(
-                            {
-                                "claim_no": claim.claim_no,
-                                "person_no": claim.person_no,
-                                "rule": decision.rule or "",
-                                "reason": decision.reason or "",
-                            }
-                        )
+                        quarantined.append(claim_note(decision, decision.reason or ""))
                     log.warning("Quarantine: %s [%s]", decision.reason, decision.rule)
                 elif decision.outcome == "debit":
                     debit_sum += decision.amount_cents
@@ -468,7 +503,7 @@ def plan_debits(run: SepaRun, chunk_rows: int = 5_000) -> DebitPlan:
         counts["skip"],
         warnings,
     )
-    return DebitPlan(listing_path, preview, counts, debit_sum, blocks, warnings, quarantined)
+    return DebitPlan(listing_path, preview, counts, debit_sum, blocks, warnings, quarantined, skipped, warned)
 
 
 def _spool(spool: SpoolWriter, decision: Decision, day: date, attempt: int) -> None:

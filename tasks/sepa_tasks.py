@@ -43,7 +43,8 @@ def plan_sepa_debits(run: SepaRun) -> DebitPlan:
 
 @task(name="publish-control-listing", cache_policy=NO_CACHE)
 def publish_control_listing(run: SepaRun, plan: DebitPlan) -> None:
-    """Show the control listing in the UI: counts, quarantine reasons, the first rows (masked IBANs)."""
+    """Show the control listing in the UI: the first rows (masked IBANs), and a summary with the
+    counts and the first claims in quarantine, skipped and warned about (:func:`control_summary`)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_table_artifact(
@@ -56,6 +57,17 @@ def publish_control_listing(run: SepaRun, plan: DebitPlan) -> None:
             f"all rows in {plan.listing_path}"
         ),
     )
+    create_markdown_artifact(
+        key="sepa-control-summary",
+        markdown=control_summary(run, plan),
+        description="Counts, then the claims in quarantine, skipped and warned about, each with its reason.",
+    )
+
+
+def control_summary(run: SepaRun, plan: DebitPlan) -> str:
+    """The control summary: counts, the date warnings, then three sections (quarantine, skipped,
+    warnings), each with its count and its first lines (claim, person, mandate, rule, reason or
+    warning); a cut section says where the rest is (the control listing, CSV)."""
     lines = [
         f"# SEPA control listing {run.collection_date:%d.%m.%Y}{' (dry run)' if run.dry_run else ''}",
         "",
@@ -67,12 +79,27 @@ def publish_control_listing(run: SepaRun, plan: DebitPlan) -> None:
         "",
         *(f"- {w}" for w in run.date_warnings),
     ]
-    if plan.quarantined:
-        lines += ["", "## Quarantine", "", "| claim | person | rule | reason |", "|---|---|---|---|"]
+    sections = (
+        ("Quarantine", plan.counts["quarantine"], plan.quarantined, "reason"),
+        ("Skipped", plan.counts["skip"], plan.skipped, "reason"),
+        ("Warnings", plan.warnings, plan.warned, "warning"),
+    )
+    for title, total, notes, what in sections:
+        if not total:
+            continue
+        lines += ["", f"## {title}: {total}", ""]
+        if total > len(notes):
+            lines += [f"The first {len(notes)} below; all in the control listing {plan.listing_path}.", ""]
+        lines += [f"| claim | person | mandate | rule | {what} |", "|---|---|---|---|---|"]
         lines += [
-            f"| {q['claim_no']} | {q['person_no']} | {q['rule']} | {q['reason']} |" for q in plan.quarantined
+            f"| {n['claim_no']} | {n['person_no']} | {n['mandate_id']} | {n['rule']} | {_cell(n['text'])} |"
+            for n in notes
         ]
-    create_markdown_artifact(key="sepa-control-summary", markdown="\n".join(lines))
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")
 
 
 @task(name="write-sepa-files", cache_policy=NO_CACHE)

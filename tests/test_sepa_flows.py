@@ -14,12 +14,16 @@ CAMT = Path(__file__).parent / "data" / "camt"
 
 
 async def _artifact(key: str) -> object:
+    """The newest artifact ``key`` of the session (other tests' runs publish it too)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return found[-1].data if found else None
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+        )
+    return found[0].data if found else None
 
 
 def test_debit_flow_dry_run_then_run(prefect_harness: None, tmp_path: Path) -> None:

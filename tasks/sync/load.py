@@ -36,10 +36,25 @@ from connectors.state_store import (
     StateStore,
 )
 from connectors.sync.client import PartnerClient, WriteOp
-from connectors.sync.errors import PartnerCredentialsError, is_retriable
+from connectors.sync.errors import PartnerCredentialsError, PartnerError, is_retriable
 from connectors.sync.streams import write_applied
 from tasks.sync.partner import Partner
 from tasks.sync.plan import PlannedWrite
+
+
+def details_key(partner: Partner) -> str:
+    """The key of the artifact that lists a run's writes and the records it held back
+    (:func:`tasks.sync.protocol.record_protocol`); log lines point there."""
+    return f"{partner.name}-sync-details"
+
+
+class PartnerUnavailableError(RuntimeError):
+    """The partner did not answer the run's first read, after the client's own retries: the run
+    stops before it reads the ERP or sends anything, and the next scheduled run tries again.
+
+    Not retried by the task either: the client already paused and retried, and a partner that is
+    down stays down for longer than a run should wait.
+    """
 
 
 def retry_if_retriable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -274,7 +289,13 @@ async def settle_earlier_attempt(
 )
 async def check_partner(partner: Partner, settings: HausflowSettings) -> None:
     """One cheap authenticated read before anything else: the partner answers and takes the
-    credentials. Refused credentials end the run here, before any write, after one login."""
+    credentials. Refused credentials end the run here, before any write, after one login.
+
+    Raises:
+        PartnerCredentialsError: the partner refused the login.
+        PartnerUnavailableError: no answer, a timeout or 429/5xx after the client's retries; the
+            one log line names the partner's address and what to check.
+    """
     logger = get_run_logger()
     client = partner.connect(settings)
     try:
@@ -282,6 +303,13 @@ async def check_partner(partner: Partner, settings: HausflowSettings) -> None:
     except PartnerCredentialsError as exc:
         logger.error("The %s sync stops before it reads or sends anything: %s.", partner.name, exc.advice())
         raise
+    except PartnerError as exc:
+        if not exc.retriable:
+            raise  # a redirect or another broken contract: its message says what to check
+        logger.error("%s", unavailable_advice(partner, client, exc))
+        raise PartnerUnavailableError(
+            f"the {partner.name} at {_address(client)} is not available ({exc})"
+        ) from exc
     expires = client.credentials_expire()
     if expires is not None:
         StateStore(settings.state_url).record_credentials(
@@ -293,6 +321,23 @@ async def check_partner(partner: Partner, settings: HausflowSettings) -> None:
         else ""
     )
     logger.info("The %s answers%s%s.", partner.name, until, _new_tokens(partner, client))
+
+
+def unavailable_advice(partner: Partner, client: PartnerClient, error: PartnerError) -> str:
+    """The one line a person reads when the partner is not available: where, what came back, what
+    to check. The address is the client's (the partner's ``base_url``)."""
+    requests = client.stats.requests
+    return (
+        f"The {partner.name} at {_address(client)} is not available ({error}; {requests} "
+        f"attempt{'s' if requests != 1 else ''}): the sync stops before it reads or sends anything. "
+        f"Check the address ({partner.name}.base_url), the network and proxy (HTTPS_PROXY, NO_PROXY) "
+        f"and the {partner.name}'s status; the next run tries again."
+    )
+
+
+def _address(client: PartnerClient) -> str:
+    """The partner's address (its ``base_url``), for messages."""
+    return str(getattr(client, "base_url", None) or "its configured address")
 
 
 def _new_tokens(partner: Partner, client: PartnerClient) -> str:
@@ -386,3 +431,9 @@ def log_batch(
     )
     for line in outcome.errors[:10]:
         logger.warning("Not loaded: %s", line)
+    if len(outcome.errors) > 10:
+        logger.warning(
+            "... and %d more not loaded in this batch (listed in %s).",
+            len(outcome.errors) - 10,
+            details_key(partner),
+        )
