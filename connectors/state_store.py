@@ -639,6 +639,9 @@ class StateStore:
     ) -> list[QuarantineItem]:
         """Put records into quarantine, or refresh ``last_seen`` if they are there for the same rule.
 
+        A record seen again keeps the payload it is held with now (``record_json``): a hold that
+        lasts while the payload is unchanged compares with the latest one.
+
         Returns the items that were not open in quarantine before (new, or back after they had
         been resolved), so a run can tell what is new from what it merely still holds.
         """
@@ -686,6 +689,7 @@ class StateStore:
                             "b_ref_id": item.ref_id,
                             "b_rule": item.rule,
                             "b_reason": item.reason,
+                            "b_record": record_json(item.record),
                         }
                     )
                 else:
@@ -710,6 +714,7 @@ class StateStore:
                     last_seen=bindparam("b_seen"),
                     resolved_at=null(),
                     reason=bindparam("b_reason"),
+                    record_json=bindparam("b_record"),
                     run_id=bindparam("b_run_id"),
                 ),
                 [{**row, "b_target": target, "b_seen": seen_at, "b_run_id": run_id} for row in seen_again],

@@ -144,7 +144,7 @@ async def _sync(
             settings, whole(desired), entities, full_resync, whole(basis.scope)
         )
         quarantined = validate_portal_records(
-            settings, whole(comparison), run_id, incremental=basis.scope is not None
+            settings, whole(comparison), run_id, incremental=basis.scope is not None, desired=whole(desired)
         )
         plan, resp_skips = plan_portal_changes(
             whole(desired), whole(comparison), whole(quarantined), full_resync, bool(objects)
@@ -185,8 +185,9 @@ async def _sync(
     )
     if summary["failed"]:
         raise RuntimeError(
-            f"{summary['failed']} portal writes failed (listed with the reason in portal-sync-details); "
-            "the next run retries them."
+            f"{summary['failed']} portal writes failed (listed with the reason in portal-sync-details): "
+            "what the portal refused stays in quarantine until the record changes in the ERP; the next run "
+            "retries the rest."
         )
     return summary
 

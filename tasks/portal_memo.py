@@ -9,7 +9,8 @@ timestamps: after each run the memo keeps
   (the ERP reference numbers :func:`dirty_records` follows, see ``LINKS``) and a digest of the
   whole row (see :class:`TableLinks`);
 - per entity, the reference ids of every desired record, and the persons the rules withheld
-  (waiting for their access date, withdrawn, anonymised);
+  (waiting for their access date, withdrawn, anonymised, held for a contract they cannot place,
+  named but not in the ERP);
 - the records that were not in line with the portal when the run ended (quarantined, failed);
 - the position of the state store's change sequence up to which it has seen every confirmation.
 
@@ -547,17 +548,21 @@ def rows_for(
     c_no, c_unit, c_person = _cols(tables, "contracts", "contract_no", "unit_no", "person_no")
     contracts = [r for r in tables["contracts"].rows if _s(r[c_person]) in persons or _s(r[c_no]) in lead]
     unit_refs = units | {str(r[c_unit]) for r in contracts if r[c_unit] is not None}
-    (u_no,) = _cols(tables, "units", "unit_no")
+    u_no, u_obj = _cols(tables, "units", "unit_no", "object_no")
     o_no, o_owner = _cols(tables, "objects", "object_no", "owner_person_no")
     (p_no,) = _cols(tables, "persons", "person_no")
     (ct_person,) = _cols(tables, "caretakers", "person_no")
+    unit_rows = [r for r in tables["units"].rows if str(r[u_no]) in unit_refs]
+    # the objects of these units too: the rules tell a contract in an object that is not in the
+    # ERP from one in an object that is not released by the objects they are given
+    object_refs = properties | {str(r[u_obj]) for r in unit_rows if r[u_obj] is not None}
     return {
         "objects": keep(
             "objects",
-            [r for r in tables["objects"].rows if str(r[o_no]) in properties or _s(r[o_owner]) in persons],
+            [r for r in tables["objects"].rows if str(r[o_no]) in object_refs or _s(r[o_owner]) in persons],
         ),
         "object_groups": keep("object_groups", []),
-        "units": keep("units", [r for r in tables["units"].rows if str(r[u_no]) in unit_refs]),
+        "units": keep("units", unit_rows),
         "persons": keep("persons", [r for r in tables["persons"].rows if str(r[p_no]) in persons]),
         "contracts": keep("contracts", contracts),
         "partners": keep("partners", partners),
@@ -633,6 +638,8 @@ def merge_desired(scope: Scope, rebuilt: DesiredState) -> DesiredState:
     return DesiredState(
         records=rebuilt.records,
         skipped=rebuilt.skipped,
+        quarantine=rebuilt.quarantine,
+        notes=rebuilt.notes,
         withdraw_reasons=rebuilt.withdraw_reasons,
         anonymise=rebuilt.anonymise,
         caretakers=rebuilt.caretakers,
@@ -651,10 +658,11 @@ def memo_after_run(
 ) -> Memo:
     """The memo a completed run leaves for the next one.
 
-    Of the contacts the rules withheld it keeps the person numbers only: the next run decides
-    them again, so no reason (which may quote a contract's dates) is stored.
+    Of the contacts the rules withheld (skipped, withdrawn, anonymised, held in quarantine) it
+    keeps the person numbers only: the next run decides them again, so no reason (which may
+    quote a contract's dates) is stored.
     """
-    withheld = {s.ref_id for s in desired.skipped if s.entity == "contacts"}
+    withheld = {s.ref_id for s in desired.skipped + desired.quarantine if s.entity == "contacts"}
     withheld |= {ref_id for entity, ref_id in desired.withdraw_reasons if entity == "contacts"}
     return Memo(
         fingerprint=fingerprint,

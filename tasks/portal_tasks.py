@@ -21,7 +21,7 @@ from connectors.erp.database import make_engine
 from connectors.erp.extract import TableRows, extract_portal_rows
 from connectors.portal import PortalClient
 from connectors.portal.streams import STREAMS
-from connectors.state_store import QuarantineItem, StateEntry, StateStore, record_json
+from connectors.state_store import ProtocolRow, QuarantineItem, StateEntry, StateStore, record_json
 from connectors.sync.client import PartnerClient
 from tasks.portal_memo import (
     BUILT_ENTITIES,
@@ -54,7 +54,7 @@ from tasks.portal_rules import (
 from tasks.sync.load import BatchOutcome, details_key
 from tasks.sync.partner import Partner
 from tasks.sync.plan import Plan, desired_hashes, held_records, plan_changes, write_candidates
-from tasks.validation import RECORD_RULES, validate_records
+from tasks.validation import REFUSED_BY_PORTAL, record_rule, validate_records
 
 TARGET = "portal"
 MEMO_KEY = "portal-memo"  # the state store's key for the memo's row digests
@@ -122,13 +122,20 @@ def desired_state_from_rows(
         settings, [str(r[0]) for r in tables["objects"].rows], tables["object_groups"].frame(), objects
     )
     rules = contact_rules(settings)
+    persons = scope.contacts | scope.memo.withheld
     part = {
         name: table.frame()
-        for name, table in rows_for(
-            tables, scope.properties, scope.units, scope.contacts | scope.memo.withheld
-        ).items()
+        for name, table in rows_for(tables, scope.properties, scope.units, persons).items()
     }
-    rebuilt = _build(part, released, rules, today, properties_for=scope.properties, units_for=scope.units)
+    rebuilt = _build(
+        part,
+        released,
+        rules,
+        today,
+        properties_for=scope.properties,
+        units_for=scope.units,
+        persons_for=persons,
+    )
     rebuilt.caretakers = caretaker_entries(tables["caretakers"].frame(), released, rules)
     return merge_desired(scope, rebuilt), released, unknown
 
@@ -403,18 +410,24 @@ def compare_with_portal_state(
 
 
 def known_failures(
-    open_entries: Sequence[dict[str, Any]], candidates: dict[str, dict[str, dict[str, Any]]]
+    open_entries: Sequence[dict[str, Any]],
+    candidates: dict[str, dict[str, dict[str, Any]]],
+    incremental: bool = True,
 ) -> tuple[list[Skip], set[tuple[str, str]]]:
     """Quarantine entries that still hold: the record's payload is exactly the one quarantined.
 
-    Only entries of checks that depend on the record alone count (``RECORD_RULES``: not holds,
-    not the portal's refusals, not uniqueness). A record is taken as still failing only if every
-    such open entry of it was quarantined with its current payload. Returns those entries as
-    skips, and the records they cover.
+    A refusal by the portal (``portal_rejected``) holds its record in every run while the
+    payload is the one refused: the portal would give the same answer, and the run would fail
+    for it each time. A changed payload (or a record no longer to be written) releases it. In an
+    incremental run (same rules and suites as the run that left the memo) the entries of the
+    other checks that depend on the record alone (:func:`tasks.validation.record_rule`; not holds,
+    not uniqueness) hold too, if every such open entry of the record was quarantined with its
+    current payload. Returns the entries that hold as skips, and the records that need no
+    checking again.
     """
     entries: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for entry in open_entries:
-        if entry["rule"] in RECORD_RULES:
+        if entry["rule"] == REFUSED_BY_PORTAL or (incremental and record_rule(entry["rule"])):
             entries.setdefault((entry["entity"], entry["ref_id"]), []).append(entry)
     skips: list[Skip] = []
     covered: set[tuple[str, str]] = set()
@@ -423,32 +436,42 @@ def known_failures(
         if payload is None:
             continue
         current = record_json(payload)
-        if all(e["record_json"] == current for e in mine):
+        same = [e for e in mine if e["record_json"] == current]
+        if len(same) == len(mine):
             covered.add((entity, ref_id))
-            skips.extend(Skip(entity, ref_id, e["rule"], e["reason"]) for e in mine)
+        else:  # checked again; a refusal of this very payload still holds it
+            same = [e for e in same if e["rule"] == REFUSED_BY_PORTAL]
+        skips.extend(Skip(entity, ref_id, e["rule"], e["reason"]) for e in same)
     return skips, covered
 
 
 @task(name="validate-portal-records", cache_policy=NO_CACHE)
 def validate_portal_records(
-    settings: HausflowSettings, comparison: Comparison, run_id: str, incremental: bool = False
+    settings: HausflowSettings,
+    comparison: Comparison,
+    run_id: str,
+    incremental: bool = False,
+    desired: DesiredState | None = None,
 ) -> list[Skip]:
-    """Validate the records about to be written with the GX suites; quarantine the failing ones.
+    """Validate the records about to be written; quarantine the failing ones and what the rules held.
 
     Records equal to their confirmed version passed when they were sent and are not checked
-    again. In an incremental run (same rules and suites as the run that left the memo), a record
-    whose payload is exactly the one it was quarantined with keeps its entries unchecked: a new
-    process then need not load great-expectations for records nobody fixed. Children of a record
-    that is held and not yet in the portal are held too (a unit of a quarantined new object, a
-    contact whose only unit is held). The rest goes on.
+    again. A record the portal refused is held, unchecked, while its payload is the one refused
+    (:func:`known_failures`). In an incremental run (same rules and suites as the run that left
+    the memo), a record whose payload is exactly the one it was quarantined with keeps its
+    entries unchecked: a new process then need not load great-expectations for records nobody
+    fixed. The records the rules held (``desired.quarantine``: contracts they cannot place) are
+    quarantined with them. Children of a record that is held and not yet in the portal are held
+    too (a unit of a quarantined new object, a contact whose only unit is held). The rest goes
+    on; of it, each record whose values the text cleaning changed (``desired.notes``) gets a
+    protocol line ``note`` saying which.
     """
     logger = get_run_logger()
     store = StateStore(settings.state_url)
     candidates = comparison.candidates
-    failures: list[Skip] = []
-    covered: set[tuple[str, str]] = set()
-    if incremental:
-        failures, covered = known_failures(store.open_quarantine(TARGET), candidates)
+    failures, covered = known_failures(store.open_quarantine(TARGET), candidates, incremental)
+    if desired is not None:
+        failures.extend(q for q in desired.quarantine if q.entity in comparison.entities)
     for entity in ("properties", "units", "contacts"):
         records = candidates.get(entity, {})
         if covered:
@@ -487,7 +510,8 @@ def validate_portal_records(
         ],
         run_id,
     )
-    resolved = store.resolve_quarantine(TARGET, {(f.entity, f.ref_id) for f in failures})
+    held = {(f.entity, f.ref_id) for f in failures}
+    resolved = store.resolve_quarantine(TARGET, held)
     fresh = {(i.entity, i.ref_id, i.rule) for i in opened}
     new_failures = [f for f in failures if (f.entity, f.ref_id, f.rule) in fresh]
     for f in new_failures[:20]:
@@ -499,7 +523,7 @@ def validate_portal_records(
             details_key(PORTAL),
         )
     # records held for reasons that were all open before this run (a new reason makes it news)
-    still = len({(f.entity, f.ref_id) for f in failures} - {(f.entity, f.ref_id) for f in new_failures})
+    still = len(held - {(f.entity, f.ref_id) for f in new_failures})
     if still:
         logger.warning(
             "%d records stay in quarantine from earlier runs, for the same reasons (in the quarantine table and "
@@ -511,6 +535,23 @@ def validate_portal_records(
         logger.info(
             "%d records left the quarantine: they pass the checks now or are no longer selected.", resolved
         )
+    if desired is not None and desired.notes:
+        notes = [
+            ProtocolRow(entity, ref_id, "note", desired.notes[(entity, ref_id)])
+            for entity, records in candidates.items()
+            for ref_id in records
+            if (entity, ref_id) in desired.notes and (entity, ref_id) not in held
+        ]
+        if notes:
+            store.add_protocol(run_id, notes)
+            logger.info(
+                "%d records go out with values the text cleaning changed (spaces around a value removed, tabs "
+                "or line breaks replaced by a space), e.g. %s %s: %s. Each has a protocol line 'note'.",
+                len(notes),
+                notes[0].entity[:-1],
+                notes[0].ref_id,
+                notes[0].reason,
+            )
     return failures
 
 

@@ -102,6 +102,8 @@ class Ledger:
                 if rid not in scope.of(entity):  # carried over: must really be unchanged
                     assert self.full.records[entity].get(rid) == payload, (entity, rid)
         assert sorted(inc.skipped, key=repr) == sorted(full.skipped, key=repr)
+        assert sorted(inc.quarantine, key=repr) == sorted(full.quarantine, key=repr)
+        assert inc.notes == {k: v for k, v in full.notes.items() if k[1] in scope.of(k[0])}
         assert inc.withdraw_reasons == full.withdraw_reasons
         assert inc.anonymise == full.anonymise
         assert inc.caretakers == full.caretakers

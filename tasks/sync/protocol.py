@@ -16,8 +16,19 @@ from tasks.sync.load import BatchOutcome, details_key
 from tasks.sync.partner import Partner
 from tasks.sync.plan import Held, Plan
 
-OUTCOMES = ("created", "updated", "restored", "archived", "anonymised", "skipped", "quarantined", "failed")
+OUTCOMES = (
+    "created",
+    "updated",
+    "restored",
+    "archived",
+    "anonymised",
+    "skipped",
+    "quarantined",
+    "failed",
+    "note",
+)
 WRITTEN = OUTCOMES[:5]
+NOTED = (*WRITTEN, "note")  # the writes section lists the notes on values the rules cleaned too
 HELD = ("failed", "quarantined", "skipped")  # in the order the details list them: the most urgent first
 DETAILS_LIMIT = 1_000
 """Rows of each section of the details artifact: a full first sync writes ~140,000 records, and
@@ -81,7 +92,7 @@ def record_protocol(
         written = _by_outcome(plan.counts(), WRITTEN)
         writes = [ProtocolRow(w.entity, w.ref_id, w.outcome, w.reason) for w in plan.writes[:DETAILS_LIMIT]]
     else:
-        written = _by_outcome(counts, WRITTEN)
+        written = _by_outcome(counts, NOTED)
         writes = _first_rows(store, run_id, written, DETAILS_LIMIT)
     held = _by_outcome(counts, HELD)
     create_markdown_artifact(
