@@ -8,6 +8,8 @@ with their reason code -> report returns and everything that did not match.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow
@@ -52,3 +54,31 @@ def import_bank_statement(paths: list[str] | str) -> dict[str, Any]:
         ],
         "totals": totals,
     }
+
+
+def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The flow's parameters from the command line ``python -m flows.bank_reconciliation FILE ...``.
+
+    No file, or an unknown argument, ends the process with exit code 2 and the usage (argparse).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.bank_reconciliation",
+        description="Import camt bank statements and notifications in this process and reconcile them "
+        "with the direct-debit ledger; the summary printed as one JSON line last.",
+        epilog="The settings profile is HAUSFLOW_PROFILE (else test); the run reports to the Prefect API "
+        "of PREFECT_API_URL.",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="FILE",
+        help="camt.053.001.08 / camt.054.001.08 files, in the order given (statements before later "
+        "notifications)",
+    )
+    return {"paths": parser.parse_args(argv).paths}
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(import_bank_statement(**command_line()), default=str))

@@ -12,18 +12,19 @@ the thread end on its own). Synchronous callers use :func:`run_portal_sync`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_args
 
 from prefect import flow, get_run_logger
 from prefect.context import SyncClientContext
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from config.settings import load_settings
+from config.settings import ProfileName, load_settings
 from connectors.state_store import StateStore
 from tasks.portal_tasks import (
     PORTAL,
@@ -197,9 +198,63 @@ def run_portal_sync(**parameters: Any) -> dict[str, Any]:
     return asyncio.run(portal_sync(**parameters))
 
 
+def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The flow's parameters from the command line ``python -m flows.portal_sync [...]``.
+
+    Unknown arguments end the process with exit code 2 and the usage (argparse); only the
+    parameters given are passed, so the flow's defaults hold for the others.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.portal_sync",
+        description="Bring the tenant portal in line with the ERP: one portal sync in this process, "
+        "its summary printed as one JSON line last.",
+        epilog="Settings come from config/profiles/<profile>.toml and HAUSFLOW_* variables "
+        "(.env.example); the run reports to the Prefect API of PREFECT_API_URL.",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="compute and show the plan (protocol artifact), send nothing"
+    )
+    parser.add_argument(
+        "--full-resync",
+        action="store_true",
+        help="send every record again, even if unchanged since the last confirmation",
+    )
+    parser.add_argument(
+        "--objects",
+        nargs="+",
+        action="extend",
+        metavar="NUMBER",
+        help="only these object numbers (space or comma separated); such a partial run archives nothing",
+    )
+    parser.add_argument(
+        "--entities",
+        nargs="+",
+        action="extend",
+        choices=PORTAL.entities,
+        metavar="ENTITY",
+        help=f"only these entities: {', '.join(PORTAL.entities)}",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=get_args(ProfileName),
+        help="settings profile (default: HAUSFLOW_PROFILE, else test)",
+    )
+    args = parser.parse_args(argv)
+    parameters: dict[str, Any] = {"dry_run": args.dry_run, "full_resync": args.full_resync}
+    if args.objects is not None:
+        objects = [n.strip() for arg in args.objects for n in arg.split(",") if n.strip()]
+        if not objects:  # an empty list would mean every object, archiving included
+            parser.error("--objects needs at least one object number")
+        parameters["objects"] = objects
+    if args.entities:
+        parameters["entities"] = list(dict.fromkeys(args.entities))
+    if args.profile:
+        parameters["profile"] = args.profile
+    return parameters
+
+
 if __name__ == "__main__":
     import json
-    import sys
 
-    result = run_portal_sync(dry_run="--dry-run" in sys.argv, full_resync="--full-resync" in sys.argv)
+    result = run_portal_sync(**command_line())
     print(json.dumps(result, default=str))

@@ -7,6 +7,8 @@ files crash-safely and record them in the ledger -> release the lock.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -59,3 +61,49 @@ def sepa_debit_run(
         "files": files,
         "recovered": run.recovery,
     }
+
+
+def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The flow's parameters from the command line ``python -m flows.sepa_debit [...]``.
+
+    Unknown arguments or a date that is not YYYY-MM-DD end the process with exit code 2 and
+    the usage (argparse); only the parameters given are passed.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.sepa_debit",
+        description="SEPA direct-debit run in this process: the control listing first, then the pain.008 "
+        "files (a dry run stops after the listing); its summary printed as one JSON line last.",
+        epilog="The settings profile is HAUSFLOW_PROFILE (else test); the run reports to the Prefect API "
+        "of PREFECT_API_URL.",
+    )
+    parser.add_argument(
+        "--collection-date",
+        type=date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="requested collection date; left out or too early: the earliest possible TARGET2 business "
+        "day (moved with a warning)",
+    )
+    parser.add_argument(
+        "--batch-booking",
+        action=argparse.BooleanOptionalAction,
+        help="one booking per payment block, or per debit (--no-batch-booking); left out: the stored "
+        "default sepa.batch_booking",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only produce the control listing; no file, no ledger entry, no ERP change",
+    )
+    args = parser.parse_args(argv)
+    parameters: dict[str, Any] = {"dry_run": args.dry_run}
+    if args.collection_date is not None:
+        parameters["collection_date"] = args.collection_date
+    if args.batch_booking is not None:
+        parameters["batch_booking"] = args.batch_booking
+    return parameters
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(sepa_debit_run(**command_line()), default=str))

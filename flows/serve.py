@@ -3,61 +3,263 @@
 Starts a local Prefect server (SQLite, UI at http://127.0.0.1:4200), the portal sandbox, seeds
 a SQLite ERP with deterministic demo data (once), serves the deployments (portal sync every
 5 minutes, concurrency 1, an overlapping run is cancelled) and triggers a first portal sync.
-Ctrl-C stops everything cleanly.
+Ctrl-C stops everything cleanly; so does SIGTERM. When one of the servers dies, the command says
+which, shows the end of its log and stops everything else with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 from unittest import mock
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the demo databases, the Prefect server's home and the logs live (HAUSFLOW_VAR_DIR: elsewhere).
 VAR = Path(os.environ.get("HAUSFLOW_VAR_DIR") or ROOT / "var").resolve()
+# What a running main command started, for ``./hausflow status`` and the other admin commands.
+UP_RECORD = "up.json"
+LOG_TAIL_LINES = 20
+# How long the served runner may take to stop cleanly after a server died, before everything is
+# stopped without it (see ServerWatch).
+RUNNER_STOP_GRACE_S = 15.0
 
 
-def _wait_http(url: str, what: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+@dataclass(frozen=True)
+class Server:
+    """A server the main command started as a child process, with the log it writes."""
+
+    what: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    # the served runner cannot stop cleanly without it (it pauses its schedules through the API)
+    runner_needs_it: bool = False
+
+
+class ServerDied(Exception):
+    """A server the main command started has exited while it should be running."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(f"{server.what} stopped ({exit_description(server.proc.returncode)})")
+        self.server = server
+
+
+def exit_description(returncode: int | None) -> str:
+    """``exit code 3`` or ``killed by signal SIGKILL``, as a person reads it."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a log file that are not blank (nothing if it is missing)."""
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 64 * 1024))
+            text = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _report_death(server: Server) -> None:
+    """Say which server died, how, and the end of its log; then what to do."""
+    tail = log_tail(server.log)
+    print(
+        f"\n{server.what} stopped unexpectedly ({exit_description(server.proc.returncode)}).",
+        file=sys.stderr,
+    )
+    if tail:
+        print(f"Last lines of {_shown(server.log)}:", file=sys.stderr)
+        for line in tail:
+            print(f"  {line}", file=sys.stderr)
+        what_to_do = "Fix what its log names, then start ./hausflow up again."
+    else:
+        what_to_do = (
+            f"Its log {_shown(server.log)} names no cause (a process killed from outside, e.g. by the "
+            "kernel when memory ran out, leaves none); start ./hausflow up again."
+        )
+    print(f"hausflow stops everything else. {what_to_do}", file=sys.stderr, flush=True)
+
+
+class ServerWatch:
+    """Watches the servers while the deployments are served, so a dead API is not served on.
+
+    When a server exits, the watch remembers it and sends the main command SIGTERM, which ends
+    the served runner as a service manager's stop does; the main command then reports the death,
+    stops the other servers and exits with code 1. The runner's clean stop needs the Prefect API
+    (it pauses its schedules there, retrying for over a minute when the API is gone); so when the
+    Prefect server died, or the runner has not stopped within ``grace_s``, the watch calls
+    ``stop_now`` instead, which stops everything from this thread and ends the process.
+    Once :meth:`stop` has been called (the main command stops the servers itself) the watch
+    reports nothing more.
+    """
+
+    def __init__(
+        self,
+        servers: list[Server],
+        stop_now: Callable[[Server], None],
+        interval_s: float = 1.0,
+        grace_s: float = RUNNER_STOP_GRACE_S,
+    ) -> None:
+        self.servers = servers
+        self.stop_now = stop_now
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.died: Server | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="hausflow-server-watch", daemon=True)
+
+    def start(self) -> None:
+        """Start watching in a daemon thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (before the servers are stopped on purpose).
+
+        Blocks while the watch is stopping everything itself (that ends the process).
+        """
+        with self._lock:
+            self._stopping.set()
+
+    def _watch(self) -> None:
+        dead: Server | None = None
+        while dead is None:
+            if self._stopping.wait(self.interval_s):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                dead = next((s for s in self.servers if s.proc.poll() is not None), None)
+                if dead is not None:
+                    self.died = dead
+                    if not dead.runner_needs_it:
+                        os.kill(os.getpid(), signal.SIGTERM)
+        if not dead.runner_needs_it and self._stopping.wait(self.grace_s):
+            return  # the main command stops the rest and reports
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            self.stop_now(dead)
+
+
+def _wait_http(url: str, what: str, timeout_s: float, servers: list[Server]) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} stopped at start (exit code {proc.returncode}); see {VAR}/logs")
+        for server in servers:
+            if server.proc.poll() is not None:
+                raise ServerDied(server)
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"{what} did not answer at {url} within {timeout_s:.0f} s; see {VAR}/logs")
+    raise SystemExit(f"{what} did not answer at {url} within {timeout_s:.0f} s; see {_shown(VAR / 'logs')}/")
 
 
-def _start(cmd: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(
+    what: str, cmd: list[str], log_name: str, env: dict[str, str], runner_needs_it: bool = False
+) -> Server:
     (VAR / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(VAR / "logs" / log_name, "ab")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
+    log_path = VAR / "logs" / log_name
+    log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    return Server(what, proc, log_path, runner_needs_it)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
+    """Stop a server and whatever it started (its process group), also when it died itself."""
+    if proc is None:
         return
-    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the group is gone with its leader
+        return
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """A relative SQLite URL (``sqlite:///var/...``) made absolute against the repository.
+
+    Why: the main command's processes (servers, flow runs) and the admin commands must all open the
+    same file, whatever their working directory. Other URLs are returned unchanged.
+    """
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return f"sqlite:///{ROOT / url.removeprefix('sqlite:///')}"
+    return url
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:  # not a URL SQLAlchemy knows: keep it out of the record
+        return True
+
+
+def write_up_record(var: Path, record: dict[str, Any]) -> Path:
+    """Leave what the main command started in ``var/up.json`` (replaced atomically)."""
+    var.mkdir(parents=True, exist_ok=True)
+    path = var / UP_RECORD
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_up_record(var: Path | None = None) -> dict[str, Any] | None:
+    """What a running ``./hausflow up`` of ``var`` started, or None when none is running.
+
+    A record whose process has ended (killed without a chance to remove it) counts as none;
+    the process is recognised by its id and its start time, so a reused process id does not fool it.
+    """
+    path = (var or VAR) / UP_RECORD
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+        proc = psutil.Process(int(record["pid"]))
+        if abs(proc.create_time() - float(record["process_started"])) > 1:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    return record
+
+
+def _remove_up_record() -> None:
+    path = VAR / UP_RECORD
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def _shown(path: Path) -> str:
@@ -74,12 +276,31 @@ def _terminate(_runner: Any, *_args: Any, **_kwargs: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Start the local stack and serve the deployments until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="./hausflow up", description=__doc__)
-    parser.add_argument("--persons", type=int, default=2000, help="size of the demo ERP (first start only)")
-    parser.add_argument(
-        "--prefect-port", type=int, default=int(os.environ.get("HAUSFLOW_PREFECT_PORT", "4200"))
+    parser = argparse.ArgumentParser(
+        prog="./hausflow up",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="HAUSFLOW_VAR_DIR puts var/ (demo databases, Prefect home, logs) elsewhere;\n"
+        "HAUSFLOW_ERP_URL and HAUSFLOW_STATE_URL point at other databases.",
     )
-    parser.add_argument("--sandbox-port", type=int, default=8765)
+    parser.add_argument(
+        "--persons",
+        type=int,
+        default=2000,
+        help="size of the demo ERP, seeded on the first start only (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--prefect-port",
+        type=int,
+        default=int(os.environ.get("HAUSFLOW_PREFECT_PORT", "4200")),
+        help="port of the Prefect server and UI on 127.0.0.1 (default: %(default)s, or HAUSFLOW_PREFECT_PORT)",
+    )
+    parser.add_argument(
+        "--sandbox-port",
+        type=int,
+        default=8765,
+        help="port of the portal sandbox on 127.0.0.1 (default: %(default)s)",
+    )
     parser.add_argument("--no-first-run", action="store_true", help="do not trigger a portal sync at start")
     args = parser.parse_args(argv)
 
@@ -98,19 +319,37 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(env["HAUSFLOW_PROFILE"])
     for key, url in (("HAUSFLOW_ERP_URL", settings.erp_url), ("HAUSFLOW_STATE_URL", settings.state_url)):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            env[key] = f"sqlite:///{ROOT / url.removeprefix('sqlite:///')}"  # absolute for every process
+        env[key] = absolute_sqlite_url(url)  # the same file for every process
     os.environ.update(env)
     settings = load_settings(env["HAUSFLOW_PROFILE"])
-    procs: list[subprocess.Popen[bytes]] = []
+    servers: list[Server] = []
+
+    def stop_now(died: Server) -> None:
+        """A server died and the runner cannot stop cleanly: stop everything from here and exit."""
+        _report_death(died)
+        for each in reversed(servers):
+            _stop(each.proc)
+        for child in psutil.Process().children(recursive=True):  # the runner's flow runs
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        _remove_up_record()
+        print("Stopped.", flush=True)
+        sys.stderr.flush()
+        os._exit(1)
+
+    watch = ServerWatch(servers, stop_now)
+    prefect_ui = f"http://127.0.0.1:{args.prefect_port}"
+    sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, shutdown)
+    died: Server | None = None
     try:
         print(f"Starting the Prefect server on port {args.prefect_port} ...", flush=True)
         server = _start(
+            "The Prefect server",
             [
                 sys.executable,
                 "-m",
@@ -124,10 +363,12 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "prefect-server.log",
             env,
+            runner_needs_it=True,
         )
-        procs.append(server)
+        servers.append(server)
         print(f"Starting the portal sandbox on port {args.sandbox_port} ...", flush=True)
         sandbox = _start(
+            "The portal sandbox",
             [
                 sys.executable,
                 "-m",
@@ -146,7 +387,22 @@ def main(argv: list[str] | None = None) -> int:
             "portal-sandbox.log",
             env,
         )
-        procs.append(sandbox)
+        servers.append(sandbox)
+        write_up_record(
+            VAR,
+            {
+                "pid": os.getpid(),
+                "process_started": psutil.Process().create_time(),
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "profile": env["HAUSFLOW_PROFILE"],
+                "prefect_ui": prefect_ui,
+                "prefect_api": env["PREFECT_API_URL"],
+                "sandbox": sandbox_url,
+                "logs": str(VAR / "logs"),
+                # the admin commands read the same state store; a URL with a password stays out
+                "state_url": None if _has_password(settings.state_url) else settings.state_url,
+            },
+        )
 
         from connectors.erp.database import make_engine
         from connectors.sqlutil import sqlite_file
@@ -164,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             generate_erp(engine, persons=args.persons, seed=42)
             engine.dispose()
 
-        _wait_http(f"http://127.0.0.1:{args.sandbox_port}/openapi.json", "The portal sandbox", 60, sandbox)
-        _wait_http(f"http://127.0.0.1:{args.prefect_port}/api/health", "The Prefect server", 180, server)
+        _wait_http(f"{sandbox_url}/openapi.json", "The portal sandbox", 60, servers)
+        _wait_http(f"{prefect_ui}/api/health", "The Prefect server", 180, servers)
+        watch.start()
 
         from prefect import serve
         from prefect.deployments import run_deployment
@@ -188,26 +445,33 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             "\nhausflow is up.\n"
-            f"  Prefect UI (flow runs, logs, protocol artifacts): http://127.0.0.1:{args.prefect_port}\n"
-            f"  Portal sandbox (what arrived):                  http://127.0.0.1:{args.sandbox_port}/\n"
-            f"  Sandbox API spec:                                http://127.0.0.1:{args.sandbox_port}/docs\n"
+            f"  Prefect UI (flow runs, logs, protocol artifacts): {prefect_ui}\n"
+            f"  Portal sandbox (what arrived):                  {sandbox_url}/\n"
+            f"  Sandbox API spec:                                {sandbox_url}/docs\n"
             f"  Logs of the servers:                             {_shown(VAR / 'logs')}/\n"
-            "Ctrl-C stops everything.\n",
+            "Ctrl-C stops everything; ./hausflow status shows what runs.\n",
             flush=True,
         )
         # Prefect's runner puts its own SIGTERM handler in place when it starts; in prefect 3.8.8
         # that handler leaves the runner's stop unawaited (a RuntimeWarning) and exits past this
         # function's report. Raising Prefect's own termination signal instead makes SIGTERM
-        # (a service manager's stop) end the served runner as Ctrl-C does.
+        # (a service manager's stop, or the server watch) end the served runner as Ctrl-C does.
         with mock.patch.object(Runner, "handle_sigterm", _terminate):
             serve(*deployments, print_starting_message=False)  # type: ignore[arg-type]
+    except ServerDied as exc:
+        died = exc.server
     except KeyboardInterrupt:
         print("\nStopping ...", flush=True)
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        watch.stop()
+        died = died or watch.died
+        if died is not None:
+            _report_death(died)
+        for each in reversed(servers):
+            _stop(each.proc)
+        _remove_up_record()
     print("Stopped.", flush=True)
-    return 0
+    return 0 if died is None else 1
 
 
 def build_deployments(profile: str) -> list[Any]:
