@@ -518,7 +518,7 @@ def validate_portal_records(
         logger.warning("Quarantined %s %s: %s [%s]", f.entity[:-1], f.ref_id, f.reason, f.rule)
     if len(new_failures) > 20:
         logger.warning(
-            "... and %d more new quarantine entries (all in the quarantine table, the first ones in %s).",
+            "... and %d more new quarantine entries (all listed by ./hausflow quarantine, the first ones in %s).",
             len(new_failures) - 20,
             details_key(PORTAL),
         )
@@ -526,8 +526,8 @@ def validate_portal_records(
     still = len(held - {(f.entity, f.ref_id) for f in new_failures})
     if still:
         logger.warning(
-            "%d records stay in quarantine from earlier runs, for the same reasons (in the quarantine table and "
-            "%s); they are sent once fixed in the ERP.",
+            "%d records stay in quarantine from earlier runs, for the same reasons (./hausflow quarantine lists "
+            "them, %s too); they are sent once fixed in the ERP.",
             still,
             details_key(PORTAL),
         )

@@ -183,7 +183,7 @@ def test_failed_writes_and_held_records_are_where_the_messages_say(
 
     log = run_log(run_id, until="stay in quarantine")
     line = next(m for m in log if "stay in quarantine from earlier runs" in m)
-    assert "in the quarantine table and portal-sync-details" in line
+    assert "./hausflow quarantine lists them, portal-sync-details too" in line
     held = {(r[0], r[1]) for r in rows if r[2] == "quarantined"}
     assert {(q["entity"], q["ref_id"]) for q in store.open_quarantine("portal")} - {
         (r.entity, r.ref_id) for r in failed
