@@ -19,7 +19,8 @@ another, the rows whose digest the memo does not hold are the changed or added o
 memo's rows whose digest the ERP no longer gives are the changed or removed ones (of these the
 memo has the link columns, all :func:`dirty_records` reads). Only the records such rows touch are
 rebuilt: an object's change rebuilds its property, its units and everybody related to it; a
-contract's change rebuilds its tenant and its partners; a person's change rebuilds the person.
+unit's change rebuilds the unit, its tenants and the property that lists it; a contract's change
+rebuilds its tenant and its partners; a person's change rebuilds the person.
 Records confirmed since the memo (by another run, a recovery) and records left out of line are
 rebuilt too, and so are the withheld persons, so that the skip and withdrawal reasons (which
 quote contract dates) are never stored. Every other record is as it was: its payload was built
@@ -68,7 +69,7 @@ from connectors.erp.extract import TableRows
 from connectors.sqlutil import sqlite_file
 from tasks.portal_rules import DesiredState
 
-MEMO_VERSION = 4
+MEMO_VERSION = 5
 MEMO_FILE = "memo.json"
 ROOT = Path(__file__).resolve().parent.parent
 # The code that decides what a record looks like: another release of it means a full run.
@@ -91,7 +92,7 @@ BUILT_ENTITIES = ("properties", "units", "contacts")
 LINKS: dict[str, tuple[str, ...]] = {
     "objects": ("object_no", "owner_person_no"),
     "object_groups": ("object_no",),
-    "units": ("unit_no",),
+    "units": ("unit_no", "object_no"),
     "persons": ("person_no",),
     "contracts": ("contract_no", "person_no"),
     "partners": ("person_no",),
@@ -493,9 +494,10 @@ def dirty_records(
 
     ``touched`` holds, per table, the link columns (``LINKS``) of the rows added, removed or
     changed. The dependencies are those of :func:`tasks.portal_rules.build_desired_state`: a
-    property is its object row and its release; a unit is its row and its object's release; a
-    contact is the person row and every relation (contracts as tenant, partner records and their
-    lead contract, ownership, care) with the units and objects they point to.
+    property is its object row, its release and the list of its units (a unit added, removed or
+    moved rebuilds the properties it left and joined); a unit is its row and its object's
+    release; a contact is the person row and every relation (contracts as tenant, partner records
+    and their lead contract, ownership, care) with the units and objects they point to.
     """
 
     def rows(table: str) -> list[tuple[Any, ...]]:
@@ -531,13 +533,14 @@ def dirty_records(
                     persons.add(str(r[c_person]))
     if contracts:
         persons |= {str(r[cp_person]) for r in rows("partners") if _s(r[cp_contract]) in contracts}
-    return objects, units, persons
+    return objects | t("units", "object_no"), units, persons
 
 
 def rows_for(
     tables: Mapping[str, TableRows], properties: set[str], units: set[str], persons: set[str]
 ) -> dict[str, TableRows]:
-    """The rows the rules need to rebuild these properties, units and contacts, and no more."""
+    """The rows the rules need to rebuild these properties (with all their units), units and
+    contacts, and no more."""
 
     def keep(table: str, chosen: list[tuple[Any, ...]]) -> TableRows:
         return TableRows(tables[table].columns, chosen)
@@ -552,7 +555,8 @@ def rows_for(
     o_no, o_owner = _cols(tables, "objects", "object_no", "owner_person_no")
     (p_no,) = _cols(tables, "persons", "person_no")
     (ct_person,) = _cols(tables, "caretakers", "person_no")
-    unit_rows = [r for r in tables["units"].rows if str(r[u_no]) in unit_refs]
+    # a property's payload lists its units: all units of the properties rebuilt
+    unit_rows = [r for r in tables["units"].rows if str(r[u_no]) in unit_refs or _s(r[u_obj]) in properties]
     # the objects of these units too: the rules tell a contract in an object that is not in the
     # ERP from one in an object that is not released by the objects they are given
     object_refs = properties | {str(r[u_obj]) for r in unit_rows if r[u_obj] is not None}

@@ -356,21 +356,30 @@ def decide_contact(
     return ContactDecision("send", payload=contact_payload(person, contracts, portal_user))
 
 
-def property_payload(obj: dict[str, Any]) -> dict[str, Any]:
-    """The portal property (Liegenschaft) with its address for one ERP object."""
+def property_payload(obj: dict[str, Any], unit_ids: list[str]) -> dict[str, Any]:
+    """The portal property (Liegenschaft) for one ERP object, in the portal's public shape.
+
+    Postal code, city and country sit at the top; the one address of an ERP object names the
+    street and the object's units (``unit_ids``, sorted), which places them at that address.
+    """
     return {
         "id": str(obj["object_no"]),
         "name": _text(obj.get("name")),
-        "addresses": [
-            {
-                "street": _text(obj.get("street")),
-                "postalCode": _text(obj.get("postal_code")),
-                "city": _text(obj.get("city")),
-                "country": _text(obj.get("country")) or "DE",
-            }
-        ],
+        "number": str(obj["object_no"]),
+        "postalCode": _text(obj.get("postal_code")),
+        "city": _text(obj.get("city")),
+        "country": _text(obj.get("country")) or "DE",
+        "addresses": [{"street": _text(obj.get("street")), "units": unit_ids}],
         "customFields": {},
     }
+
+
+def units_by_object(units: pd.DataFrame, objects: set[str]) -> dict[str, list[str]]:
+    """Object number -> the unit numbers of its units, sorted, for the objects in ``objects``."""
+    out: dict[str, list[str]] = {}
+    for unit_no, object_no in _columns(units[units["object_no"].isin(objects)], "unit_no", "object_no"):
+        out.setdefault(str(object_no), []).append(str(unit_no))
+    return {object_no: sorted(unit_nos) for object_no, unit_nos in out.items()}
 
 
 def unit_payload(unit: dict[str, Any]) -> dict[str, Any]:
@@ -564,7 +573,8 @@ def build_desired_state(
 
     Contacts are built for every person in ``persons`` that has a relation in the other frames.
     ``properties_for`` and ``units_for`` narrow the properties and units built (an incremental
-    run passes the frames it needs for some persons, objects and units, and these sets);
+    run passes the frames it needs for some persons, objects and units, and these sets; a
+    property names its units, so ``units`` holds every unit of the properties built);
     ``persons_for`` names the persons such a run rebuilds: only of these is a person missing
     from ``persons`` taken as not in the ERP (the others are merely not read).
     Responsibilities (caretakers) are built later by :func:`build_responsibilities`, once the
@@ -576,8 +586,9 @@ def build_desired_state(
     """
     desired = DesiredState(records={"properties": {}, "units": {}, "contacts": {}})
     wanted_objects = released if properties_for is None else released & properties_for
+    units_of = units_by_object(units, wanted_objects)
     for obj in _records(objects[objects["object_no"].isin(wanted_objects)]):
-        payload = property_payload(obj)
+        payload = property_payload(obj, units_of.get(str(obj["object_no"]), []))
         desired.records["properties"][payload["id"]] = payload
         changes = text_changes(obj, OBJECT_TEXT_COLUMNS)
         if changes:

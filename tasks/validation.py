@@ -286,7 +286,7 @@ def _frame(entity: str, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
                 "_ref": list(records.keys()),
                 "id": [r.get("id") for r in rows],
                 "name": [r.get("name") for r in rows],
-                "city": [a.get("city") for a in addresses],
+                "city": [r.get("city") for r in rows],
                 "street": [a.get("street") for a in addresses],
             }
         )

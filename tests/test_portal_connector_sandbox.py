@@ -13,7 +13,7 @@ import pytest
 
 from connectors.portal import PortalClient, PortalCredentialsError, PortalTransportError, WriteOp
 from connectors.portal.auth import TokenCache
-from connectors.portal.streams import STREAMS, payload_hash
+from connectors.portal.streams import STREAMS, payload_hash, write_applied
 from sandbox.portal.server import SandboxServer, free_port
 
 
@@ -34,7 +34,11 @@ def client(sandbox: SandboxServer) -> PortalClient:
 PROPERTY = {
     "id": "1001",
     "name": "Lindenhof",
-    "addresses": [{"street": "Lindenstr. 5", "postalCode": "10115", "city": "Berlin", "country": "DE"}],
+    "number": "1001",
+    "postalCode": "10115",
+    "city": "Berlin",
+    "country": "DE",
+    "addresses": [{"street": "Lindenstr. 5", "units": ["1001-01", "1001-02"]}],
     "customFields": {},
 }
 UNIT = {
@@ -100,6 +104,44 @@ def test_upsert_create_update_list_archive_anonymize(client: PortalClient, sandb
     assert records["P0002"] and records["P0002"]["anonymised"] is True and not records["P0002"]["lastName"]
     assert records["P9999"] is None
     assert len(client.list_records("contacts")) == 248
+    assert sandbox.counters()["duplicate_writes"] == 0
+
+
+def test_a_property_reads_back_equal_before_and_after_its_units_and_caretakers(
+    client: PortalClient, sandbox: SandboxServer
+) -> None:
+    """The portal derives a property's units and adds the caretakers' names: neither makes a
+    record read back differ from what hausflow wrote, so the read-back before a retry holds."""
+    caretakers = {
+        "id": "1001",
+        "responsibilities": [{"contactId": "P0001", "roleName": "Hausmeister", "roleType": "external"}],
+    }
+
+    def applied(entity: str, payload: dict[str, object]) -> bool:
+        record = client.read_many(entity, [str(payload["id"])])[str(payload["id"])]
+        return write_applied(STREAMS[entity], record, "upsert", payload_hash(STREAMS[entity], payload))
+
+    assert client.write_many([upsert("properties", PROPERTY)])[0].ok
+    assert client.read_many("properties", ["1001"])["1001"]["addresses"][0]["units"] == []
+    assert applied("properties", PROPERTY)
+    units = [upsert("units", UNIT), upsert("units", {**UNIT, "id": "1001-02"})]
+    assert all(r.ok for r in client.write_many(units))
+    assert client.write_many([upsert("contacts", contact(1))])[0].ok  # its contract is in unit 1001-01
+    assert client.write_many([upsert("responsibilities", caretakers)])[0].ok
+    record = client.read_many("properties", ["1001"])["1001"]
+    assert record is not None and record["addresses"][0]["units"] == ["1001-01", "1001-02"]
+    assert [r["contactName"] for r in record["responsibilities"]] == ["Anna Muster1"]
+    assert applied("properties", PROPERTY) and applied("responsibilities", caretakers)
+    assert not applied("properties", {**PROPERTY, "city": "Potsdam"})  # a real difference still shows
+    assert not applied("responsibilities", {**caretakers, "responsibilities": []})
+    # answers lost after the portal applied the writes: the read-back confirms them, nothing is sent twice
+    sandbox.set_faults(apply_then_drop_rate=1.0, methods=["PUT"])
+    renamed = {**PROPERTY, "name": "Lindenhof Nord"}
+    results = client.write_many(
+        [upsert("properties", renamed), upsert("responsibilities", {**caretakers, "responsibilities": []})]
+    )
+    sandbox.clear_faults()
+    assert all(r.ok and r.verified_by_read for r in results), [r.error for r in results]
     assert sandbox.counters()["duplicate_writes"] == 0
 
 
@@ -270,11 +312,16 @@ def test_proxy_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
         async with server:
             try:
                 await client.alist_records("units")
+                await client.acheck()
             except PortalTransportError as exc:
                 return str(exc)
         return "through the proxy"
 
     assert asyncio.run(scenario("elsewhere.invalid")) == "through the proxy"
-    assert seen == [b"GET http://portal.invalid/v2/units?pageSize=1000&page=1 HTTP/1.1"]
+    # only the portal's public query parameters: a portal may refuse any other
+    assert seen == [
+        b"GET http://portal.invalid/v2/units?page=1 HTTP/1.1",
+        b"GET http://portal.invalid/v2/properties?page=1 HTTP/1.1",
+    ]
     assert "no connection" in asyncio.run(scenario("portal.invalid"))  # straight to the (unknown) host
-    assert len(seen) == 1
+    assert len(seen) == 2

@@ -199,6 +199,31 @@ def test_object_release_owner_unit_and_caretaker_changes_match_a_full_run(ledger
     ledger.step()
 
 
+def test_a_property_lists_its_units_as_they_are_added_and_removed(ledger: Ledger) -> None:
+    """A property names its units: a new unit or one removed rebuilds that property, not others."""
+    e = ledger.engine
+    u, c = schema.units, schema.contracts
+    obj = sorted(ledger.full.records["properties"])[0]
+    with e.begin() as conn:
+        conn.execute(insert(u).values(unit_no=f"{obj}-NEU", object_no=obj, name="Neu", unit_type="GARAGE"))
+    rebuilt = ledger.step()
+    assert rebuilt["properties"] == 1 and rebuilt["units"] == 1 and rebuilt["contacts"] == 0
+    assert f"{obj}-NEU" in ledger.full.records["properties"][obj]["addresses"][0]["units"]
+    with e.begin() as conn:  # a unit without contracts leaves the ERP
+        gone = conn.execute(
+            select(u.c.unit_no, u.c.object_no)
+            .where(
+                u.c.object_no.in_(ledger.full.records["properties"]), u.c.unit_no.not_in(select(c.c.unit_no))
+            )
+            .order_by(u.c.unit_no.desc())
+            .limit(1)
+        ).one()
+        conn.execute(delete(u).where(u.c.unit_no == gone.unit_no))
+    rebuilt = ledger.step()
+    assert rebuilt["properties"] == 1 and rebuilt["units"] == 1
+    assert gone.unit_no not in ledger.full.records["properties"][gone.object_no]["addresses"][0]["units"]
+
+
 def test_a_caretaker_follows_its_object_and_its_assignment(ledger: Ledger) -> None:
     """A caretaker with no other relation: in the portal only while the object is released and
     the assignment exists."""

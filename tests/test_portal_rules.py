@@ -335,6 +335,16 @@ def test_desired_state_only_released_objects_and_their_people() -> None:
         "H1",
     }  # X1 lives in an unreleased object
     assert len(desired.records["contacts"]["M1"]["contracts"]) == 2
+    assert desired.records["properties"]["1001"] == {  # the portal's public read shape
+        "id": "1001",
+        "name": "Lindenstr. 5",
+        "number": "1001",
+        "postalCode": "10115",
+        "city": "Berlin",
+        "country": "DE",
+        "addresses": [{"street": "Lindenstr. 5", "units": ["1001-01", "1001-G1"]}],
+        "customFields": {},
+    }
     assert desired.caretakers == {
         "1001": [{"contactId": "H1", "roleName": "Hausmeister", "roleType": "external"}]
     }

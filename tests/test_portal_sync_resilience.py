@@ -226,9 +226,11 @@ def test_a_retried_batch_settles_each_kind_of_earlier_outcome(sandbox: SandboxSe
         payload = {
             "id": ref,
             "name": f"Haus {ref}",
-            "addresses": [
-                {"street": "Lindenstr. 5", "postalCode": "10115", "city": "Berlin", "country": "DE"}
-            ],
+            "number": ref,
+            "postalCode": "10115",
+            "city": "Berlin",
+            "country": "DE",
+            "addresses": [{"street": "Lindenstr. 5", "units": []}],
             "customFields": {},
         }
         return PlannedWrite(

@@ -29,10 +29,14 @@ def api(portal: SandboxServer) -> Iterator[httpx.Client]:
     portal.clear_faults()
 
 
-def prop(name: str = "Wohnanlage Lindenstr.") -> dict[str, Any]:
+def prop(name: str = "Wohnanlage Lindenstr.", *streets: str) -> dict[str, Any]:
     return {
         "name": name,
-        "addresses": [{"street": "Lindenstr. 5", "postalCode": "10115", "city": "Berlin", "country": "DE"}],
+        "number": "1001",
+        "postalCode": "10115",
+        "city": "Berlin",
+        "country": "DE",
+        "addresses": [{"street": street, "units": []} for street in streets or ("Lindenstr. 5",)],
         "customFields": {},
     }
 
@@ -132,6 +136,9 @@ def test_validation_answers_422_with_field_errors(api: httpx.Client) -> None:
     assert wrong_type.status_code == 422 and field_names(wrong_type) == {"floor", "type"}
     no_address = api.put("/v2/properties/V-2", json={"name": "X", "addresses": []})
     assert no_address.status_code == 422 and field_names(no_address) == {"addresses"}
+    old_shape = {"name": "X", "addresses": [{"postalCode": "10115", "city": "Berlin"}]}
+    no_street = api.put("/v2/properties/V-2", json=old_shape)
+    assert no_street.status_code == 422 and field_names(no_street) == {"addresses[0].street"}
     bad_date = api.put(
         "/v2/contacts/V-P3",
         json=contact("V-1", contracts=[{"type": "RENTER", "propertyId": "V-1", "startDate": "2024-13-01"}]),
@@ -162,7 +169,15 @@ def test_references_must_exist(api: httpx.Client) -> None:
     }
     put = api.put("/v2/properties/R-1/responsibilities", json=caretakers)
     assert put.status_code == 200
-    assert api.get("/v2/properties/R-1/responsibilities").json() == {"id": "R-1", **caretakers}
+    assert put.json() == api.get("/v2/properties/R-1/responsibilities").json()
+    [caretaker] = put.json()["responsibilities"]
+    assert caretaker == {
+        **caretakers["responsibilities"][0],
+        "contactInternalId": api.get("/v2/contacts/R-P1").json()["internalId"],
+        "contactName": "Anna Schmidt",
+        "email": "anna@example.de",
+        "telephone": "030 123",
+    }
     unknown = {
         "responsibilities": [{"contactId": "R-none", "roleName": "Hausmeister", "roleType": "external"}]
     }
@@ -205,6 +220,137 @@ def test_modified_after_filters_by_update_time(api: httpx.Client) -> None:
     ids = {r["id"] for r in later["list"]}
     assert "M-2" in ids and "M-1" not in ids
     assert api.get("/v2/properties", params={"modifiedAfter": "yesterday"}).status_code == 422
+
+
+def test_a_property_reads_in_the_public_shape_and_can_be_put_back(api: httpx.Client) -> None:
+    written = api.put("/v2/properties/P-1", json=prop("Doppelhaus", "Vorderhaus 1", "Hinterhaus 1b"))
+    assert written.status_code == 201
+    record = written.json()
+    assert (record["city"], record["postalCode"], record["country"], record["number"]) == (
+        "Berlin",
+        "10115",
+        "DE",
+        "1001",
+    )
+    assert record["addresses"] == [
+        {"street": "Vorderhaus 1", "units": []},
+        {"street": "Hinterhaus 1b", "units": []},
+    ]
+    assert record["responsibilities"] == [] and record["images"] == []
+    assert record["appLink"] == f"{str(api.base_url).rstrip('/')}/app/properties/P-1"
+    page = httpx.get(record["appLink"])
+    assert page.status_code == 200 and "Doppelhaus" in page.text and "Hinterhaus 1b" in page.text
+    # the units are the ones that name the property; a list sent is not stored
+    for unit_id in ("P-1-B", "P-1-A"):
+        assert api.put(f"/v2/units/{unit_id}", json=unit("P-1")).status_code == 201
+    assert [a["units"] for a in api.get("/v2/properties/P-1").json()["addresses"]] == [["P-1-A", "P-1-B"], []]
+    listed = prop("Doppelhaus", "Vorderhaus 1", "Hinterhaus 1b")
+    listed["addresses"][1]["units"] = ["P-1-B", "P-1-later"]  # P-1-later is not written yet
+    assert api.put("/v2/properties/P-1", json=listed).status_code == 200
+    assert api.get("/v2/properties/P-1").json()["updatedAt"] == record["updatedAt"]  # nothing changed
+    api.post("/v2/units/P-1-B/archive")
+    assert [a["units"] for a in api.get("/v2/properties/P-1").json()["addresses"]] == [["P-1-A"], []]
+    # a GET result can be PUT back: nothing changes, not even updatedAt
+    again = api.get("/v2/properties/P-1").json()
+    back = api.put("/v2/properties/P-1", json=again)
+    assert back.status_code == 200 and back.json()["updatedAt"] == again["updatedAt"]
+    # a list naming units of another property is not taken: a unit says where it belongs
+    api.put("/v2/properties/P-2", json=prop())
+    foreign = prop()
+    foreign["addresses"][0]["units"] = ["P-1-A"]
+    assert api.put("/v2/properties/P-2", json=foreign).json()["addresses"][0]["units"] == []
+    assert api.put("/v2/units/P-1-A", json=unit("P-2")).status_code == 200  # the unit moves
+    assert api.get("/v2/properties/P-1").json()["addresses"][0]["units"] == []
+    assert api.get("/v2/properties/P-2").json()["addresses"][0]["units"] == ["P-1-A"]
+    # caretakers are embedded, and their change is a change of the property for modifiedAfter
+    api.put(
+        "/v2/contacts/P-P1", json=contact("P-1", lastName=None, firstName=None, companyName="Hauswart GmbH")
+    )
+    before = api.get("/v2/properties/P-1").json()["updatedAt"]
+    time.sleep(0.01)
+    caretaker = {"contactId": "P-P1", "roleName": "Hausmeister", "roleType": "external"}
+    assert api.put("/v2/properties/P-1/responsibilities", json={"responsibilities": [caretaker]}).is_success
+    after = api.get("/v2/properties/P-1").json()
+    assert [r["contactName"] for r in after["responsibilities"]] == ["Hauswart GmbH"]
+    assert after["updatedAt"] > before
+    changed = api.get("/v2/properties", params={"modifiedAfter": before, "pageSize": 1000}).json()["list"]
+    assert "P-1" in {r["id"] for r in changed}
+    # the read shape's caretaker keys can be sent back to the sub-resource: they are not stored
+    back = api.put(
+        "/v2/properties/P-1/responsibilities", json={"responsibilities": after["responsibilities"]}
+    )
+    assert back.json()["responsibilities"] == after["responsibilities"]
+
+
+def test_list_filters_filter_and_unknown_parameters_are_refused(
+    portal: SandboxServer, api: httpx.Client
+) -> None:
+    portal.reset()
+    api.put("/v2/properties/F-1", json=prop())
+    for unit_id in ("F-1-1", "F-1-2"):
+        api.put(f"/v2/units/{unit_id}", json=unit("F-1"))
+
+    def contract(kind: str, unit_id: str, start: str, end: str | None = None) -> dict[str, Any]:
+        return {"type": kind, "propertyId": "F-1", "unitId": unit_id, "startDate": start, "endDate": end}
+
+    api.put("/v2/contacts/F-owner", json=contact("F-1", contracts=[contract("OWNER", "F-1-1", "2001-01-01")]))
+    api.put(
+        "/v2/contacts/F-renter", json=contact("F-1", contracts=[contract("RENTER", "F-1-1", "2021-01-01")])
+    )
+    api.put(
+        "/v2/contacts/F-gone",
+        json=contact("F-1", email=None, contracts=[contract("RENTER", "F-1-2", "2010-01-01", "2020-12-31")]),
+    )
+    api.put("/v2/contacts/F-next", json=contact("F-1", contracts=[contract("RENTER", "F-1-2", "2999-01-01")]))
+    assert api.post("/_sandbox/contacts/F-renter/register").json()["isRegistered"] is True
+
+    def ids(path: str, **params: str) -> list[str]:
+        answer = api.get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        return [r["id"] for r in answer.json()["list"]]
+
+    assert ids("/v2/contacts", role="OWNER") == ["F-owner"]
+    assert ids("/v2/contacts", role="RENTER") == ["F-renter", "F-gone", "F-next"]
+    assert ids("/v2/contacts", isRegistered="true") == ["F-renter"]
+    assert ids("/v2/contacts", isRegistered="false", role="RENTER") == ["F-gone", "F-next"]
+    assert ids("/v2/contacts", isInvited="false") == ["F-gone"]
+    moved = contact("F-1", city="Potsdam", contracts=[contract("RENTER", "F-1-1", "2021-01-01")])
+    assert api.put("/v2/contacts/F-renter", json=moved).json()["city"] == "Potsdam"
+    assert ids("/v2/contacts", isRegistered="true") == ["F-renter"]  # a write does not unregister
+
+    def contracts(unit_id: str, **params: str) -> list[tuple[str, str]]:
+        [record] = [r for r in api.get("/v2/units", params=params).json()["list"] if r["id"] == unit_id]
+        single = api.get(f"/v2/units/{unit_id}", params=params).json()
+        assert single["contracts"] == record["contracts"]
+        return [(c["contactId"], c["type"]) for c in record["contracts"]]
+
+    assert contracts("F-1-1") == [("F-owner", "OWNER"), ("F-renter", "RENTER")]
+    assert contracts("F-1-2") == []  # one ended, one not started yet
+    assert contracts("F-1-2", includeInactiveContracts="true") == [("F-gone", "RENTER"), ("F-next", "RENTER")]
+    api.post("/v2/contacts/F-renter/archive")
+    assert contracts("F-1-1") == [("F-owner", "OWNER")]
+    assert contracts("F-1-1", includeInactiveContracts="false") == [("F-owner", "OWNER")]
+    assert contracts("F-1-1", includeInactiveContracts="true") == [
+        ("F-owner", "OWNER"),
+        ("F-renter", "RENTER"),
+    ]
+
+    # a filter the endpoint does not take is refused, never ignored
+    for path, params in (
+        ("/v2/properties", {"role": "OWNER"}),
+        ("/v2/units", {"isRegistered": "true"}),
+        ("/v2/contacts", {"includeInactiveContracts": "true", "search": "Anna"}),
+        ("/v2/contacts/F-owner", {"role": "OWNER"}),
+    ):
+        refused = api.get(path, params=params)
+        assert refused.status_code == 422, (path, refused.text)
+        assert field_names(refused) == set(params)
+        assert all(name in refused.json()["message"] for name in params)
+    put = api.put("/v2/properties/F-1", params={"dryRun": "true"}, json=prop("Nicht geschrieben"))
+    assert put.status_code == 422 and api.get("/v2/properties/F-1").json()["name"] != "Nicht geschrieben"
+    for params in ({"role": "owner"}, {"isRegistered": "yes"}, {"includeArchived": "1"}):
+        assert field_names(api.get("/v2/contacts", params=params)) == set(params)
+    assert httpx.get(portal.base_url + "/v2/contacts", params={"x": "1"}).status_code == 401  # token first
 
 
 # ---- archive, delete, anonymise --------------------------------------------------------------
@@ -308,12 +454,20 @@ def test_fail_after_writes(portal: SandboxServer, api: httpx.Client) -> None:
 # ---- persistence, page, spec -----------------------------------------------------------------
 def test_state_survives_restart(portal: SandboxServer, api: httpx.Client) -> None:
     api.put("/v2/properties/S-1", json=prop("Bleibt"))
+    api.put("/v2/units/S-1-1", json=unit("S-1"))
+    api.put("/v2/contacts/S-P1", json=contact("S-1", "S-1-1"))
+    api.post(f"{portal.base_url}/_sandbox/contacts/S-P1/register")
     token = api.headers["token"]
     portal.restart()
     assert portal.last_returncode == 0  # SIGTERM stops it cleanly
     with httpx.Client(base_url=portal.base_url, headers={"token": token}, timeout=10) as client:
         again = client.get("/v2/properties/S-1")
         assert again.status_code == 200 and again.json()["name"] == "Bleibt"
+        # what the filters and derived fields read is rebuilt from the records
+        assert again.json()["addresses"][0]["units"] == ["S-1-1"]
+        assert [c["contactId"] for c in client.get("/v2/units/S-1-1").json()["contracts"]] == ["S-P1"]
+        registered = client.get("/v2/contacts", params={"isRegistered": "true", "pageSize": 1000}).json()
+        assert "S-P1" in {r["id"] for r in registered["list"]}
         assert client.put("/v2/properties/S-1", json=prop("Bleibt")).status_code == 200
         created = client.put("/v2/properties/S-2", json=prop()).json()
         assert created["internalId"] > again.json()["internalId"]
@@ -347,3 +501,80 @@ def test_latency_and_method_filter(portal: SandboxServer, api: httpx.Client) -> 
     assert time.perf_counter() - started >= 0.15
     bad = httpx.post(portal.base_url + "/_sandbox/faults", json={"status_rates": {"404": 0.5}})
     assert bad.status_code == 422
+
+
+# ---- a client written against the public documentation only -----------------------------------
+class PublicDocsClient:
+    """A casavi v2 client as a third party writes it from the public facts alone: ``token``
+    header, ``list`` + ``_links.next`` pages, the documented filters; nothing of hausflow's."""
+
+    def __init__(self, base_url: str, key: str, secret: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+        login = self.http.post("/v2/authenticate", json={"key": key, "secret": secret})
+        self.http.headers["token"] = login.raise_for_status().json()["token"]
+
+    def all(self, path: str, **filters: str) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        url: str | None = path
+        params: dict[str, str] | None = filters
+        while url:
+            page = self.http.get(url, params=params).raise_for_status().json()
+            records += page["list"]
+            url, params = page["_links"]["next"], None
+        return records
+
+
+def test_a_third_party_client_reads_what_the_public_documentation_promises(
+    portal: SandboxServer, api: httpx.Client
+) -> None:
+    portal.reset()
+    for i in range(130):  # more than one page at the portal's own page size
+        api.put(f"/v2/properties/T-{i:03d}", json=prop(f"Haus {i}"))
+    api.put("/v2/units/T-000-1", json=unit("T-000"))
+    api.put("/v2/units/T-000-2", json=unit("T-000"))
+    ended = {
+        "type": "RENTER",
+        "propertyId": "T-000",
+        "unitId": "T-000-2",
+        "startDate": "2015-01-01",
+        "endDate": "2019-12-31",
+    }
+    api.put("/v2/contacts/T-anna", json=contact("T-000", "T-000-1"))
+    api.put("/v2/contacts/T-bernd", json=contact("T-000", firstName="Bernd", contracts=[ended]))
+    owner = {"type": "OWNER", "propertyId": "T-000", "startDate": "2000-01-01"}
+    api.put("/v2/contacts/T-owner", json=contact("T-000", lastName="Eigen", contracts=[owner]))
+    caretaker = {"contactId": "T-bernd", "roleName": "Hausmeister", "roleType": "external"}
+    api.put("/v2/properties/T-000/responsibilities", json={"responsibilities": [caretaker]})
+    httpx.post(f"{portal.base_url}/_sandbox/contacts/T-anna/register").raise_for_status()  # Anna signs up
+
+    client = PublicDocsClient(portal.base_url, portal.key, portal.secret)
+    properties = client.all("/v2/properties")
+    assert len(properties) == 130
+    first = properties[0]
+    assert (first["id"], first["name"], first["city"], first["postalCode"], first["country"]) == (
+        "T-000",
+        "Haus 0",
+        "Berlin",
+        "10115",
+        "DE",
+    )
+    assert isinstance(first["internalId"], int) and first["appLink"].startswith(("http://", "https://"))
+    assert first["addresses"] == [{"street": "Lindenstr. 5", "units": ["T-000-1", "T-000-2"]}]
+    assert [(r["contactName"], r["roleName"], r["roleType"]) for r in first["responsibilities"]] == [
+        ("Bernd Schmidt", "Hausmeister", "external")
+    ]
+    assert all(p["addresses"][0]["units"] == [] and p["responsibilities"] == [] for p in properties[1:])
+
+    assert [c["id"] for c in client.all("/v2/contacts", role="OWNER")] == ["T-owner"]
+    assert [c["id"] for c in client.all("/v2/contacts", role="RENTER")] == ["T-anna", "T-bernd"]
+    assert [c["id"] for c in client.all("/v2/contacts", isRegistered="true")] == ["T-anna"]
+    assert [c["id"] for c in client.all("/v2/contacts", isRegistered="false")] == ["T-bernd", "T-owner"]
+
+    def tenants(**filters: str) -> dict[str, list[str]]:
+        return {u["id"]: [c["contactId"] for c in u["contracts"]] for u in client.all("/v2/units", **filters)}
+
+    assert tenants() == {"T-000-1": ["T-anna"], "T-000-2": []}
+    assert tenants(includeInactiveContracts="true") == {"T-000-1": ["T-anna"], "T-000-2": ["T-bernd"]}
+
+    unknown = client.http.get("/v2/contacts", params={"status": "active"})
+    assert unknown.status_code == 422 and "status" in unknown.json()["message"]

@@ -1,4 +1,12 @@
-"""The portal's streams: properties, units, contacts and the properties' caretakers."""
+"""The portal's streams: properties, units, contacts and the properties' caretakers.
+
+Properties go over in the shape of the portal's public schema (``city``, ``postalCode`` and
+``country`` at the top, ``addresses: [{street, units}]``). The portal derives an address's
+``units`` from the units that name the property (``propertyId``), so a property read back right
+after its write, before its units exist, lists none: the units are sent, as the public shape has
+them, but not compared. Caretakers read back with the contact's name, e-mail and telephone the
+portal adds; of them too, only what hausflow writes is compared.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +26,11 @@ def _no_caretakers(ref_id: str) -> dict[str, Any]:
 
 
 PROPERTIES = Stream(
-    "properties", "/v2/properties", ("id", "name", "addresses", "customFields"), write_order=1
+    "properties",
+    "/v2/properties",
+    ("id", "name", "number", "postalCode", "city", "country", "addresses", "customFields"),
+    write_order=1,
+    item_fields={"addresses": ("street",)},
 )
 UNITS = Stream(
     "units", "/v2/units", ("id", "propertyId", "name", "type", "floor", "customFields"), write_order=2
@@ -52,6 +64,7 @@ RESPONSIBILITIES = Stream(
     "/v2/properties/{id}/responsibilities",
     ("responsibilities",),
     write_order=4,
+    item_fields={"responsibilities": ("contactId", "roleName", "roleType")},
     archivable=False,
     withdrawn=_no_caretakers,
     withdrawn_reason="caretakers removed",

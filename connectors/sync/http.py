@@ -176,7 +176,7 @@ class HttpPartnerClient:
         """One cheap authenticated read: raises unless the partner answers and takes the credentials."""
         async with self._http() as http:
             await self._request(
-                http, RateLimiter(self._rate), "GET", self._check_path, params={"pageSize": 1}
+                http, RateLimiter(self._rate), "GET", self._check_path, params=self.page_params(None, False)
             )
 
     def credentials_expire(self) -> float | None:
@@ -199,8 +199,14 @@ class HttpPartnerClient:
         raise ValueError(f"unknown write op {op.op!r}")
 
     def page_params(self, modified_after: str | None, include_archived: bool) -> dict[str, Any]:
-        """The query of a list's first page."""
-        params: dict[str, Any] = {"pageSize": 1000, "page": 1}
+        """The query of a list's first page: only what the partner's public API knows.
+
+        ``page`` and ``modifiedAfter`` are the portal's public parameters; the page size is the
+        partner's own (a partner may refuse a parameter it does not know). ``includeArchived``
+        is hausflow's sandbox's own and only sent when a caller asks for archived records (the
+        sync never does).
+        """
+        params: dict[str, Any] = {"page": 1}
         if modified_after:
             params["modifiedAfter"] = modified_after
         if include_archived:

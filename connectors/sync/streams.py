@@ -8,8 +8,8 @@ is a stream plus the rules that build its records.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +31,9 @@ class Stream:
             the path only, not in the body.
         fields: the keys hausflow writes; a record read back from the partner is compared on
             these only (the partner adds read-only fields such as ``internalId``).
+        item_fields: for a field holding a list of objects, the keys of each object that are
+            compared (the partner adds derived keys to them, such as a caretaker's
+            ``contactName``, or derives a key hausflow sends, such as an address's ``units``).
         write_order: upserts go in ascending order (parents before children); archives in the
             reverse order (children before parents).
         archivable: a record no longer desired is archived (``POST {item}/archive``).
@@ -53,6 +56,7 @@ class Stream:
     anonymisable: bool = False
     archived_field: str = "archived"
     anonymised_field: str = "anonymised"
+    item_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def sub_resource(self) -> bool:
@@ -65,8 +69,13 @@ class Stream:
         return self.path.format(id=escaped) if self.sub_resource else f"{self.path}/{escaped}"
 
     def project(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The writable part of a record, for comparing what the partner holds with what we send."""
-        return {k: record.get(k) for k in self.fields}
+        """The compared part of a record, for comparing what the partner holds with what we send."""
+        out = {k: record.get(k) for k in self.fields}
+        for name, keys in self.item_fields.items():
+            items = out.get(name)
+            if isinstance(items, list):
+                out[name] = [{k: i.get(k) for k in keys} if isinstance(i, dict) else i for i in items]
+        return out
 
     def body(self, payload: dict[str, Any]) -> dict[str, Any]:
         """What an upsert sends: the payload, without its id for a sub-resource."""

@@ -19,18 +19,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, quote
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sandbox.portal.faults import WRITE_METHODS, FaultConfig, FaultInjector
-from sandbox.portal.page import render_page
-from sandbox.portal.store import ENTITIES, Store, now_iso, payload_hash
+from sandbox.portal.page import render_page, render_property
+from sandbox.portal.store import ENTITIES, Entry, Store, now_iso, payload_hash
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,6 +49,27 @@ NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
 """Validation error types meaning the body is JSON but not an object (400, like broken JSON)."""
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 JSON = "application/json"
+BERLIN = ZoneInfo("Europe/Berlin")  # a contract is active on the day in Germany
+SINGULAR = {"properties": "property", "units": "unit", "contacts": "contact"}
+
+# Query parameters: the public ones of the casavi API, and the sandbox's own (``pageSize``,
+# ``includeArchived``). Any other parameter is refused (422), never ignored.
+Flag = Literal["true", "false"]
+PageParam = Annotated[int, Query(description="public: pages start at 1")]
+PageSizeParam = Annotated[
+    int, Query(alias="pageSize", description="the sandbox's own: default 100, maximum 1000")
+]
+ModifiedAfterParam = Annotated[
+    str | None,
+    Query(alias="modifiedAfter", description="public: only records with updatedAt later than this"),
+]
+IncludeArchivedParam = Annotated[
+    Flag, Query(alias="includeArchived", description="the sandbox's own: archived records too")
+]
+InactiveContractsParam = Annotated[
+    Flag,
+    Query(alias="includeInactiveContracts", description="public: ended and future contracts too"),
+]
 
 
 # ---- schemas (OpenAPI) ---------------------------------------------------------------------------
@@ -91,18 +116,26 @@ class _Writable(BaseModel):
 
 
 class Address(_Nested):
-    """A postal address of a property."""
+    """An address of a property: its street and the units at it.
 
-    street: str | None = None
-    postalCode: str | None = None
-    city: str | None = None
-    country: str | None = None
+    ``units`` is derived: a read lists the property's units (the ones that name it as
+    ``propertyId`` and are not archived) at its first address. Sent, it is not stored (a unit
+    says where it belongs; a property is written before its units, and before a unit moves).
+    """
+
+    street: str
+    units: list[str] = Field(default_factory=list)
 
 
 class PropertyIn(_Writable):
-    """A property (Liegenschaft). Required: ``name``, at least one address."""
+    """A property (Liegenschaft) in the public read shape. Required: ``name``, one address or more."""
 
     name: str
+    number: str | None = None
+    note: str | None = None
+    postalCode: str | None = None
+    city: str | None = None
+    country: str | None = None
     addresses: list[Address]
     customFields: dict[str, Any] | None = None
 
@@ -165,12 +198,26 @@ class ContactIn(_Writable):
     contracts: list[Contract] | None = None
 
 
-class Responsibility(_Nested):
-    """A caretaker (or other role) of a property: an existing, non-archived contact."""
+class Responsibility(BaseModel):
+    """A caretaker (or other role) of a property: an existing, non-archived contact.
+
+    The read shape's keys taken from the contact (``contactName`` ...) are ignored when sent.
+    """
+
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     contactId: str
     roleName: str
     roleType: Literal["internal", "external"]
+
+
+class ResponsibilityOut(Responsibility):
+    """A responsibility as read: with the contact's portal id, name, e-mail and telephone."""
+
+    contactInternalId: int | None
+    contactName: str | None
+    email: str | None
+    telephone: str | None
 
 
 class ResponsibilitiesIn(BaseModel):
@@ -181,10 +228,11 @@ class ResponsibilitiesIn(BaseModel):
     responsibilities: list[Responsibility]
 
 
-class ResponsibilitiesOut(ResponsibilitiesIn):
+class ResponsibilitiesOut(BaseModel):
     """A property's responsibilities."""
 
     id: str
+    responsibilities: list[ResponsibilityOut]
 
 
 class _ReadOnly(BaseModel):
@@ -197,15 +245,28 @@ class _ReadOnly(BaseModel):
 
 
 class PropertyOut(_ReadOnly, PropertyIn):
-    """A stored property."""
+    """A stored property, with what the portal adds: its caretakers, a link into the app, images."""
 
     id: str
+    responsibilities: list[ResponsibilityOut]
+    appLink: str
+    images: list[Any]
+
+
+class UnitContract(BaseModel):
+    """A contract of a contact in a unit (read-only, taken from the contact's ``contracts``)."""
+
+    contactId: str
+    type: Literal["RENTER", "OWNER"]
+    startDate: str | None
+    endDate: str | None
 
 
 class UnitOut(_ReadOnly, UnitIn):
-    """A stored unit."""
+    """A stored unit, with the contracts in it (active ones unless ``includeInactiveContracts``)."""
 
     id: str
+    contracts: list[UnitContract]
 
 
 class ContactOut(_ReadOnly, ContactIn):
@@ -422,7 +483,36 @@ class SandboxApp(FastAPI):
             await _drain(receive)
             await _send_error(send, 401, problem)
             return
+        if scope.get("query_string"):
+            unknown = self._unknown_query(scope)
+            if unknown is not None:
+                await _drain(receive)
+                await _send_error(send, 422, *unknown)
+                return
         await super().__call__(scope, receive, send)
+
+    def _unknown_query(self, scope: Scope) -> tuple[str, list[tuple[str, str]]] | None:
+        """The message and field errors for query parameters the called endpoint does not take.
+
+        A client must never get unfiltered data because the sandbox ignored a filter it does not
+        know. ``None`` when every parameter is known, or no endpoint matches (routing answers).
+        """
+        sent = dict.fromkeys(
+            k for k, _ in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        )
+        for route in self.routes:
+            if isinstance(route, APIRoute) and route.matches(scope)[0] is Match.FULL:
+                known = [param.alias for param in route.dependant.query_params]
+                unknown = [name for name in sent if name not in known]
+                if not unknown:
+                    return None
+                takes = f"takes {', '.join(known)}" if known else "takes no query parameters"
+                message = (
+                    f"unknown query parameter {', '.join(map(repr, unknown))}: "
+                    f"{scope['method']} {route.path} {takes}"
+                )
+                return message, [(name, "unknown query parameter") for name in unknown]
+        return None
 
     async def _serve_with_faults(self, scope: Scope, receive: Receive, send: Send) -> None:
         faults = self.sandbox.faults
@@ -476,14 +566,18 @@ class SandboxApp(FastAPI):
             headers.append((b"retry-after", str(faults.config.retry_after_s).encode()))
         if code == 408:
             headers.append((b"connection", b"close"))
-        await _send_error(send, code, message, headers)
+        await _send_error(send, code, message, headers=headers)
 
 
 async def _send_error(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    message: str,
+    errors: list[tuple[str, str]] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """An error answer in the contract's shape, straight over ASGI (before any routing)."""
-    body = _error_bytes(message)
+    body = _error_bytes(message, errors)
     all_headers = [
         (b"content-type", JSON.encode()),
         (b"content-length", str(len(body)).encode()),
@@ -633,30 +727,26 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         return _json_response({"token": token, "expiresAt": expires_iso})
 
     # ---- writes ------------------------------------------------------------------------------
-    async def upsert(entity: str, ref_id: str, body: _Writable, read_only: dict[str, Any]) -> Response:
+    async def upsert(entity: str, ref_id: str, body: _Writable, read_only: dict[str, Any]) -> tuple[str, int]:
         writable = _writable(entity, ref_id, body)
         parent = writable.get("propertyId") if entity == "units" else None
         outcome = store.upsert(entity, ref_id, writable, read_only, payload_hash(writable), parent)
         await durable()
         state.counters.write(entity, "upsert", outcome.effective)
-        return _json_text(outcome.body, 201 if outcome.created else 200)
+        return outcome.body, 201 if outcome.created else 200
 
     @app.put(
         "/v2/properties/{id}",
         responses={200: {"model": PropertyOut}, 201: {"model": PropertyOut}, **errors_doc},
         response_model=None,
         tags=["properties"],
-        summary="Create or replace a property",
+        summary="Create or replace a property (the public read shape; read-only keys ignored)",
     )
-    async def put_property(id: str, body: PropertyIn) -> Response:
+    async def put_property(id: str, body: PropertyIn, request: Request) -> Response:
         """Upsert a property: 201 created, 200 updated or unchanged; 422 with field errors."""
-        problems = []
-        if not body.name.strip():
-            problems.append(("name", "must not be empty"))
-        if not body.addresses:
-            problems.append(("addresses", "at least one address is required"))
-        _raise_invalid(problems)
-        return await upsert("properties", id, body, {})
+        _raise_invalid(_property_problems(body))
+        text, status = await upsert("properties", id, body, {})
+        return _json_text(_property_view(store, text, request), status)
 
     @app.put(
         "/v2/units/{id}",
@@ -673,7 +763,8 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         if store.entry("properties", body.propertyId) is None:
             problems.append(("propertyId", f"property {body.propertyId} does not exist"))
         _raise_invalid(problems)
-        return await upsert("units", id, body, {})
+        text, status = await upsert("units", id, body, {})
+        return _json_text(_unit_view(store, text, False), status)
 
     @app.put(
         "/v2/contacts/{id}",
@@ -690,10 +781,10 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         _raise_invalid(_contact_problems(store, body))
         read_only = {
             "anonymised": False,
-            "isRegistered": False,
+            "isRegistered": entry is not None and "isRegistered" in entry.flags,
             "isInvited": bool(body.portalUser and body.email),
         }
-        return await upsert("contacts", id, body, read_only)
+        return _json_text(*await upsert("contacts", id, body, read_only))
 
     @app.get(
         "/v2/properties/{id}/responsibilities",
@@ -703,13 +794,10 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         summary="The responsibilities (caretakers) of a property",
     )
     async def get_responsibilities(id: str) -> Response:
-        """The property's responsibilities (an empty list when none were set)."""
+        """The property's responsibilities as its ``GET`` shows them (an empty list when none)."""
         if store.entry("properties", id) is None:
             raise ApiError(404, f"property {id} does not exist")
-        body = store.get("responsibilities", id)
-        if body is None:
-            return _json_response({"id": id, "responsibilities": []})
-        return _json_text(body)
+        return _json_response({"id": id, "responsibilities": _responsibilities_view(store, id)})
 
     @app.put(
         "/v2/properties/{id}/responsibilities",
@@ -735,23 +823,174 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
             elif contact.archived:
                 problems.append((f"responsibilities[{i}].contactId", f"contact {item.contactId} is archived"))
         _raise_invalid(problems)
-        writable = {
-            "id": id,
-            "responsibilities": [r.model_dump(exclude_unset=True) for r in body.responsibilities],
-        }
+        writable = {"id": id, "responsibilities": [r.model_dump() for r in body.responsibilities]}
         outcome = store.upsert("responsibilities", id, writable, {}, payload_hash(writable))
+        if outcome.effective:  # the property reads differently now: a new updatedAt for modifiedAfter
+            store.amend("properties", id, {})
         await durable()
         state.counters.write("responsibilities", "upsert", outcome.effective)
-        return _json_text(outcome.body)
+        return _json_response({"id": id, "responsibilities": _responsibilities_view(store, id)})
 
-    # ---- reads, archive, delete per collection -----------------------------------------------
-    outs: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
-        "properties": (PropertyOut, PropertyList),
-        "units": (UnitOut, UnitList),
-        "contacts": (ContactOut, ContactList),
-    }
-    for entity, (out_model, list_model) in outs.items():
-        _collection_routes(app, state, durable, entity, out_model, list_model, errors_doc)
+    # ---- reads -------------------------------------------------------------------------------
+    def listed(
+        request: Request,
+        entity: str,
+        paging: tuple[int, int, str | None, Flag],
+        where: Callable[[Entry], bool] | None = None,
+        view: Callable[[str], str] | None = None,
+    ) -> Response:
+        """One page ordered by internalId, with an absolute ``_links.next`` or ``null``."""
+        page, page_size, modified_after, include_archived = paging
+        problems = []
+        if page < 1:
+            problems.append(("page", "pages start at 1"))
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            problems.append(("pageSize", f"must be between 1 and {MAX_PAGE_SIZE}"))
+        after = None
+        if modified_after is not None:
+            try:
+                after = _format_time(_parse_time(modified_after))
+            except ValueError:
+                problems.append(("modifiedAfter", "not an ISO 8601 time such as 2026-01-31T08:15:00.000Z"))
+        _raise_invalid(problems)
+        bodies, more = store.page(entity, page, page_size, after, include_archived == "true", where)
+        if view is not None:
+            bodies = [view(b) for b in bodies]
+        next_url = json.dumps(str(request.url.include_query_params(page=page + 1))) if more else "null"
+        return _json_text('{"list":[' + ",".join(bodies) + '],"_links":{"next":' + next_url + "}}")
+
+    def stored(entity: str, id: str) -> str:
+        body = store.get(entity, id)
+        if body is None:
+            raise ApiError(404, f"{SINGULAR[entity]} {id} does not exist")
+        return body
+
+    @app.get(
+        "/v2/properties",
+        response_model=PropertyList,
+        responses=errors_doc,
+        tags=["properties"],
+        summary="List properties (paged, ordered by internalId)",
+    )
+    async def list_properties(
+        request: Request,
+        page: PageParam = 1,
+        page_size: PageSizeParam = 100,
+        modified_after: ModifiedAfterParam = None,
+        include_archived: IncludeArchivedParam = "false",
+    ) -> Response:
+        """Properties with their units, responsibilities and app links."""
+        return listed(
+            request,
+            "properties",
+            (page, page_size, modified_after, include_archived),
+            view=lambda body: _property_view(store, body, request),
+        )
+
+    @app.get(
+        "/v2/properties/{id}",
+        response_model=PropertyOut,
+        responses=errors_doc,
+        tags=["properties"],
+        summary="One property by reference id",
+    )
+    async def get_property(id: str, request: Request) -> Response:
+        """One property (404 when unknown)."""
+        return _json_text(_property_view(store, stored("properties", id), request))
+
+    @app.get(
+        "/v2/units",
+        response_model=UnitList,
+        responses=errors_doc,
+        tags=["units"],
+        summary="List units (paged, ordered by internalId)",
+    )
+    async def list_units(
+        request: Request,
+        page: PageParam = 1,
+        page_size: PageSizeParam = 100,
+        modified_after: ModifiedAfterParam = None,
+        include_archived: IncludeArchivedParam = "false",
+        include_inactive: InactiveContractsParam = "false",
+    ) -> Response:
+        """Units with the contracts in them."""
+        inactive = include_inactive == "true"
+        return listed(
+            request,
+            "units",
+            (page, page_size, modified_after, include_archived),
+            view=lambda body: _unit_view(store, body, inactive),
+        )
+
+    @app.get(
+        "/v2/units/{id}",
+        response_model=UnitOut,
+        responses=errors_doc,
+        tags=["units"],
+        summary="One unit by reference id",
+    )
+    async def get_unit(id: str, include_inactive: InactiveContractsParam = "false") -> Response:
+        """One unit (404 when unknown)."""
+        return _json_text(_unit_view(store, stored("units", id), include_inactive == "true"))
+
+    @app.get(
+        "/v2/contacts",
+        response_model=ContactList,
+        responses=errors_doc,
+        tags=["contacts"],
+        summary="List contacts (paged, ordered by internalId)",
+    )
+    async def list_contacts(
+        request: Request,
+        page: PageParam = 1,
+        page_size: PageSizeParam = 100,
+        modified_after: ModifiedAfterParam = None,
+        include_archived: IncludeArchivedParam = "false",
+        is_registered: Annotated[
+            Flag | None, Query(alias="isRegistered", description="public: registered in the portal or not")
+        ] = None,
+        is_invited: Annotated[
+            Flag | None, Query(alias="isInvited", description="public: invited to the portal or not")
+        ] = None,
+        role: Annotated[
+            Literal["OWNER", "RENTER"] | None,
+            Query(description="public: only contacts with a contract of this type"),
+        ] = None,
+    ) -> Response:
+        """Contacts, filtered by their flags and the types of their contracts."""
+        wanted = {
+            flag: value == "true"
+            for flag, value in (("isRegistered", is_registered), ("isInvited", is_invited))
+            if value is not None
+        }
+
+        def where(entry: Entry) -> bool:
+            return all((flag in entry.flags) == value for flag, value in wanted.items()) and (
+                role is None or any(c[1] == role for c in entry.contracts)
+            )
+
+        paging = (page, page_size, modified_after, include_archived)
+        return listed(request, "contacts", paging, where if wanted or role else None)
+
+    @app.get(
+        "/v2/contacts/{id}",
+        response_model=ContactOut,
+        responses=errors_doc,
+        tags=["contacts"],
+        summary="One contact by reference id",
+    )
+    async def get_contact(id: str) -> Response:
+        """One contact (404 when unknown)."""
+        return _json_text(stored("contacts", id))
+
+    # ---- archive, delete per collection ------------------------------------------------------
+    views: tuple[tuple[str, type[BaseModel], Callable[[str, Request], str]], ...] = (
+        ("properties", PropertyOut, lambda body, request: _property_view(store, body, request)),
+        ("units", UnitOut, lambda body, _request: _unit_view(store, body, False)),
+        ("contacts", ContactOut, lambda body, _request: body),
+    )
+    for entity, out_model, view in views:
+        _collection_routes(app, state, durable, entity, out_model, errors_doc, view)
 
     @app.post(
         "/v2/contacts/{id}/anonymize",
@@ -799,6 +1038,37 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
         writes = store.write_log(entity, id)
         return {"entity": entity, "id": id, "count": len(writes), "writes": writes}
 
+    @app.post(
+        "/_sandbox/contacts/{id}/register",
+        tags=["sandbox"],
+        summary="The contact registers in the portal (isRegistered: true)",
+    )
+    async def register_contact(id: str) -> Response:
+        """What a tenant does by accepting the invitation; ``409`` for an archived contact."""
+        entry = store.entry("contacts", id)
+        if entry is None:
+            raise ApiError(404, f"contact {id} does not exist")
+        if entry.archived:
+            raise ApiError(409, f"contact {id} is archived and cannot register")
+        if "isRegistered" in entry.flags:
+            return _json_text(stored("contacts", id))
+        body = store.amend("contacts", id, {"isRegistered": True})
+        await durable()
+        return _json_text(body or "")
+
+    @app.get(
+        "/app/properties/{id}",
+        response_class=HTMLResponse,
+        tags=["sandbox"],
+        summary="What a property's appLink opens",
+    )
+    async def app_property(id: str, request: Request) -> HTMLResponse:
+        """A read-only HTML page of one property (the real portal's app is not simulated)."""
+        body = store.get("properties", id)
+        if body is None:
+            raise ApiError(404, f"property {id} does not exist")
+        return HTMLResponse(render_property(json.loads(_property_view(store, body, request))))
+
     @app.post("/_sandbox/faults", tags=["sandbox"], summary="Set the faults to inject (replaces the old)")
     async def set_faults(config: FaultConfig) -> dict[str, Any]:
         """Replace the active faults; the answer echoes the configuration in effect."""
@@ -840,48 +1110,14 @@ def _collection_routes(
     durable: GroupCommit,
     entity: str,
     out_model: type[BaseModel],
-    list_model: type[BaseModel],
     errors_doc: dict[int | str, dict[str, Any]],
+    view: Callable[[str, Request], str],
 ) -> None:
-    """List, get, archive and delete routes of one collection (same contract for all)."""
+    """Archive and delete routes of one collection (same contract for all)."""
     store = state.store
-    singular = entity[:-1] if entity != "properties" else "property"
+    singular = SINGULAR[entity]
 
-    async def list_records(
-        request: Request,
-        page: int = Query(1, description="pages start at 1"),
-        page_size: int = Query(100, alias="pageSize", description="default 100, maximum 1000"),
-        modified_after: str | None = Query(
-            None, alias="modifiedAfter", description="only records with updatedAt later than this"
-        ),
-        include_archived: bool = Query(False, alias="includeArchived"),
-    ) -> Response:
-        """One page ordered by internalId, with an absolute ``_links.next`` or ``null``."""
-        problems = []
-        if page < 1:
-            problems.append(("page", "pages start at 1"))
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            problems.append(("pageSize", f"must be between 1 and {MAX_PAGE_SIZE}"))
-        after = None
-        if modified_after is not None:
-            try:
-                after = _format_time(_parse_time(modified_after))
-            except ValueError:
-                problems.append(("modifiedAfter", "not an ISO 8601 time such as 2026-01-31T08:15:00.000Z"))
-        _raise_invalid(problems)
-        bodies, more = store.page(entity, page, page_size, after, include_archived)
-        next_url = json.dumps(str(request.url.include_query_params(page=page + 1))) if more else "null"
-        text = '{"list":[' + ",".join(bodies) + '],"_links":{"next":' + next_url + "}}"
-        return _json_text(text)
-
-    async def get_record(id: str) -> Response:
-        """One record by reference id (404 when unknown)."""
-        body = store.get(entity, id)
-        if body is None:
-            raise ApiError(404, f"{singular} {id} does not exist")
-        return _json_text(body)
-
-    async def archive_record(id: str) -> Response:
+    async def archive_record(id: str, request: Request) -> Response:
         """Archive (idempotent); archived records leave the default list."""
         entry = store.entry(entity, id)
         if entry is None:
@@ -890,7 +1126,7 @@ def _collection_routes(
         assert outcome is not None
         await durable()
         state.counters.write(entity, "archive", outcome.effective)
-        return _json_text(outcome.body)
+        return _json_text(view(outcome.body, request))
 
     async def delete_record(id: str) -> Response:
         """Delete an archived record for good (409 unless archived first)."""
@@ -907,26 +1143,6 @@ def _collection_routes(
         return Response(status_code=204)
 
     tags: list[str | Any] = [entity]
-    app.add_api_route(
-        f"/v2/{entity}",
-        list_records,
-        methods=["GET"],
-        response_model=list_model,
-        responses=errors_doc,
-        tags=tags,
-        summary=f"List {entity} (paged, ordered by internalId)",
-        name=f"list_{entity}",
-    )
-    app.add_api_route(
-        f"/v2/{entity}/{{id}}",
-        get_record,
-        methods=["GET"],
-        response_model=out_model,
-        responses=errors_doc,
-        tags=tags,
-        summary=f"One {singular} by reference id",
-        name=f"get_{singular}",
-    )
     app.add_api_route(
         f"/v2/{entity}/{{id}}/archive",
         archive_record,
@@ -958,7 +1174,67 @@ def _writable(entity: str, ref_id: str, body: _Writable) -> dict[str, Any]:
     sent = body.model_dump(exclude_unset=True)
     writable = {name: sent.get(name) for name in WRITABLE[entity]}
     writable["id"] = ref_id
+    if entity == "properties":  # an address's units are derived, never stored
+        addresses = writable["addresses"] or []
+        writable["addresses"] = [{k: v for k, v in a.items() if k != "units"} for a in addresses]
     return writable
+
+
+def _property_problems(body: PropertyIn) -> list[tuple[str, str]]:
+    """Rules of a property beyond its types: a name, one address or more, each with a street."""
+    problems: list[tuple[str, str]] = []
+    if not body.name.strip():
+        problems.append(("name", "must not be empty"))
+    if not body.addresses:
+        problems.append(("addresses", "at least one address is required"))
+    for i, address in enumerate(body.addresses):
+        if not address.street.strip():
+            problems.append((f"addresses[{i}].street", "must not be empty"))
+    return problems
+
+
+def _property_view(store: Store, body: str, request: Request) -> str:
+    """A stored property as the API shows it: its units at its first address, its
+    responsibilities with the contacts' names, its ``appLink`` and ``images``."""
+    record = json.loads(body)
+    ref_id = record["id"]
+    addresses = record.get("addresses") or []
+    for i, address in enumerate(addresses):
+        address["units"] = store.units_of(ref_id) if i == 0 else []
+    record["responsibilities"] = _responsibilities_view(store, ref_id)
+    record["appLink"] = f"{str(request.base_url).rstrip('/')}/app/properties/{quote(ref_id, safe='')}"
+    record["images"] = []
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def _responsibilities_view(store: Store, property_id: str) -> list[dict[str, Any]]:
+    """A property's responsibilities with the contact's portal id, name, e-mail and telephone."""
+    stored = store.get_dict("responsibilities", property_id) or {}
+    out = []
+    for item in stored.get("responsibilities") or []:
+        entry = store.entry("contacts", item["contactId"])
+        contact = store.get_dict("contacts", item["contactId"]) or {}
+        name = " ".join(n for n in (contact.get("firstName"), contact.get("lastName")) if n)
+        out.append(
+            {
+                "contactId": item["contactId"],
+                "contactInternalId": entry.internal_id if entry else None,
+                "contactName": name or contact.get("companyName"),
+                "roleName": item.get("roleName"),
+                "roleType": item.get("roleType"),
+                "email": contact.get("email"),
+                "telephone": contact.get("telephone"),
+            }
+        )
+    return out
+
+
+def _unit_view(store: Store, body: str, include_inactive: bool) -> str:
+    """A stored unit as the API shows it: with the contracts in it (active ones unless asked)."""
+    record = json.loads(body)
+    today = datetime.now(BERLIN).date().isoformat()
+    record["contracts"] = store.contracts_in(record["id"], today, include_inactive)
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
 def _contact_problems(store: Store, body: ContactIn) -> list[tuple[str, str]]:

@@ -28,8 +28,9 @@ def _cell(value: Any) -> str:
     return "" if value is None else escape(str(value))
 
 
-def _address(record: dict[str, Any]) -> str:
-    parts = [record.get("street"), " ".join(p for p in (record.get("postalCode"), record.get("city")) if p)]
+def _address(street: Any, record: dict[str, Any]) -> str:
+    """A street with the property's (or contact's) postal code and city."""
+    parts = [street, " ".join(p for p in (record.get("postalCode"), record.get("city")) if p)]
     return escape(", ".join(p for p in parts if p))
 
 
@@ -40,7 +41,7 @@ def _flag(record: dict[str, Any]) -> str:
 def _properties(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
-        addresses = "<br>".join(_address(a) for a in r.get("addresses") or [])
+        addresses = "<br>".join(_address(a.get("street"), r) for a in r.get("addresses") or [])
         rows.append(
             f'<tr class="{_flag(r)}"><td>{_cell(r["id"])}</td><td>{_cell(r.get("name"))}</td>'
             f"<td>{addresses}</td><td>{_flag(r)}</td><td>{_cell(r.get('updatedAt'))}</td></tr>"
@@ -114,4 +115,23 @@ def render_page(store: Store, page: int) -> str:
         f"<h1>Portal sandbox</h1><p>Read-only view, page {page} ({PAGE_SIZE} per collection). "
         f'Records: {escape(counts)}. API: <a href="/docs">/docs</a>.</p>'
         f"{nav_html}{''.join(sections)}{nav_html}</body></html>"
+    )
+
+
+def render_property(record: dict[str, Any]) -> str:
+    """One property as the API shows it (what its ``appLink`` opens), as an HTML document."""
+    addresses = "".join(
+        f"<li>{_address(a.get('street'), record)}: units {escape(', '.join(a.get('units') or [])) or 'none'}</li>"
+        for a in record.get("addresses") or []
+    )
+    caretakers = "".join(
+        f"<li>{_cell(r.get('roleName'))}: {_cell(r.get('contactName'))} ({_cell(r.get('roleType'))})</li>"
+        for r in record.get("responsibilities") or []
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_cell(record.get('name'))}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{_cell(record.get('name'))}</h1><p>Property {_cell(record['id'])}, {_flag(record)}.</p>"
+        f"<h2>Addresses</h2><ul>{addresses}</ul><h2>Responsibilities</h2><ul>{caretakers or '<li>none</li>'}</ul>"
+        '<p><a href="/">All records</a></p></body></html>'
     )

@@ -9,6 +9,10 @@ the client was told is what a restarted sandbox still holds. Writes do not commi
 the server calls ``commit()`` once per event-loop turn for all writes of that turn (group commit)
 and answers them after it.
 
+The index also holds what the list filters and the derived fields read, so neither needs the
+bodies: a contact's flags (``isRegistered``, ``isInvited``) and contracts, the units of each property
+and the contacts with a contract in each unit.
+
 A single process owns the database file. All calls come from the server's event loop; the lock only
 guards against a caller from another thread (tests, a threaded server).
 """
@@ -18,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +130,19 @@ def payload_hash(writable: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(writable).encode()).hexdigest()
 
 
+ContractLink = tuple[str | None, str | None, str | None, str | None]
+"""A contact's contract as the index keeps it: unit id, type, start date, end date."""
+
+FLAGS = ("isRegistered", "isInvited")
+"""A contact's read-only flags the list filters read."""
+
+
 @dataclass(slots=True)
 class Entry:
-    """What the store keeps in memory of one record (the body stays in the database)."""
+    """What the store keeps in memory of one record (the body stays in the database).
+
+    ``flags`` and ``contracts`` are a contact's (see ``FLAGS``, ``ContractLink``), empty otherwise.
+    """
 
     internal_id: int
     body_hash: str
@@ -137,6 +152,8 @@ class Entry:
     updated_at: str
     writes: int = 0
     parent_id: str | None = None
+    flags: frozenset[str] = frozenset()
+    contracts: tuple[ContractLink, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +187,8 @@ class Store:
         self._conn: Connection = self._engine.connect()
         self._lock = threading.RLock()
         self._index: dict[str, dict[str, Entry]] = {e: {} for e in ENTITIES}
+        self._units_of: dict[str, set[str]] = {}  # property id -> its units' ids
+        self._contacts_in: dict[str, set[str]] = {}  # unit id -> contacts with a contract in it
         self.max_writes_per_record = 0
         self._next_id = 1
         self._log_rows: list[dict[str, Any]] = []
@@ -189,6 +208,7 @@ class Store:
             records.c.updated_at,
             records.c.parent_id,
         ).order_by(records.c.internal_id)
+        contacts = select(records.c.ref_id, records.c.body).where(records.c.entity == "contacts")
         with self._lock:
             result = self._conn.execution_options(yield_per=5000).execute(query)
             for row in result:
@@ -202,6 +222,12 @@ class Store:
                     parent_id=row.parent_id,
                 )
                 self._next_id = max(self._next_id, row.internal_id + 1)
+            for ref_id, body in self._conn.execution_options(yield_per=5000).execute(contacts):
+                entry = self._index["contacts"][ref_id]
+                entry.flags, entry.contracts = _contact_facts(json.loads(body))
+            for entity in ("units", "contacts"):
+                for ref_id, entry in self._index[entity].items():
+                    self._link(entity, ref_id, None, entry)
             if self._sqlite:  # ids of deleted records are not given out again
                 seq = self._conn.exec_driver_sql(
                     "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
@@ -225,6 +251,7 @@ class Store:
             self._conn.execute(delete(write_log))
             self._conn.commit()
             self._index = {e: {} for e in ENTITIES}
+            self._units_of, self._contacts_in = {}, {}
             self.max_writes_per_record = 0
 
     def commit(self) -> None:
@@ -269,17 +296,50 @@ class Store:
         page_size: int,
         modified_after: str | None = None,
         include_archived: bool = False,
+        where: Callable[[Entry], bool] | None = None,
     ) -> tuple[list[str], bool]:
-        """One page of stored JSON bodies ordered by internal id, and whether another page follows."""
-        query = select(records.c.body).where(records.c.entity == entity)
-        if not include_archived:
-            query = query.where(records.c.archived.is_(False))
-        if modified_after is not None:
-            query = query.where(records.c.updated_at > modified_after)
-        query = query.order_by(records.c.internal_id).limit(page_size + 1).offset((page - 1) * page_size)
+        """One page of stored JSON bodies ordered by internal id, and whether another page follows.
+
+        The records are chosen in the index (``where`` is a filter on their entries), then their
+        bodies read by internal id.
+        """
+
+        def wanted(entry: Entry) -> bool:
+            return (
+                (include_archived or not entry.archived)
+                and (modified_after is None or entry.updated_at > modified_after)
+                and (where is None or where(entry))
+            )
+
         with self._lock:
-            bodies = list(self._conn.execute(query).scalars())
-        return bodies[:page_size], len(bodies) > page_size
+            chosen = (e.internal_id for e in self._index[entity].values() if wanted(e))
+            ids = list(islice(chosen, (page - 1) * page_size, page * page_size + 1))
+            query = select(records.c.internal_id, records.c.body).where(
+                records.c.internal_id.in_(ids[:page_size])
+            )
+            bodies = dict(self._conn.execute(query).tuples().all()) if ids else {}
+        return [bodies[i] for i in ids[:page_size]], len(ids) > page_size
+
+    def units_of(self, property_id: str) -> list[str]:
+        """The ids of the property's units that are not archived, sorted."""
+        units = self._index["units"]
+        return sorted(u for u in self._units_of.get(property_id, ()) if not units[u].archived)
+
+    def contracts_in(self, unit_id: str, today: str, include_inactive: bool) -> list[dict[str, Any]]:
+        """The contracts of contacts in a unit, by contact id; active ones only unless asked.
+
+        A contract is active on ``today`` (``YYYY-MM-DD``) when it has started, has not ended, and
+        its contact is not archived.
+        """
+        out = []
+        contacts = self._index["contacts"]
+        for contact_id in sorted(self._contacts_in.get(unit_id, ())):
+            entry = contacts[contact_id]
+            for unit, kind, start, end in entry.contracts:
+                active = not entry.archived and (start or "") <= today and (end is None or end >= today)
+                if unit == unit_id and (active or include_inactive):
+                    out.append({"contactId": contact_id, "type": kind, "startDate": start, "endDate": end})
+        return out
 
     def iter_entries(self, entity: str) -> Iterator[tuple[str, Entry]]:
         """Every (reference id, entry) of an entity in internal-id order of creation."""
@@ -331,14 +391,26 @@ class Store:
         checks without reading the body (a unit's property). Returns the stored JSON.
         """
         now = now_iso()
+        flags, contracts = _contact_facts({**writable, **read_only}) if entity == "contacts" else ((), ())
         with self._lock:
-            entry = self._index[entity].get(ref_id)
+            old = entry = self._index[entity].get(ref_id)
             if entry is not None and entry.body_hash == body_hash and not entry.archived:
                 body = _render(writable, entry, read_only)
                 self._log(entity, ref_id, "upsert", body_hash, False, now, entry)
                 return WriteOutcome(False, False, body)
             if entry is None:
-                entry = Entry(self._next_id, body_hash, False, False, now, now, parent_id=parent_id)
+                entry = Entry(
+                    self._next_id,
+                    body_hash,
+                    False,
+                    False,
+                    now,
+                    now,
+                    0,
+                    parent_id,
+                    frozenset(flags),
+                    contracts,
+                )
                 self._next_id += 1
                 body = _render(writable, entry, read_only)
                 self._conn.execute(
@@ -367,6 +439,8 @@ class Store:
                     now,
                     entry.writes,
                     parent_id,
+                    frozenset(flags),
+                    contracts,
                 )
                 body = _render(writable, entry, read_only)
                 self._conn.execute(
@@ -384,6 +458,7 @@ class Store:
                 created = False
             self._log(entity, ref_id, "upsert", body_hash, True, now, entry)
             self._index[entity][ref_id] = entry
+            self._link(entity, ref_id, old, entry)
         return WriteOutcome(created, True, body)
 
     def set_state(
@@ -428,8 +503,42 @@ class Store:
             entry.archived = archived
             entry.anonymised = anonymised
             entry.updated_at = now
+            if entity == "contacts":
+                entry.flags = _contact_facts(record)[0]
             self._log(entity, ref_id, op, body_hash, True, now, entry)
         return WriteOutcome(False, True, body)
+
+    def amend(self, entity: str, ref_id: str, changes: dict[str, Any]) -> str | None:
+        """Set read-only fields the portal keeps itself (a contact registers), with a new ``updatedAt``.
+
+        Not a client's write: neither logged nor counted. ``changes`` may be empty (the record
+        changed through another one, e.g. a property through its responsibilities). Returns the
+        stored JSON, ``None`` for an unknown record.
+        """
+        now = now_iso()
+        with self._lock:
+            entry = self._index[entity].get(ref_id)
+            if entry is None:
+                return None
+            record = json.loads(self._conn.execute(_SELECT_BODY, {"b_iid": entry.internal_id}).scalar_one())
+            record.update(changes, updatedAt=now)
+            body = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            self._conn.execute(
+                _UPDATE_RECORD,
+                {
+                    "b_iid": entry.internal_id,
+                    "b_body": body,
+                    "b_hash": entry.body_hash,
+                    "b_archived": entry.archived,
+                    "b_anonymised": entry.anonymised,
+                    "b_updated": now,
+                    "b_parent": entry.parent_id,
+                },
+            )
+            entry.updated_at = now
+            if entity == "contacts":
+                entry.flags = _contact_facts(record)[0]
+        return body
 
     def delete(self, entity: str, ref_id: str) -> bool:
         """Remove a record for good; ``False`` when unknown."""
@@ -437,9 +546,27 @@ class Store:
             entry = self._index[entity].pop(ref_id, None)
             if entry is None:
                 return False
+            self._link(entity, ref_id, entry, None)
             self._conn.execute(_DELETE_RECORD, {"b_iid": entry.internal_id})
             self._log(entity, ref_id, "delete", None, True, now_iso(), entry)
         return True
+
+    def _link(self, entity: str, ref_id: str, old: Entry | None, new: Entry | None) -> None:
+        """Keep the units of each property and the contacts in each unit in step with a change."""
+        if entity == "units":
+            links, before, after = self._units_of, {old and old.parent_id}, {new and new.parent_id}
+        elif entity == "contacts":
+            links = self._contacts_in
+            before = {c[0] for c in old.contracts} if old else set()
+            after = {c[0] for c in new.contracts} if new else set()
+        else:
+            return
+        for key in before - after:
+            if key and ref_id in links.get(key, ()):
+                links[key].discard(ref_id)
+        for key in after - before:
+            if key:
+                links.setdefault(key, set()).add(ref_id)
 
     def _log(
         self,
@@ -492,6 +619,17 @@ class Store:
 READ_ONLY_FIELDS = frozenset(
     {"internalId", "createdAt", "updatedAt", "archived", "anonymised", "isRegistered", "isInvited"}
 )
+
+
+def _contact_facts(record: dict[str, Any]) -> tuple[frozenset[str], tuple[ContractLink, ...]]:
+    """A contact's flags and contracts as the index keeps them."""
+    flags = frozenset(f for f in FLAGS if record.get(f))
+    contracts = tuple(
+        (c.get("unitId"), c.get("type"), c.get("startDate"), c.get("endDate"))
+        for c in record.get("contracts") or []
+        if isinstance(c, dict)
+    )
+    return flags, contracts
 
 
 def _render(writable: dict[str, Any], entry: Entry, read_only: dict[str, Any]) -> str:
