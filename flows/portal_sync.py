@@ -26,6 +26,7 @@ from prefect.utilities.annotations import quote
 
 from config.settings import ProfileName, load_settings
 from connectors.state_store import StateStore
+from tasks.portal_rules import Skip
 from tasks.portal_tasks import (
     PORTAL,
     apply_portal_rules,
@@ -37,7 +38,8 @@ from tasks.portal_tasks import (
     remember_portal_run,
     validate_portal_records,
 )
-from tasks.sync.load import check_partner, load_partner_batch, recover_pending_writes
+from tasks.sync.load import BatchOutcome, check_partner, load_partner_batch, recover_pending_writes
+from tasks.sync.plan import without_failed_parents
 from tasks.sync.protocol import record_protocol
 
 T = TypeVar("T")
@@ -150,18 +152,41 @@ async def _sync(
         plan, resp_skips = plan_portal_changes(
             whole(desired), whole(comparison), whole(quarantined), full_resync, bool(objects)
         )
-        outcomes = []
+        outcomes: list[BatchOutcome] = []
+        deferred: list[Skip] = []
         if dry_run:
             logger.info("Dry run: %d writes planned, nothing sent.", len(plan.writes))
         else:
-            for batch in plan.batches(settings.portal.batch_size):
-                outcomes.append(await load_partner_batch(PORTAL, settings, run_id, whole(batch), basis.seq))
+            failed: set[tuple[str, str]] = set()
+            for planned in plan.batches(settings.portal.batch_size):
+                batch, held = without_failed_parents(PORTAL.by_name, planned, failed)
+                deferred += [
+                    Skip(
+                        w.entity,
+                        w.ref_id,
+                        "parent_failed",
+                        f"not sent: {p[0]} {p[1]} failed in this run; the next run sends it",
+                    )
+                    for w, p in held
+                ]
+                if batch:
+                    outcome = await load_partner_batch(PORTAL, settings, run_id, whole(batch), basis.seq)
+                    failed |= set(outcome.failed_keys)
+                    outcomes.append(outcome)
+            if deferred:
+                logger.warning(
+                    "%d writes were held back because the record they refer to failed in this run (listed in "
+                    "portal-sync-details); the next run sends them.",
+                    len(deferred),
+                )
+                # not sent and not confirmed: the next run rebuilds and plans them again
+                outcomes.append(BatchOutcome(failed_keys=[(d.entity, d.ref_id) for d in deferred]))
         summary = record_protocol(
             PORTAL,
             settings,
             run_id,
             whole(plan),
-            whole(desired.skipped + resp_skips),
+            whole(desired.skipped + resp_skips + deferred),
             whole(quarantined),
             whole(outcomes),
             dry_run,

@@ -20,7 +20,14 @@ from tasks.sync.partner import Partner
 from tasks.sync.plan import Plan, desired_hashes, plan_changes
 
 ACCOUNTS = Stream("accounts", "/ws/accounts", ("id", "holder", "amount"), write_order=1)
-BOOKINGS = Stream("bookings", "/ws/bookings", ("id", "account", "amount"), write_order=2, archivable=False)
+BOOKINGS = Stream(
+    "bookings",
+    "/ws/bookings",
+    ("id", "account", "amount"),
+    write_order=2,
+    archivable=False,
+    parents=lambda booking: [("accounts", booking["account"])],
+)
 
 
 class Crash(BaseException):
@@ -197,3 +204,57 @@ def test_confirmations_of_a_toy_partner_stay_apart_from_the_portals(store: State
     )
     partner = toy_partner(FakePartnerClient("toy", {"accounts": ACCOUNTS, "bookings": BOOKINGS}))
     assert len(plan_for(partner, store, desired(1)).writes) == 2
+
+
+def test_a_child_of_a_record_refused_in_the_same_run_is_held_back_not_refused_for_good(
+    store: CrashingStore,
+) -> None:
+    """The partner refuses account A2; its booking B2 is not sent after it (the partner would
+    refuse it too, and that refusal would hold it after A2 is fixed), nor quarantined: the next
+    run sends it once A2 went through."""
+    from tasks.sync.plan import without_failed_parents
+
+    fake = FakePartnerClient(
+        "toy", {"accounts": ACCOUNTS, "bookings": BOOKINGS}, refuse={("accounts", "A2"): "holder: invalid"}
+    )
+    partner = toy_partner(fake)
+    wanted = desired(4)
+
+    def run_with_deferral(run_id: str) -> list[str]:
+        async def go() -> list[str]:
+            failed: set[tuple[str, str]] = set()
+            held_back: list[str] = []
+            for planned in plan_for(partner, store, wanted).batches(100):
+                batch, held = without_failed_parents(partner.by_name, planned, failed)
+                held_back += [w.ref_id for w, _ in held]
+                if batch:
+                    outcome = await load_batch(store, fake, partner, run_id, batch)
+                    failed |= set(outcome.failed_keys)
+            return held_back
+
+        return asyncio.run(go())
+
+    assert run_with_deferral("run-1") == ["B2"]
+    assert ("bookings", "B2") not in fake.writes
+    assert [q["ref_id"] for q in store.open_quarantine("toy")] == ["A2"]
+    fake.refuse.clear()  # A2 fixed
+    wanted["accounts"]["A2"]["holder"] = "Mieter 2, berichtigt"
+    assert run_with_deferral("run-2") == []
+    assert fake.writes[("bookings", "B2")] == 1 and "B2" in fake.records["bookings"]
+
+
+def test_the_portal_streams_name_the_records_a_payload_refers_to() -> None:
+    from connectors.portal.streams import CONTACTS, RESPONSIBILITIES, UNITS
+
+    assert UNITS.parents is not None and list(UNITS.parents({"id": "1-1", "propertyId": "1"})) == [
+        ("properties", "1")
+    ]
+    contact = {
+        "id": "P1",
+        "contracts": [{"propertyId": "1", "unitId": "1-1"}, {"propertyId": "2", "unitId": None}],
+    }
+    assert CONTACTS.parents is not None
+    assert list(CONTACTS.parents(contact)) == [("properties", "1"), ("units", "1-1"), ("properties", "2")]
+    caretakers = {"id": "1", "responsibilities": [{"contactId": "P9", "roleName": "Hausmeister"}]}
+    assert RESPONSIBILITIES.parents is not None
+    assert list(RESPONSIBILITIES.parents(caretakers)) == [("properties", "1"), ("contacts", "P9")]

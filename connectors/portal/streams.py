@@ -20,6 +20,28 @@ __all__ = ["CONTACTS", "PROPERTIES", "RESPONSIBILITIES", "STREAMS", "UNITS", "Po
 PortalStream = Stream
 
 
+def _unit_parents(unit: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("properties", str(unit["propertyId"]))] if unit.get("propertyId") else []
+
+
+def _contact_parents(contact: dict[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for contract in contact.get("contracts") or []:
+        if contract.get("propertyId"):
+            out.append(("properties", str(contract["propertyId"])))
+        if contract.get("unitId"):
+            out.append(("units", str(contract["unitId"])))
+    return out
+
+
+def _caretaker_parents(record: dict[str, Any]) -> list[tuple[str, str]]:
+    out = [("properties", str(record["id"]))]
+    out += [
+        ("contacts", str(r["contactId"])) for r in record.get("responsibilities") or [] if r.get("contactId")
+    ]
+    return out
+
+
 def _no_caretakers(ref_id: str) -> dict[str, Any]:
     """Caretakers are a list on their property: withdrawing them sends the empty list."""
     return {"id": ref_id, "responsibilities": []}
@@ -33,7 +55,11 @@ PROPERTIES = Stream(
     item_fields={"addresses": ("street",)},
 )
 UNITS = Stream(
-    "units", "/v2/units", ("id", "propertyId", "name", "type", "floor", "customFields"), write_order=2
+    "units",
+    "/v2/units",
+    ("id", "propertyId", "name", "type", "floor", "customFields"),
+    write_order=2,
+    parents=_unit_parents,
 )
 CONTACTS = Stream(
     "contacts",
@@ -57,6 +83,7 @@ CONTACTS = Stream(
         "contracts",
     ),
     write_order=3,
+    parents=_contact_parents,
     anonymisable=True,
 )
 RESPONSIBILITIES = Stream(
@@ -64,6 +91,7 @@ RESPONSIBILITIES = Stream(
     "/v2/properties/{id}/responsibilities",
     ("responsibilities",),
     write_order=4,
+    parents=_caretaker_parents,
     item_fields={"responsibilities": ("contactId", "roleName", "roleType")},
     archivable=False,
     withdrawn=_no_caretakers,

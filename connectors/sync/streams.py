@@ -8,7 +8,7 @@ is a stream plus the rules that build its records.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -43,6 +43,8 @@ class Stream:
         anonymisable: records can be anonymised (``POST {item}/anonymize``).
         archived_field, anonymised_field: the flags by which a record read back shows that it
             was archived or anonymised.
+        parents: the records (entity, reference id) a payload refers to, which the partner must
+            hold before it takes the record (a unit's property); ``None``: none.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Stream:
     anonymisable: bool = False
     archived_field: str = "archived"
     anonymised_field: str = "anonymised"
+    parents: Callable[[dict[str, Any]], Iterable[tuple[str, str]]] | None = None
     item_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property

@@ -229,3 +229,27 @@ def write_candidates(
 def held_records(skips: Sequence[Held]) -> set[tuple[str, str]]:
     """(entity, id) of every record held back by validation."""
     return {(s.entity, s.ref_id) for s in skips}
+
+
+def without_failed_parents(
+    streams: Mapping[str, Stream], batch: Sequence[PlannedWrite], failed: set[tuple[str, str]]
+) -> tuple[list[PlannedWrite], list[tuple[PlannedWrite, tuple[str, str]]]]:
+    """The writes of ``batch`` to send, and those to hold back with the parent that failed.
+
+    Why: batches go out one after another; a unit whose property the partner refused earlier in
+    the same run would be refused too ("property does not exist"), and that refusal, held until
+    the unit's own record changes, would keep it out after its property is fixed. Held back here,
+    it is neither sent nor quarantined, and the next run plans it again.
+    """
+    send: list[PlannedWrite] = []
+    held: list[tuple[PlannedWrite, tuple[str, str]]] = []
+    for write in batch:
+        parents = streams[write.entity].parents
+        missing = None
+        if failed and write.op == "upsert" and parents is not None and write.payload is not None:
+            missing = next((p for p in parents(write.payload) if p in failed), None)
+        if missing is None:
+            send.append(write)
+        else:
+            held.append((write, missing))
+    return send, held
