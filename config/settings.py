@@ -55,6 +55,56 @@ class PortalSettings(BaseModel):
     person_types: list[str] = Field(default_factory=lambda: ["MIETER", "EIGENTUEMER", "MITBEWOHNER"])
     access_days_before_start: int = 14
     archive_days_after_move_out: int = 30
+    # documents, messages and notes (seed 001; docs/portal-exchange.md)
+    document_types: list[str] = Field(
+        default_factory=list, description="released document types, sent when dated since the time filter"
+    )
+    document_types_without_time_filter: list[str] = Field(
+        default_factory=list, description="released document types sent whatever their age (tenancy contract)"
+    )
+    document_years_back: int = Field(
+        default=1, ge=0, description="documents dated since 1 January of the year this many years back"
+    )
+    max_document_mb: float = Field(
+        default=100.0, gt=0, description="larger documents are skipped with the reason"
+    )
+    document_dir: str = Field(
+        default="",
+        description="folder of relative document paths; empty: beside a SQLite ERP, else var/documents",
+    )
+    converter: str = Field(
+        default="soffice", description="LibreOffice's program, converts Word and OpenDocument files"
+    )
+    message_years_back: int = Field(
+        default=1, ge=0, description="open messages created since 1 January of the year this many years back"
+    )
+    full_history_objects: list[str] = Field(
+        default_factory=list, description="objects whose messages go over whatever their age"
+    )
+    teams: list[int] = Field(default_factory=list, description="enabled teams; empty: every team")
+    erp_user: str = Field(
+        default="999", pattern=r"^[0-9]{3}$", description="three-digit ERP user of messages from the portal"
+    )
+    order_note_template: str = Field(
+        default="Ihre Meldung [MELDUNGSNUMMER] wurde am [AUFTRAGSDATUM] an [KREDITOR] beauftragt.",
+        description="public note created when an order is placed; placeholders [KREDITOR], [AUFTRAGSDATUM], "
+        "[MELDUNGSNUMMER]",
+    )
+    notify_unregistered_by_email: bool = Field(
+        default=True, description="contacts not registered in the portal get messages and notes by e-mail"
+    )
+
+
+class MailSettings(BaseModel):
+    """The SMTP server hausflow sends e-mail through (messages to contacts not in the portal)."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    sender: str = "hausflow@localhost"
+    timeout_s: float = 30.0
 
 
 class Licences(BaseModel):
@@ -104,6 +154,7 @@ class HausflowSettings(BaseSettings):
     )
     portal: PortalSettings = Field(default_factory=PortalSettings)
     licences: Licences = Field(default_factory=Licences)
+    mail: MailSettings = Field(default_factory=MailSettings)
     sepa: SepaSettings = Field(default_factory=SepaSettings)
 
     @classmethod
