@@ -17,12 +17,13 @@ import os
 import secrets
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -145,6 +146,27 @@ sync_keys = Table(
     # a random key, created on first use (see StateStore.key); it keys the memo's row digests
     Column("key_hex", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+sync_cursors = Table(
+    "sync_cursors",
+    state_metadata,
+    Column("target", String(20), primary_key=True),
+    # what a sync reads from a partner incrementally (e.g. tickets created in the portal): the
+    # partner's time up to which everything was taken into the ERP
+    Column("name", String(40), primary_key=True),
+    Column("value", String(80), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+file_digests = Table(
+    "file_digests",
+    state_metadata,
+    # a document file's SHA-256, read again only when its size or modification time changes
+    Column("path", String(1000), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("digest", String(64), nullable=False),
 )
 
 partner_credentials = Table(
@@ -823,6 +845,60 @@ class StateStore:
             return None
         expires_at = None if row.expires_at is None else as_utc(row.expires_at)
         return CredentialRecord(target, row.key_hint, expires_at, as_utc(row.fetched_at))
+
+    # ---- cursors and file digests ---------------------------------------------------------
+    def cursor(self, target: str, name: str) -> str | None:
+        """The position ``target``'s incremental read ``name`` reached (``None``: never read)."""
+        query = select(sync_cursors.c.value).where(
+            sync_cursors.c.target == target, sync_cursors.c.name == name
+        )
+        with self.engine.connect() as conn:
+            value: str | None = conn.execute(query).scalar()
+        return value
+
+    def set_cursor(self, target: str, name: str, value: str) -> None:
+        """Advance the cursor: only once what was read up to ``value`` has been kept."""
+        values = {"value": value, "updated_at": utcnow()}
+        replace = (
+            update(sync_cursors)
+            .where(sync_cursors.c.target == target, sync_cursors.c.name == name)
+            .values(**values)
+        )
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(replace).rowcount == 0:
+                    conn.execute(insert(sync_cursors).values(target=target, name=name, **values))
+        except IntegrityError:  # another process inserted it between the two statements
+            with self.engine.begin() as conn:
+                conn.execute(replace)
+
+    def file_digests(self) -> dict[str, tuple[int, int, str]]:
+        """Every remembered file digest: path -> (size, mtime_ns, SHA-256 hex)."""
+        query = select(
+            file_digests.c.path, file_digests.c.size, file_digests.c.mtime_ns, file_digests.c.digest
+        )
+        with self.engine.connect() as conn:
+            return {row[0]: (row[1], row[2], row[3]) for row in conn.execute(query)}
+
+    def save_file_digests(
+        self, changed: Mapping[str, tuple[int, int, str]], gone: Iterable[str] = ()
+    ) -> None:
+        """Remember new or changed digests and forget those of files no longer read."""
+        gone = list(gone)
+        if not changed and not gone:
+            return
+        with self.engine.begin() as conn:
+            keys = list(changed) + gone
+            for i in range(0, len(keys), 500):
+                conn.execute(delete(file_digests).where(file_digests.c.path.in_(keys[i : i + 500])))
+            if changed:
+                conn.execute(
+                    insert(file_digests),
+                    [
+                        {"path": p, "size": size, "mtime_ns": mtime, "digest": digest}
+                        for p, (size, mtime, digest) in changed.items()
+                    ],
+                )
 
     # ---- runs and protocol -----------------------------------------------------------------
     def start_run(self, run_id: str, flow: str, target: str, dry_run: bool) -> None:

@@ -20,7 +20,7 @@ from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
 from connectors.erp.extract import TableRows, extract_portal_rows
 from connectors.portal import PortalClient
-from connectors.portal.streams import STREAMS
+from connectors.portal.streams import MASTER_STREAMS, STREAMS
 from connectors.state_store import ProtocolRow, QuarantineItem, StateEntry, StateStore, record_json
 from connectors.sync.client import PartnerClient
 from tasks.portal_memo import (
@@ -67,7 +67,8 @@ def connect_portal(settings: HausflowSettings) -> PartnerClient:
 
 # The portal as a partner of the sync engine: its streams in write order, and its client.
 PORTAL = Partner(TARGET, tuple(STREAMS.values()), connect_portal)
-ENTITIES = PORTAL.entities
+ENTITIES = tuple(s.name for s in sorted(MASTER_STREAMS, key=lambda s: s.write_order))
+"""The master-data entities (the exchange's are in tasks/portal_exchange.py)."""
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -1,4 +1,5 @@
-"""The portal's streams: properties, units, contacts and the properties' caretakers.
+"""The portal's streams: master data (properties, units, contacts, the properties' caretakers) and
+the exchange (ticket types, documents, tickets, bulletin-board posts, comments).
 
 Properties go over in the shape of the portal's public schema (``city``, ``postalCode`` and
 ``country`` at the top, ``addresses: [{street, units}]``). The portal derives an address's
@@ -14,7 +15,8 @@ from typing import Any
 
 from connectors.sync.streams import Stream, canonical_json, payload_hash, write_applied
 
-__all__ = ["CONTACTS", "PROPERTIES", "RESPONSIBILITIES", "STREAMS", "UNITS", "PortalStream",
+__all__ = ["BULLETIN_POSTS", "COMMENTS", "CONTACTS", "DOCUMENTS", "EXCHANGE_STREAMS", "MASTER_STREAMS",
+           "PROPERTIES", "RESPONSIBILITIES", "STREAMS", "TICKETS", "TICKET_TYPES", "UNITS", "PortalStream",
            "canonical_json", "payload_hash", "write_applied"]  # fmt: skip
 
 PortalStream = Stream
@@ -98,4 +100,106 @@ RESPONSIBILITIES = Stream(
     withdrawn_reason="caretakers removed",
 )
 
-STREAMS: dict[str, Stream] = {s.name: s for s in (PROPERTIES, UNITS, CONTACTS, RESPONSIBILITIES)}
+MASTER_STREAMS = (PROPERTIES, UNITS, CONTACTS, RESPONSIBILITIES)
+"""Master data: built incrementally by the portal memo (tasks/portal_memo.py)."""
+
+
+# ---- documents, messages and notes (docs/portal-exchange.md) ---------------------------------
+def _audience_parents(record: dict[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if record.get("propertyId"):
+        out.append(("properties", str(record["propertyId"])))
+    if record.get("unitId"):
+        out.append(("units", str(record["unitId"])))
+    if record.get("contactId"):
+        out.append(("contacts", str(record["contactId"])))
+    out += [("contacts", str(c)) for c in record.get("contactIds") or []]
+    return out
+
+
+def _ticket_parents(record: dict[str, Any]) -> list[tuple[str, str]]:
+    types = [("ticket_types", str(record["ticketTypeId"]))] if record.get("ticketTypeId") else []
+    return types + _audience_parents(record)
+
+
+def _comment_parents(record: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("tickets", str(record["ticketId"]))] if record.get("ticketId") else []
+
+
+def _document_deleted(ref_id: str) -> dict[str, Any]:
+    """A document no longer in the ERP is reported to the portal as deleted, without content."""
+    return {"id": ref_id, "deleted": True}
+
+
+def _document_complete(record: dict[str, Any]) -> bool:
+    """A document is at the portal when it is deleted, or holds the file of its version."""
+    return bool(record.get("deleted")) or (
+        record.get("version") is not None and record.get("contentVersion") == record.get("version")
+    )
+
+
+TICKET_TYPES = Stream(
+    "ticket_types", "/v2/ticket-types", ("id", "name", "locked"), write_order=5, archivable=False
+)
+DOCUMENTS = Stream(
+    "documents",
+    "/v2/documents",
+    (
+        "id",
+        "title",
+        "documentType",
+        "fileName",
+        "mimeType",
+        "date",
+        "propertyId",
+        "unitId",
+        "contactIds",
+        "version",
+        "size",
+        "deleted",
+    ),
+    write_order=6,
+    archivable=False,
+    withdrawn=_document_deleted,
+    withdrawn_reason="document no longer in the ERP: reported as deleted",
+    parents=_audience_parents,
+    complete=_document_complete,
+)
+TICKETS = Stream(
+    "tickets",
+    "/v2/tickets",
+    (
+        "id",
+        "ticketTypeId",
+        "propertyId",
+        "unitId",
+        "contactId",
+        "visibility",
+        "title",
+        "description",
+        "status",
+        "createdAt",
+    ),
+    write_order=6,
+    archivable=False,
+    parents=_ticket_parents,
+)
+BULLETIN_POSTS = Stream(
+    "bulletin_posts",
+    "/v2/bulletin-posts",
+    ("id", "propertyId", "title", "text", "createdAt"),
+    write_order=6,
+    parents=_audience_parents,
+)
+COMMENTS = Stream(
+    "comments",
+    "/v2/comments",
+    ("id", "ticketId", "text", "public", "createdAt", "author"),
+    write_order=7,
+    archivable=False,
+    parents=_comment_parents,
+)
+EXCHANGE_STREAMS = (TICKET_TYPES, DOCUMENTS, TICKETS, BULLETIN_POSTS, COMMENTS)
+"""Documents, messages and notes: built in full every run (tasks/portal_exchange.py)."""
+
+STREAMS: dict[str, Stream] = {s.name: s for s in (*MASTER_STREAMS, *EXCHANGE_STREAMS)}

@@ -45,6 +45,11 @@ class Stream:
             was archived or anonymised.
         parents: the records (entity, reference id) a payload refers to, which the partner must
             hold before it takes the record (a unit's property); ``None``: none.
+        complete: for a record whose write takes a second step (a document's file), whether a
+            record read back has it; an upsert counts as applied only then. ``None``: one step.
+
+    A payload's keys starting with ``_`` are hausflow's own (a document's file on disk): never
+    sent, never compared.
     """
 
     name: str
@@ -60,6 +65,7 @@ class Stream:
     anonymised_field: str = "anonymised"
     parents: Callable[[dict[str, Any]], Iterable[tuple[str, str]]] | None = None
     item_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    complete: Callable[[dict[str, Any]], bool] | None = None
 
     @property
     def sub_resource(self) -> bool:
@@ -81,10 +87,12 @@ class Stream:
         return out
 
     def body(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """What an upsert sends: the payload, without its id for a sub-resource."""
-        if self.sub_resource:
-            return {k: v for k, v in payload.items() if k != self.primary_key}
-        return payload
+        """What an upsert sends: the payload without hausflow's own keys (``_...``), and without
+        its id for a sub-resource."""
+        skip = self.primary_key if self.sub_resource else None
+        if skip is None and not any(k.startswith("_") for k in payload):
+            return payload
+        return {k: v for k, v in payload.items() if k != skip and not k.startswith("_")}
 
 
 def canonical_json(payload: dict[str, Any]) -> bytes:
@@ -106,7 +114,11 @@ def write_applied(stream: Stream, record: dict[str, Any] | None, op: str, expect
     if record is None:
         return False
     if op == "upsert":
-        return payload_hash(stream, record) == expected_hash and not record.get(stream.archived_field, False)
+        return (
+            payload_hash(stream, record) == expected_hash
+            and not record.get(stream.archived_field, False)
+            and (stream.complete is None or stream.complete(record))
+        )
     if op == "archive":
         return bool(record.get(stream.archived_field))
     if op == "anonymize":
