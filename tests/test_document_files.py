@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,15 @@ def test_a_batch_converts_in_one_call_and_a_broken_file_fails_alone(tmp_path: Pa
     assert result[empty] == "the file is empty"
     assert isinstance(result[missing], str) and "cannot be read" in result[missing]
     assert len(log.read_text().splitlines()) == 1
+
+
+@needs_soffice
+def test_two_conversions_at_once_do_not_collide(tmp_path: Path) -> None:
+    sources = [DATA / "Mietvertrag.docx", DATA / "Mietvertrag.odt"]
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda n: convert_to_pdf(sources, tmp_path / f"out{n}"), range(2)))
+    for run in runs:
+        assert all(isinstance(pdf, Path) and is_pdf(pdf) for pdf in run.values())
 
 
 def test_missing_program_gives_the_reason_for_every_file(tmp_path: Path) -> None:
