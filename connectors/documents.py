@@ -82,6 +82,8 @@ class DigestCache:
     ) -> None:
         self._entries: dict[str, tuple[int, int, str]] = {}
         self._used: set[str] = set()
+        self._changed: set[str] = set()
+        self._dropped: set[str] = set()
         self._digest = digest
         self.reads = 0
         for key, value in (entries or {}).items():
@@ -124,9 +126,22 @@ class DigestCache:
         racy = after.st_mtime_ns >= started - int(_RACY_SECONDS * 1e9)
         if unchanged and not racy:
             self._entries[key] = (after.st_size, after.st_mtime_ns, value)
-        else:
-            self._entries.pop(key, None)
+            self._changed.add(key)
+            self._dropped.discard(key)
+        elif self._entries.pop(key, None) is not None:
+            self._changed.discard(key)
+            self._dropped.add(key)
         return value
+
+    def changed(self) -> dict[str, tuple[int, int, str]]:
+        """The entries made or renewed since this cache was built, for an incremental save
+        (``StateStore.save_file_digests(changed, gone)``)."""
+        return {key: self._entries[key] for key in sorted(self._changed) if key in self._entries}
+
+    def gone(self) -> list[str]:
+        """The paths whose entries are to be forgotten: not looked up since this cache was built
+        (files no longer in the ERP), or no longer trusted (changed while being read)."""
+        return sorted((set(self._entries) - self._used) | self._dropped)
 
 
 def _entry(value: Any) -> tuple[int, int, str] | None:

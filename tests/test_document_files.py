@@ -110,6 +110,24 @@ def test_digest_cache_drops_malformed_entries_and_unused_ones(tmp_path: Path) ->
     assert set(cache.to_dict()) == {str(kept), str(tmp_path / "gone.pdf")}
     assert cache.digest(kept) == good[2] and cache.reads == 0
     assert cache.to_dict(only_used=True) == {str(kept): good}
+    assert cache.changed() == {} and cache.gone() == [str(tmp_path / "gone.pdf")]
+
+
+def test_digest_cache_tells_what_to_save_and_what_to_forget(tmp_path: Path) -> None:
+    old = write(tmp_path / "old.pdf", b"old")
+    new = write(tmp_path / "new.pdf", b"new")
+    first = DigestCache()
+    first.digest(old)
+    # the store keeps (size, mtime_ns, digest) tuples: loaded as they come
+    loaded = {k: tuple(v) for k, v in first.to_dict().items()}
+    cache = DigestCache(loaded)
+    cache.digest(new)
+    assert cache.changed() == {str(new): (3, new.stat().st_mtime_ns, hashlib.sha256(b"new").hexdigest())}
+    assert cache.gone() == [str(old)]
+    # a file rewritten just now is no longer trusted: forgotten, not saved
+    write(new, b"newer", age_s=0)
+    cache.digest(new)
+    assert cache.changed() == {} and cache.gone() == [str(new), str(old)]
 
 
 # ---- file types ---------------------------------------------------------------------------------------
