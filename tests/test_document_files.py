@@ -29,7 +29,11 @@ from connectors.documents import (
 
 DATA = Path(__file__).parent / "data" / "documents"
 SOFFICE = shutil.which("soffice")
-needs_soffice = pytest.mark.skipif(SOFFICE is None, reason="LibreOffice (soffice) is not installed")
+if SOFFICE is None and os.environ.get("HAUSFLOW_REQUIRE_LIBREOFFICE"):
+    raise RuntimeError("HAUSFLOW_REQUIRE_LIBREOFFICE is set but LibreOffice (soffice) is not installed")
+needs_soffice = pytest.mark.skipif(
+    SOFFICE is None, reason="LibreOffice (soffice) is not installed: apt-get install libreoffice-writer-nogui"
+)
 
 
 def write(path: Path, data: bytes, age_s: float = 60) -> Path:
