@@ -24,6 +24,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--key", default="demo-key", help="API key the sandbox accepts")
     parser.add_argument("--secret", default="demo-secret", help="API secret the sandbox accepts")
+    parser.add_argument(
+        "--content-dir", default=None, help="folder of the documents' content (default: beside the database)"
+    )
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=100 * 1024 * 1024,
+        help="largest document content taken (413 above); default 100 MB",
+    )
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -35,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sandbox.portal.app import create_app
 
     args = parse_args(argv)
-    app = create_app(args.db, args.key, args.secret)
+    app = create_app(args.db, args.key, args.secret, args.content_dir, args.max_upload_bytes)
     config = uvicorn.Config(
         app,
         host=args.host,

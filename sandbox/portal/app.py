@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote
 from zoneinfo import ZoneInfo
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from sandbox.portal.content import ContentFolder, default_folder
 from sandbox.portal.faults import WRITE_METHODS, FaultConfig, FaultInjector
 from sandbox.portal.page import render_page, render_property
 from sandbox.portal.store import ENTITIES, Entry, Store, now_iso, payload_hash
@@ -50,7 +52,18 @@ NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 JSON = "application/json"
 BERLIN = ZoneInfo("Europe/Berlin")  # a contract is active on the day in Germany
-SINGULAR = {"properties": "property", "units": "unit", "contacts": "contact"}
+SINGULAR = {
+    "properties": "property",
+    "units": "unit",
+    "contacts": "contact",
+    "ticket-types": "ticket type",
+    "documents": "document",
+    "tickets": "ticket",
+    "bulletin-posts": "bulletin post",
+    "comments": "comment",
+}
+DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+"""Largest document content the sandbox takes (the portal's ERP interface allows 100 MB)."""
 
 # Query parameters: the public ones of the casavi API, and the sandbox's own (``pageSize``,
 # ``includeArchived``). Any other parameter is refused (422), never ignored.
@@ -341,6 +354,16 @@ class Counters:
     writes_by_op: dict[str, int] = field(default_factory=dict)
     logins: int = 0  # POST /v2/authenticate calls, accepted or refused
     logins_refused: int = 0
+    uploads: int = 0  # document contents accepted (204)
+    upload_bytes: int = 0  # bytes of the accepted contents
+    upload_bytes_received: int = 0  # bytes read from upload bodies, refused ones included
+    uploads_by_document: dict[str, int] = field(default_factory=dict)
+
+    def upload(self, document_id: str, size: int) -> None:
+        """Count one accepted content upload of ``size`` bytes."""
+        self.uploads += 1
+        self.upload_bytes += size
+        self.uploads_by_document[document_id] = self.uploads_by_document.get(document_id, 0) + 1
 
     def write(self, entity: str, op: str, effective: bool) -> None:
         """Count one accepted write: an effective change or a duplicate (nothing changed)."""
@@ -354,11 +377,13 @@ class Counters:
 
 @dataclass
 class SandboxState:
-    """Everything one sandbox process holds: store, faults, counters, tokens, credentials."""
+    """Everything one sandbox process holds: store, content, faults, counters, tokens, credentials."""
 
     store: Store
     key: str
     secret: str
+    content: ContentFolder
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     faults: FaultInjector = field(default_factory=FaultInjector)
     counters: Counters = field(default_factory=Counters)
     tokens: dict[str, datetime] = field(default_factory=dict)
@@ -611,19 +636,31 @@ async def _drop_connection(send: Send) -> None:
 
 
 # ---- the app ---------------------------------------------------------------------------------
-def create_app(db_url: str, key: str, secret: str) -> FastAPI:
+def create_app(
+    db_url: str,
+    key: str,
+    secret: str,
+    content_dir: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> FastAPI:
     """Build the sandbox: a FastAPI app over its own database at ``db_url``.
 
     Args:
         db_url: SQLAlchemy URL of the sandbox's state (``sqlite:///var/sandbox/portal.sqlite``).
         key, secret: the only credentials ``POST /v2/authenticate`` accepts.
+        content_dir: folder of the documents' content; ``None``: beside the SQLite file
+            (``portal-content/``).
+        max_upload_bytes: largest document content taken (``413`` above).
 
     Returns:
         The ASGI app; its state is in ``app.sandbox`` (``SandboxState``). The store is closed when
         the app shuts down (lifespan).
     """
     store = Store(db_url)
-    state = SandboxState(store=store, key=key, secret=secret)
+    content = ContentFolder(Path(content_dir) if content_dir else default_folder(db_url))
+    state = SandboxState(
+        store=store, key=key, secret=secret, content=content, max_upload_bytes=max_upload_bytes
+    )
     durable = GroupCommit(store)
     for token, expires in store.load_tokens().items():
         state.tokens[token] = _parse_time(expires)
@@ -992,6 +1029,14 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
     for entity, out_model, view in views:
         _collection_routes(app, state, durable, entity, out_model, errors_doc, view)
 
+    # the exchange of documents, tickets and comments (imported here: it builds on this module)
+    from sandbox.portal.exchange import BulletinPostOut, add_exchange_routes
+
+    add_exchange_routes(app, state, durable, errors_doc, listed, stored)
+    _collection_routes(
+        app, state, durable, "bulletin-posts", BulletinPostOut, errors_doc, lambda body, _request: body
+    )
+
     @app.post(
         "/v2/contacts/{id}/anonymize",
         response_model=ContactOut,
@@ -1024,6 +1069,10 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
             "duplicate_writes": c.duplicate_writes,
             "logins": c.logins,
             "logins_refused": c.logins_refused,
+            "uploads": c.uploads,
+            "upload_bytes": c.upload_bytes,
+            "upload_bytes_received": c.upload_bytes_received,
+            "uploads_by_document": c.uploads_by_document,
             "max_writes_per_record": store.max_writes_per_record,
             "faults_injected": dict(state.faults.injected),
             "records": {e: s["total"] for e, s in by_state.items()},
@@ -1032,7 +1081,18 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
 
     @app.get("/_sandbox/write-log", tags=["sandbox"], summary="Every accepted write of one record")
     async def get_write_log(
-        entity: Literal["properties", "units", "contacts", "responsibilities"], id: str
+        entity: Literal[
+            "properties",
+            "units",
+            "contacts",
+            "responsibilities",
+            "ticket-types",
+            "documents",
+            "tickets",
+            "bulletin-posts",
+            "comments",
+        ],
+        id: str,
     ) -> dict[str, Any]:
         """Every write request the sandbox accepted for one record, oldest first."""
         writes = store.write_log(entity, id)
@@ -1083,8 +1143,10 @@ def create_app(db_url: str, key: str, secret: str) -> FastAPI:
 
     @app.post("/_sandbox/reset", tags=["sandbox"], summary="Empty the store, counters and faults")
     async def reset() -> dict[str, Any]:
-        """Empty the store, the write log, the counters and the faults; tokens stay valid."""
+        """Empty the store, the documents' content, the write log, the counters and the faults;
+        tokens stay valid."""
         store.reset()
+        state.content.clear()
         state.counters = Counters()
         state.faults.clear()
         state.faults.reset_counts()

@@ -50,6 +50,9 @@ class SandboxServer:
         host: loopback address to bind.
         port: fixed port, or ``None`` for a free one picked at ``start()``.
         startup_timeout_s: how long ``start()`` waits for ``GET /openapi.json`` to answer.
+        max_upload_bytes: largest document content the sandbox takes (``None``: its default, 100 MB).
+
+    The documents' content lives in a folder beside the database file (``portal-content/``).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class SandboxServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         startup_timeout_s: float = 30.0,
+        max_upload_bytes: int | None = None,
     ) -> None:
         self._tmpdir: str | None = None
         if db_url is None:
@@ -72,6 +76,7 @@ class SandboxServer:
         self.host = host
         self.port = port
         self.startup_timeout_s = startup_timeout_s
+        self.max_upload_bytes = max_upload_bytes
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(self._tmpdir or tempfile.mkdtemp(prefix="portal-sandbox-log-")) / "server.log"
         self._http: httpx.Client | None = None
@@ -116,6 +121,8 @@ class SandboxServer:
             "--secret",
             self.secret,
         ]
+        if self.max_upload_bytes is not None:
+            command += ["--max-upload-bytes", str(self.max_upload_bytes)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         log = self.log_path.open("ab")
@@ -233,6 +240,15 @@ class SandboxServer:
     def set_token_ttl(self, seconds: float) -> None:
         """Tokens issued from now on expire after ``seconds``."""
         self._call("GET", "/_sandbox/token-ttl", params={"seconds": seconds})
+
+    def set_max_upload_bytes(self, max_bytes: int) -> None:
+        """The largest document content the sandbox takes from now on (``413`` above)."""
+        self._call("POST", "/_sandbox/upload-limit", json={"maxBytes": max_bytes})
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running sandbox (to watch its memory), ``None`` when stopped."""
+        return self.process.pid if self.running and self.process is not None else None
 
     def write_log(self, entity: str, ref_id: str) -> list[dict[str, Any]]:
         """Every write the sandbox accepted for one record, oldest first."""

@@ -52,8 +52,27 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.pool import StaticPool
 
-ENTITIES = ("properties", "units", "contacts", "responsibilities")
+ENTITIES = (
+    "properties",
+    "units",
+    "contacts",
+    "responsibilities",
+    "ticket-types",
+    "documents",
+    "tickets",
+    "bulletin-posts",
+    "comments",
+)
 """Entities the store keeps; ``responsibilities`` are keyed by the property's reference id."""
+
+KEPT_FIELDS: dict[str, tuple[str, ...]] = {
+    "ticket-types": ("editedInPortal",),
+    "documents": ("contentVersion", "contentSha256", "contentSize", "contentType"),
+    "tickets": ("origin", "lastPortalActivity"),
+    "comments": ("origin",),
+}
+"""Read-only fields the portal keeps itself per entity: a client's PUT carries them over, the index
+holds them (rebuilt from the bodies at start) so that neither a PUT nor a filter reads the body."""
 
 metadata = MetaData()
 
@@ -136,12 +155,17 @@ ContractLink = tuple[str | None, str | None, str | None, str | None]
 FLAGS = ("isRegistered", "isInvited")
 """A contact's read-only flags the list filters read."""
 
+FACT_ENTITIES = frozenset({"contacts", *KEPT_FIELDS})
+"""Entities whose index entry holds facts taken from the body (see ``index_facts``)."""
+
 
 @dataclass(slots=True)
 class Entry:
     """What the store keeps in memory of one record (the body stays in the database).
 
-    ``flags`` and ``contracts`` are a contact's (see ``FLAGS``, ``ContractLink``), empty otherwise.
+    ``flags`` are a contact's (see ``FLAGS``) or ``{"deleted"}`` of a deleted document;
+    ``contracts`` a contact's (see ``ContractLink``); ``kept`` the read-only fields the portal keeps
+    itself (``KEPT_FIELDS``), ``None`` for the other entities.
     """
 
     internal_id: int
@@ -154,6 +178,7 @@ class Entry:
     parent_id: str | None = None
     flags: frozenset[str] = frozenset()
     contracts: tuple[ContractLink, ...] = ()
+    kept: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +233,9 @@ class Store:
             records.c.updated_at,
             records.c.parent_id,
         ).order_by(records.c.internal_id)
-        contacts = select(records.c.ref_id, records.c.body).where(records.c.entity == "contacts")
+        with_facts = select(records.c.entity, records.c.ref_id, records.c.body).where(
+            records.c.entity.in_(sorted(FACT_ENTITIES))
+        )
         with self._lock:
             result = self._conn.execution_options(yield_per=5000).execute(query)
             for row in result:
@@ -222,9 +249,9 @@ class Store:
                     parent_id=row.parent_id,
                 )
                 self._next_id = max(self._next_id, row.internal_id + 1)
-            for ref_id, body in self._conn.execution_options(yield_per=5000).execute(contacts):
-                entry = self._index["contacts"][ref_id]
-                entry.flags, entry.contracts = _contact_facts(json.loads(body))
+            for entity, ref_id, body in self._conn.execution_options(yield_per=5000).execute(with_facts):
+                entry = self._index[entity][ref_id]
+                entry.flags, entry.contracts, entry.kept = index_facts(entity, json.loads(body))
             for entity in ("units", "contacts"):
                 for ref_id, entry in self._index[entity].items():
                     self._link(entity, ref_id, None, entry)
@@ -383,20 +410,28 @@ class Store:
         read_only: dict[str, Any],
         body_hash: str,
         parent_id: str | None = None,
+        logged: bool = True,
     ) -> WriteOutcome:
         """Create or replace a record; un-archives it. Unchanged content writes only the log.
 
         ``writable`` is what the client sent (every writable field, ``id`` first); ``read_only`` the
         entity's extra read-only fields (e.g. ``anonymised``); ``parent_id`` the reference a rule
-        checks without reading the body (a unit's property). Returns the stored JSON.
+        checks without reading the body (a unit's property). ``logged=False``: a record the portal
+        makes itself (a tenant's ticket), neither logged nor counted. Returns the stored JSON.
         """
         now = now_iso()
-        flags, contracts = _contact_facts({**writable, **read_only}) if entity == "contacts" else ((), ())
+        flags, contracts, kept = index_facts(entity, {**writable, **read_only})
         with self._lock:
             old = entry = self._index[entity].get(ref_id)
-            if entry is not None and entry.body_hash == body_hash and not entry.archived:
+            if (
+                entry is not None
+                and entry.body_hash == body_hash
+                and not entry.archived
+                and entry.kept == kept
+            ):
                 body = _render(writable, entry, read_only)
-                self._log(entity, ref_id, "upsert", body_hash, False, now, entry)
+                if logged:
+                    self._log(entity, ref_id, "upsert", body_hash, False, now, entry)
                 return WriteOutcome(False, False, body)
             if entry is None:
                 entry = Entry(
@@ -408,8 +443,9 @@ class Store:
                     now,
                     0,
                     parent_id,
-                    frozenset(flags),
+                    flags,
                     contracts,
+                    kept,
                 )
                 self._next_id += 1
                 body = _render(writable, entry, read_only)
@@ -439,8 +475,9 @@ class Store:
                     now,
                     entry.writes,
                     parent_id,
-                    frozenset(flags),
+                    flags,
                     contracts,
+                    kept,
                 )
                 body = _render(writable, entry, read_only)
                 self._conn.execute(
@@ -456,7 +493,8 @@ class Store:
                     },
                 )
                 created = False
-            self._log(entity, ref_id, "upsert", body_hash, True, now, entry)
+            if logged:
+                self._log(entity, ref_id, "upsert", body_hash, True, now, entry)
             self._index[entity][ref_id] = entry
             self._link(entity, ref_id, old, entry)
         return WriteOutcome(created, True, body)
@@ -484,8 +522,9 @@ class Store:
             record["updatedAt"] = now
             if "anonymised" in record or anonymised:
                 record["anonymised"] = anonymised
-            writable = {k: v for k, v in record.items() if k not in READ_ONLY_FIELDS}
-            body_hash = payload_hash(writable)
+            body_hash = entry.body_hash
+            if changes:
+                body_hash = payload_hash({k: v for k, v in record.items() if k not in READ_ONLY_FIELDS})
             body = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
             self._conn.execute(
                 _UPDATE_RECORD,
@@ -503,17 +542,24 @@ class Store:
             entry.archived = archived
             entry.anonymised = anonymised
             entry.updated_at = now
-            if entity == "contacts":
-                entry.flags = _contact_facts(record)[0]
+            entry.flags = index_facts(entity, record)[0]
             self._log(entity, ref_id, op, body_hash, True, now, entry)
         return WriteOutcome(False, True, body)
 
-    def amend(self, entity: str, ref_id: str, changes: dict[str, Any]) -> str | None:
-        """Set read-only fields the portal keeps itself (a contact registers), with a new ``updatedAt``.
+    def amend(
+        self,
+        entity: str,
+        ref_id: str,
+        changes: dict[str, Any],
+        writable_fields: tuple[str, ...] | None = None,
+    ) -> str | None:
+        """Set fields the portal changes itself (a contact registers), with a new ``updatedAt``.
 
         Not a client's write: neither logged nor counted. ``changes`` may be empty (the record
-        changed through another one, e.g. a property through its responsibilities). Returns the
-        stored JSON, ``None`` for an unknown record.
+        changed through another one, e.g. a property through its responsibilities). When they touch
+        writable fields (a portal admin renames a ticket type), ``writable_fields`` names them all
+        and the payload hash is taken again, so the client's next PUT of its own content is a change.
+        Returns the stored JSON, ``None`` for an unknown record.
         """
         now = now_iso()
         with self._lock:
@@ -523,6 +569,8 @@ class Store:
             record = json.loads(self._conn.execute(_SELECT_BODY, {"b_iid": entry.internal_id}).scalar_one())
             record.update(changes, updatedAt=now)
             body = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            if writable_fields is not None:
+                entry.body_hash = payload_hash({k: record.get(k) for k in writable_fields})
             self._conn.execute(
                 _UPDATE_RECORD,
                 {
@@ -536,9 +584,30 @@ class Store:
                 },
             )
             entry.updated_at = now
-            if entity == "contacts":
-                entry.flags = _contact_facts(record)[0]
+            entry.flags, entry.contracts, entry.kept = index_facts(entity, record)
         return body
+
+    def log_write(self, entity: str, ref_id: str, op: str, body_hash: str | None, effective: bool) -> None:
+        """Log a write that is not an upsert of the record's fields (a document's content upload).
+
+        It does not count towards ``max_writes_per_record`` (uploads have their own counters).
+        """
+        with self._lock:
+            self._log_rows.append(
+                {
+                    "entity": entity,
+                    "ref_id": ref_id,
+                    "op": op,
+                    "body_hash": body_hash,
+                    "effective": effective,
+                    "at": now_iso(),
+                }
+            )
+
+    def next_number(self, entity: str, prefix: str) -> int:
+        """One more than the largest ``<prefix><n>`` reference id of an entity (the portal's own ids)."""
+        numbers = (ref[len(prefix) :] for ref in self._index[entity] if ref.startswith(prefix))
+        return max((int(n) for n in numbers if n.isdigit()), default=0) + 1
 
     def delete(self, entity: str, ref_id: str) -> bool:
         """Remove a record for good; ``False`` when unknown."""
@@ -621,15 +690,23 @@ READ_ONLY_FIELDS = frozenset(
 )
 
 
-def _contact_facts(record: dict[str, Any]) -> tuple[frozenset[str], tuple[ContractLink, ...]]:
-    """A contact's flags and contracts as the index keeps them."""
-    flags = frozenset(f for f in FLAGS if record.get(f))
-    contracts = tuple(
-        (c.get("unitId"), c.get("type"), c.get("startDate"), c.get("endDate"))
-        for c in record.get("contracts") or []
-        if isinstance(c, dict)
-    )
-    return flags, contracts
+def index_facts(
+    entity: str, record: dict[str, Any]
+) -> tuple[frozenset[str], tuple[ContractLink, ...], dict[str, Any] | None]:
+    """What the index keeps of a record's body: flags, a contact's contracts, the kept fields."""
+    if entity == "contacts":
+        flags = frozenset(f for f in FLAGS if record.get(f))
+        contracts = tuple(
+            (c.get("unitId"), c.get("type"), c.get("startDate"), c.get("endDate"))
+            for c in record.get("contracts") or []
+            if isinstance(c, dict)
+        )
+        return flags, contracts, None
+    kept_fields = KEPT_FIELDS.get(entity)
+    if kept_fields is None:
+        return frozenset(), (), None
+    flags = frozenset({"deleted"}) if record.get("deleted") else frozenset()
+    return flags, (), {k: record.get(k) for k in kept_fields}
 
 
 def _render(writable: dict[str, Any], entry: Entry, read_only: dict[str, Any]) -> str:
@@ -638,7 +715,7 @@ def _render(writable: dict[str, Any], entry: Entry, read_only: dict[str, Any]) -
     if "responsibilities" in record:
         return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     record["internalId"] = entry.internal_id
-    record["createdAt"] = entry.created_at
+    record.setdefault("createdAt", entry.created_at)  # tickets, posts, comments send their own
     record["updatedAt"] = entry.updated_at
     record["archived"] = entry.archived
     record.update(read_only)
