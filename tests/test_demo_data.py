@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from connectors.erp.demo import (
     EDGE_CASE_KEYS,
     INVALID_EMAILS,
     MIN_PERSONS,
+    OVERSIZED_DOCUMENT_BYTES,
     DemoSummary,
     anonymise_person,
     generate_erp,
@@ -29,6 +33,7 @@ from connectors.erp.demo import (
     remove_co_resident,
     table_rows,
 )
+from connectors.erp.extract import document_path
 
 PERSONS = 300
 TODAY = DEFAULT_BUSINESS_DATE
@@ -144,23 +149,114 @@ def test_counts_and_proportions(demo: Demo, world: World) -> None:
 def test_catalogs_documents_messages_deposits(demo: Demo) -> None:
     e = demo.engine
     doc_types = {r["code"]: r for r in _rows(e, s.document_types)}
-    assert doc_types["MIETVERTRAG"]["released"] and not doc_types["MIETVERTRAG"]["time_filtered"]
-    assert any(r["released"] and r["time_filtered"] for r in doc_types.values())
-    assert any(not r["released"] for r in doc_types.values())
+    assert {"MIETVERTRAG", "NKABR", "HAUSORDNUNG", "RECHNUNG"} <= set(doc_types)
+    assert set(doc_types["MIETVERTRAG"]) == {"code", "name"}  # released: a setting, no column
     docs = _rows(e, s.documents)
-    assert 0.3 <= len(docs) / demo.summary.counts["contracts"] <= 1.0
+    assert 0.8 <= len(docs) / demo.summary.counts["contracts"] <= 1.6
     assert any(d["size_bytes"] > 100 * 1024 * 1024 for d in docs)
-    messages = _rows(e, s.messages)
-    combos = {(m["message_type"], m["status"]) for m in messages}
-    assert {t for t, _ in combos} == set(s.MESSAGE_TYPES)
-    assert {st for _, st in combos} == {"OFFEN", "ABGESCHLOSSEN", "STORNIERT"}
-    assert {n["internal"] for n in _rows(e, s.notes)} == {True, False}
     assert {b["booking_type"] for b in _rows(e, s.deposit_bookings)} == set(s.DEPOSIT_BOOKING_TYPES)
     accounts = _rows(e, s.deposit_accounts)
     deposit_objects = {g["object_no"] for g in _rows(e, s.object_groups) if g["group_name"] == DEPOSIT_GROUP}
     units = {u["unit_no"]: u["object_no"] for u in _rows(e, s.units)}
     contracts = {c["contract_no"]: c for c in _rows(e, s.contracts)}
     assert all(units[contracts[a["contract_no"]]["unit_no"]] in deposit_objects for a in accounts)
+
+
+def test_message_types_messages_notes_orders(demo: Demo) -> None:
+    e = demo.engine
+    types = {r["code"]: r["portal_mode"] for r in _rows(e, s.message_types)}
+    assert set(types.values()) == set(s.PORTAL_MODES)
+    assert types["SCHADEN"] == types["HEIZUNG"] == "EINZELMELDUNG" and types["INTERN"] == "SPERRE"
+    assert types["HAUSMITTEILUNG"] == "PINNWAND" and types["OBJEKT"] == "OBJEKTMELDUNG"
+    messages = _rows(e, s.messages)
+    combos = {(m["message_type"], m["status"]) for m in messages}
+    assert combos == {(t, st) for t in types for st in s.MESSAGE_STATUSES}  # every type in every status
+    assert any(m["team_id"] is None for m in messages) and any(m["team_id"] is not None for m in messages)
+    cut_off = datetime(TODAY.year - 1, 1, 1, tzinfo=UTC)  # message_years_back = 1
+    created = [m["created_at"].replace(tzinfo=UTC) for m in messages]
+    assert any(c < cut_off for c in created) and any(c >= cut_off for c in created)
+    for m in messages:
+        assert m["portal_ticket_id"] is None and m["portal_status"] is None  # hausflow writes those
+        assert m["entered_by"] and len(m["entered_by"]) == 3 and m["entered_by"].isdigit()
+        if types[m["message_type"]] == "EINZELMELDUNG":
+            assert m["person_no"] is not None, m
+    notes = _rows(e, s.notes)
+    assert {n["internal"] for n in notes} == {True, False}
+    assert all(n["portal_comment_id"] is None and n["text"] for n in notes)
+    orders = _rows(e, s.orders)
+    by_id = {m["message_id"]: m for m in messages}
+    assert orders and all(o["creditor_name"] for o in orders)
+    for o in orders:
+        message = by_id[o["message_id"]]
+        assert types[message["message_type"]] in ("EINZELMELDUNG", "OBJEKTMELDUNG")
+        assert message["status"] != "STORNIERT" and o["order_date"] <= TODAY
+
+
+def _assert_pdf_structure(data: bytes) -> None:
+    """Every cross-reference entry points at its object, ``startxref`` at the table, one page."""
+    xref_at = int(data[data.rindex(b"startxref") + 9 :].split()[0])
+    assert data[xref_at:].startswith(b"xref")
+    lines = data[xref_at:].split(b"\n")
+    first, count = map(int, lines[1].split())
+    for number, line in enumerate(lines[2 + 1 : 2 + count], start=first + 1):
+        offset = int(line.split()[0])
+        assert data[offset:].startswith(b"%d 0 obj" % number), (number, offset)
+    assert data.count(b"/Type /Page ") == 1 and data.rstrip().endswith(b"%%EOF")
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(8)
+
+
+def test_documents_are_real_files_beside_the_erp(demo: Demo) -> None:
+    root = demo.summary.document_root
+    assert root is not None and root == Path(str(demo.engine.url.database)).parent
+    docs = _rows(demo.engine, s.documents)
+    extensions = Counter(d["content_path"].rsplit(".", 1)[1] for d in docs)
+    assert set(extensions) == {"pdf", "docx", "odt"} and extensions["pdf"] > extensions["docx"]
+    hashes = set()
+    for d in docs:
+        path = document_path(root, d["content_path"])
+        assert d["content_path"].startswith("documents/") and d["file_name"].endswith(path.suffix)
+        assert path.stat().st_size == d["size_bytes"], d
+        head = _magic(path)
+        if path.suffix == ".pdf":
+            assert head.startswith(b"%PDF-")
+            data = path.read_bytes()[:4096]
+            assert b"Nr. %07d" % d["document_id"] in data  # each PDF its own bytes
+            if d["size_bytes"] < 4096:
+                _assert_pdf_structure(data)
+            hashes.add(hashlib.sha256(data).hexdigest())
+        else:  # Word and OpenDocument files are ZIP containers of their kind
+            assert head.startswith(b"PK\x03\x04")
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+                if path.suffix == ".docx":
+                    assert "word/document.xml" in names
+                else:
+                    assert z.read("mimetype") == b"application/vnd.oasis.opendocument.text"
+    assert len(hashes) == extensions["pdf"]
+    (big,) = [d for d in docs if d["size_bytes"] > 100 * 1024 * 1024]
+    assert big["size_bytes"] == OVERSIZED_DOCUMENT_BYTES
+    big_path = document_path(root, big["content_path"])
+    assert big_path.stat().st_size == OVERSIZED_DOCUMENT_BYTES and _magic(big_path).startswith(b"%PDF-")
+    assert big_path.stat().st_blocks * 512 < 1024 * 1024  # sparse: the size without the disk
+
+
+def test_dms_documents_with_and_without_their_recipient(demo: Demo, world: World) -> None:
+    docs = _rows(demo.engine, s.documents)
+    assert {d["source"] for d in docs} == {"ERP", "DMS"}
+    dms = [d for d in docs if d["source"] == "DMS"]
+    complete = [d for d in dms if d["recipient_type"] and d["recipient_id"] and d["object_no"]]
+    assert {d["recipient_type"] for d in complete} == {"P", "K"}
+    assert all(d["recipient_id"] in world.persons for d in complete if d["recipient_type"] == "P")
+    assert any(d["recipient_type"] is None and d["recipient_id"] for d in dms)
+    assert any(d["recipient_id"] is None and d["recipient_type"] for d in dms)
+    assert any(d["object_no"] is None for d in dms)
+    assert all(
+        d["recipient_type"] is None and d["recipient_id"] is None for d in docs if d["source"] == "ERP"
+    )
 
 
 def test_payment_types_mandates_claims(demo: Demo, world: World) -> None:
@@ -357,10 +453,12 @@ def test_cli_seed(sqlite_url: Callable[[str], str], capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.postgres
-def test_postgres_gets_the_same_data(pg_database: Callable[[], str], demo: Demo) -> None:
+def test_postgres_gets_the_same_data(pg_database: Callable[[], str], demo: Demo, tmp_path: Path) -> None:
     engine = make_engine(pg_database())
     try:
-        summary = generate_erp(engine, persons=PERSONS, seed=42)
+        summary = generate_erp(engine, persons=PERSONS, seed=42, document_dir=tmp_path)
+        assert summary.document_root == tmp_path
+        assert len(list(tmp_path.rglob("*.*"))) == summary.counts["documents"]
         assert summary == demo.summary
         pg_rows = table_rows(engine)
         lite_rows = table_rows(demo.engine)

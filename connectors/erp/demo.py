@@ -14,7 +14,13 @@ clerk in the ERP would.
 
 Speed: Faker is only used to fill small name pools once; rows are then drawn from the pools with one
 seeded ``random.Random`` and inserted with executemany in chunks, one transaction per table
-(100,000 persons: about 18 s on SQLite, about 45 s on a local PostgreSQL).
+(100,000 persons: about 18 s on SQLite, about 45 s on a local PostgreSQL, before the documents'
+files: about 105,000 of them add 5-19 s on the 2-CPU test machine, bound by the file system's file
+creation, not by Python; see :func:`write_document_files`).
+
+Documents are real files: copies of the committed samples in ``connectors/erp/demo_files``
+(PDF, Word, OpenDocument) under :func:`connectors.erp.extract.document_root` (beside a SQLite ERP
+file), at each row's relative ``content_path``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from faker import Faker
@@ -33,6 +40,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, inser
 
 from config.settings import PortalSettings
 from connectors.erp import schema as s
+from connectors.erp.extract import DOCUMENTS_SUBDIR, document_root
 from connectors.erp.schema import metadata
 
 DEFAULT_BUSINESS_DATE = date(2025, 6, 16)
@@ -40,6 +48,15 @@ DEPOSIT_GROUP = "KM_Kautionen"
 MIN_PERSONS = 100  # smallest size at which every edge-case list is non-empty (checked for many seeds)
 INSERT_CHUNK_ROWS = 10_000
 OVERSIZED_DOCUMENT_BYTES = 157_286_400  # 150 MB: above the portal's 100 MB limit
+DEMO_FILES = Path(__file__).with_name("demo_files")  # the committed samples, one per file type
+# The sample file of each type, read once: every demo document is a copy of its type's sample (a PDF
+# carries its document number in place of the sample's ``0000000`` in its text and title, same
+# length, so each PDF has its own bytes and SHA-256 and its cross-reference table stays valid).
+SAMPLE_FILES: dict[str, bytes] = {
+    ext: (DEMO_FILES / f"sample.{ext}").read_bytes() for ext in ("pdf", "docx", "odt")
+}
+_PDF_NUMBERED = (b"Dokument-Nr. ", b"Demo-Dokument ")  # followed by the placeholder 0000000
+MESSAGES_PER_UNIT = 0.62  # 100,000 persons: about 50,000 messages
 ANONYMISED_PLACEHOLDER = "Anonymisiert"
 _PORTAL_DEFAULTS = PortalSettings()
 DEFAULT_ACCESS_DAYS = _PORTAL_DEFAULTS.access_days_before_start
@@ -169,9 +186,16 @@ _FLOORS = ("EG", "1. OG", "2. OG", "3. OG", "4. OG", "5. OG", "DG")
 _SIDES = ("links", "rechts", "Mitte")
 _RETURN_REASONS = ("AC04", "AM04", "MD06", "MS02", "AC06")
 
+# Message types (Meldungsarten): (code, name, portal mode), every portal mode at least once.
+_MESSAGE_TYPE_CATALOG = (
+    ("SCHADEN", "Schadensmeldung", "EINZELMELDUNG"),
+    ("HEIZUNG", "Heizung und Warmwasser", "EINZELMELDUNG"),
+    ("OBJEKT", "Objektmeldung", "OBJEKTMELDUNG"),
+    ("HAUSMITTEILUNG", "Hausmitteilung", "PINNWAND"),
+    ("INTERN", "Interner Vorgang (Serviceportal-Sperre)", "SPERRE"),
+)
 _MESSAGE_SUBJECTS = {
-    "EINZELMELDUNG": (
-        "Heizung ausgefallen",
+    "SCHADEN": (
         "Wasserschaden im Bad",
         "Fenster schließt nicht",
         "Schimmel im Schlafzimmer",
@@ -179,24 +203,38 @@ _MESSAGE_SUBJECTS = {
         "Rauchmelder piept",
         "Abfluss in der Küche verstopft",
     ),
-    "OBJEKTMELDUNG": (
+    "HEIZUNG": (
+        "Heizung ausgefallen",
+        "Heizkörper wird nicht warm",
+        "Kein Warmwasser",
+    ),
+    "OBJEKT": (
         "Aufzug defekt",
         "Haustür schließt nicht richtig",
         "Beleuchtung im Treppenhaus ausgefallen",
         "Sperrmüll im Hof",
     ),
-    "PINNWAND": (
+    "HAUSMITTEILUNG": (
         "Ablesung der Heizkostenverteiler am Donnerstag",
         "Treppenhausreinigung: neuer Dienstleister",
         "Wasserabstellung wegen Wartungsarbeiten",
         "Einladung zum Hoffest",
     ),
-    "SPERRE": (
+    "INTERN": (
         "Rechtsstreit – keine Veröffentlichung",
         "Interner Vorgang Versicherungsschaden",
         "Mietminderung in Prüfung",
     ),
 }
+_CREDITORS = (
+    "Sanitär Köhler GmbH",
+    "Heizungsbau Weber & Söhne",
+    "Elektro Schäfer KG",
+    "Aufzugsdienst Nord GmbH",
+    "Glaserei Neumann",
+    "Schlüsseldienst Krause",
+)
+_ERP_USERS = ("001", "002", "007", "012", "015")  # three-digit ERP users who enter messages
 _MESSAGE_STATUSES = ("OFFEN", "ABGESCHLOSSEN", "STORNIERT")
 _NOTES_INTERNAL = (
     "Handwerker beauftragt: Sanitär Köhler GmbH",
@@ -211,15 +249,17 @@ _NOTES_PUBLIC = (
     "Bitte gewähren Sie dem Techniker Zugang zur Wohnung.",
 )
 
-# Document types: (code, name, released for the portal, subject to the time filter)
+# Document types (code, name). Which are released for the portal, and which without the time
+# filter, is a setting (``portal.document_types``, ``portal.document_types_without_time_filter``).
 _DOCUMENT_TYPES = (
-    ("MIETVERTRAG", "Mietvertrag", True, False),
-    ("NKABR", "Nebenkostenabrechnung", True, True),
-    ("HAUSORDNUNG", "Hausordnung", True, True),
-    ("PROTOKOLL", "Protokoll Eigentümerversammlung", True, True),
-    ("GRUNDRISS", "Grundriss", False, False),
-    ("MAHNUNG", "Mahnung", False, True),
-    ("SCHRIFTVERKEHR", "Schriftverkehr intern", False, True),
+    ("MIETVERTRAG", "Mietvertrag"),
+    ("NKABR", "Nebenkostenabrechnung"),
+    ("HAUSORDNUNG", "Hausordnung"),
+    ("PROTOKOLL", "Protokoll Eigentümerversammlung"),
+    ("GRUNDRISS", "Grundriss"),
+    ("MAHNUNG", "Mahnung"),
+    ("SCHRIFTVERKEHR", "Schriftverkehr intern"),
+    ("RECHNUNG", "Rechnung (DMS)"),
 )
 
 # Payment types (Zahlungsart): LS debits automatically, UEB and DA do not.
@@ -248,7 +288,9 @@ class DemoSummary:
     """What ``generate_erp`` wrote: rows per table, the planted edge cases and the inputs.
 
     ``edge_cases`` maps every key of ``EDGE_CASE_KEYS`` to the sorted person numbers having that
-    property (claim numbers for ``single_mandate_claims``).
+    property (claim numbers for ``single_mandate_claims``). ``document_root`` is the folder the
+    documents' relative ``content_path`` points into (compared by no one: the same data can be
+    generated into two folders).
     """
 
     seed: int
@@ -256,6 +298,8 @@ class DemoSummary:
     group: str
     counts: dict[str, int] = field(default_factory=dict)
     edge_cases: dict[str, list[str]] = field(default_factory=dict)
+    # where the document files went (documents' content_path is relative to it); not part of the data
+    document_root: Path | None = field(default=None, compare=False)
 
 
 def _money(cents: int) -> Decimal:
@@ -303,6 +347,8 @@ class _Builder:
     ) -> None:
         self.target_persons = persons
         self.rng = random.Random(seed)
+        # the portal-exchange attributes draw from their own stream, so adding one leaves the rest
+        self.xrng = random.Random(f"exchange-{seed}")
         self.today = business_date
         self.group = group
         self.access_days = access_days
@@ -443,8 +489,9 @@ class _Builder:
             }
             for code, name, auto, l1, l2, l3 in _PAYMENT_TYPES
         ]
-        self.rows["document_types"] = [
-            {"code": c, "name": n, "released": r, "time_filtered": t} for c, n, r, t in _DOCUMENT_TYPES
+        self.rows["document_types"] = [{"code": c, "name": n} for c, n in _DOCUMENT_TYPES]
+        self.rows["message_types"] = [
+            {"code": c, "name": n, "portal_mode": m} for c, n, m in _MESSAGE_TYPE_CATALOG
         ]
 
     # ---------------------------------------------------------------- objects
@@ -1081,17 +1128,32 @@ class _Builder:
 
     # ------------------------------------------------------ documents, messages
     def build_documents(self) -> None:
-        """About one document per two contracts plus object documents, incl. one oversized file."""
+        """About one document per contract (100,000 persons: about 100,000), object documents, a few from the DMS.
+
+        Most are PDF, some Word (.docx) or OpenDocument (.odt), for the converter rule; each row's
+        ``size_bytes`` is its file's size (:func:`write_document_files` writes the files). Planted
+        in the first (released) object: a document above the portal's 100 MB limit, and DMS
+        documents with and without recipient type, object number and recipient id.
+        """
         rng = self.rng
+        xrng = self.xrng
         today = self.today
         doc_id = 0
 
         def add(
-            object_no: str, unit_no: str | None, person_no: str | None, doc_type: str, title: str, day: date
+            object_no: str | None,
+            unit_no: str | None,
+            person_no: str | None,
+            doc_type: str,
+            title: str,
+            day: date,
+            ext: str = "pdf",
+            source: str = "ERP",
+            recipient: tuple[str | None, str | None] = (None, None),
         ) -> None:
             nonlocal doc_id
             doc_id += 1
-            size = rng.randint(40_000, 4_000_000)
+            folder = object_no or "ohne_objekt"
             self.rows["documents"].append(
                 {
                     "document_id": doc_id,
@@ -1100,13 +1162,20 @@ class _Builder:
                     "person_no": person_no,
                     "doc_type": doc_type,
                     "title": title,
-                    "file_name": f"{doc_type.lower()}_{doc_id:07d}.pdf",
-                    "size_bytes": size,
-                    "content_path": f"documents/{object_no}/{doc_id:07d}.pdf",
+                    "file_name": f"{doc_type.lower()}_{doc_id:07d}.{ext}",
+                    "size_bytes": len(SAMPLE_FILES[ext]),
+                    "content_path": f"{DOCUMENTS_SUBDIR}/{folder}/{doc_id:07d}.{ext}",
                     "document_date": day,
+                    "source": source,
+                    "recipient_type": recipient[0],
+                    "recipient_id": recipient[1],
                     "modified_at": self._ts(),
                 }
             )
+
+        def office_or_pdf() -> str:
+            r = xrng.random()
+            return "docx" if r < 0.05 else ("odt" if r < 0.08 else "pdf")
 
         for obj in self.rows["objects"]:
             no = obj["object_no"]
@@ -1117,30 +1186,65 @@ class _Builder:
                 "HAUSORDNUNG",
                 f"Hausordnung {obj['name']}",
                 today - timedelta(days=rng.randint(30, 2500)),
+                ext=office_or_pdf(),
             )
             for year in (today.year - 3, today.year - 1):
                 add(no, None, None, "PROTOKOLL", f"Protokoll Eigentümerversammlung {year}", date(year, 5, 20))
         for contract_no, meta in self.contract_meta.items():
-            r = rng.random()
-            if r < 0.3:
+            if rng.random() < 0.5:
                 add(meta["object_no"], meta["unit_no"], meta["person_no"], "MIETVERTRAG",
-                    f"Mietvertrag {contract_no}", meta["start"] - timedelta(days=14))  # fmt: skip
-            elif r < 0.45 and meta["state"] != "future":
+                    f"Mietvertrag {contract_no}", meta["start"] - timedelta(days=14), ext=office_or_pdf())  # fmt: skip
+            if rng.random() < 0.5 and meta["state"] != "future":
                 year = today.year - rng.randint(1, 3)
                 add(meta["object_no"], meta["unit_no"], meta["person_no"], "NKABR",
                     f"Nebenkostenabrechnung {year}", date(year + 1, 6, 1) if year + 1 < today.year else today - timedelta(days=30))  # fmt: skip
-            elif r < 0.48:
+            if rng.random() < 0.15:
                 kind = rng.choice(("MAHNUNG", "SCHRIFTVERKEHR", "GRUNDRISS"))
                 add(meta["object_no"], meta["unit_no"], meta["person_no"], kind,
-                    f"{kind.title()} {contract_no}", today - timedelta(days=rng.randint(1, 900)))  # fmt: skip
-        # the edge case: one document above the portal's 100 MB limit, in a released object
+                    f"{kind.title()} {contract_no}", today - timedelta(days=rng.randint(1, 900)), ext=office_or_pdf())  # fmt: skip
+        # DMS documents: one addressed to a tenant in every 25th object, and the planted cases
+        tenants: dict[str, str] = {}
+        for meta in self.contract_meta.values():
+            if meta["state"] == "active":
+                tenants.setdefault(meta["object_no"], meta["person_no"])
         first = self.rows["objects"][0]["object_no"]
+        recent = today - timedelta(days=10)
+        for index, obj in enumerate(self.rows["objects"]):
+            no = obj["object_no"]
+            if index % 25 == 0 and no in tenants:
+                add(no, None, None, "NKABR", f"Nebenkostenabrechnung {today.year - 1} (DMS)", recent,
+                    source="DMS", recipient=("P", tenants[no]))  # fmt: skip
+        add(first, None, None, "RECHNUNG", f"Rechnung {_CREDITORS[0]}", recent,
+            source="DMS", recipient=("K", "K000001"))  # fmt: skip
+        add(
+            first,
+            None,
+            None,
+            "NKABR",
+            "DMS ohne Empfängertyp",
+            recent,
+            source="DMS",
+            recipient=(None, "P0000001"),
+        )
+        add(first, None, None, "NKABR", "DMS ohne Empfänger", recent, source="DMS", recipient=("P", None))
+        add(None, None, None, "NKABR", "DMS ohne Objektnummer", recent, source="DMS",
+            recipient=("P", tenants.get(first, "P0000001")))  # fmt: skip
+        # one Word and one OpenDocument file in the first object for sure
+        add(first, None, None, "HAUSORDNUNG", "Hausordnung (Word)", recent, ext="docx")
+        add(first, None, None, "HAUSORDNUNG", "Hausordnung (OpenDocument)", recent, ext="odt")
+        # the edge case: one document above the portal's 100 MB limit, in a released object
         add(first, None, None, "NKABR", "Gesamtabrechnung mit Belegen (Scan)", today - timedelta(days=20))
         self.rows["documents"][-1]["size_bytes"] = OVERSIZED_DOCUMENT_BYTES
 
     def build_messages(self) -> None:
-        """Messages of every type and status, with internal and public notes."""
+        """Messages of every type, portal mode and status, with internal and public notes and orders.
+
+        The first object holds every message type in every status, half of them without a team,
+        half recent and half old (created before 1 January of last year), and an order on an open
+        one; the others draw type, status, team and age at random.
+        """
         rng = self.rng
+        xrng = self.xrng
         active_by_object: dict[str, list[tuple[str, str]]] = {}
         for meta in self.contract_meta.values():
             if meta["state"] == "active":
@@ -1150,42 +1254,65 @@ class _Builder:
         units_per_object: dict[str, int] = {}
         for u in self.rows["units"]:
             units_per_object[u["object_no"]] = units_per_object.get(u["object_no"], 0) + 1
-        message_id = note_id = 0
-        types = s.MESSAGE_TYPES
+        codes_by_mode: dict[str, list[str]] = {}
+        mode_of: dict[str, str] = {}
+        for code, _name, mode in _MESSAGE_TYPE_CATALOG:
+            codes_by_mode.setdefault(mode, []).append(code)
+            mode_of[code] = mode
+        message_id = note_id = order_id = 0
+        modes = s.PORTAL_MODES
         weights = (10, 15, 15, 60)
         for index, obj in enumerate(self.rows["objects"]):
             no = obj["object_no"]
-            plan: list[tuple[str, str]] = []
+            # (type code, status, forced age in days or None, forced "no team", forced order)
+            plan: list[tuple[str, str, int | None, bool, bool]] = []
             if index == 0:
-                plan = [(t, st) for t in types for st in _MESSAGE_STATUSES]
-            for _ in range(max(1, units_per_object.get(no, 0) // 10)):
-                st = rng.choices(_MESSAGE_STATUSES, (50, 40, 10))[0]
-                plan.append((rng.choices(types, weights)[0], st))
-            for mtype, status in plan:
+                for i, (code, status) in enumerate(
+                    (c[0], st) for c in _MESSAGE_TYPE_CATALOG for st in s.MESSAGE_STATUSES
+                ):
+                    plan.append((code, status, 5 + i if i % 2 == 0 else 600 + i, i % 4 < 2, i == 0))
+            for _ in range(max(1, round(units_per_object.get(no, 0) * MESSAGES_PER_UNIT))):
+                st = rng.choices(s.MESSAGE_STATUSES, (50, 40, 10))[0]
+                mode = rng.choices(modes, weights)[0]
+                plan.append((xrng.choice(codes_by_mode[mode]), st, None, False, False))
+            for code, status, age_days, no_team, force_order in plan:
                 message_id += 1
+                mode = mode_of[code]
                 unit_no = person_no = None
-                if mtype in ("EINZELMELDUNG", "SPERRE") and active_by_object.get(no):
+                if mode in ("EINZELMELDUNG", "SPERRE") and active_by_object.get(no):
                     unit_no, person_no = rng.choice(active_by_object[no])
-                created = self.base_ts - timedelta(seconds=rng.randint(3600, 700 * 86400))
+                if age_days is None:
+                    created = self.base_ts - timedelta(seconds=rng.randint(3600, 700 * 86400))
+                else:
+                    created = self.base_ts - timedelta(days=age_days, seconds=rng.randint(3600, 80000))
                 team = (
                     obj["team_id"]
                     if rng.random() < 0.8
                     else (None if rng.random() < 0.5 else rng.randint(1, 5))
                 )
+                if no_team:
+                    team = None
+                elif age_days is not None and team is None:
+                    team = obj["team_id"]
                 self.rows["messages"].append(
                     {
                         "message_id": message_id,
                         "object_no": no,
                         "unit_no": unit_no,
                         "person_no": person_no,
-                        "message_type": mtype,
+                        "message_type": code,
                         "status": status,
                         "team_id": team,
-                        "subject": rng.choice(_MESSAGE_SUBJECTS[mtype]),
+                        "subject": rng.choice(_MESSAGE_SUBJECTS[code]),
                         "body": f"Gemeldet am {created:%d.%m.%Y} für {obj['name']}.",
                         "notify_by_email": rng.random() < 0.3,
                         "created_at": created,
                         "modified_at": min(self.base_ts, created + timedelta(days=rng.randint(0, 30))),
+                        "portal_ticket_id": None,
+                        "entered_by": xrng.choice(_ERP_USERS),
+                        "portal_status": None,
+                        "portal_changed_at": None,
+                        "portal_change": None,
                     }
                 )
                 n_notes = 2 if index == 0 else rng.randint(0, 3)
@@ -1199,6 +1326,24 @@ class _Builder:
                             "internal": internal,
                             "text": rng.choice(_NOTES_INTERNAL if internal else _NOTES_PUBLIC),
                             "created_at": min(self.base_ts, created + timedelta(hours=rng.randint(1, 240))),
+                            "portal_comment_id": None,
+                            "entered_by": xrng.choice(_ERP_USERS),
+                        }
+                    )
+                orderable = mode in ("EINZELMELDUNG", "OBJEKTMELDUNG") and status != "STORNIERT"
+                if force_order or (orderable and xrng.random() < 0.2):
+                    order_id += 1
+                    ordered_on = min(self.today, (created + timedelta(days=xrng.randint(0, 10))).date())
+                    self.rows["orders"].append(
+                        {
+                            "order_id": order_id,
+                            "message_id": message_id,
+                            "creditor_name": xrng.choice(_CREDITORS),
+                            "order_date": ordered_on,
+                            "created_at": min(
+                                self.base_ts,
+                                _midnight_utc(ordered_on) + timedelta(hours=xrng.randint(7, 17)),
+                            ),
                         }
                     )
 
@@ -1267,6 +1412,35 @@ def _insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> N
         conn.execute(insert(table), list(rows[i : i + INSERT_CHUNK_ROWS]))
 
 
+def write_document_files(root: Path, documents: Sequence[dict[str, Any]]) -> None:
+    """Write every document row's file under ``root`` (its ``content_path``), a copy of its type's sample.
+
+    Why: the portal sync reads, hashes, converts and uploads real files, so the demo ERP needs them
+    on disk, and the benchmark needs 100,000 of them in seconds: the bytes come from memory
+    (:data:`SAMPLE_FILES`), one ``open``/``write`` per file, folders made once each. A row whose
+    ``size_bytes`` is larger than its sample (the oversized edge case) becomes a sparse file of
+    that size (``truncate``: the size is there, the disk blocks are not). Existing files are
+    overwritten; files no row names are left alone.
+    """
+    made: set[Path] = set()
+    for doc in documents:
+        path = root / doc["content_path"]
+        folder = path.parent
+        if folder not in made:
+            folder.mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        ext = doc["content_path"].rsplit(".", 1)[-1]
+        data = SAMPLE_FILES[ext]
+        if ext == "pdf":
+            number = b"%07d" % doc["document_id"]
+            for label in _PDF_NUMBERED:
+                data = data.replace(label + b"0000000", label + number)
+        with open(path, "wb") as fh:
+            fh.write(data)
+            if doc["size_bytes"] > len(data):
+                fh.truncate(doc["size_bytes"])
+
+
 def generate_erp(
     engine: Engine,
     persons: int = 1000,
@@ -1276,6 +1450,7 @@ def generate_erp(
     reset: bool = False,
     access_days_before_start: int = DEFAULT_ACCESS_DAYS,
     archive_days_after_move_out: int = DEFAULT_ARCHIVE_DAYS,
+    document_dir: str | Path | None = None,
 ) -> DemoSummary:
     """Fill every ERP table with deterministic German demo data.
 
@@ -1291,6 +1466,10 @@ def generate_erp(
         reset: drop and recreate the ERP tables first.
         access_days_before_start / archive_days_after_move_out: the portal windows the future-start
             and move-out edge cases are placed around (defaults: ``PortalSettings``).
+        document_dir: where the document files go; ``None``: where the portal sync looks by
+            default (:func:`connectors.erp.extract.document_root`: the folder of a SQLite ERP
+            file, else ``var/documents``). ``content_path`` is relative to it
+            (``documents/<object>/<id>.<ext>``).
 
     Returns:
         DemoSummary with rows per table and the edge cases (see ``EDGE_CASE_KEYS``).
@@ -1322,6 +1501,8 @@ def generate_erp(
     b.build_messages()
     b.top_up_persons()
     b.classify()
+    root = document_root(engine.url.render_as_string(hide_password=True), str(document_dir or ""))
+    write_document_files(root, b.rows["documents"])
     for table in metadata.sorted_tables:
         with engine.begin() as conn:
             _insert(conn, table, b.rows[table.name])
@@ -1331,6 +1512,7 @@ def generate_erp(
         group=group,
         counts={t.name: len(b.rows[t.name]) for t in metadata.sorted_tables},
         edge_cases=b.edge,
+        document_root=root,
     )
 
 

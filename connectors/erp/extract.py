@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Dialect, Engine, Select, String, TypeDecorator, select, type_coerce
+from sqlalchemy import (
+    DateTime,
+    Dialect,
+    Engine,
+    Select,
+    String,
+    TypeDecorator,
+    case,
+    null,
+    select,
+    type_coerce,
+)
 
 from connectors.erp import schema
 from connectors.erp.database import frame_from_rows
+from connectors.sqlutil import as_utc, sqlite_file
+
+# Relative ``documents.content_path`` values of the demo ERP start with this folder name.
+DOCUMENTS_SUBDIR = "documents"
+# The document root when neither a folder is set nor the ERP is a SQLite file.
+DEFAULT_DOCUMENT_ROOT = Path("var") / "documents"
 
 PORTAL_PERSON_COLUMNS = (
     "person_no",
@@ -72,6 +91,43 @@ class LenientFlag(TypeDecorator[Any]):
         return value
 
 
+class UtcDateTime(TypeDecorator[Any]):
+    """A date-time column read as an aware ``datetime`` in UTC, on every dialect.
+
+    Why: SQLite hands ``DateTime(timezone=True)`` back without its zone, PostgreSQL in the
+    session's zone; the message rules compare ``created_at`` with a cut-off and ``modified_at``
+    with ``portal_changed_at``, which needs one kind of value.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """An aware UTC ``datetime`` for a ``datetime``; other values (``None``) as they come."""
+        return as_utc(value) if isinstance(value, datetime) else value
+
+
+def document_root(erp_url: str, document_dir: str = "") -> Path:
+    """The folder a document's relative ``content_path`` is read from.
+
+    Why one function: the demo builder writes the files where the portal sync will look for
+    them. The rule (setting ``portal.document_dir``): the configured folder if set; else the
+    folder holding a SQLite ERP file (the demo ERP ``var/demo/erp.sqlite`` keeps its files in
+    ``var/demo/documents/...``); else ``var/documents``. Relative results are relative to the
+    working directory, as the SQLite URL itself is.
+    """
+    if document_dir:
+        return Path(document_dir)
+    erp_file = sqlite_file(erp_url)
+    return Path(erp_file).parent if erp_file else DEFAULT_DOCUMENT_ROOT
+
+
+def document_path(root: Path, content_path: str) -> Path:
+    """A document's file: ``content_path`` under ``root``, or ``content_path`` itself if absolute."""
+    path = Path(content_path)
+    return path if path.is_absolute() else root / path
+
+
 @dataclass
 class TableRows:
     """The rows of one extracted table as plain tuples, in a stable order, with their column names."""
@@ -120,6 +176,101 @@ def portal_queries() -> dict[str, Select[Any]]:
     }
 
 
+def exchange_queries() -> dict[str, Select[Any]]:
+    """What the document, message and note rules read: documents, message types, messages, notes, orders.
+
+    Only the columns the rules use: an internal note comes with its flag and without its text
+    (internal notes never leave the ERP), a public note with its text. Date-times are aware UTC
+    (:class:`UtcDateTime`). Every query has a total order (its primary key).
+    """
+    d, mt, m, n, o = schema.documents, schema.message_types, schema.messages, schema.notes, schema.orders
+
+    def utc(column: Any) -> Any:
+        return type_coerce(column, UtcDateTime()).label(column.name)
+
+    return {
+        "documents": select(
+            d.c.document_id,
+            d.c.object_no,
+            d.c.unit_no,
+            d.c.person_no,
+            d.c.doc_type,
+            d.c.title,
+            d.c.file_name,
+            d.c.size_bytes,
+            d.c.content_path,
+            type_coerce(d.c.document_date, LenientDate()).label("document_date"),
+            d.c.source,
+            d.c.recipient_type,
+            d.c.recipient_id,
+            utc(d.c.modified_at),
+        ).order_by(d.c.document_id),
+        "message_types": select(mt.c.code, mt.c.name, mt.c.portal_mode).order_by(mt.c.code),
+        "messages": select(
+            m.c.message_id,
+            m.c.object_no,
+            m.c.unit_no,
+            m.c.person_no,
+            m.c.message_type,
+            m.c.status,
+            m.c.team_id,
+            m.c.subject,
+            m.c.body,
+            m.c.notify_by_email,
+            utc(m.c.created_at),
+            utc(m.c.modified_at),
+            m.c.portal_ticket_id,
+            m.c.portal_status,
+            utc(m.c.portal_changed_at),
+            m.c.portal_change,
+        ).order_by(m.c.message_id),
+        "notes": select(
+            n.c.note_id,
+            n.c.message_id,
+            n.c.internal,
+            case((n.c.internal.is_(False), n.c.text), else_=null()).label("text"),
+            utc(n.c.created_at),
+            n.c.portal_comment_id,
+        ).order_by(n.c.note_id),
+        "orders": select(
+            o.c.order_id, o.c.message_id, o.c.creditor_name, o.c.order_date, utc(o.c.created_at)
+        ).order_by(o.c.order_id),
+    }
+
+
+def _read_tables(engine: Engine, queries: Mapping[str, Select[Any]], chunk_rows: int) -> dict[str, TableRows]:
+    """Run each query streamed in chunks of ``chunk_rows`` on one connection; rows as plain tuples."""
+    out: dict[str, TableRows] = {}
+    with engine.connect() as conn:
+        streaming = conn.execution_options(stream_results=True, yield_per=chunk_rows)
+        for name, query in queries.items():
+            rows: list[tuple[Any, ...]] = []
+            with streaming.execute(query) as result:
+                for partition in result.partitions():
+                    rows.extend(map(tuple, partition))
+            out[name] = TableRows(tuple(c.name for c in query.selected_columns), rows)
+        conn.rollback()
+    return out
+
+
+def extract_exchange_rows(engine: Engine, chunk_rows: int = 20_000) -> dict[str, TableRows]:
+    """Read the tables of the portal exchange (documents, messages, notes) as plain row tuples.
+
+    The same way as :func:`extract_portal_rows`: one streamed ``select()`` per table
+    (:func:`exchange_queries`), chunks of ``chunk_rows``, rows as tuples in the query's total
+    order, values alike on SQLite and PostgreSQL (date-times aware in UTC). The files behind
+    ``documents.content_path`` are not read here: see :func:`document_root`.
+
+    Returns:
+        Per table name (``documents``, ``message_types``, ``messages``, ``notes``, ``orders``),
+        its columns and rows.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the read failed (the extract is complete or it raises).
+    """
+    return _read_tables(engine, exchange_queries(), chunk_rows)
+
+
 def extract_portal_rows(engine: Engine, chunk_rows: int = 20_000) -> dict[str, TableRows]:
     """Read every table the portal rules need as plain row tuples.
 
@@ -141,17 +292,7 @@ def extract_portal_rows(engine: Engine, chunk_rows: int = 20_000) -> dict[str, T
         sqlalchemy.exc.SQLAlchemyError: the read failed; the extract is complete or it raises,
             because archives are planned only from a complete extract.
     """
-    out: dict[str, TableRows] = {}
-    with engine.connect() as conn:
-        streaming = conn.execution_options(stream_results=True, yield_per=chunk_rows)
-        for name, query in portal_queries().items():
-            rows: list[tuple[Any, ...]] = []
-            with streaming.execute(query) as result:
-                for partition in result.partitions():
-                    rows.extend(map(tuple, partition))
-            out[name] = TableRows(tuple(c.name for c in query.selected_columns), rows)
-        conn.rollback()
-    return out
+    return _read_tables(engine, portal_queries(), chunk_rows)
 
 
 def extract_portal_frames(engine: Engine, chunk_rows: int = 20_000) -> dict[str, pd.DataFrame]:

@@ -1,15 +1,18 @@
 """Reference ERP schema (SQLAlchemy Core), modelled on the iX-Haus / DOMUS 1000 / OrgaMon seeds.
 
-It holds every entity hausflow reads: master data for the tenant portal, deposit accounts for the
-deposit partner, claims and mandates for SEPA. Column types are dialect-neutral so the same tables
-live in SQLite (default), PostgreSQL and Oracle. Real installations map their own tables onto these
-names with views; hausflow only ever reads them (the SEPA ledger and claim status are the exception,
-see ``claims.status``).
+It holds every entity hausflow reads: master data, documents, messages and notes for the tenant
+portal, deposit accounts for the deposit partner, claims and mandates for SEPA. Column types are
+dialect-neutral so the same tables live in SQLite (default), PostgreSQL and Oracle. Real
+installations map their own tables onto these names with views; hausflow reads them, and writes
+only where the design says so: ``claims.status`` (SEPA), and the portal exchange
+(``connectors/erp/writeback.py``: messages and public notes entered from the portal, keyed by the
+portal's ids, and the ``portal_*`` columns of ``messages``; never ``modified_at``).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -133,28 +136,46 @@ document_types = Table(
     metadata,
     Column("code", String(20), primary_key=True),
     Column("name", String(80), nullable=False),
-    Column("released", Boolean, nullable=False, default=False),  # Dokumententyp released for the portal
-    Column("time_filtered", Boolean, nullable=False, default=True),  # False: "ohne Zeitfilter"
 )
 
+# Where a document comes from: the ERP itself or an external DMS (e.g. DocuWare); a DMS document
+# names its recipient by type (P person, K creditor), object number and recipient id.
+DOCUMENT_SOURCES = ("ERP", "DMS")
+RECIPIENT_TYPES = ("P", "K")
 documents = Table(
     "documents",
     metadata,
     Column("document_id", Integer, primary_key=True),
-    Column("object_no", String(20), ForeignKey("objects.object_no"), nullable=False),
+    Column("object_no", String(20), ForeignKey("objects.object_no")),  # NULL: a DMS document without one
     Column("unit_no", String(30), ForeignKey("units.unit_no")),
     Column("person_no", String(20), ForeignKey("persons.person_no")),
     Column("doc_type", String(20), ForeignKey("document_types.code"), nullable=False),
     Column("title", String(200), nullable=False),
     Column("file_name", String(200), nullable=False),
-    Column("size_bytes", Integer, nullable=False),
-    Column("content_path", String(400)),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("content_path", String(400)),  # relative: to the document folder (see extract.document_root)
     Column("document_date", Date, nullable=False),
+    Column("source", String(3), nullable=False, default="ERP", server_default="ERP"),
+    Column("recipient_type", String(1)),  # P person, K creditor (Kreditor); DMS documents
+    Column("recipient_id", String(20)),  # the recipient's number (EmpfängerHeaderID); DMS documents
     Column("modified_at", DateTime(timezone=True)),
 )
 
-# Messages (Meldungen) with their portal type, and their notes.
-MESSAGE_TYPES = ("SPERRE", "PINNWAND", "OBJEKTMELDUNG", "EINZELMELDUNG")
+# Message types (Meldungsarten) and how each reaches the portal (its "portal mode").
+PORTAL_MODES = ("SPERRE", "PINNWAND", "OBJEKTMELDUNG", "EINZELMELDUNG")
+MESSAGE_TYPES = PORTAL_MODES  # the old name of the portal modes, kept for readers of it
+MESSAGE_STATUSES = ("OFFEN", "ABGESCHLOSSEN", "STORNIERT")
+message_types = Table(
+    "message_types",
+    metadata,
+    Column("code", String(20), primary_key=True),
+    Column("name", String(80), nullable=False),
+    Column("portal_mode", String(20), nullable=False),  # one of PORTAL_MODES
+)
+
+# Messages (Meldungen) and their notes. The portal_* columns and entered_by are written by hausflow
+# alone (connectors/erp/writeback.py): a message entered from a portal ticket carries the portal's
+# ticket id, and the ERP's message list shows the three "Serviceportal" columns.
 messages = Table(
     "messages",
     metadata,
@@ -162,7 +183,7 @@ messages = Table(
     Column("object_no", String(20), ForeignKey("objects.object_no"), nullable=False),
     Column("unit_no", String(30), ForeignKey("units.unit_no")),
     Column("person_no", String(20), ForeignKey("persons.person_no")),
-    Column("message_type", String(20), nullable=False),
+    Column("message_type", String(20), ForeignKey("message_types.code"), nullable=False),
     Column("status", String(20), nullable=False),  # OFFEN, ABGESCHLOSSEN, STORNIERT
     Column("team_id", Integer, ForeignKey("teams.team_id")),
     Column("subject", String(200), nullable=False),
@@ -170,6 +191,11 @@ messages = Table(
     Column("notify_by_email", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("modified_at", DateTime(timezone=True)),
+    Column("portal_ticket_id", String(64), unique=True),  # NULL: made in the ERP
+    Column("entered_by", String(3)),  # three-digit ERP user
+    Column("portal_status", String(200)),  # "Serviceportal": transferred, or why not
+    Column("portal_changed_at", DateTime(timezone=True)),  # last change made in the portal ...
+    Column("portal_change", String(200)),  # ... and what it was; cleared when modified_at is later
 )
 
 notes = Table(
@@ -180,6 +206,21 @@ notes = Table(
     Column("internal", Boolean, nullable=False, default=True),
     Column("text", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("portal_comment_id", String(64), unique=True),  # NULL: written in the ERP
+    Column("entered_by", String(3)),
+    Index("ix_notes_message", "message_id"),
+)
+
+# Orders placed for a message (Beauftragung): each makes a public portal comment.
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.message_id"), nullable=False),
+    Column("creditor_name", String(120), nullable=False),
+    Column("order_date", Date, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_orders_message", "message_id"),
 )
 
 # Rent deposits (KM deposit interface): one deposit account per tenancy.
