@@ -35,7 +35,7 @@ import ipaddress
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
@@ -185,7 +185,11 @@ class MailClient:
         return dict.fromkeys(ref_ids)
 
     async def alist_records(
-        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+        self,
+        entity: str,
+        modified_after: str | None = None,
+        include_archived: bool = False,
+        filters: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """A mail server lists nothing."""
         return []

@@ -181,7 +181,11 @@ partner_credentials = Table(
 
 
 def record_json(record: dict[str, Any] | None) -> str | None:
-    """A quarantined record as the quarantine table stores it (compare payloads with this)."""
+    """A quarantined record as the quarantine table stores it (compare payloads with this).
+
+    hausflow's own keys of a payload (``_...``, a document's file on disk) are left out."""
+    if record and any(k.startswith("_") for k in record):
+        record = {k: v for k, v in record.items() if not k.startswith("_")}
     return json.dumps(record, default=str) if record else None
 
 

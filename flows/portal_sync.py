@@ -1,7 +1,16 @@
-"""The tenant-portal sync: ERP master data -> casavi (objects, units, persons, owners, caretakers).
+"""The tenant-portal sync: ERP master data -> casavi (objects, units, persons, owners, caretakers),
+then the exchange: documents, messages and notes to the portal, tickets and comments back.
 
-extract -> find changes since the last run -> rules -> compare with the confirmed state -> validate what
-differs -> plan -> load per batch -> protocol -> memo for the next run
+master data: extract -> find changes since the last run -> rules -> compare with the confirmed
+state -> validate what differs -> plan -> load per batch
+exchange (tasks/portal_exchange.py): extract -> file digests -> the portal's ticket types and
+news -> rules -> plan -> convert Word files -> load per batch -> e-mails -> portal tickets into
+the ERP -> portal status of the messages
+then one protocol for both, and the memo for the next run
+
+Why one flow and not a sibling: documents and tickets name properties, units and contacts; run
+after the master data in the same flow run, they find them at the portal (a write whose parent
+failed in this run is held back), with one schedule, one protocol and one place to look.
 
 The flow is asynchronous: the load batches await the portal client on the flow's event loop, the
 other tasks are plain functions that run in turn in the flow's thread. Why not a synchronous flow:
@@ -15,8 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import date
 from typing import Any, TypeVar, cast, get_args
 
 from prefect import flow, get_run_logger
@@ -24,9 +36,25 @@ from prefect.context import SyncClientContext
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from config.settings import ProfileName, load_settings
+from config.settings import HausflowSettings, ProfileName, load_settings
+from connectors.erp.extract import TableRows
 from connectors.state_store import StateStore
-from tasks.portal_rules import Skip
+from tasks.portal_exchange import (
+    EXCHANGE_ENTITIES,
+    MAIL,
+    STEPS,
+    ExchangePlan,
+    convert_documents,
+    enter_portal_tickets_task,
+    extract_exchange,
+    merged,
+    plan_emails,
+    plan_exchange,
+    read_document_files,
+    read_portal_exchange,
+    record_portal_status_task,
+)
+from tasks.portal_rules import DesiredState, Skip
 from tasks.portal_tasks import (
     PORTAL,
     apply_portal_rules,
@@ -39,10 +67,14 @@ from tasks.portal_tasks import (
     validate_portal_records,
 )
 from tasks.sync.load import BatchOutcome, check_partner, load_partner_batch, recover_pending_writes
-from tasks.sync.plan import without_failed_parents
+from tasks.sync.partner import Partner
+from tasks.sync.plan import Plan, held_records, without_failed_parents
 from tasks.sync.protocol import record_protocol
 
 T = TypeVar("T")
+ALL_ENTITIES = (*PORTAL.entities, *STEPS)
+"""What ``entities`` takes: the portal's entities (master data and exchange) and the exchange's
+steps ``emails`` and ``inbound``."""
 
 
 def whole(value: T) -> T:
@@ -85,7 +117,9 @@ async def portal_sync(
 
     Args:
         objects: restrict this run to these object numbers (no archiving in such a partial run).
-        entities: restrict to some of properties, units, contacts, responsibilities.
+        entities: restrict to some of properties, units, contacts, responsibilities (master
+            data), ticket_types, documents, tickets, bulletin_posts, comments (the exchange), and
+            the exchange's steps emails and inbound (tickets and comments from the portal).
         full_resync: send every record again, even if unchanged since the last confirmation.
         dry_run: compute and show the plan (artifacts portal-sync-protocol and -details), send nothing.
         profile: settings profile (production, test, demo); default ``HAUSFLOW_PROFILE``.
@@ -141,7 +175,8 @@ async def _sync(
             full_resync=full_resync,
             dry_run=dry_run,
         )
-        desired, _released = apply_portal_rules(settings, whole(tables), objects, today, whole(basis.scope))
+        desired, released = apply_portal_rules(settings, whole(tables), objects, today, whole(basis.scope))
+        tables_persons = persons_by_number(tables["persons"]) if exchange_wanted(entities) else {}
         del tables
         comparison = compare_with_portal_state(
             settings, whole(desired), entities, full_resync, whole(basis.scope)
@@ -154,40 +189,52 @@ async def _sync(
         )
         outcomes: list[BatchOutcome] = []
         deferred: list[Skip] = []
+        failed: set[tuple[str, str]] = set()
         if dry_run:
             logger.info("Dry run: %d writes planned, nothing sent.", len(plan.writes))
         else:
-            failed: set[tuple[str, str]] = set()
-            for planned in plan.batches(settings.portal.batch_size):
-                batch, held = without_failed_parents(PORTAL.by_name, planned, failed)
-                deferred += [
-                    Skip(
-                        w.entity,
-                        w.ref_id,
-                        "parent_failed",
-                        f"not sent: {p[0]} {p[1]} failed in this run; the next run sends it",
-                    )
-                    for w, p in held
-                ]
-                if batch:
-                    outcome = await load_partner_batch(PORTAL, settings, run_id, whole(batch), basis.seq)
-                    failed |= set(outcome.failed_keys)
-                    outcomes.append(outcome)
-            if deferred:
-                logger.warning(
-                    "%d writes were held back because the record they refer to failed in this run (listed in "
-                    "portal-sync-details); the next run sends them.",
-                    len(deferred),
+            await _load(PORTAL, settings, run_id, plan, basis.seq, failed, deferred, outcomes)
+        # the exchange: documents, messages and notes (docs/portal-exchange.md), after the master data
+        extra_skips: list[Skip] = []
+        extra_held: list[Skip] = []
+        problems: list[str] = []
+        if exchange_wanted(entities):
+            held_back = held_records(quarantined)  # not at the portal: nothing may name them
+            exchange = await _exchange(
+                settings,
+                run_id,
+                tables_persons,
+                released,
+                desired,
+                held_back,
+                today,
+                objects,
+                entities,
+                full_resync,
+                dry_run,
+            )
+            extra_skips, extra_held = exchange.skips, exchange.held
+            if not dry_run:
+                await _load(PORTAL, settings, run_id, exchange.plan, basis.seq, failed, deferred, outcomes)
+                problems += await _notify_and_enter(
+                    settings, run_id, exchange, tables_persons, entities, outcomes
                 )
-                # not sent and not confirmed: the next run rebuilds and plans them again
-                outcomes.append(BatchOutcome(failed_keys=[(d.entity, d.ref_id) for d in deferred]))
+            plan = merged(plan, exchange.plan)
+        if deferred:
+            logger.warning(
+                "%d writes were held back because the record they refer to failed in this run (listed in "
+                "portal-sync-details); the next run sends them.",
+                len(deferred),
+            )
+            # not sent and not confirmed: the next run rebuilds and plans them again
+            outcomes.append(BatchOutcome(failed_keys=[(d.entity, d.ref_id) for d in deferred]))
         summary = record_protocol(
             PORTAL,
             settings,
             run_id,
             whole(plan),
-            whole(desired.skipped + resp_skips + deferred),
-            whole(quarantined),
+            whole(desired.skipped + resp_skips + deferred + extra_skips),
+            whole(quarantined + extra_held),
             whole(outcomes),
             dry_run,
         )
@@ -209,6 +256,8 @@ async def _sync(
         summary["skipped"],
         summary["quarantined"],
     )
+    if problems:
+        raise RuntimeError("; ".join(problems))
     if summary["failed"]:
         raise RuntimeError(
             f"{summary['failed']} portal writes failed (listed with the reason in portal-sync-details): "
@@ -216,6 +265,126 @@ async def _sync(
             "retries the rest."
         )
     return summary
+
+
+async def _load(
+    partner: Partner,
+    settings: HausflowSettings,
+    run_id: str,
+    plan: Plan,
+    seq: int,
+    failed: set[tuple[str, str]],
+    deferred: list[Skip],
+    outcomes: list[BatchOutcome],
+) -> None:
+    """Send a plan batch by batch; a write whose parent failed earlier in the run is held back."""
+    for planned in plan.batches(settings.portal.batch_size):
+        batch, held = without_failed_parents(partner.by_name, planned, failed)
+        deferred += [
+            Skip(
+                w.entity,
+                w.ref_id,
+                "parent_failed",
+                f"not sent: {p[0]} {p[1]} failed in this run; the next run sends it",
+            )
+            for w, p in held
+        ]
+        if batch:
+            outcome = await load_partner_batch(partner, settings, run_id, whole(batch), seq)
+            failed |= set(outcome.failed_keys)
+            outcomes.append(outcome)
+
+
+async def _exchange(
+    settings: HausflowSettings,
+    run_id: str,
+    persons: dict[str, dict[str, Any]],
+    released: set[str],
+    desired: DesiredState,
+    held_back: set[tuple[str, str]],
+    today: date,
+    objects: list[str] | None,
+    entities: list[str] | None,
+    full_resync: bool,
+    dry_run: bool,
+) -> ExchangePlan:
+    """Read and plan the exchange, and convert this run's Word files (docs/portal-exchange.md)."""
+    rows = extract_exchange(settings)
+    files = read_document_files(settings, whole(rows["documents"]), today)
+    portal = await read_portal_exchange(settings, inbound=not dry_run and wanted(entities, "inbound"))
+    exchange = plan_exchange(
+        settings,
+        whole(rows),
+        whole(files),
+        whole(portal),
+        set(released),
+        {c for c in desired.present("contacts") if ("contacts", c) not in held_back},
+        {u for u in desired.present("units") if ("units", u) not in held_back},
+        today,
+        entities,
+        full_resync,
+        bool(objects),
+    )
+    exchange.rows = rows
+    exchange.portal = portal
+    if not dry_run:
+        exchange.workdir = tempfile.mkdtemp(prefix="hausflow-pdf-")
+        exchange.skips += convert_documents(settings, whole(exchange.plan), exchange.workdir)
+    return exchange
+
+
+async def _notify_and_enter(
+    settings: HausflowSettings,
+    run_id: str,
+    exchange: ExchangePlan,
+    persons: dict[str, dict[str, Any]],
+    entities: list[str] | None,
+    outcomes: list[BatchOutcome],
+) -> list[str]:
+    """E-mails to contacts not in the portal; tickets and comments from the portal into the ERP;
+    the messages' portal status. Returns what went wrong, for the run's end (the rest goes on)."""
+    logger = get_run_logger()
+    problems: list[str] = []
+    if exchange.workdir:
+        shutil.rmtree(exchange.workdir, ignore_errors=True)
+    if wanted(entities, "emails"):
+        try:
+            await recover_pending_writes(MAIL, settings, run_id)
+            mails, mail_skips = await plan_emails(settings, run_id, exchange, persons)
+            exchange.skips += mail_skips
+            if mails.writes:
+                await check_partner(MAIL, settings)
+                await _load(MAIL, settings, run_id, mails, 0, set(), [], outcomes)
+            exchange.plan = merged(exchange.plan, mails)
+        except Exception as exc:  # the mail server is not the portal's: the rest of the exchange goes on
+            logger.error(
+                "E-mails to contacts not in the portal were not sent: %s. The next run sends them.", exc
+            )
+            problems.append(f"e-mails not sent: {exc}")
+    if wanted(entities, "inbound") and exchange.portal is not None:
+        enter_portal_tickets_task(settings, whole(exchange.portal), whole(exchange.rows))
+    record_portal_status_task(settings, whole(exchange.status), whole(exchange.rows))
+    return problems
+
+
+def exchange_wanted(entities: list[str] | None) -> bool:
+    """Whether the run takes part in the exchange (``entities`` names none of it: no)."""
+    return not entities or any(e in EXCHANGE_ENTITIES or e in STEPS for e in entities)
+
+
+def wanted(entities: list[str] | None, step: str) -> bool:
+    """Whether the run does ``step`` (every step when ``entities`` is not given)."""
+    return not entities or step in entities
+
+
+def persons_by_number(table: TableRows) -> dict[str, dict[str, Any]]:
+    """The persons with an e-mail address, by number: whom the exchange may write to."""
+    columns = table.columns
+    return {
+        str(person["person_no"]): person
+        for person in (dict(zip(columns, row, strict=True)) for row in table.rows)
+        if person.get("email")
+    }
 
 
 def run_portal_sync(**parameters: Any) -> dict[str, Any]:
@@ -255,9 +424,9 @@ def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--entities",
         nargs="+",
         action="extend",
-        choices=PORTAL.entities,
+        choices=ALL_ENTITIES,
         metavar="ENTITY",
-        help=f"only these entities: {', '.join(PORTAL.entities)}",
+        help=f"only these entities: {', '.join(ALL_ENTITIES)}",
     )
     parser.add_argument(
         "--profile",

@@ -7,7 +7,7 @@ Two kinds of implementation sit behind it: :class:`connectors.sync.http.HttpPart
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,7 +67,11 @@ class PartnerClient(Protocol):
     async def aread_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]: ...
 
     async def alist_records(
-        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+        self,
+        entity: str,
+        modified_after: str | None = None,
+        include_archived: bool = False,
+        filters: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]: ...
 
     async def acheck(self) -> None: ...

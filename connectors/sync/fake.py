@@ -89,12 +89,22 @@ class FakePartnerClient:
         return {ref_id: dict(held[ref_id]) if ref_id in held else None for ref_id in ref_ids}
 
     async def alist_records(
-        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+        self,
+        entity: str,
+        modified_after: str | None = None,
+        include_archived: bool = False,
+        filters: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Every record held (archived ones on request)."""
         self._login()
         archived = self.streams[entity].archived_field
-        return [dict(r) for r in self.records[entity].values() if include_archived or not r.get(archived)]
+        return [
+            dict(r)
+            for r in self.records[entity].values()
+            if (include_archived or not r.get(archived))
+            and all(str(r.get(k)) == v for k, v in (filters or {}).items())
+            and (modified_after is None or str(r.get("updatedAt") or "") > modified_after)
+        ]
 
     async def acheck(self) -> None:
         """Raises when the credentials are refused."""

@@ -153,12 +153,21 @@ class HttpPartnerClient:
         return dict(zip(ref_ids, records, strict=True))
 
     async def alist_records(
-        self, entity: str, modified_after: str | None = None, include_archived: bool = False
+        self,
+        entity: str,
+        modified_after: str | None = None,
+        include_archived: bool = False,
+        filters: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every record of a collection, following ``_links.next`` page by page."""
+        """Every record of a collection, following ``_links.next`` page by page.
+
+        ``filters``: further query parameters of the first page (``origin=portal``)."""
         stream = self.streams[entity]
         limiter = RateLimiter(self._rate)
-        params: dict[str, Any] | None = self.page_params(modified_after, include_archived)
+        params: dict[str, Any] | None = {
+            **self.page_params(modified_after, include_archived),
+            **(filters or {}),
+        }
         out: list[dict[str, Any]] = []
         url: str | None = stream.path
         async with self._http() as http:
@@ -441,11 +450,9 @@ class HttpPartnerClient:
 
         async def applied() -> bool:
             record = await self._get_one(http, limiter, stream, op.ref_id)
-            return (
-                bool(record)
-                and record.get("contentSha256") == digest
-                and bool(stream.complete and stream.complete(record))
-            )
+            if record is None or record.get("contentSha256") != digest:
+                return False
+            return stream.complete is None or stream.complete(record)
 
         await self._request(
             http,

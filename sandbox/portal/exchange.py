@@ -90,7 +90,8 @@ class TicketTypeOut(_ExchangeRead, TicketTypeIn):
 
 
 class DocumentIn(_Writable):
-    """A document's metadata. A deleted document needs only ``propertyId`` and ``deleted: true``.
+    """A document's metadata. A deleted document needs only ``deleted: true`` (and an existing
+    ``propertyId`` if it names one).
 
     Audience: ``contactIds`` (single contacts), else ``unitId`` (the unit), else the property.
     ``version`` is the client's version of the content (e.g. the SHA-256 of the source file).
@@ -101,7 +102,7 @@ class DocumentIn(_Writable):
     fileName: str | None = None
     mimeType: str | None = None
     date: str | None = None
-    propertyId: str
+    propertyId: str | None = None
     unitId: str | None = None
     contactIds: list[str] | None = None
     version: str | None = None
@@ -323,17 +324,23 @@ def _property_problems(
 
 
 def _document_problems(store: Store, body: DocumentIn) -> list[tuple[str, str]]:
-    """A live document needs its metadata and existing references; a deleted one its property."""
+    """A live document needs its metadata and existing references; a deleted one nothing more (a
+    document gone from the ERP is reported by id alone), or a property that exists if it names one."""
     if body.deleted:
-        return _property_problems(store, body.propertyId, None, archived_ok=True)
+        return (
+            []
+            if body.propertyId is None
+            else _property_problems(store, body.propertyId, None, archived_ok=True)
+        )
     problems: list[tuple[str, str]] = [
         (name, "required unless the document is deleted")
-        for name in ("title", "documentType", "fileName", "mimeType", "date", "version", "size")
+        for name in ("title", "documentType", "fileName", "mimeType", "date", "propertyId", "version", "size")
         if getattr(body, name) is None or getattr(body, name) == ""
     ]
     if body.mimeType and body.mimeType not in CONTENT_TYPES:
         problems.append(("mimeType", f"must be one of {', '.join(CONTENT_TYPES)}"))
-    problems += _property_problems(store, body.propertyId, body.unitId, archived_ok=False)
+    if body.propertyId is not None:
+        problems += _property_problems(store, body.propertyId, body.unitId, archived_ok=False)
     for i, contact_id in enumerate(body.contactIds or []):
         if store.entry("contacts", contact_id) is None:
             problems.append((f"contactIds[{i}]", f"contact {contact_id} does not exist"))

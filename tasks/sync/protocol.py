@@ -76,7 +76,10 @@ def record_protocol(
     if dry_run:
         outcomes_seen = [f"planned {o}" for o in outcomes_seen[:5]] + outcomes_seen[5:]
     table = []
-    for entity in partner.entities:
+    others = sorted(
+        {e for e, _ in counts} - set(partner.entities)
+    )  # another partner's step in the run (e-mails)
+    for entity in (*partner.entities, *others):
         row: dict[str, Any] = {"entity": entity}
         for outcome in outcomes_seen:
             row[outcome] = counts.get((entity, outcome), 0)

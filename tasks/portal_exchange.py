@@ -1,0 +1,468 @@
+"""The portal exchange as tasks: documents, messages and notes to the portal, tickets back to the ERP.
+
+The second phase of the portal sync (docs/portal-exchange.md): after the master data, in the same
+flow run, so that every property, unit and contact a document or ticket names is at the portal.
+
+read the ERP's documents, messages, notes, orders -> the files' digests -> the portal's ticket
+types and what changed there -> rules -> plan by difference -> convert Word files -> load (the
+sync engine's batches) -> e-mail contacts not in the portal -> tickets and comments written in the
+portal into the ERP -> the messages' portal status
+
+Unlike the master data, the exchange is built in full every run: its rows are few per person,
+its rules are time-driven, and the incremental memo's bookkeeping would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from config.settings import HausflowSettings
+from connectors.documents import DigestCache, convert_to_pdf
+from connectors.erp.database import make_engine
+from connectors.erp.extract import TableRows, document_path, document_root, extract_exchange_rows
+from connectors.erp.writeback import (
+    PortalChange,
+    PortalComment,
+    PortalTicket,
+    enter_portal_comments,
+    enter_portal_tickets,
+    record_portal_changes,
+    record_portal_status,
+)
+from connectors.mail import EMAILS, MailClient
+from connectors.portal.streams import EXCHANGE_STREAMS
+from connectors.state_store import Confirmation, ProtocolRow, StateEntry, StateStore
+from connectors.sync.client import PartnerClient
+from tasks.portal_exchange_rules import (
+    ExchangeRules,
+    FileFacts,
+    build_comments,
+    build_documents,
+    build_emails,
+    build_messages,
+    build_ticket_types,
+    inbound_messages,
+    known_tickets,
+    portal_changes,
+)
+from tasks.portal_rules import Skip
+from tasks.portal_tasks import PORTAL, TARGET, known_failures
+from tasks.sync.partner import Partner
+from tasks.sync.plan import Plan, PlannedWrite, desired_hashes, plan_changes, write_candidates
+
+EXCHANGE_ENTITIES = tuple(s.name for s in EXCHANGE_STREAMS)
+"""The portal entities of the exchange, in write order."""
+STEPS = ("emails", "inbound")
+"""The exchange's steps that are not portal entities: e-mails to contacts not in the portal, and
+tickets and comments from the portal into the ERP. ``entities`` of the portal sync takes them too."""
+CURSOR = "inbound"
+CURSOR_OVERLAP = timedelta(seconds=2)
+"""The portal's list is read from a little before the cursor: a ticket stamped in the same
+millisecond as the last one read is not missed; entering it again does nothing."""
+SETTLED_BY_PORTAL = "contact registered in the portal"
+
+
+def connect_mail(settings: HausflowSettings) -> PartnerClient:
+    """The SMTP server as a partner of the sync engine (stream ``emails``)."""
+    return MailClient.from_settings(settings.mail)
+
+
+MAIL = Partner("mail", (EMAILS,), connect_mail)
+
+
+def _dicts(table: TableRows) -> list[dict[str, Any]]:
+    return [dict(zip(table.columns, row, strict=True)) for row in table.rows]
+
+
+def converter_available(settings: HausflowSettings) -> bool:
+    """Whether LibreOffice can be called (the program named in ``portal.converter``)."""
+    return shutil.which(settings.portal.converter) is not None
+
+
+@dataclass
+class PortalSide:
+    """What the exchange reads from the portal each run."""
+
+    ticket_types: dict[str, dict[str, Any]]
+    tickets: list[dict[str, Any]]
+    comments: list[dict[str, Any]]
+    newest: str | None
+
+
+@dataclass
+class ExchangePlan:
+    """The exchange's plan, what the rules held back, and what the ERP is told afterwards."""
+
+    plan: Plan
+    skips: list[Skip]
+    held: list[Skip]
+    status: dict[int, str]
+    records: dict[str, dict[str, dict[str, Any]]]
+    contact_of: dict[str, str] = field(default_factory=dict)
+    rows: Mapping[str, Sequence[dict[str, Any]]] = field(default_factory=dict)
+    portal: PortalSide | None = None
+    workdir: str | None = None
+
+
+@task(name="extract-exchange", cache_policy=NO_CACHE)
+def extract_exchange(settings: HausflowSettings) -> dict[str, list[dict[str, Any]]]:
+    """Read documents, message types, messages, notes and orders from the ERP (chunked)."""
+    logger = get_run_logger()
+    engine = make_engine(settings.erp_url)
+    try:
+        tables = {name: _dicts(t) for name, t in extract_exchange_rows(engine).items()}
+    finally:
+        engine.dispose()
+    logger.info("Read the ERP's exchange: %s.", ", ".join(f"{len(r):,} {n}" for n, r in tables.items()))
+    return tables
+
+
+@task(name="read-document-files", cache_policy=NO_CACHE)
+def read_document_files(
+    settings: HausflowSettings, documents: Sequence[dict[str, Any]], today: date
+) -> dict[int, FileFacts]:
+    """Size and SHA-256 of each file a released document type points to.
+
+    A file is read again only when its size or modification time changed since the digest was
+    remembered (``file_digests`` in the state store); every other file costs one ``stat``.
+    """
+    logger = get_run_logger()
+    rules = ExchangeRules.from_settings(settings.portal, today)
+    root = document_root(settings.erp_url, settings.portal.document_dir)
+    store = StateStore(settings.state_url)
+    cache = DigestCache(store.file_digests())
+    facts: dict[int, FileFacts] = {}
+    wanted = rules.document_types | rules.document_types_without_time_filter
+    for doc in documents:
+        if doc.get("doc_type") not in wanted:
+            continue  # never uploaded: reported as deleted, or not at all
+        raw = doc.get("content_path")
+        if not raw:
+            facts[doc["document_id"]] = FileFacts(None, None, None, "the ERP names no file for it")
+            continue
+        path = document_path(root, raw)
+        try:
+            size = path.stat().st_size
+            digest = cache.digest(path)
+        except OSError as exc:
+            facts[doc["document_id"]] = FileFacts(
+                str(path), None, None, f"its file cannot be read ({exc.strerror})"
+            )
+            continue
+        facts[doc["document_id"]] = FileFacts(str(path), size, digest, None)
+    changed = cache.changed()
+    store.save_file_digests(changed, cache.gone())
+    logger.info("Document files: %d checked, %d read for their digest.", len(facts), len(changed))
+    return facts
+
+
+@task(name="read-portal-exchange", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+async def read_portal_exchange(settings: HausflowSettings, inbound: bool) -> PortalSide:
+    """The portal's ticket types, and the tickets and comments changed there since the cursor."""
+    client = PORTAL.connect(settings)
+    types = {str(t["id"]): t for t in await client.alist_records("ticket_types")}
+    if not inbound:
+        return PortalSide(types, [], [], None)
+    cursor = StateStore(settings.state_url).cursor(TARGET, CURSOR)
+    since = None
+    if cursor:
+        since = (datetime.fromisoformat(cursor.replace("Z", "+00:00")) - CURSOR_OVERLAP).isoformat()
+    tickets = await client.alist_records("tickets", modified_after=since)
+    comments = await client.alist_records("comments", modified_after=since, filters={"origin": "portal"})
+    stamps = [str(r["updatedAt"]) for r in (*tickets, *comments) if r.get("updatedAt")]
+    return PortalSide(types, tickets, comments, max(stamps) if stamps else cursor)
+
+
+@task(name="plan-exchange", cache_policy=NO_CACHE)
+def plan_exchange(
+    settings: HausflowSettings,
+    rows: Mapping[str, Sequence[dict[str, Any]]],
+    files: Mapping[int, FileFacts],
+    portal: PortalSide,
+    released: set[str],
+    portal_contacts: set[str],
+    portal_units: set[str],
+    today: date,
+    entities: Sequence[str] | None,
+    full_resync: bool,
+    partial: bool,
+) -> ExchangePlan:
+    """The exchange's records by the rules, compared with what the portal confirmed: the plan."""
+    logger = get_run_logger()
+    rules = ExchangeRules.from_settings(settings.portal, today)
+    chosen = tuple(e for e in EXCHANGE_ENTITIES if not entities or e in entities)
+    store = StateStore(settings.state_url)
+    state: dict[str, dict[str, StateEntry]] = {e: store.load_state(TARGET, e) for e in EXCHANGE_ENTITIES}
+
+    def at_portal(entity: str) -> set[str]:
+        return {rid for rid, entry in state[entity].items() if entry.status == "active"}
+
+    skips: list[Skip] = []
+    types, changed_types = build_ticket_types(rows["message_types"], portal.ticket_types)
+    for code, reason in changed_types.items():
+        skips.append(Skip("ticket_types", code, "type_changed_in_portal", reason))
+    documents, uploads, doc_skips = build_documents(
+        rules,
+        rows["documents"],
+        released,
+        files,
+        portal_contacts,
+        portal_units,
+        converter_available(settings),
+    )
+    messages = build_messages(
+        rules,
+        rows["messages"],
+        rows["message_types"],
+        released,
+        at_portal("tickets"),
+        at_portal("bulletin_posts"),
+        changed_types,
+        portal_contacts,
+    )
+    comments, comment_skips = build_comments(
+        rules, rows["notes"], rows["orders"], messages.ticket_refs, at_portal("comments")
+    )
+    skips += doc_skips + messages.skipped + comment_skips
+    records = {
+        "ticket_types": types,
+        "documents": documents,
+        "tickets": messages.tickets,
+        "bulletin_posts": messages.posts,
+        "comments": comments,
+    }
+    records = {e: r for e, r in records.items() if e in chosen}
+    streams = {s.name: s for s in EXCHANGE_STREAMS if s.name in chosen}
+    hashes = desired_hashes(streams, records)
+    candidates = write_candidates(records, state, hashes, full_resync)
+    open_entries = [e for e in store.open_quarantine(TARGET) if e["entity"] in chosen]
+    held_skips, held = known_failures(open_entries, candidates)
+    plan = plan_changes(
+        EXCHANGE_STREAMS,
+        records,
+        state,
+        held=held,
+        full_resync=full_resync,
+        allow_archive=not partial,
+        entities=chosen,
+        hashes=hashes,
+    )
+    for i, write in enumerate(
+        plan.writes
+    ):  # the file to upload travels with the write, never compared or sent
+        upload = uploads.get(write.ref_id) if write.entity == "documents" and write.op == "upsert" else None
+        if upload is not None and write.payload is not None:
+            content = {"path": upload.path, "convert": upload.convert, "mimeType": upload.mime_type}
+            plan.writes[i] = replace(write, payload={**write.payload, "_content": content})
+    contact_of = {
+        ref: str(t["contactId"])
+        for ref, t in messages.tickets.items()
+        if t.get("visibility") == "contact" and t.get("contactId")
+    }
+    counts = plan.counts()
+    logger.info(
+        "Exchange plan: %s.",
+        "; ".join(
+            f"{e}: "
+            + ", ".join(
+                [f"{n:,} {o}" for (ent, o), n in sorted(counts.items()) if ent == e]
+                + [f"{plan.unchanged.get(e, 0):,} unchanged"]
+            )
+            for e in chosen
+        ),
+    )
+    return ExchangePlan(plan, skips, held_skips, messages.status, records, contact_of)
+
+
+@task(name="convert-documents", cache_policy=NO_CACHE)
+def convert_documents(settings: HausflowSettings, plan: Plan, workdir: str) -> list[Skip]:
+    """Convert the Word and OpenDocument files of this run's uploads to PDF, in one LibreOffice call.
+
+    A document whose conversion fails leaves the plan with the reason: never sent unconverted.
+    """
+    logger = get_run_logger()
+    todo = [
+        w
+        for w in plan.writes
+        if w.entity == "documents" and w.payload and (w.payload.get("_content") or {}).get("convert")
+    ]
+    if not todo:
+        return []
+    sources = sorted({Path(w.payload["_content"]["path"]) for w in todo if w.payload})
+    results = convert_to_pdf(sources, Path(workdir), settings.portal.converter)
+    failed: set[str] = set()
+    skips: list[Skip] = []
+    converted: dict[str, PlannedWrite] = {}
+    for write in todo:
+        assert write.payload is not None
+        content = write.payload["_content"]
+        outcome = results.get(Path(content["path"]))
+        if isinstance(outcome, Path):
+            done = {**content, "path": str(outcome), "convert": False}
+            converted[write.ref_id] = replace(write, payload={**write.payload, "_content": done})
+            continue
+        failed.add(write.ref_id)
+        title = write.payload.get("title") or write.ref_id
+        reason = f"document {title!r} ({write.ref_id}) not converted to PDF: {outcome}; not sent unconverted"
+        skips.append(Skip("documents", write.ref_id, "conversion_failed", reason))
+    plan.writes = [
+        converted.get(w.ref_id, w) if w.entity == "documents" else w
+        for w in plan.writes
+        if not (w.entity == "documents" and w.ref_id in failed)
+    ]
+    logger.info("Converted %d of %d Word/OpenDocument files to PDF.", len(todo) - len(failed), len(todo))
+    return skips
+
+
+@task(name="plan-emails", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+async def plan_emails(
+    settings: HausflowSettings,
+    run_id: str,
+    exchange: ExchangePlan,
+    persons: Mapping[str, dict[str, Any]],
+) -> tuple[Plan, list[Skip]]:
+    """E-mails to contacts that are not registered in the portal, once per ticket and comment.
+
+    Every ticket and comment for one contact is settled once: by the portal (the contact is
+    registered there: recorded without a mail), or by an e-mail. Only the unsettled ones that the
+    portal holds are looked at, so a run without new tickets asks the portal nothing.
+    """
+    logger = get_run_logger()
+    plan = Plan()
+    if not settings.portal.notify_unregistered_by_email:
+        return plan, []
+    store = StateStore(settings.state_url)
+    settled = store.load_state(MAIL.name, "emails")
+    tickets_at = {r for r, e in store.load_state(TARGET, "tickets").items() if e.status == "active"}
+    comments_at = {r for r, e in store.load_state(TARGET, "comments").items() if e.status == "active"}
+    created: list[tuple[str, Literal["ticket", "comment"], dict[str, Any]]] = []
+    tickets = exchange.records.get("tickets", {})
+    for ref in exchange.contact_of:
+        if ref in tickets_at and f"ticket-{ref}" not in settled:
+            created.append((ref, "ticket", tickets[ref]))
+    for ref, comment in exchange.records.get("comments", {}).items():
+        if (
+            ref in comments_at
+            and f"comment-{ref}" not in settled
+            and comment.get("ticketId") in exchange.contact_of
+        ):
+            created.append((ref, "comment", comment))
+    if not created:
+        return plan, []
+    contact_ids = sorted({exchange.contact_of[c["ticketId"] if k == "comment" else r] for r, k, c in created})
+    client = PORTAL.connect(settings)
+    found = await client.aread_many("contacts", contact_ids)
+    registered = {cid: bool((rec or {}).get("isRegistered")) for cid, rec in found.items()}
+    emails, skips = build_emails(created, persons, registered, tickets)
+    by_portal = []
+    for ref, kind, payload in created:
+        key = f"{kind}-{ref}"
+        cid = exchange.contact_of[payload["ticketId"] if kind == "comment" else ref]
+        if registered.get(cid) and key not in emails:
+            by_portal.append(Confirmation("emails", key, "upsert", SETTLED_BY_PORTAL))
+    store.confirm(
+        MAIL.name,
+        by_portal,
+        run_id,
+        [ProtocolRow("emails", c.ref_id, "skipped", SETTLED_BY_PORTAL) for c in by_portal],
+    )
+    hashes = desired_hashes({"emails": EMAILS}, {"emails": emails})
+    plan = plan_changes((EMAILS,), {"emails": emails}, {}, hashes=hashes, allow_archive=False)
+    logger.info(
+        "E-mails: %d new tickets and comments for single contacts; %d of them go by e-mail, %d to registered contacts.",
+        len(created),
+        len(emails),
+        len(by_portal),
+    )
+    return plan, skips
+
+
+@task(name="enter-portal-tickets", cache_policy=NO_CACHE)
+def enter_portal_tickets_task(
+    settings: HausflowSettings, portal: PortalSide, rows: Mapping[str, Sequence[dict[str, Any]]]
+) -> dict[str, int]:
+    """Tickets and public comments written in the portal into the ERP, each exactly once.
+
+    The ERP keys them by the portal's id, so entering one again does nothing; the cursor
+    advances only after the ERP committed them.
+    """
+    logger = get_run_logger()
+    known_comments = [str(n["portal_comment_id"]) for n in rows["notes"] if n.get("portal_comment_id")]
+    new_messages, new_notes, skips = inbound_messages(
+        portal.tickets,
+        portal.comments,
+        known_tickets(rows["messages"]),
+        rows["message_types"],
+        settings.portal.erp_user,
+        known_comments,
+    )
+    engine = make_engine(settings.erp_url)
+    try:
+        entered = enter_portal_tickets(
+            engine, [_fields(PortalTicket, m) for m in new_messages], settings.portal.erp_user
+        )
+        noted = enter_portal_comments(
+            engine, [_fields(PortalComment, n) for n in new_notes], settings.portal.erp_user
+        )
+        changes = portal_changes(portal.tickets, rows["messages"])
+        record_portal_changes(engine, [PortalChange(mid, at, what) for mid, (at, what) in changes.items()])
+    finally:
+        engine.dispose()
+    if portal.newest:
+        StateStore(settings.state_url).set_cursor(TARGET, CURSOR, portal.newest)
+    created = sum(1 for e in entered if e.created)
+    notes = sum(1 for n in noted if n.created)
+    for n in noted:
+        if n.reason:
+            logger.warning("Portal comment %s not taken into the ERP: %s", n.portal_comment_id, n.reason)
+    for skip in skips:
+        logger.warning("Not taken into the ERP: %s", skip.reason)
+    logger.info(
+        "From the portal into the ERP: %d new messages, %d new notes, %d changes shown at their messages.",
+        created,
+        notes,
+        len(changes),
+    )
+    return {"messages": created, "notes": notes, "changes": len(changes)}
+
+
+def _fields(kind: Any, row: Mapping[str, Any]) -> Any:
+    """The dataclass ``kind`` from the keys of ``row`` it has."""
+    names = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in row.items() if k in names})
+
+
+@task(name="record-portal-status", cache_policy=NO_CACHE)
+def record_portal_status_task(
+    settings: HausflowSettings, status: Mapping[int, str], rows: Mapping[str, Sequence[dict[str, Any]]]
+) -> int:
+    """Write each message's portal status into the ERP, where it changed."""
+    current = {int(m["message_id"]): m.get("portal_status") for m in rows["messages"]}
+    changed = {mid: text for mid, text in status.items() if current.get(mid) != text}
+    if not changed:
+        return 0
+    engine = make_engine(settings.erp_url)
+    try:
+        record_portal_status(engine, changed)
+    finally:
+        engine.dispose()
+    get_run_logger().info("Portal status of %d messages written to the ERP.", len(changed))
+    return len(changed)
+
+
+def merged(first: Plan, *others: Plan) -> Plan:
+    """One plan of several: their writes in order, unchanged counts and notes together."""
+    out = replace(first, writes=list(first.writes), unchanged=dict(first.unchanged), notes=list(first.notes))
+    for other in others:
+        out.writes += other.writes
+        out.unchanged.update(other.unchanged)
+        out.notes += other.notes
+    return out

@@ -1,0 +1,212 @@
+"""The portal exchange end to end: the demo ERP with real files, the sandbox over HTTP, a real SMTP
+server on loopback. Documents, tickets, bulletin posts and comments reach the portal once; tickets
+and comments written in the portal reach the ERP once; contacts not in the portal get e-mails once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select, update
+
+from connectors.erp import demo
+from connectors.erp.database import make_engine
+from connectors.erp.schema import messages, notes
+from connectors.portal import PortalClient
+from connectors.state_store import StateStore
+from flows.portal_sync import run_portal_sync
+from sandbox.portal.server import SandboxServer
+from tests.portal_env import BUSINESS_DATE, portal_env
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+HAS_SOFFICE = shutil.which("soffice") is not None
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps what arrived."""
+
+    def __init__(self) -> None:
+        self.mails: list[Any] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.mails.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+def view(sandbox: SandboxServer, entity: str) -> dict[str, dict[str, Any]]:
+    client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret)
+    return {r["id"]: r for r in client.list_records(entity, include_archived=entity == "bulletin_posts")}
+
+
+@pytest.fixture(scope="module")
+def world(sandbox: SandboxServer, smtp: tuple[Inbox, int], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A demo ERP of 300 persons with its document files, and a first sync."""
+    folder = tmp_path_factory.mktemp("erp")
+    erp_url, state_url = f"sqlite:///{folder}/erp.sqlite", f"sqlite:///{folder}/state.sqlite"
+    engine = make_engine(erp_url)
+    summary = demo.generate_erp(engine, persons=300, seed=7, business_date=BUSINESS_DATE)
+    sandbox.reset()
+    env = {
+        "HAUSFLOW_MAIL__HOST": "127.0.0.1",
+        "HAUSFLOW_MAIL__PORT": str(smtp[1]),
+        "HAUSFLOW_MAIL__SENDER": "verwaltung@hausflow.example",
+    }
+    with portal_env(sandbox, erp_url, state_url, **env):
+        first = run_portal_sync(profile="test")
+    return {"engine": engine, "erp_url": erp_url, "state_url": state_url, "env": env, "first": first,
+            "summary": summary, "folder": folder}  # fmt: skip
+
+
+def sync(world: dict[str, Any], sandbox: SandboxServer, **params: Any) -> dict[str, Any]:
+    with portal_env(sandbox, world["erp_url"], world["state_url"], **world["env"]):
+        return run_portal_sync(profile="test", **params)
+
+
+def test_documents_reach_the_portal_with_their_files(world: dict[str, Any], sandbox: SandboxServer) -> None:
+    first = world["first"]
+    assert first["failed"] == 0, first
+    docs = view(sandbox, "documents")
+    live = {i: d for i, d in docs.items() if not d.get("deleted")}
+    deleted = {i: d for i, d in docs.items() if d.get("deleted")}
+    assert live and deleted, "released documents go with their file, the others as deleted"
+    for doc in live.values():
+        assert doc["contentVersion"] == doc["version"], doc
+        assert doc["mimeType"] in ("application/pdf", "image/jpeg", "image/png")
+    for doc in deleted.values():
+        assert doc.get("contentSha256") is None
+    counters = sandbox.counters()
+    assert counters["uploads"] == len(live)
+    assert max(counters["uploads_by_document"].values()) == 1
+    with world["engine"].connect() as conn:
+        rows = {str(r.document_id): r for r in conn.execute(select(demo.s.documents))}
+    converted = [i for i, d in live.items() if rows[i].file_name.lower().endswith((".docx", ".odt"))]
+    if HAS_SOFFICE:
+        assert converted, "the demo has Word and OpenDocument files of released types"
+        client = httpx.Client(base_url=sandbox.base_url)
+        token = client.post("/v2/authenticate", json={"key": sandbox.key, "secret": sandbox.secret}).json()["token"]
+        body = client.get(f"/v2/documents/{converted[0]}/content", headers={"token": token}).content
+        assert body.startswith(b"%PDF"), "converted to PDF before upload"
+    oversized = [i for i, r in rows.items() if r.size_bytes > 100 * 1024 * 1024]
+    assert oversized and all(i not in live for i in oversized)
+    store = StateStore(world["state_url"])
+    skipped = {r.ref_id: r.reason for r in store.protocol_rows(first["run_id"], outcomes=("skipped",), limit=10_000)}
+    assert all("MB" in (skipped.get(i) or "") for i in oversized), "the oversized document is skipped with its reason"
+
+
+def test_messages_become_tickets_posts_and_comments(world: dict[str, Any], sandbox: SandboxServer) -> None:
+    tickets, posts, comments = view(sandbox, "tickets"), view(sandbox, "bulletin_posts"), view(sandbox, "comments")
+    assert tickets and posts and comments
+    with world["engine"].connect() as conn:
+        rows = list(conn.execute(select(messages)))
+        note_rows = list(conn.execute(select(notes)))
+        types = {r.code: r.portal_mode for r in conn.execute(select(demo.s.message_types))}
+    by_id = {str(r.message_id): r for r in rows}
+    for ref, ticket in tickets.items():
+        mode = types[by_id[ref].message_type]
+        assert mode in ("OBJEKTMELDUNG", "EINZELMELDUNG")
+        assert ticket["visibility"] == ("property" if mode == "OBJEKTMELDUNG" else "contact")
+    for ref in posts:
+        assert types[by_id[ref].message_type] == "PINNWAND"
+    assert not any(types[by_id[r].message_type] == "SPERRE" for r in tickets)
+    internal = {f"note-{n.note_id}" for n in note_rows if n.internal}
+    assert internal and not internal & set(comments), "internal notes never go over"
+    assert all(r.portal_status for r in rows), "every message carries its portal status"
+
+
+def test_a_run_without_changes_sends_nothing(world: dict[str, Any], sandbox: SandboxServer, smtp: tuple[Inbox, int]) -> None:
+    uploads, mails = sandbox.counters()["uploads"], len(smtp[0].mails)
+    again = sync(world, sandbox)
+    assert again["planned_writes"] == 0 and again["failed"] == 0, again
+    assert sandbox.counters()["uploads"] == uploads
+    assert len(smtp[0].mails) == mails
+
+
+def test_unregistered_contacts_get_one_email_per_ticket(world: dict[str, Any], smtp: tuple[Inbox, int]) -> None:
+    inbox = smtp[0]
+    assert inbox.mails, "contacts not registered in the portal with an e-mail address are written to"
+    ids = [m["Message-ID"] for m in inbox.mails]
+    assert len(ids) == len(set(ids)), "one e-mail per ticket and comment"
+    assert all(m["From"] == "verwaltung@hausflow.example" for m in inbox.mails)
+
+
+def test_a_changed_file_replaces_the_document(world: dict[str, Any], sandbox: SandboxServer) -> None:
+    docs = {i: d for i, d in view(sandbox, "documents").items() if not d.get("deleted") and d["fileName"].endswith(".pdf")}
+    ref = sorted(docs)[0]
+    with world["engine"].connect() as conn:
+        row = conn.execute(select(demo.s.documents).where(demo.s.documents.c.document_id == int(ref))).one()
+    path = Path(world["folder"]) / row.content_path
+    path.write_bytes(path.read_bytes().replace(b"%%EOF", b"% changed\n%%EOF"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
+    before = sandbox.counters()["uploads_by_document"].get(ref, 0)
+    summary = sync(world, sandbox)
+    assert summary["failed"] == 0
+    assert summary["counts"].get("documents.updated") == 1
+    assert sandbox.counters()["uploads_by_document"][ref] == before + 1
+    after = view(sandbox, "documents")[ref]
+    assert after["version"] != docs[ref]["version"] and after["contentVersion"] == after["version"]
+
+
+def test_tickets_and_comments_from_the_portal_enter_the_erp_once(world: dict[str, Any], sandbox: SandboxServer) -> None:
+    tickets = view(sandbox, "tickets")
+    ticket = next(t for t in tickets.values() if t["visibility"] == "contact")
+    client = httpx.Client(base_url=sandbox.base_url)
+    made = client.post(
+        "/_sandbox/tickets",
+        json={"ticketTypeId": ticket["ticketTypeId"], "propertyId": ticket["propertyId"], "unitId": ticket.get("unitId"),
+              "contactId": ticket["contactId"], "title": "Fenster klemmt", "description": "Im Schlafzimmer."},
+    )  # fmt: skip
+    assert made.status_code in (200, 201), made.text
+    new_id = made.json()["id"]
+    for public, text in ((True, "Danke, bitte morgens."), (False, "intern: Mieter schwierig")):
+        r = client.post(f"/_sandbox/tickets/{new_id}/comments", json={"text": text, "public": public, "author": "Mieter"})
+        assert r.status_code in (200, 201), r.text
+    r = client.post(f"/_sandbox/tickets/{ticket['id']}/comments", json={"text": "Wann kommt jemand?", "public": True, "author": "Mieter"})
+    assert r.status_code in (200, 201), r.text
+    for _ in range(2):  # a second run enters nothing twice
+        summary = sync(world, sandbox)
+        assert summary["failed"] == 0, summary
+    with world["engine"].connect() as conn:
+        entered = list(conn.execute(select(messages).where(messages.c.portal_ticket_id == new_id)))
+        assert len(entered) == 1
+        assert entered[0].entered_by == "900" and entered[0].status == "OFFEN"
+        its_notes = list(conn.execute(select(notes).where(notes.c.message_id == entered[0].message_id)))
+        assert [n.text for n in its_notes] == ["Danke, bitte morgens."], "internal portal comments never"
+        old = conn.execute(select(messages).where(messages.c.message_id == int(ticket["id"]))).one()
+        assert old.portal_change and old.portal_changed_at, "what changed in the portal shows at the message"
+        answer = list(conn.execute(select(notes).where(notes.c.message_id == old.message_id, notes.c.portal_comment_id.is_not(None))))
+        assert [n.text for n in answer] == ["Wann kommt jemand?"]
+
+
+def test_closing_a_house_notice_removes_it_from_the_board(world: dict[str, Any], sandbox: SandboxServer) -> None:
+    posts = {i: p for i, p in view(sandbox, "bulletin_posts").items() if not p.get("archived")}
+    ref = sorted(posts)[0]
+    with world["engine"].begin() as conn:
+        conn.execute(update(messages).where(messages.c.message_id == int(ref)).values(
+            status="ABGESCHLOSSEN", modified_at=datetime.now(UTC)))  # fmt: skip
+    summary = sync(world, sandbox)
+    assert summary["failed"] == 0
+    assert view(sandbox, "bulletin_posts")[ref].get("archived") is True
