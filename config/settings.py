@@ -112,6 +112,9 @@ class Licences(BaseModel):
 
     owner: bool = False
     caretaker: bool = False
+    documents_messages: bool = Field(
+        default=False, description="documents, messages and notes with the portal (docs/portal-exchange.md)"
+    )
 
 
 class SepaSettings(BaseModel):

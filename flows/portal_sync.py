@@ -176,7 +176,7 @@ async def _sync(
             dry_run=dry_run,
         )
         desired, released = apply_portal_rules(settings, whole(tables), objects, today, whole(basis.scope))
-        tables_persons = persons_by_number(tables["persons"]) if exchange_wanted(entities) else {}
+        tables_persons = persons_by_number(tables["persons"]) if exchange_wanted(settings, entities) else {}
         del tables
         comparison = compare_with_portal_state(
             settings, whole(desired), entities, full_resync, whole(basis.scope)
@@ -198,7 +198,7 @@ async def _sync(
         extra_skips: list[Skip] = []
         extra_held: list[Skip] = []
         problems: list[str] = []
-        if exchange_wanted(entities):
+        if exchange_wanted(settings, entities):
             held_back = held_records(quarantined)  # not at the portal: nothing may name them
             exchange = await _exchange(
                 settings,
@@ -367,8 +367,11 @@ async def _notify_and_enter(
     return problems
 
 
-def exchange_wanted(entities: list[str] | None) -> bool:
-    """Whether the run takes part in the exchange (``entities`` names none of it: no)."""
+def exchange_wanted(settings: HausflowSettings, entities: list[str] | None) -> bool:
+    """Whether the run takes part in the exchange: licensed (``licences.documents_messages``),
+    and ``entities`` names some of it or is not given."""
+    if not settings.licences.documents_messages:
+        return False
     return not entities or any(e in EXCHANGE_ENTITIES or e in STEPS for e in entities)
 
 

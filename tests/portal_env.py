@@ -29,6 +29,8 @@ def portal_env(sandbox: Any, erp_url: str, state_url: str, **extra: str) -> Iter
         "HAUSFLOW_PORTAL__BACKOFF_BASE_S": "0.05",
         "HAUSFLOW_PORTAL__BACKOFF_MAX_S": "1",
         "HAUSFLOW_PORTAL__BATCH_SIZE": "200",
+        # the master-data tests: documents and messages have tests of their own
+        "HAUSFLOW_LICENCES__DOCUMENTS_MESSAGES": "false",
     }
     values.update(extra)
     saved = {k: os.environ.get(k) for k in values}

@@ -63,7 +63,9 @@ def view(sandbox: SandboxServer, entity: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def world(sandbox: SandboxServer, smtp: tuple[Inbox, int], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def world(
+    sandbox: SandboxServer, smtp: tuple[Inbox, int], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """A demo ERP of 300 persons with its document files, and a first sync."""
     folder = tmp_path_factory.mktemp("erp")
     erp_url, state_url = f"sqlite:///{folder}/erp.sqlite", f"sqlite:///{folder}/state.sqlite"
@@ -74,6 +76,7 @@ def world(sandbox: SandboxServer, smtp: tuple[Inbox, int], tmp_path_factory: pyt
         "HAUSFLOW_MAIL__HOST": "127.0.0.1",
         "HAUSFLOW_MAIL__PORT": str(smtp[1]),
         "HAUSFLOW_MAIL__SENDER": "verwaltung@hausflow.example",
+        "HAUSFLOW_LICENCES__DOCUMENTS_MESSAGES": "true",
     }
     with portal_env(sandbox, erp_url, state_url, **env):
         first = run_portal_sync(profile="test")
@@ -107,18 +110,28 @@ def test_documents_reach_the_portal_with_their_files(world: dict[str, Any], sand
     if HAS_SOFFICE:
         assert converted, "the demo has Word and OpenDocument files of released types"
         client = httpx.Client(base_url=sandbox.base_url)
-        token = client.post("/v2/authenticate", json={"key": sandbox.key, "secret": sandbox.secret}).json()["token"]
+        token = client.post("/v2/authenticate", json={"key": sandbox.key, "secret": sandbox.secret}).json()[
+            "token"
+        ]
         body = client.get(f"/v2/documents/{converted[0]}/content", headers={"token": token}).content
         assert body.startswith(b"%PDF"), "converted to PDF before upload"
     oversized = [i for i, r in rows.items() if r.size_bytes > 100 * 1024 * 1024]
     assert oversized and all(i not in live for i in oversized)
     store = StateStore(world["state_url"])
-    skipped = {r.ref_id: r.reason for r in store.protocol_rows(first["run_id"], outcomes=("skipped",), limit=10_000)}
-    assert all("MB" in (skipped.get(i) or "") for i in oversized), "the oversized document is skipped with its reason"
+    skipped = {
+        r.ref_id: r.reason for r in store.protocol_rows(first["run_id"], outcomes=("skipped",), limit=10_000)
+    }
+    assert all("MB" in (skipped.get(i) or "") for i in oversized), (
+        "the oversized document is skipped with its reason"
+    )
 
 
 def test_messages_become_tickets_posts_and_comments(world: dict[str, Any], sandbox: SandboxServer) -> None:
-    tickets, posts, comments = view(sandbox, "tickets"), view(sandbox, "bulletin_posts"), view(sandbox, "comments")
+    tickets, posts, comments = (
+        view(sandbox, "tickets"),
+        view(sandbox, "bulletin_posts"),
+        view(sandbox, "comments"),
+    )
     assert tickets and posts and comments
     with world["engine"].connect() as conn:
         rows = list(conn.execute(select(messages)))
@@ -137,7 +150,9 @@ def test_messages_become_tickets_posts_and_comments(world: dict[str, Any], sandb
     assert all(r.portal_status for r in rows), "every message carries its portal status"
 
 
-def test_a_run_without_changes_sends_nothing(world: dict[str, Any], sandbox: SandboxServer, smtp: tuple[Inbox, int]) -> None:
+def test_a_run_without_changes_sends_nothing(
+    world: dict[str, Any], sandbox: SandboxServer, smtp: tuple[Inbox, int]
+) -> None:
     uploads, mails = sandbox.counters()["uploads"], len(smtp[0].mails)
     again = sync(world, sandbox)
     assert again["planned_writes"] == 0 and again["failed"] == 0, again
@@ -145,7 +160,9 @@ def test_a_run_without_changes_sends_nothing(world: dict[str, Any], sandbox: San
     assert len(smtp[0].mails) == mails
 
 
-def test_unregistered_contacts_get_one_email_per_ticket(world: dict[str, Any], smtp: tuple[Inbox, int]) -> None:
+def test_unregistered_contacts_get_one_email_per_ticket(
+    world: dict[str, Any], smtp: tuple[Inbox, int]
+) -> None:
     inbox = smtp[0]
     assert inbox.mails, "contacts not registered in the portal with an e-mail address are written to"
     ids = [m["Message-ID"] for m in inbox.mails]
@@ -154,7 +171,11 @@ def test_unregistered_contacts_get_one_email_per_ticket(world: dict[str, Any], s
 
 
 def test_a_changed_file_replaces_the_document(world: dict[str, Any], sandbox: SandboxServer) -> None:
-    docs = {i: d for i, d in view(sandbox, "documents").items() if not d.get("deleted") and d["fileName"].endswith(".pdf")}
+    docs = {
+        i: d
+        for i, d in view(sandbox, "documents").items()
+        if not d.get("deleted") and d["fileName"].endswith(".pdf")
+    }
     ref = sorted(docs)[0]
     with world["engine"].connect() as conn:
         row = conn.execute(select(demo.s.documents).where(demo.s.documents.c.document_id == int(ref))).one()
@@ -170,7 +191,9 @@ def test_a_changed_file_replaces_the_document(world: dict[str, Any], sandbox: Sa
     assert after["version"] != docs[ref]["version"] and after["contentVersion"] == after["version"]
 
 
-def test_tickets_and_comments_from_the_portal_enter_the_erp_once(world: dict[str, Any], sandbox: SandboxServer) -> None:
+def test_tickets_and_comments_from_the_portal_enter_the_erp_once(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
     tickets = view(sandbox, "tickets")
     ticket = next(t for t in tickets.values() if t["visibility"] == "contact")
     client = httpx.Client(base_url=sandbox.base_url)
@@ -182,9 +205,14 @@ def test_tickets_and_comments_from_the_portal_enter_the_erp_once(world: dict[str
     assert made.status_code in (200, 201), made.text
     new_id = made.json()["id"]
     for public, text in ((True, "Danke, bitte morgens."), (False, "intern: Mieter schwierig")):
-        r = client.post(f"/_sandbox/tickets/{new_id}/comments", json={"text": text, "public": public, "author": "Mieter"})
+        r = client.post(
+            f"/_sandbox/tickets/{new_id}/comments", json={"text": text, "public": public, "author": "Mieter"}
+        )
         assert r.status_code in (200, 201), r.text
-    r = client.post(f"/_sandbox/tickets/{ticket['id']}/comments", json={"text": "Wann kommt jemand?", "public": True, "author": "Mieter"})
+    r = client.post(
+        f"/_sandbox/tickets/{ticket['id']}/comments",
+        json={"text": "Wann kommt jemand?", "public": True, "author": "Mieter"},
+    )
     assert r.status_code in (200, 201), r.text
     for _ in range(2):  # a second run enters nothing twice
         summary = sync(world, sandbox)
@@ -197,11 +225,19 @@ def test_tickets_and_comments_from_the_portal_enter_the_erp_once(world: dict[str
         assert [n.text for n in its_notes] == ["Danke, bitte morgens."], "internal portal comments never"
         old = conn.execute(select(messages).where(messages.c.message_id == int(ticket["id"]))).one()
         assert old.portal_change and old.portal_changed_at, "what changed in the portal shows at the message"
-        answer = list(conn.execute(select(notes).where(notes.c.message_id == old.message_id, notes.c.portal_comment_id.is_not(None))))
+        answer = list(
+            conn.execute(
+                select(notes).where(
+                    notes.c.message_id == old.message_id, notes.c.portal_comment_id.is_not(None)
+                )
+            )
+        )
         assert [n.text for n in answer] == ["Wann kommt jemand?"]
 
 
-def test_closing_a_house_notice_removes_it_from_the_board(world: dict[str, Any], sandbox: SandboxServer) -> None:
+def test_closing_a_house_notice_removes_it_from_the_board(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
     posts = {i: p for i, p in view(sandbox, "bulletin_posts").items() if not p.get("archived")}
     ref = sorted(posts)[0]
     with world["engine"].begin() as conn:
