@@ -1,6 +1,7 @@
 """The main command (``./hausflow up``): everything on embedded defaults, on one machine.
 
-Starts a local Prefect server (SQLite, UI at http://127.0.0.1:4200), the portal sandbox, seeds
+Starts a local Prefect server (SQLite, UI at http://127.0.0.1:4200), the portal sandbox, an SMTP
+server whose mails land in var/demo/mail, seeds
 a SQLite ERP with deterministic demo data (once), serves the deployments (portal sync every
 5 minutes, concurrency 1, an overlapping run is cancelled) and triggers a first portal sync.
 Ctrl-C stops everything cleanly; so does SIGTERM. When one of the servers dies, the command says
@@ -301,12 +302,20 @@ def main(argv: list[str] | None = None) -> int:
         default=8765,
         help="port of the portal sandbox on 127.0.0.1 (default: %(default)s)",
     )
+    parser.add_argument(
+        "--mail-port",
+        type=int,
+        default=8025,
+        help="port of the demo's SMTP server on 127.0.0.1; its mails land in var/demo/mail (default: %(default)s)",
+    )
     parser.add_argument("--no-first-run", action="store_true", help="do not trigger a portal sync at start")
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
     env.setdefault("HAUSFLOW_PROFILE", "demo")
     env["HAUSFLOW_PORTAL__BASE_URL"] = f"http://127.0.0.1:{args.sandbox_port}"
+    env.setdefault("HAUSFLOW_MAIL__HOST", "127.0.0.1")
+    env.setdefault("HAUSFLOW_MAIL__PORT", str(args.mail_port))
     env["PREFECT_HOME"] = str(VAR / "prefect")
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{args.prefect_port}/api"
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -388,6 +397,22 @@ def main(argv: list[str] | None = None) -> int:
             env,
         )
         servers.append(sandbox)
+        print(f"Starting the demo's SMTP server on port {args.mail_port} ...", flush=True)
+        mail = _start(
+            "The demo's SMTP server",
+            [
+                sys.executable,
+                "-m",
+                "sandbox.mail",
+                "--port",
+                str(args.mail_port),
+                "--maildir",
+                str(VAR / "demo" / "mail"),
+            ],
+            "mail.log",
+            env,
+        )
+        servers.append(mail)
         write_up_record(
             VAR,
             {
@@ -448,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  Prefect UI (flow runs, logs, protocol artifacts): {prefect_ui}\n"
             f"  Portal sandbox (what arrived):                  {sandbox_url}/\n"
             f"  Sandbox API spec:                                {sandbox_url}/docs\n"
+            f"  E-mails to contacts not in the portal:           {_shown(VAR / 'demo' / 'mail')}/new/\n"
             f"  Logs of the servers:                             {_shown(VAR / 'logs')}/\n"
             "Ctrl-C stops everything; ./hausflow status shows what runs.\n",
             flush=True,
