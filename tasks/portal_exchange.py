@@ -68,6 +68,7 @@ CURSOR_OVERLAP = timedelta(seconds=2)
 """The portal's list is read from a little before the cursor: a ticket stamped in the same
 millisecond as the last one read is not missed; entering it again does nothing."""
 SETTLED_BY_PORTAL = "contact registered in the portal"
+NO_ADDRESS = "contact not registered in the portal, without a usable e-mail address"
 
 
 def connect_mail(settings: HausflowSettings) -> PartnerClient:
@@ -107,6 +108,7 @@ class ExchangePlan:
     status: dict[int, str]
     records: dict[str, dict[str, dict[str, Any]]]
     contact_of: dict[str, str] = field(default_factory=dict)
+    every_comment: dict[str, dict[str, Any]] = field(default_factory=dict)
     rows: Mapping[str, Sequence[dict[str, Any]]] = field(default_factory=dict)
     portal: PortalSide | None = None
     workdir: str | None = None
@@ -228,9 +230,12 @@ def plan_exchange(
         changed_types,
         portal_contacts,
     )
-    comments, comment_skips = build_comments(
-        rules, rows["notes"], rows["orders"], messages.ticket_refs, at_portal("comments")
+    # every comment's payload (its e-mail may still be due); those at the portal are never sent again
+    every_comment, comment_skips = build_comments(
+        rules, rows["notes"], rows["orders"], messages.ticket_refs, ()
     )
+    sent = at_portal("comments")
+    comments = {ref: c for ref, c in every_comment.items() if ref not in sent}
     skips += doc_skips + messages.skipped + comment_skips
     records = {
         "ticket_types": types,
@@ -279,7 +284,7 @@ def plan_exchange(
             for e in chosen
         ),
     )
-    return ExchangePlan(plan, skips, held_skips, messages.status, records, contact_of)
+    return ExchangePlan(plan, skips, held_skips, messages.status, records, contact_of, every_comment)
 
 
 @task(name="convert-documents", cache_policy=NO_CACHE)
@@ -348,7 +353,7 @@ async def plan_emails(
     for ref in exchange.contact_of:
         if ref in tickets_at and f"ticket-{ref}" not in settled:
             created.append((ref, "ticket", tickets[ref]))
-    for ref, comment in exchange.records.get("comments", {}).items():
+    for ref, comment in exchange.every_comment.items():
         if (
             ref in comments_at
             and f"comment-{ref}" not in settled
@@ -362,15 +367,22 @@ async def plan_emails(
     found = await client.aread_many("contacts", contact_ids)
     registered = {cid: bool((rec or {}).get("isRegistered")) for cid, rec in found.items()}
     emails, skips = build_emails(created, persons, registered, tickets)
-    by_portal = []
+    by_portal: list[Confirmation] = []
+    unreachable: list[Confirmation] = []
     for ref, kind, payload in created:
         key = f"{kind}-{ref}"
+        if key in emails:
+            continue
         cid = exchange.contact_of[payload["ticketId"] if kind == "comment" else ref]
-        if registered.get(cid) and key not in emails:
+        # settled for good, so that the portal is not asked again each run: read in the portal, or
+        # no address to write to (that skip is in the protocol with its reason)
+        if registered.get(cid):
             by_portal.append(Confirmation("emails", key, "upsert", SETTLED_BY_PORTAL))
+        else:
+            unreachable.append(Confirmation("emails", key, "upsert", NO_ADDRESS))
     store.confirm(
         MAIL.name,
-        by_portal,
+        by_portal + unreachable,
         run_id,
         [ProtocolRow("emails", c.ref_id, "skipped", SETTLED_BY_PORTAL) for c in by_portal],
     )

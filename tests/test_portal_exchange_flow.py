@@ -315,3 +315,32 @@ def test_faults_converge_without_a_second_upload_comment_or_mail(
         assert doc.get("deleted") or doc["contentVersion"] == doc["version"], "nothing lost"
     ids = [m["Message-ID"] for m in inbox.mails[mails_before:]]
     assert ids and len(ids) == len(set(ids)), "each e-mail once"
+
+
+def test_mails_that_could_not_go_out_go_with_the_next_run(
+    sandbox: SandboxServer, smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    """The mail server is down: the portal gets everything, the run ends Failed saying the e-mails
+    were not sent; the next run sends each of them once."""
+    erp_url, state_url = f"sqlite:///{tmp_path}/erp.sqlite", f"sqlite:///{tmp_path}/state.sqlite"
+    demo.generate_erp(make_engine(erp_url), persons=120, seed=3, business_date=BUSINESS_DATE)
+    sandbox.reset()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = {"HAUSFLOW_MAIL__HOST": "127.0.0.1", "HAUSFLOW_MAIL__PORT": str(closed),
+            "HAUSFLOW_LICENCES__DOCUMENTS_MESSAGES": "true"}  # fmt: skip
+    with (
+        portal_env(sandbox, erp_url, state_url, **down),
+        pytest.raises(RuntimeError, match="e-mails not sent"),
+    ):
+        run_portal_sync(profile="test")
+    assert view(sandbox, "tickets"), "the portal got its tickets all the same"
+    inbox = smtp[0]
+    before = len(inbox.mails)
+    up = {**down, "HAUSFLOW_MAIL__PORT": str(smtp[1])}
+    for _ in range(2):
+        with portal_env(sandbox, erp_url, state_url, **up):
+            assert run_portal_sync(profile="test")["failed"] == 0
+    ids = [m["Message-ID"] for m in inbox.mails[before:]]
+    assert ids and len(ids) == len(set(ids))
