@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -342,5 +344,53 @@ def test_mails_that_could_not_go_out_go_with_the_next_run(
     for _ in range(2):
         with portal_env(sandbox, erp_url, state_url, **up):
             assert run_portal_sync(profile="test")["failed"] == 0
+    ids = [m["Message-ID"] for m in inbox.mails[before:]]
+    assert ids and len(ids) == len(set(ids))
+
+
+def test_sigkill_mid_exchange_neither_loses_nor_duplicates(
+    sandbox: SandboxServer, smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    """The sync process killed with SIGKILL while it uploads documents and while it writes
+    tickets and comments: the next runs settle what was pending, nothing is sent twice."""
+    from tests.test_portal_sync_resilience import _start_sync_process, sync_until_converged
+
+    erp_url, state_url = f"sqlite:///{tmp_path}/erp.sqlite", f"sqlite:///{tmp_path}/state.sqlite"
+    demo.generate_erp(make_engine(erp_url), persons=200, seed=44, business_date=BUSINESS_DATE)
+    sandbox.reset()
+    sandbox.set_faults(latency_ms=[5, 15], apply_then_drop_rate=0.02, seed=4)
+    inbox = smtp[0]
+    before = len(inbox.mails)
+    env = {"HAUSFLOW_MAIL__HOST": "127.0.0.1", "HAUSFLOW_MAIL__PORT": str(smtp[1]),
+           "HAUSFLOW_LICENCES__DOCUMENTS_MESSAGES": "true", "HAUSFLOW_PORTAL__BATCH_SIZE": "20"}  # fmt: skip
+    log = open(tmp_path / "sync-processes.log", "wb")  # noqa: SIM115 - read on failure
+    kills = 0
+    try:
+        with portal_env(sandbox, erp_url, state_url, **env) as values:
+            for entity, threshold in (("documents", 25), ("comments", 5)):
+                proc = _start_sync_process(values, {}, log)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if sandbox.counters()["writes_by_entity"].get(entity, 0) >= threshold:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        kills += 1
+                        break
+                    time.sleep(0.02)
+                proc.wait(timeout=30)
+            log.flush()
+            assert kills == 2, (tmp_path / "sync-processes.log").read_text()[-3000:]
+            sandbox.clear_faults()
+            results = sync_until_converged(values)
+            final = run_portal_sync(profile="test")
+    finally:
+        sandbox.clear_faults()
+    assert final["planned_writes"] == 0, results
+    counters = sandbox.counters()
+    assert counters["duplicate_writes"] == 0
+    assert max(counters["uploads_by_document"].values()) == 1
+    for doc in view(sandbox, "documents").values():
+        assert doc.get("deleted") or doc["contentVersion"] == doc["version"]
+    store = StateStore(state_url)
+    assert not store.load_pending("portal") and not store.load_pending("mail")
     ids = [m["Message-ID"] for m in inbox.mails[before:]]
     assert ids and len(ids) == len(set(ids))
