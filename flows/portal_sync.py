@@ -215,9 +215,15 @@ async def _sync(
             )
             extra_skips, extra_held = exchange.skips, exchange.held
             if not dry_run:
-                await _load(PORTAL, settings, run_id, exchange.plan, basis.seq, failed, deferred, outcomes)
+                try:
+                    await _load(
+                        PORTAL, settings, run_id, exchange.plan, basis.seq, failed, deferred, outcomes
+                    )
+                finally:  # the converted PDFs hold tenants' documents: gone with the load
+                    if exchange.workdir:
+                        shutil.rmtree(exchange.workdir, ignore_errors=True)
                 problems += await _notify_and_enter(
-                    settings, run_id, exchange, tables_persons, entities, outcomes
+                    settings, run_id, exchange, tables_persons, objects, entities, outcomes
                 )
             plan = merged(plan, exchange.plan)
         if deferred:
@@ -317,9 +323,9 @@ async def _exchange(
         whole(rows),
         whole(files),
         whole(portal),
-        set(released),
-        {c for c in desired.present("contacts") if ("contacts", c) not in held_back},
-        {u for u in desired.present("units") if ("units", u) not in held_back},
+        whole(set(released)),
+        whole({c for c in desired.present("contacts") if ("contacts", c) not in held_back}),
+        whole({u for u in desired.present("units") if ("units", u) not in held_back}),
         today,
         entities,
         full_resync,
@@ -338,6 +344,7 @@ async def _notify_and_enter(
     run_id: str,
     exchange: ExchangePlan,
     persons: dict[str, dict[str, Any]],
+    objects: list[str] | None,
     entities: list[str] | None,
     outcomes: list[BatchOutcome],
 ) -> list[str]:
@@ -345,12 +352,11 @@ async def _notify_and_enter(
     the messages' portal status. Returns what went wrong, for the run's end (the rest goes on)."""
     logger = get_run_logger()
     problems: list[str] = []
-    if exchange.workdir:
-        shutil.rmtree(exchange.workdir, ignore_errors=True)
-    if wanted(entities, "emails"):
+    in_scope = not entities or {"tickets", "comments"} <= set(entities)  # what e-mails are about
+    if wanted(entities, "emails") and in_scope:
         try:
             await recover_pending_writes(MAIL, settings, run_id)
-            mails, mail_skips = await plan_emails(settings, run_id, exchange, persons)
+            mails, mail_skips = await plan_emails(settings, run_id, whole(exchange), whole(persons))
             exchange.skips += mail_skips
             if mails.writes:
                 await check_partner(MAIL, settings)
@@ -362,8 +368,24 @@ async def _notify_and_enter(
             )
             problems.append(f"e-mails not sent: {exc}")
     if wanted(entities, "inbound") and exchange.portal is not None:
-        enter_portal_tickets_task(settings, whole(exchange.portal), whole(exchange.rows))
-    record_portal_status_task(settings, whole(exchange.status), whole(exchange.rows))
+        try:
+            _counts, inbound_skips = enter_portal_tickets_task(
+                settings, whole(exchange.portal), whole(exchange.rows)
+            )
+            exchange.skips += inbound_skips
+        except Exception as exc:  # the ERP refused: the portal's side is done; the next run reads them again
+            logger.error("Tickets and comments from the portal were not entered into the ERP: %s.", exc)
+            problems.append(f"portal tickets not entered into the ERP: {exc}")
+    # the status says what this run decided for every message: only a run over all objects and
+    # all tickets and posts may say it
+    if not objects and (not entities or {"tickets", "bulletin_posts"} <= set(entities)):
+        failed = {key for o in outcomes for key in o.failed_keys}
+        not_sent = [
+            mid
+            for mid, ref in exchange.ticket_refs.items()
+            if ("tickets", ref) in failed or ("bulletin_posts", str(mid)) in failed
+        ]
+        record_portal_status_task(settings, whole(exchange.status), whole(exchange.rows), whole(not_sent))
     return problems
 
 

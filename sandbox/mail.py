@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import mailbox
 import signal
 import threading
 from pathlib import Path
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.maildir)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # mails carry names and addresses
+    mailbox.Maildir(folder, create=True)  # its tmp/, new/ and cur/
     controller = Controller(Mailbox(folder), hostname=args.host, port=args.port)
     controller.start()
     print(f"SMTP on {args.host}:{args.port}, mails into {folder}", flush=True)

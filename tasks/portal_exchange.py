@@ -15,7 +15,7 @@ its rules are time-driven, and the incremental memo's bookkeeping would cost mor
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import HausflowSettings
 from connectors.documents import DigestCache, convert_to_pdf
@@ -32,6 +33,7 @@ from connectors.erp.writeback import (
     PortalChange,
     PortalComment,
     PortalTicket,
+    WritebackError,
     enter_portal_comments,
     enter_portal_tickets,
     record_portal_changes,
@@ -39,7 +41,7 @@ from connectors.erp.writeback import (
 )
 from connectors.mail import EMAILS, MailClient
 from connectors.portal.streams import EXCHANGE_STREAMS
-from connectors.state_store import Confirmation, ProtocolRow, StateEntry, StateStore
+from connectors.state_store import Confirmation, ProtocolRow, StateEntry, StateStore, record_json
 from connectors.sync.client import PartnerClient
 from tasks.portal_exchange_rules import (
     ExchangeRules,
@@ -67,6 +69,10 @@ CURSOR = "inbound"
 CURSOR_OVERLAP = timedelta(seconds=2)
 """The portal's list is read from a little before the cursor: a ticket stamped in the same
 millisecond as the last one read is not missed; entering it again does nothing."""
+NOT_SENT = "nicht übertragen: vom Portal abgelehnt oder zurückgehalten (siehe Protokoll)"
+CONVERT_CHUNK = 50
+"""Word files per LibreOffice call: one call costs about a second to start, and then ~0.05 s a
+file; a call of hundreds of files could run past its timeout on a busy machine."""
 SETTLED_BY_PORTAL = "contact registered in the portal"
 NO_ADDRESS = "contact not registered in the portal, without a usable e-mail address"
 
@@ -107,6 +113,7 @@ class ExchangePlan:
     held: list[Skip]
     status: dict[int, str]
     records: dict[str, dict[str, dict[str, Any]]]
+    ticket_refs: dict[int, str]
     contact_of: dict[str, str] = field(default_factory=dict)
     every_comment: dict[str, dict[str, Any]] = field(default_factory=dict)
     rows: Mapping[str, Sequence[dict[str, Any]]] = field(default_factory=dict)
@@ -179,7 +186,9 @@ async def read_portal_exchange(settings: HausflowSettings, inbound: bool) -> Por
         since = (datetime.fromisoformat(cursor.replace("Z", "+00:00")) - CURSOR_OVERLAP).isoformat()
     tickets = await client.alist_records("tickets", modified_after=since)
     comments = await client.alist_records("comments", modified_after=since, filters={"origin": "portal"})
-    stamps = [str(r["updatedAt"]) for r in (*tickets, *comments) if r.get("updatedAt")]
+    # the cursor may move to the newest ticket read: the comments were read after the tickets, so a
+    # ticket or comment made in between is later than that and read again next time
+    stamps = [str(r["updatedAt"]) for r in tickets if r.get("updatedAt")]
     return PortalSide(types, tickets, comments, max(stamps) if stamps else cursor)
 
 
@@ -250,6 +259,9 @@ def plan_exchange(
     candidates = write_candidates(records, state, hashes, full_resync)
     open_entries = [e for e in store.open_quarantine(TARGET) if e["entity"] in chosen]
     held_skips, held = known_failures(open_entries, candidates)
+    # a document the rules skipped this run (file unreadable, LibreOffice missing, its contact held)
+    # stays at the portal as it is: only a document gone from the ERP is reported as deleted
+    held |= {("documents", s.ref_id) for s in doc_skips}
     plan = plan_changes(
         EXCHANGE_STREAMS,
         records,
@@ -284,7 +296,9 @@ def plan_exchange(
             for e in chosen
         ),
     )
-    return ExchangePlan(plan, skips, held_skips, messages.status, records, contact_of, every_comment)
+    return ExchangePlan(
+        plan, skips, held_skips, messages.status, records, messages.ticket_refs, contact_of, every_comment
+    )
 
 
 @task(name="convert-documents", cache_policy=NO_CACHE)
@@ -302,7 +316,10 @@ def convert_documents(settings: HausflowSettings, plan: Plan, workdir: str) -> l
     if not todo:
         return []
     sources = sorted({Path(w.payload["_content"]["path"]) for w in todo if w.payload})
-    results = convert_to_pdf(sources, Path(workdir), settings.portal.converter)
+    results: dict[Path, Path | str] = {}
+    for i in range(0, len(sources), CONVERT_CHUNK):  # each call with its own timeout
+        chunk = sources[i : i + CONVERT_CHUNK]
+        results.update(convert_to_pdf(chunk, Path(workdir) / str(i), settings.portal.converter))
     failed: set[str] = set()
     skips: list[Skip] = []
     converted: dict[str, PlannedWrite] = {}
@@ -367,6 +384,18 @@ async def plan_emails(
     found = await client.aread_many("contacts", contact_ids)
     registered = {cid: bool((rec or {}).get("isRegistered")) for cid, rec in found.items()}
     emails, skips = build_emails(created, persons, registered, tickets)
+    for entry in store.open_quarantine(
+        MAIL.name
+    ):  # refused by the mail server: held while the mail is the same
+        ref = entry["ref_id"]
+        if (
+            entry["rule"] == f"{MAIL.name}_rejected"
+            and ref in emails
+            and record_json(emails[ref]) == entry["record_json"]
+        ):
+            del emails[ref]
+            skips.append(Skip("emails", ref, entry["rule"], f"held: {entry['reason']}"))
+    no_address = {s.ref_id for s in skips if s.rule in ("email_address_missing", "email_address_invalid")}
     by_portal: list[Confirmation] = []
     unreachable: list[Confirmation] = []
     for ref, kind, payload in created:
@@ -378,7 +407,7 @@ async def plan_emails(
         # no address to write to (that skip is in the protocol with its reason)
         if registered.get(cid):
             by_portal.append(Confirmation("emails", key, "upsert", SETTLED_BY_PORTAL))
-        else:
+        elif key in no_address:
             unreachable.append(Confirmation("emails", key, "upsert", NO_ADDRESS))
     store.confirm(
         MAIL.name,
@@ -400,7 +429,7 @@ async def plan_emails(
 @task(name="enter-portal-tickets", cache_policy=NO_CACHE)
 def enter_portal_tickets_task(
     settings: HausflowSettings, portal: PortalSide, rows: Mapping[str, Sequence[dict[str, Any]]]
-) -> dict[str, int]:
+) -> tuple[dict[str, int], list[Skip]]:
     """Tickets and public comments written in the portal into the ERP, each exactly once.
 
     The ERP keys them by the portal's id, so entering one again does nothing; the cursor
@@ -416,26 +445,31 @@ def enter_portal_tickets_task(
         settings.portal.erp_user,
         known_comments,
     )
+    tickets = [_fields(PortalTicket, m) for m in new_messages]
+    comments = [_fields(PortalComment, n) for n in new_notes]
     engine = make_engine(settings.erp_url)
     try:
-        entered = enter_portal_tickets(
-            engine, [_fields(PortalTicket, m) for m in new_messages], settings.portal.erp_user
-        )
-        noted = enter_portal_comments(
-            engine, [_fields(PortalComment, n) for n in new_notes], settings.portal.erp_user
-        )
+        entered, refused = _enter_each(engine, tickets, settings.portal.erp_user)
+        noted = enter_portal_comments(engine, comments, settings.portal.erp_user)
         changes = portal_changes(portal.tickets, rows["messages"])
         record_portal_changes(engine, [PortalChange(mid, at, what) for mid, (at, what) in changes.items()])
     finally:
         engine.dispose()
-    if portal.newest:
-        StateStore(settings.state_url).set_cursor(TARGET, CURSOR, portal.newest)
+    skips += refused
+    held_at = [
+        str(t["updatedAt"])
+        for t in portal.tickets
+        if t.get("updatedAt") and str(t.get("id")) in {s.ref_id for s in skips}
+    ]
+    newest = min([portal.newest, *held_at]) if held_at and portal.newest else portal.newest
+    if newest:  # a ticket the ERP could not take is read again next run, until it can
+        StateStore(settings.state_url).set_cursor(TARGET, CURSOR, newest)
     created = sum(1 for e in entered if e.created)
     notes = sum(1 for n in noted if n.created)
     for n in noted:
         if n.reason:
             logger.warning("Portal comment %s not taken into the ERP: %s", n.portal_comment_id, n.reason)
-    for skip in skips:
+    for skip in skips[:10]:
         logger.warning("Not taken into the ERP: %s", skip.reason)
     logger.info(
         "From the portal into the ERP: %d new messages, %d new notes, %d changes shown at their messages.",
@@ -443,7 +477,29 @@ def enter_portal_tickets_task(
         notes,
         len(changes),
     )
-    return {"messages": created, "notes": notes, "changes": len(changes)}
+    return {"messages": created, "notes": notes, "changes": len(changes)}, skips
+
+
+def _enter_each(engine: Any, tickets: list[PortalTicket], erp_user: str) -> tuple[list[Any], list[Skip]]:
+    """Enter the tickets in one transaction; if the ERP refuses that, each on its own, so one
+    ticket the ERP cannot take (a person or unit it does not know) holds back no other."""
+    try:
+        return enter_portal_tickets(engine, tickets, erp_user), []
+    except (WritebackError, SQLAlchemyError):
+        pass
+    entered: list[Any] = []
+    refused: list[Skip] = []
+    for ticket in tickets:
+        try:
+            entered += enter_portal_tickets(engine, [ticket], erp_user)
+        except (WritebackError, SQLAlchemyError) as exc:
+            reason = f"portal ticket {ticket.portal_ticket_id} not entered into the ERP: {_first_line(exc)}"
+            refused.append(Skip("inbound", ticket.portal_ticket_id, "erp_refused", reason))
+    return entered, refused
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 def _fields(kind: Any, row: Mapping[str, Any]) -> Any:
@@ -454,10 +510,15 @@ def _fields(kind: Any, row: Mapping[str, Any]) -> Any:
 
 @task(name="record-portal-status", cache_policy=NO_CACHE)
 def record_portal_status_task(
-    settings: HausflowSettings, status: Mapping[int, str], rows: Mapping[str, Sequence[dict[str, Any]]]
+    settings: HausflowSettings,
+    status: Mapping[int, str],
+    rows: Mapping[str, Sequence[dict[str, Any]]],
+    not_sent: Iterable[int] = (),
 ) -> int:
-    """Write each message's portal status into the ERP, where it changed."""
+    """Write each message's portal status into the ERP, where it changed; ``not_sent``: messages
+    whose ticket or post the portal refused or this run held back (the protocol says why)."""
     current = {int(m["message_id"]): m.get("portal_status") for m in rows["messages"]}
+    status = {**status, **{mid: NOT_SENT for mid in not_sent}}
     changed = {mid: text for mid, text in status.items() if current.get(mid) != text}
     if not changed:
         return 0

@@ -26,11 +26,14 @@ from connectors.erp.database import make_engine
 from connectors.erp.schema import messages, notes
 from connectors.portal import PortalClient
 from connectors.state_store import StateStore
+from connectors.sync.client import WriteOp
 from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
 from tests.portal_env import BUSINESS_DATE, portal_env
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+# The tests on the module's `world` come first; the ones that start from an empty sandbox
+# (sandbox.reset()) come last, since they wipe the portal `world` was synced to.
 HAS_SOFFICE = shutil.which("soffice") is not None
 
 
@@ -275,6 +278,68 @@ def test_a_lost_cursor_enters_nothing_twice(world: dict[str, Any], sandbox: Sand
             ).all(),
         )
     assert sorted(after[0]) == sorted(before[0]) and sorted(after[1]) == sorted(before[1])
+
+
+def test_a_document_skipped_for_a_run_stays_at_the_portal(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    """A file that cannot be read for a run (a share not mounted) is skipped with the reason; the
+    portal keeps the document and its file, and nothing is uploaded again once the file is back."""
+    docs = {i: d for i, d in view(sandbox, "documents").items() if not d.get("deleted")}
+    ref = sorted(docs)[-1]
+    with world["engine"].connect() as conn:
+        row = conn.execute(select(demo.s.documents).where(demo.s.documents.c.document_id == int(ref))).one()
+    path = Path(world["folder"]) / row.content_path
+    hidden = path.with_suffix(".away")
+    path.rename(hidden)
+    uploads = sandbox.counters()["uploads"]
+    try:
+        summary = sync(world, sandbox)
+        skipped = {
+            r.ref_id: r.reason
+            for r in StateStore(world["state_url"]).protocol_rows(
+                summary["run_id"], outcomes=("skipped",), limit=10_000
+            )
+        }
+        assert "cannot be read" in (skipped.get(ref) or ""), skipped.get(ref)
+        assert not view(sandbox, "documents")[ref].get("deleted"), "a skip is not a deletion"
+    finally:
+        hidden.rename(path)
+    again = sync(world, sandbox)
+    assert again["failed"] == 0 and sandbox.counters()["uploads"] == uploads
+
+
+def test_a_portal_ticket_the_erp_cannot_take_holds_back_no_other(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    """A tenant's ticket of a type the ERP does not know is reported and read again next run; the
+    tenant's other ticket is entered."""
+    client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret)
+    client.write_many(
+        [WriteOp("ticket_types", "upsert", "FREMD", {"id": "FREMD", "name": "Nur im Portal", "locked": True})]
+    )
+    contact_ticket = next(t for t in view(sandbox, "tickets").values() if t["visibility"] == "contact")
+    http = httpx.Client(base_url=sandbox.base_url)
+    ids = []
+    for type_id, title in (("FREMD", "Unbekannte Art"), (contact_ticket["ticketTypeId"], "Tür quietscht")):
+        made = http.post("/_sandbox/tickets", json={"ticketTypeId": type_id, "propertyId": contact_ticket["propertyId"],
+                                                    "contactId": contact_ticket["contactId"], "title": title, "description": "-"})  # fmt: skip
+        assert made.status_code in (200, 201), made.text
+        ids.append(made.json()["id"])
+    summary = sync(world, sandbox)
+    with world["engine"].connect() as conn:
+        entered = {r.portal_ticket_id for r in conn.execute(select(messages.c.portal_ticket_id))}
+    assert ids[1] in entered and ids[0] not in entered
+    skipped = {
+        r.ref_id: r.reason
+        for r in StateStore(world["state_url"]).protocol_rows(
+            summary["run_id"], outcomes=("skipped",), limit=10_000
+        )
+    }
+    assert ids[0] in skipped, "the ticket the ERP cannot take is in the protocol"
+    cursor = StateStore(world["state_url"]).cursor("portal", "inbound")
+    bad = view(sandbox, "tickets")[ids[0]]
+    assert cursor is not None and cursor <= bad["updatedAt"], "the cursor does not pass it"
 
 
 def test_faults_converge_without_a_second_upload_comment_or_mail(
