@@ -92,7 +92,10 @@ def child_hausflow(base_url: str, key: str, secret: str, path: Path) -> dict[str
     from connectors.portal.client import PortalClient
     from connectors.sync.client import WriteOp
 
-    payload = {**document_payload(path, uuid.uuid4().hex), "_content": {"path": str(path), "mimeType": "application/pdf"}}
+    payload = {
+        **document_payload(path, uuid.uuid4().hex),
+        "_content": {"path": str(path), "mimeType": "application/pdf"},
+    }
     client = PortalClient(base_url, key, secret)
     import gc
 
@@ -118,14 +121,20 @@ def child_raw(base_url: str, key: str, secret: str, path: Path, digest_header: s
 
     async def run() -> tuple[float, RssSampler]:
         async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(300.0)) as client:
-            token = (await client.post("/v2/authenticate", json={"key": key, "secret": secret})).json()["token"]
+            token = (await client.post("/v2/authenticate", json={"key": key, "secret": secret})).json()[
+                "token"
+            ]
             gc.collect()
             with RssSampler() as rss:
                 t = time.perf_counter()
                 r = await client.put(
                     f"/v2/documents/{DOC_ID}/content",
                     content=body(),
-                    headers={"token": token, "Content-Type": "application/pdf", "Content-Digest": digest_header},
+                    headers={
+                        "token": token,
+                        "Content-Type": "application/pdf",
+                        "Content-Digest": digest_header,
+                    },
                 )
                 seconds = time.perf_counter() - t
             if r.status_code >= 400:
@@ -164,7 +173,9 @@ def span(values: list[float], digits: int = 1) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mb", type=int, default=100, help="size of the file in MB (2**20 bytes)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -199,14 +210,18 @@ def main() -> None:
     sandbox.start()
     try:
         with httpx.Client(base_url=sandbox.base_url, timeout=30.0) as api:
-            token = api.post("/v2/authenticate", json={"key": sandbox.key, "secret": sandbox.secret}).json()["token"]
+            token = api.post("/v2/authenticate", json={"key": sandbox.key, "secret": sandbox.secret}).json()[
+                "token"
+            ]
             h = {"token": token}
             prop = {
                 "name": "Benchmark", "number": "1", "postalCode": "10115", "city": "Berlin", "country": "DE",
                 "addresses": [{"street": "Lindenstr. 5", "units": []}], "customFields": {},
             }  # fmt: skip
             api.put(f"/v2/properties/{PROPERTY_ID}", json=prop, headers=h).raise_for_status()
-            api.put(f"/v2/documents/{DOC_ID}", json=document_payload(path, "initial"), headers=h).raise_for_status()
+            api.put(
+                f"/v2/documents/{DOC_ID}", json=document_payload(path, "initial"), headers=h
+            ).raise_for_status()
 
         common = [sandbox.base_url, sandbox.key, sandbox.secret, str(path)]
         ours: list[dict[str, Any]] = []
@@ -228,7 +243,9 @@ def main() -> None:
             )
         counters = sandbox.counters()
         with httpx.Client(base_url=sandbox.base_url, timeout=30.0) as api:
-            token = api.post("/v2/authenticate", json={"key": sandbox.key, "secret": sandbox.secret}).json()["token"]
+            token = api.post("/v2/authenticate", json={"key": sandbox.key, "secret": sandbox.secret}).json()[
+                "token"
+            ]
             stored = api.get(f"/v2/documents/{DOC_ID}", headers={"token": token}).json()
     finally:
         sandbox.stop()
@@ -239,7 +256,11 @@ def main() -> None:
     raw_rate = [size_mb / r["seconds"] for r in raw]
     ours_growth = [(o["rss_peak"] - o["rss_before"]) / 2**20 for o in ours]
     raw_growth = [(r["rss_peak"] - r["rss_before"]) / 2**20 for r in raw]
-    rate, raw_med, growth = statistics.median(ours_rate), statistics.median(raw_rate), statistics.median(ours_growth)
+    rate, raw_med, growth = (
+        statistics.median(ours_rate),
+        statistics.median(raw_rate),
+        statistics.median(ours_growth),
+    )
     result = {
         "file_mb": round(size_mb, 1),
         "repeat": args.repeat,

@@ -360,8 +360,13 @@ def main() -> None:
             while len(settle) < args.settle:
                 t = time.perf_counter()
                 run = run_portal_sync(profile="test")
-                settle.append({"planned_writes": run.get("planned_writes"), "s": round(time.perf_counter() - t, 2)})
-                print(f"settling run: {settle[-1]['planned_writes']} writes in {settle[-1]['s']:.2f} s", flush=True)
+                settle.append(
+                    {"planned_writes": run.get("planned_writes"), "s": round(time.perf_counter() - t, 2)}
+                )
+                print(
+                    f"settling run: {settle[-1]['planned_writes']} writes in {settle[-1]['s']:.2f} s",
+                    flush=True,
+                )
                 if run.get("planned_writes") == 0:
                     break
 
