@@ -355,3 +355,21 @@ async def stream_file(path: Path | str, chunk_size: int = 256 * 1024) -> AsyncIt
 def content_digest_header(hex_digest: str) -> str:
     """The RFC 9530 ``Content-Digest`` value of a SHA-256 given as hex: ``sha-256=:<base64>:``."""
     return f"sha-256=:{base64.b64encode(bytes.fromhex(hex_digest)).decode('ascii')}:"
+
+
+def files_signature(known: Mapping[str, Any]) -> str:
+    """A digest of the size and modification time each of ``known``'s files has now.
+
+    Why: a run that finds the ERP unchanged must still notice a document's file replaced on disk
+    (a DMS writes files without the ERP knowing). ``known`` is the digest cache's paths (every
+    file the last complete run read); one ``stat`` per file costs a fraction of reading the
+    files, or even the ERP's rows that name them. A file gone counts as changed.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(known):
+        try:
+            info = os.stat(path)
+            digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0gone\n".encode())
+    return digest.hexdigest()

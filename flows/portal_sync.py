@@ -43,16 +43,21 @@ from tasks.portal_exchange import (
     EXCHANGE_ENTITIES,
     MAIL,
     STEPS,
+    TRANSIENT_SKIPS,
     ExchangePlan,
     convert_documents,
+    earlier_skips,
     enter_portal_tickets_task,
     extract_exchange,
+    fingerprint_exchange,
     merged,
     plan_emails,
     plan_exchange,
+    quiet_since,
     read_document_files,
     read_portal_exchange,
     record_portal_status_task,
+    remember_quiet,
 )
 from tasks.portal_rules import DesiredState, Skip
 from tasks.portal_tasks import (
@@ -127,7 +132,8 @@ async def portal_sync(
     Returns:
         A summary: planned, confirmed, failed, skipped, quarantined, unchanged, counts per outcome,
         and how the run was planned: ``mode`` (``full`` or ``incremental``), ``full_reason`` and
-        ``rebuilt`` (records rebuilt per entity).
+        ``rebuilt`` (records rebuilt per entity); ``exchange``: ``compared`` (read and planned in
+        full), ``quiet`` (nothing changed since the last complete exchange) or ``off``.
     """
     # One Prefect API client for the run's synchronous tasks: without a client in the context each
     # task builds its own, and with it a TLS context (about 25 ms, nine times per run).
@@ -195,6 +201,7 @@ async def _sync(
         else:
             await _load(PORTAL, settings, run_id, plan, basis.seq, failed, deferred, outcomes)
         # the exchange: documents, messages and notes (docs/portal-exchange.md), after the master data
+        exchange_mode = "off"
         extra_skips: list[Skip] = []
         extra_held: list[Skip] = []
         problems: list[str] = []
@@ -214,6 +221,7 @@ async def _sync(
                 dry_run,
             )
             extra_skips, extra_held = exchange.skips, exchange.held
+            exchange_mode = "quiet" if exchange.quiet else "compared"
             if not dry_run:
                 try:
                     await _load(
@@ -225,6 +233,17 @@ async def _sync(
                 problems += await _notify_and_enter(
                     settings, run_id, exchange, tables_persons, objects, entities, outcomes
                 )
+                if (
+                    exchange.basis is not None and exchange.portal is not None
+                ):  # complete: may make the next quiet
+                    clean = not (failed or deferred or problems) and not any(
+                        s.rule in TRANSIENT_SKIPS for s in exchange.skips
+                    )
+                    ids, contacts, units = exchange.basis
+                    after = fingerprint_exchange(
+                        settings, today, whole(ids), whole(contacts), whole(units), whole(exchange.portal)
+                    )
+                    remember_quiet(settings, after if clean else None, run_id)
             plan = merged(plan, exchange.plan)
         if deferred:
             logger.warning(
@@ -246,6 +265,7 @@ async def _sync(
         )
         remember_portal_run(settings, whole(basis), whole(desired), whole(quarantined), whole(outcomes))
         summary["mode"] = "full" if basis.scope is None else "incremental"
+        summary["exchange"] = exchange_mode
         summary["full_reason"] = basis.why_full
         summary["rebuilt"] = {
             e: len(basis.scope.of(e)) if basis.scope else len(desired.records.get(e, {}))
@@ -314,18 +334,45 @@ async def _exchange(
     full_resync: bool,
     dry_run: bool,
 ) -> ExchangePlan:
-    """Read and plan the exchange, and convert this run's Word files (docs/portal-exchange.md)."""
+    """Read and plan the exchange, and convert this run's Word files (docs/portal-exchange.md).
+
+    A run over everything first compares the exchange's fingerprint (:func:`fingerprint_exchange`)
+    with the one the last complete, clean exchange left: equal, and nothing new from the portal,
+    the exchange has nothing to do and reads and plans nothing (a quiet run); the skips of that
+    run are reported again.
+    """
+    portal = await read_portal_exchange(settings, inbound=not dry_run and wanted(entities, "inbound"))
+    released_ids = set(released)
+    contacts = {c for c in desired.present("contacts") if ("contacts", c) not in held_back}
+    units = {u for u in desired.present("units") if ("units", u) not in held_back}
+    fingerprint = None
+    if not (dry_run or objects or entities or full_resync):
+        fingerprint = fingerprint_exchange(
+            settings, today, whole(released_ids), whole(contacts), whole(units), whole(portal)
+        )
+        since, why = quiet_since(settings, fingerprint, portal)
+        if not since:
+            get_run_logger().info("Exchange compared in full: %s.", why)
+        else:
+            skips, held = earlier_skips(settings, since)
+            get_run_logger().info(
+                "Exchange: the ERP's documents and messages, their files, the portal and the confirmed state are "
+                "as the complete exchange of run %s left them: nothing to read or send (%d skips of that run "
+                "reported again).",
+                since,
+                len(skips),
+            )
+            return ExchangePlan(Plan(), skips, held, {}, {}, {}, quiet=True, portal=portal)
     rows = extract_exchange(settings)
     files = read_document_files(settings, whole(rows["documents"]), today)
-    portal = await read_portal_exchange(settings, inbound=not dry_run and wanted(entities, "inbound"))
     exchange = plan_exchange(
         settings,
         whole(rows),
         whole(files),
         whole(portal),
-        whole(set(released)),
-        whole({c for c in desired.present("contacts") if ("contacts", c) not in held_back}),
-        whole({u for u in desired.present("units") if ("units", u) not in held_back}),
+        whole(released_ids),
+        whole(contacts),
+        whole(units),
         today,
         entities,
         full_resync,
@@ -333,6 +380,7 @@ async def _exchange(
     )
     exchange.rows = rows
     exchange.portal = portal
+    exchange.basis = (released_ids, contacts, units) if fingerprint else None
     if not dry_run:
         exchange.workdir = tempfile.mkdtemp(prefix="hausflow-pdf-")
         exchange.skips += convert_documents(settings, whole(exchange.plan), exchange.workdir)
@@ -367,6 +415,8 @@ async def _notify_and_enter(
                 "E-mails to contacts not in the portal were not sent: %s. The next run sends them.", exc
             )
             problems.append(f"e-mails not sent: {exc}")
+    if exchange.quiet:  # nothing new from the portal, nothing changed in the ERP
+        return problems
     if wanted(entities, "inbound") and exchange.portal is not None:
         try:
             _counts, inbound_skips = enter_portal_tickets_task(

@@ -14,6 +14,7 @@ its rules are time-driven, and the incremental memo's bookkeeping would cost mor
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -26,9 +27,15 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import HausflowSettings
-from connectors.documents import DigestCache, convert_to_pdf
+from connectors.documents import DigestCache, convert_to_pdf, files_signature
 from connectors.erp.database import make_engine
-from connectors.erp.extract import TableRows, document_path, document_root, extract_exchange_rows
+from connectors.erp.extract import (
+    TableRows,
+    document_path,
+    document_root,
+    exchange_signature,
+    extract_exchange_rows,
+)
 from connectors.erp.writeback import (
     PortalChange,
     PortalComment,
@@ -66,6 +73,15 @@ STEPS = ("emails", "inbound")
 """The exchange's steps that are not portal entities: e-mails to contacts not in the portal, and
 tickets and comments from the portal into the ERP. ``entities`` of the portal sync takes them too."""
 CURSOR = "inbound"
+QUIET = "exchange-quiet"
+"""The state store's record (``sync_cursors``) of the last complete exchange: its fingerprint and run."""
+TRANSIENT_SKIPS = frozenset({"conversion_failed", "document_file_unreadable", "parent_failed"})
+"""Skips that may clear without any change (a share mounted again, LibreOffice back): a run that
+had them does not let the next one call the exchange quiet."""
+CODE = tuple(
+    Path(__file__).resolve().parent.parent / name
+    for name in ("tasks/portal_exchange.py", "tasks/portal_exchange_rules.py", "connectors/portal/streams.py")
+)
 CURSOR_OVERLAP = timedelta(seconds=2)
 """The portal's list is read from a little before the cursor: a ticket stamped in the same
 millisecond as the last one read is not missed; entering it again does nothing."""
@@ -119,6 +135,103 @@ class ExchangePlan:
     rows: Mapping[str, Sequence[dict[str, Any]]] = field(default_factory=dict)
     portal: PortalSide | None = None
     workdir: str | None = None
+    quiet: bool = False
+    basis: tuple[set[str], set[str], set[str]] | None = None
+
+
+@task(name="fingerprint-exchange", cache_policy=NO_CACHE)
+def fingerprint_exchange(
+    settings: HausflowSettings,
+    today: date,
+    released: set[str],
+    portal_contacts: set[str],
+    portal_units: set[str],
+    portal: PortalSide,
+) -> str:
+    """A digest of everything the exchange's plan depends on, read cheaply.
+
+    The ERP's exchange tables by aggregates (:func:`~connectors.erp.extract.exchange_signature`),
+    the document files the last complete run read, by ``stat`` (:func:`~connectors.documents.files_signature`), the released
+    objects, the contacts and units at the portal, the portal's ticket types, the state store's
+    change sequence and open quarantine, the business date, the settings and the exchange's code.
+    Equal to the fingerprint a complete, clean exchange left: the exchange has nothing to do.
+    """
+    engine = make_engine(settings.erp_url)
+    try:
+        tables = exchange_signature(engine)
+    finally:
+        engine.dispose()
+    store = StateStore(settings.state_url)
+    digest = hashlib.blake2b(digest_size=16)
+    parts: list[Any] = [
+        today.isoformat(),
+        settings.erp_url,
+        settings.portal.model_dump_json(),
+        settings.licences.model_dump_json(),
+        settings.mail.model_dump_json(),
+        tables,
+        files_signature(store.file_digests()),
+        store.current_seq(),
+        len(store.open_quarantine(TARGET)),
+        len(store.open_quarantine(MAIL.name)),
+        sorted(portal.ticket_types.items()),
+    ]
+    for part in parts:
+        digest.update(repr(part).encode())
+    for ids in (released, portal_contacts, portal_units):
+        digest.update("\n".join(sorted(ids)).encode())
+        digest.update(b"\x00")
+    for path in CODE:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def quiet_since(settings: HausflowSettings, fingerprint: str, portal: PortalSide) -> tuple[str | None, str]:
+    """The run whose complete exchange left this very fingerprint, if nothing came from the portal
+    since; else ``None`` and why the exchange is compared in full."""
+    recorded = StateStore(settings.state_url).cursor(TARGET, QUIET)
+    if not recorded or ":" not in recorded:
+        return (
+            None,
+            "the last exchange was not complete and clean (failures, a partial run, or skips that may clear)",
+        )
+    digest, run_id = recorded.split(":", 1)
+    if digest != fingerprint:
+        return None, "the ERP, the files, the portal, the settings or the confirmed state changed"
+    cursor = StateStore(settings.state_url).cursor(TARGET, CURSOR) or ""
+    news = [r for r in (*portal.tickets, *portal.comments) if str(r.get("updatedAt") or "") > cursor]
+    if news:
+        return None, f"{len(news)} tickets or comments changed in the portal"
+    return run_id, ""
+
+
+def remember_quiet(settings: HausflowSettings, fingerprint: str | None, run_id: str) -> None:
+    """Record (or, with ``None``, forget) the fingerprint of a complete, clean exchange."""
+    StateStore(settings.state_url).set_cursor(
+        TARGET, QUIET, f"{fingerprint}:{run_id}" if fingerprint else "-"
+    )
+
+
+def earlier_skips(settings: HausflowSettings, run_id: str) -> tuple[list[Skip], list[Skip]]:
+    """The exchange's skips and quarantined records as the run ``run_id`` wrote them to the protocol:
+    a quiet run reports them again, as a run that compared everything would."""
+    entities = {*EXCHANGE_ENTITIES, *STEPS}
+    rows = StateStore(settings.state_url).protocol_rows(
+        run_id, outcomes=("skipped", "quarantined"), limit=1_000_000
+    )
+    skips = [
+        Skip(r.entity, r.ref_id, "unchanged", r.reason or "")
+        for r in rows
+        if r.entity in entities and r.outcome == "skipped"
+    ]
+    held = []
+    for r in rows:
+        if r.entity in entities and r.outcome == "quarantined":
+            reason, _, rule = (r.reason or "").rpartition(" [")
+            held.append(
+                Skip(r.entity, r.ref_id, rule.rstrip("]") or "quarantine", reason or (r.reason or ""))
+            )
+    return skips, held
 
 
 @task(name="extract-exchange", cache_policy=NO_CACHE)

@@ -163,6 +163,11 @@ def test_a_run_without_changes_sends_nothing(
     assert again["planned_writes"] == 0 and again["failed"] == 0, again
     assert sandbox.counters()["uploads"] == uploads
     assert len(smtp[0].mails) == mails
+    # the run after a complete exchange that changed nothing finds it quiet: it reads and plans
+    # nothing, and reports the same skips as a run that compared everything
+    quiet = sync(world, sandbox)
+    assert quiet["exchange"] == "quiet", quiet
+    assert quiet["planned_writes"] == 0 and quiet["skipped"] == again["skipped"], (quiet, again)
 
 
 def test_unregistered_contacts_get_one_email_per_ticket(
