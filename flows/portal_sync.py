@@ -400,6 +400,8 @@ async def _notify_and_enter(
     the messages' portal status. Returns what went wrong, for the run's end (the rest goes on)."""
     logger = get_run_logger()
     problems: list[str] = []
+    if exchange.quiet:  # nothing changed in the ERP or the state, nothing new from the portal
+        return problems
     in_scope = not entities or {"tickets", "comments"} <= set(entities)  # what e-mails are about
     if wanted(entities, "emails") and in_scope:
         try:
@@ -415,8 +417,6 @@ async def _notify_and_enter(
                 "E-mails to contacts not in the portal were not sent: %s. The next run sends them.", exc
             )
             problems.append(f"e-mails not sent: {exc}")
-    if exchange.quiet:  # nothing new from the portal, nothing changed in the ERP
-        return problems
     if wanted(entities, "inbound") and exchange.portal is not None:
         try:
             _counts, inbound_skips = enter_portal_tickets_task(
