@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import mailbox
 import signal
 import threading
 from pathlib import Path
@@ -28,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maildir", default="var/demo/mail", help="where the mails land (Maildir)")
     args = parser.parse_args(argv)
     folder = Path(args.maildir)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # mails carry names and addresses
-    mailbox.Maildir(folder, create=True)  # its tmp/, new/ and cur/
+    for sub in ("tmp", "new", "cur"):  # a Maildir; mails carry names and addresses: owner only
+        (folder / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
     controller = Controller(Mailbox(folder), hostname=args.host, port=args.port)
     controller.start()
     print(f"SMTP on {args.host}:{args.port}, mails into {folder}", flush=True)
