@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 
 __all__ = [
     "CONVERTIBLE_SUFFIXES",
+    "DOCUMENT_MIME_TYPES",
     "DigestCache",
     "content_digest_header",
     "convert_to_pdf",
@@ -38,7 +39,12 @@ __all__ = [
 
 CHUNK_BYTES = 1024 * 1024
 CONVERTIBLE_SUFFIXES = frozenset({".doc", ".docx", ".odt", ".rtf"})
-_MIME_TYPES = {".pdf": "application/pdf", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+DOCUMENT_MIME_TYPES = {
+    ".pdf": "application/pdf",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+}
 # a file changed this recently may change again within the same mtime tick: its digest is not
 # cached (the "racy" case git knows too), so a later change of equal size is never missed
 _RACY_SECONDS = 2.0
@@ -162,7 +168,7 @@ def needs_conversion(file_name: str) -> bool:
 
 def mime_type(file_name: str) -> str | None:
     """The portal's content type of a file (PDF, JPEG, PNG); ``None``: the portal does not take it."""
-    return _MIME_TYPES.get(Path(file_name).suffix.lower())
+    return DOCUMENT_MIME_TYPES.get(Path(file_name).suffix.lower())
 
 
 def _not_installed(program: str) -> str:

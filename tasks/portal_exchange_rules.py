@@ -28,6 +28,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
+from connectors.documents import CONVERTIBLE_SUFFIXES, DOCUMENT_MIME_TYPES
 from tasks.portal_rules import Skip, UnreadableDate, _missing, _text, parse_date
 
 if TYPE_CHECKING:
@@ -36,10 +37,10 @@ if TYPE_CHECKING:
 BERLIN = ZoneInfo("Europe/Berlin")
 MB = 1024 * 1024
 
-# File types the portal takes as they are, by suffix.
-MIME_TYPES = {".pdf": "application/pdf", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
-# Word and OpenDocument text: converted to PDF with LibreOffice, never sent unconverted.
-CONVERTIBLE = frozenset({".doc", ".docx", ".odt", ".rtf"})
+# File types the portal takes as they are, by suffix, and the Word and OpenDocument texts that are
+# converted to PDF with LibreOffice (never sent unconverted): one table, the document files' own.
+MIME_TYPES = DOCUMENT_MIME_TYPES
+CONVERTIBLE = CONVERTIBLE_SUFFIXES
 
 # Message status in the ERP and the portal ticket status it maps to.
 OPEN, CLOSED, CANCELLED = "OFFEN", "ABGESCHLOSSEN", "STORNIERT"

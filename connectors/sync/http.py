@@ -31,6 +31,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
+from connectors.documents import content_digest_header, file_digest, stream_file
 from connectors.sync.auth import TokenAuth
 from connectors.sync.client import ClientStats, WriteOp, WriteResult
 from connectors.sync.errors import (
@@ -451,8 +452,6 @@ class HttpPartnerClient:
         the digest and again for the body. An ambiguous answer is settled by reading the record
         back: the partner holds this file when it shows its digest.
         """
-        from connectors.documents import content_digest_header, file_digest, stream_file
-
         meta = (op.payload or {}).get("_content") or {}
         path = meta["path"]
         digest = await asyncio.to_thread(file_digest, path)
