@@ -2,16 +2,18 @@
 
 Measures, in one run against the sandbox started as its own process:
 - hausflow's path: ``PortalClient(...).write_many([WriteOp("documents", "upsert", id, payload)])``
-  with ``_content: {path, mimeType}`` and a new ``version``, so the client writes the metadata,
-  sees the content missing, reads the file once for its SHA-256 (``file_digest``) and streams it
-  a second time as ``PUT /v2/documents/{id}/content`` (``stream_file``, 256 KiB chunks);
+  with a new ``version`` and ``_content: {path, mimeType, sha256}`` as the sync's plan makes it
+  (the plan reads each file's SHA-256 through its digest cache to tell a changed file; the
+  child reads it before the clock starts, as the plan's task does before the load), so the
+  client writes the metadata, sees the content missing and streams the file as
+  ``PUT /v2/documents/{id}/content`` (``stream_file``) with that digest;
 - the raw baseline: a plain ``httpx.AsyncClient`` PUT of the same file to the same endpoint, the
   body an async generator of 256 KiB chunks, the same headers (``Content-Type``, a correct
-  ``Content-Digest`` computed before the clock starts): the transfer alone, no digest pass, no
-  metadata write.
+  ``Content-Digest`` computed before the clock starts): the transfer alone, no metadata write.
 
-Each measurement runs in a fresh child process (``--child``) that does its imports and, for the
-raw upload, its login before the clock starts; a thread samples the child's own resident memory
+Each measurement runs in a fresh child process (``--child``) that does its imports and its login
+(hausflow: one authenticated read, ``PortalClient.check``; a sync logs in once per run) before
+the clock starts; a thread samples the child's own resident memory
 (RSS, psutil) every 2 ms. ``peak_rss_growth_mb`` is the largest RSS seen while uploading minus the
 RSS just before. MB/s is the file's size over the wall time of the upload (MB = 2**20 bytes).
 Each is measured ``--repeat`` times (default 3), hausflow and raw alternating; the median is
@@ -89,14 +91,16 @@ def document_payload(path: Path, version: str) -> dict[str, Any]:
 
 
 def child_hausflow(base_url: str, key: str, secret: str, path: Path) -> dict[str, Any]:
+    from connectors.documents import file_digest
     from connectors.portal.client import PortalClient
     from connectors.sync.client import WriteOp
 
     payload = {
         **document_payload(path, uuid.uuid4().hex),
-        "_content": {"path": str(path), "mimeType": "application/pdf"},
+        "_content": {"path": str(path), "mimeType": "application/pdf", "sha256": file_digest(path)},
     }
     client = PortalClient(base_url, key, secret)
+    client.check()  # the run's login
     import gc
 
     gc.collect()

@@ -390,7 +390,12 @@ def plan_exchange(
     ):  # the file to upload travels with the write, never compared or sent
         upload = uploads.get(write.ref_id) if write.entity == "documents" and write.op == "upsert" else None
         if upload is not None and write.payload is not None:
-            content = {"path": upload.path, "convert": upload.convert, "mimeType": upload.mime_type}
+            content = {
+                "path": upload.path,
+                "convert": upload.convert,
+                "mimeType": upload.mime_type,
+                "sha256": upload.sha256,
+            }
             plan.writes[i] = replace(write, payload={**write.payload, "_content": content})
     contact_of = {
         ref: str(t["contactId"])
@@ -441,7 +446,7 @@ def convert_documents(settings: HausflowSettings, plan: Plan, workdir: str) -> l
         content = write.payload["_content"]
         outcome = results.get(Path(content["path"]))
         if isinstance(outcome, Path):
-            done = {**content, "path": str(outcome), "convert": False}
+            done = {**content, "path": str(outcome), "convert": False, "sha256": None}
             converted[write.ref_id] = replace(write, payload={**write.payload, "_content": done})
             continue
         failed.add(write.ref_id)

@@ -85,11 +85,14 @@ class FileFacts:
 @dataclass(frozen=True)
 class Upload:
     """A document's content to upload: the source ``path``, converted to PDF first if ``convert``;
-    ``mime_type`` is the type of the bytes sent (``application/pdf`` after a conversion)."""
+    ``mime_type`` is the type of the bytes sent (``application/pdf`` after a conversion);
+    ``sha256`` the digest of the bytes sent when they are the source's (``None`` for a file still
+    to convert), so the upload does not read the file once more for its ``Content-Digest``."""
 
     path: str
     convert: bool
     mime_type: str
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -427,7 +430,7 @@ def build_documents(
             "size": size,
             "deleted": False,
         }
-        uploads[ref] = Upload(facts.path, convert, mime_type)
+        uploads[ref] = Upload(facts.path, convert, mime_type, None if convert else facts.version)
     return records, uploads, skipped
 
 

@@ -325,3 +325,35 @@ def test_proxy_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     ]
     assert "no connection" in asyncio.run(scenario("portal.invalid"))  # straight to the (unknown) host
     assert len(seen) == 2
+
+
+def test_a_file_changed_after_the_plan_read_it_is_refused_not_sent_as_that_version(
+    client: PortalClient, tmp_path: Path
+) -> None:
+    """The upload sends the digest the plan read (``_content["sha256"]``): bytes that no longer
+    match it are refused by the portal, which keeps the content it had."""
+    from connectors.documents import file_digest
+
+    assert client.write_many([WriteOp("properties", "upsert", "1001", PROPERTY)])[0].ok
+    path = tmp_path / "nk2025.pdf"
+    path.write_bytes(b"%PDF-1.7\nfirst version\n%%EOF\n")
+    planned = file_digest(path)
+
+    def document(version: str) -> dict[str, object]:
+        return {
+            "id": "D1", "title": "Abrechnung", "documentType": "ABRECHNUNG", "fileName": path.name,
+            "mimeType": "application/pdf", "date": "2026-03-01", "propertyId": "1001", "unitId": None,
+            "contactIds": [], "version": version, "size": path.stat().st_size, "deleted": False,
+            "_content": {"path": str(path), "mimeType": "application/pdf", "sha256": version},
+        }  # fmt: skip
+
+    first = client.write_many([WriteOp("documents", "upsert", "D1", document(planned))])[0]
+    assert first.ok, first.error
+    assert client.read_many("documents", ["D1"])["D1"]["contentSha256"] == planned  # type: ignore[index]
+
+    path.write_bytes(b"%PDF-1.7\nrewritten after the plan read it\n%%EOF\n")
+    stale = "cd" * 32  # the digest a plan read before the file changed
+    second = client.write_many([WriteOp("documents", "upsert", "D1", document(stale))])[0]
+    assert not second.ok
+    assert second.error is not None and "file upload" in second.error and "digest" in second.error.lower()
+    assert client.read_many("documents", ["D1"])["D1"]["contentSha256"] == planned  # type: ignore[index]

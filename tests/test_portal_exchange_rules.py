@@ -305,10 +305,12 @@ def test_document_payload_and_conversion() -> None:
         "size": 2048,
         "deleted": False,
     }
-    assert uploads["1"] == Upload("/docs/a.pdf", False, "application/pdf")
+    assert uploads["1"] == Upload(
+        "/docs/a.pdf", False, "application/pdf", "ab" * 32
+    )  # sent as is: its digest
     assert records["2"]["fileName"] == "Brief an Mieter.pdf"
     assert records["2"]["mimeType"] == "application/pdf"
-    assert uploads["2"] == Upload("/docs/2.docx", True, "application/pdf")
+    assert uploads["2"] == Upload("/docs/2.docx", True, "application/pdf", None)  # the PDF is not made yet
 
 
 @pytest.mark.parametrize(

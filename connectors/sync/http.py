@@ -448,13 +448,16 @@ class HttpPartnerClient:
 
         The file is the payload's ``_content["path"]`` (a Word file already converted to PDF);
         its SHA-256 goes along as ``Content-Digest`` (RFC 9530), so the partner can refuse a
-        body that arrived damaged. Memory does not grow with the file: it is read in chunks for
-        the digest and again for the body. An ambiguous answer is settled by reading the record
+        body that arrived damaged. Memory does not grow with the file: it is read in chunks. An ambiguous answer is settled by reading the record
         back: the partner holds this file when it shows its digest.
+
+        The digest is the plan's (``_content["sha256"]``, read when the plan compared the file)
+        where it has one, so a file is read once for the plan and once for the body; a file
+        changed in between no longer matches it, and the partner refuses the upload.
         """
         meta = (op.payload or {}).get("_content") or {}
         path = meta["path"]
-        digest = await asyncio.to_thread(file_digest, path)
+        digest = meta.get("sha256") or await asyncio.to_thread(file_digest, path)
 
         async def applied() -> bool:
             record = await self._get_one(http, limiter, stream, op.ref_id)
