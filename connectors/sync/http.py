@@ -457,7 +457,7 @@ class HttpPartnerClient:
         """
         meta = (op.payload or {}).get("_content") or {}
         path = meta["path"]
-        digest: str = meta.get("sha256") or await asyncio.to_thread(file_digest, path)
+        digest = str(meta.get("sha256") or await asyncio.to_thread(file_digest, path))
 
         async def applied() -> bool:
             record = await self._get_one(http, limiter, stream, op.ref_id)
