@@ -182,7 +182,7 @@ async def _sync(
             dry_run=dry_run,
         )
         desired, released = apply_portal_rules(settings, whole(tables), objects, today, whole(basis.scope))
-        tables_persons = persons_by_number(tables["persons"]) if exchange_wanted(settings, entities) else {}
+        persons_table = tables["persons"]  # whom the exchange may e-mail, when it is not quiet
         del tables
         comparison = compare_with_portal_state(
             settings, whole(desired), entities, full_resync, whole(basis.scope)
@@ -210,7 +210,6 @@ async def _sync(
             exchange = await _exchange(
                 settings,
                 run_id,
-                tables_persons,
                 released,
                 desired,
                 held_back,
@@ -231,7 +230,7 @@ async def _sync(
                     if exchange.workdir:
                         shutil.rmtree(exchange.workdir, ignore_errors=True)
                 problems += await _notify_and_enter(
-                    settings, run_id, exchange, tables_persons, objects, entities, outcomes
+                    settings, run_id, exchange, persons_table, objects, entities, outcomes
                 )
                 if (
                     exchange.basis is not None and exchange.portal is not None
@@ -324,7 +323,6 @@ async def _load(
 async def _exchange(
     settings: HausflowSettings,
     run_id: str,
-    persons: dict[str, dict[str, Any]],
     released: set[str],
     desired: DesiredState,
     held_back: set[tuple[str, str]],
@@ -391,7 +389,7 @@ async def _notify_and_enter(
     settings: HausflowSettings,
     run_id: str,
     exchange: ExchangePlan,
-    persons: dict[str, dict[str, Any]],
+    persons: TableRows,
     objects: list[str] | None,
     entities: list[str] | None,
     outcomes: list[BatchOutcome],
@@ -406,7 +404,9 @@ async def _notify_and_enter(
     if wanted(entities, "emails") and in_scope:
         try:
             await recover_pending_writes(MAIL, settings, run_id)
-            mails, mail_skips = await plan_emails(settings, run_id, whole(exchange), whole(persons))
+            mails, mail_skips = await plan_emails(
+                settings, run_id, whole(exchange), whole(persons_by_number(persons))
+            )
             exchange.skips += mail_skips
             if mails.writes:
                 await check_partner(MAIL, settings)

@@ -14,6 +14,7 @@ its rules are time-driven, and the incremental memo's bookkeeping would cost mor
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -290,17 +291,24 @@ def read_document_files(
 async def read_portal_exchange(settings: HausflowSettings, inbound: bool) -> PortalSide:
     """The portal's ticket types, and the tickets and comments changed there since the cursor."""
     client = PORTAL.connect(settings)
-    types = {str(t["id"]): t for t in await client.alist_records("ticket_types")}
-    if not inbound:
-        return PortalSide(types, [], [], None)
-    cursor = StateStore(settings.state_url).cursor(TARGET, CURSOR)
+    cursor = StateStore(settings.state_url).cursor(TARGET, CURSOR) if inbound else None
     since = None
     if cursor:
         since = (datetime.fromisoformat(cursor.replace("Z", "+00:00")) - CURSOR_OVERLAP).isoformat()
-    tickets = await client.alist_records("tickets", modified_after=since)
-    comments = await client.alist_records("comments", modified_after=since, filters={"origin": "portal"})
-    # the cursor may move to the newest ticket read: the comments were read after the tickets, so a
-    # ticket or comment made in between is later than that and read again next time
+
+    async def news() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if not inbound:
+            return [], []
+        tickets = await client.alist_records("tickets", modified_after=since)
+        comments = await client.alist_records("comments", modified_after=since, filters={"origin": "portal"})
+        return tickets, comments
+
+    # the types alongside the news; the comments after the tickets: the cursor may move to the
+    # newest ticket read, and a ticket or comment made in between is later than that and read again
+    type_list, (tickets, comments) = await asyncio.gather(client.alist_records("ticket_types"), news())
+    types = {str(t["id"]): t for t in type_list}
+    if not inbound:
+        return PortalSide(types, [], [], None)
     stamps = [str(r["updatedAt"]) for r in tickets if r.get("updatedAt")]
     return PortalSide(types, tickets, comments, max(stamps) if stamps else cursor)
 
