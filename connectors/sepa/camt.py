@@ -259,7 +259,9 @@ def identify(path: Path) -> tuple[str, str]:
     name = f"{kind}.{version}"
     if name not in CAMT_VERSIONS:
         known = ", ".join(v[9:] for v in CAMT_VERSIONS if v.startswith(kind))
-        no_schema = " (no schema for it is available to check it against)" if name == "camt.052.001.04" else ""
+        no_schema = (
+            " (no schema for it is available to check it against)" if name == "camt.052.001.04" else ""
+        )
         raise CamtRejected(
             path.name,
             f"{name} ({MESSAGE_NAMES[kind]}) is not supported{no_schema}; supported: {kind} {known}",
@@ -373,7 +375,7 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
                 return text
         return None
 
-    def transaction(tx: etree._Element) -> CamtTransaction:
+    def transaction(tx: etree._Element, entry_credit_debit: str) -> CamtTransaction:
         ustrd = [t.text for t in tx.findall(f"{q}RmtInf/{q}Ustrd") if t.text]
         return CamtTransaction(
             end_to_end_id=tx.findtext(f"{q}Refs/{q}EndToEndId"),
@@ -381,7 +383,7 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
             msg_id=tx.findtext(f"{q}Refs/{q}MsgId"),
             mandate_id=tx.findtext(f"{q}Refs/{q}MndtId"),
             amount=_decimal(first(tx, amount_paths)),
-            credit_debit=first(tx, cd_paths),
+            credit_debit=first(tx, cd_paths) or entry_credit_debit,  # .02: only the entry has it
             return_reason=tx.findtext(f"{q}RtrInf/{q}Rsn/{q}Cd") or tx.findtext(f"{q}RtrInf/{q}Rsn/{q}Prtry"),
             return_info=" ".join(t.text or "" for t in tx.findall(f"{q}RtrInf/{q}AddtlInf")) or None,
             debtor_name=first(tx, debtor_paths),
@@ -408,13 +410,14 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
         batch = elem.find(f"{q}NtryDtls/{q}Btch")
         nb = batch.findtext(q + "NbOfTxs") if batch is not None else None
         bank_reference = elem.findtext(q + "AcctSvcrRef")
+        credit_debit = elem.findtext(q + "CdtDbtInd") or ""
         return CamtEntry(
             statement_id=statement_id or "",
             account_iban=iban,
             index=index,
             reference=bank_reference or elem.findtext(q + "NtryRef") or f"#{index}",
             amount=Decimal(elem.findtext(q + "Amt") or "0"),
-            credit_debit=elem.findtext(q + "CdtDbtInd") or "",
+            credit_debit=credit_debit,
             reversal=(elem.findtext(q + "RvslInd") or "").lower() == "true",
             status=first(elem, status_paths) or "",
             booking_date=_date(elem.find(q + "BookgDt"), q),
@@ -423,7 +426,7 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
             batch_msg_id=batch.findtext(q + "MsgId") if batch is not None else None,
             batch_pmt_inf_id=batch.findtext(q + "PmtInfId") if batch is not None else None,
             batch_nb_of_txs=int(nb) if nb else None,
-            transactions=[transaction(tx) for tx in elem.findall(f"{q}NtryDtls/{q}TxDtls")],
+            transactions=[transaction(tx, credit_debit) for tx in elem.findall(f"{q}NtryDtls/{q}TxDtls")],
             info=elem.findtext(q + "AddtlNtryInf"),
             bank_reference=bank_reference,
         )
