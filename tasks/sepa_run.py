@@ -24,7 +24,14 @@ from zoneinfo import ZoneInfo
 
 from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
-from connectors.sepa.camt import CamtEntry, iter_entries, open_camt, validate_camt
+from connectors.sepa.camt import (
+    MESSAGE_NAMES,
+    CamtEntry,
+    CamtRejected,
+    iter_entries,
+    open_camt,
+    validate_camt,
+)
 from connectors.sepa.debit_files import check_published_file, plan_files, produce_file
 from connectors.sepa.erp import (
     mark_claims_paid,
@@ -616,13 +623,19 @@ REPORT_FIELDS = (
     "pmt_inf_id",
     "reason_code",
     "reason",
+    "debtor",
+    "remittance",
     "message",
 )
 
 
 @dataclass
 class ReconciliationResult:
-    """What one camt file did: counts per kind, the report file, returns and what did not match."""
+    """What one camt file did: counts per kind, the report file, returns and what did not match.
+
+    ``rejected`` holds why the file was refused as a whole (then nothing of it was booked) and
+    ``advice`` what to do; ``dry_run`` says the counts are what an import would do.
+    """
 
     path: str
     kind: str
@@ -632,6 +645,88 @@ class ReconciliationResult:
     report_path: str | None
     returns: list[dict[str, str]]
     unmatched: list[dict[str, str]]
+    version: str = ""
+    rejected: str | None = None
+    advice: str | None = None
+    line: int | None = None
+    dry_run: bool = False
+    entries: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        """True unless the file was refused."""
+        return self.rejected is None
+
+
+class StatementFilesRejected(Exception):
+    """Some camt files of a run were refused (the others were imported); the run ends Failed.
+
+    Attributes:
+        summary: the run's summary (every file, accepted or rejected, and the totals).
+    """
+
+    def __init__(self, summary: dict[str, Any], rejected: Sequence[ReconciliationResult]) -> None:
+        self.summary = summary
+        self.rejected = list(rejected)
+        names = "; ".join(f"{Path(r.path).name}: {r.rejected} ({r.advice})" for r in rejected)
+        super().__init__(f"{len(rejected)} of {len(summary['files'])} bank files rejected: {names}")
+
+
+def describe_file(result: ReconciliationResult) -> str:
+    """One line per file for people: accepted or rejected, with the reason (command line, log)."""
+    name = Path(result.path).name
+    if result.rejected is not None:
+        where = f" line {result.line}:" if result.line else ":"
+        return f"rejected  {name}{where} {result.rejected}; {result.advice}"
+    label = f"{result.kind}.{result.version}" if result.version else result.kind
+    what = f"{label} ({MESSAGE_NAMES.get(result.kind, 'camt')}) {result.msg_id}"
+    if result.skipped:
+        return f"accepted  {name}: {what}: imported before, nothing to do"
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "nothing to match"
+    verb = "would book" if result.dry_run else "booked"
+    return f"accepted  {name}: {what}, {result.entries} entries; {verb}: {counts}"
+
+
+class _Bookings:
+    """The reconciliation's writes to the ledger and the ERP; a dry run reads the same and writes nothing.
+
+    ``acted`` tells whether the current entry changed something (so its bank reference is recorded).
+    """
+
+    def __init__(self, ledger: SepaLedger, erp: Any, dry_run: bool) -> None:
+        self.ledger = ledger
+        self.erp = erp
+        self.dry_run = dry_run
+        self.acted = False
+
+    def set_row(self, row_id: int, **values: Any) -> None:
+        self.acted = True
+        if not self.dry_run:
+            self.ledger.set_row(row_id, **values)
+
+    def mark_paid(self, claim_nos: Sequence[str]) -> None:
+        self.acted = True
+        if not self.dry_run:
+            mark_claims_paid(self.erp, claim_nos)
+
+    def settle_claim(self, claim_no: str, status: str, amount: Decimal, reason: str | None = None) -> None:
+        self.acted = True
+        if not self.dry_run:
+            settle_claim(self.erp, claim_no, status, amount, reason)
+
+    def settle_block_paid(self, pmt_inf_id: str, ref: str) -> list[str]:
+        self.acted = True
+        if self.dry_run:
+            return [str(r["claim_no"]) for r in self.ledger.block_rows(pmt_inf_id, ("written",))]
+        return self.ledger.settle_block_paid(pmt_inf_id, ref)
+
+
+def _parties(entry: CamtEntry) -> dict[str, str]:
+    """Debtor and remittance text of an entry's first transaction (for the report)."""
+    tx = entry.transactions[0] if entry.transactions else None
+    if tx is None:
+        return {"debtor": "", "remittance": entry.info or ""}
+    return {"debtor": tx.debtor_name or "", "remittance": tx.remittance or entry.info or ""}
 
 
 def _report_row(kind: str, entry: CamtEntry, **values: Any) -> dict[str, str]:
@@ -643,12 +738,15 @@ def _report_row(kind: str, entry: CamtEntry, **values: Any) -> dict[str, str]:
         booking_date=entry.booking_date.isoformat() if entry.booking_date else "",
         amount=f"{entry.amount:.2f}",
     )
+    if kind == "unmatched":
+        row.update(_parties(entry))
     row.update({k: "" if v is None else str(v) for k, v in values.items()})
     return row
 
 
-def _collection_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> list[dict[str, str]]:
+def _collection_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[str, str]]:
     """Money in: match by EndToEndId, else by payment block; mark claims paid only for money that arrived."""
+    ledger = books.ledger
     out: list[dict[str, str]] = []
     by_e2e = [t for t in entry.transactions if t.end_to_end_id and t.end_to_end_id != NOTPROVIDED]
     if by_e2e:
@@ -694,7 +792,7 @@ def _collection_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -
                     )
                 )
                 continue
-            ledger.set_row(
+            books.set_row(
                 row["id"],
                 status=outcome,
                 paid_amount=total,
@@ -702,10 +800,10 @@ def _collection_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -
                 settled_at=datetime.now(UTC),
             )
             if outcome == "paid":
-                mark_claims_paid(erp, [row["claim_no"]])
+                books.mark_paid([row["claim_no"]])
                 out.append(_report_row("paid", entry, **common, message=f"received {received:.2f}"))
             else:
-                settle_claim(erp, row["claim_no"], "IN_COLLECTION", expected - total)
+                books.settle_claim(row["claim_no"], "IN_COLLECTION", expected - total)
                 out.append(
                     _report_row(
                         "partly_paid",
@@ -740,8 +838,8 @@ def _collection_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -
             )
         ]
     if entry.amount == expected_sum:
-        claim_nos = ledger.settle_block_paid(pmt_inf_id, ref)
-        mark_claims_paid(erp, claim_nos)
+        claim_nos = books.settle_block_paid(pmt_inf_id, ref)
+        books.mark_paid(claim_nos)
         return [
             _report_row(
                 "paid",
@@ -764,8 +862,9 @@ def _collection_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -
     ]
 
 
-def _return_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> list[dict[str, str]]:
+def _return_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[str, str]]:
     """Money taken back: find the collection by EndToEndId (or mandate and amount), reopen the claim."""
+    ledger = books.ledger
     out: list[dict[str, str]] = []
     transactions = entry.transactions or []
     if not transactions:
@@ -807,14 +906,14 @@ def _return_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> li
             )
             continue
         expected = Decimal(str(row["amount"]))
-        ledger.set_row(
+        books.set_row(
             row["id"],
             status="returned",
             return_reason=(code or "")[:4] or None,
             statement_ref=ref[:120],
             settled_at=datetime.now(UTC),
         )
-        settle_claim(erp, row["claim_no"], "RETURNED", expected, (code or "")[:4] or None)
+        books.settle_claim(row["claim_no"], "RETURNED", expected, (code or "")[:4] or None)
         out.append(
             _report_row(
                 "returned",
@@ -834,29 +933,39 @@ def _return_rows(entry: CamtEntry, ledger: SepaLedger, erp: Any, ref: str) -> li
 
 
 def reconcile_statement(
-    path: Path, erp_url: str, state_url: str, output_dir: Path, preview_rows: int = 200
+    path: Path,
+    erp_url: str,
+    state_url: str,
+    output_dir: Path,
+    preview_rows: int = 200,
+    dry_run: bool = False,
 ) -> ReconciliationResult:
-    """Import one camt.053/.054 file: validate it whole, then match every entry against the ledger.
+    """Import one camt.052/.053/.054 file: validate it whole, then match every entry against the ledger.
 
     Importing the same file again changes nothing (it is recognised by message id and content hash;
-    and every ledger transition only happens from the state before it).
+    and every ledger transition only happens from the state before it). A booking that changed the
+    ledger is remembered by account and the bank's reference (AcctSvcrRef): the same booking in
+    another file (a camt.052 intraday report, then the camt.053 of the day) is reported as
+    ``duplicate`` and counts once. A dry run reads, validates and matches against the ledger as
+    it is, and writes the report only: no ledger, ERP or statement record changes.
 
     Raises:
-        SepaValidationError: the file is not a valid camt.053.001.08/camt.054.001.08 (nothing booked).
+        CamtRejected: the file is no camt file of a supported version, or breaks its schema
+            (nothing booked); the message names file, line, reason and what to ask the bank for.
     """
     log = run_logger()
     camt = open_camt(path)
     ledger = SepaLedger(state_url)
     if ledger.statement_seen(camt.key):
-        log.warning("%s (%s %s) was imported before: skipped", path.name, camt.kind, camt.msg_id)
-        return ReconciliationResult(str(path), camt.kind, camt.msg_id, True, {}, None, [], [])
+        log.warning("%s (%s %s) was imported before: skipped", path.name, camt.name, camt.msg_id)
+        return ReconciliationResult(
+            str(path), camt.kind, camt.msg_id, True, {}, None, [], [], camt.version, dry_run=dry_run
+        )
     entries = validate_camt(camt)
-    erp = make_engine(erp_url)
+    books = _Bookings(ledger, make_engine(erp_url), dry_run)
     output_dir.mkdir(parents=True, exist_ok=True)
-    report_path = (
-        output_dir
-        / f"reconciliation-{sanitize_id(camt.msg_id).replace(' ', '') or 'camt'}-{camt.sha256[:8]}.csv"
-    )
+    label = sanitize_id(camt.msg_id).replace(" ", "") or "camt"
+    report_path = output_dir / f"reconciliation-{'dryrun-' if dry_run else ''}{label}-{camt.sha256[:8]}.csv"
     counts: dict[str, int] = {}
     returns: list[dict[str, str]] = []
     unmatched: list[dict[str, str]] = []
@@ -872,20 +981,33 @@ def reconcile_statement(
                 entry.bank_code,
                 any(t.return_reason for t in entry.transactions),
             )
-            if kind == "pending":
+            identity = entry.identity if kind in ("collection", "return") else None
+            booked_from = ledger.entry_booked(identity) if identity else None
+            books.acted = False
+            if booked_from is not None:
+                rows = [
+                    _report_row(
+                        "duplicate",
+                        entry,
+                        message=f"booking {entry.reference} was booked before from {booked_from}: counted once",
+                    )
+                ]
+            elif kind == "pending":
                 rows = [
                     _report_row(
                         "pending", entry, message=f"status {entry.status}: not booked yet, nothing marked"
                     )
                 ]
             elif kind == "collection":
-                rows = _collection_rows(entry, ledger, erp, ref)
+                rows = _collection_rows(entry, books, ref)
             elif kind == "return":
-                rows = _return_rows(entry, ledger, erp, ref)
+                rows = _return_rows(entry, books, ref)
             else:
                 rows = [
                     _report_row("other", entry, message=f"debit {entry.bank_code}: not a direct-debit return")
                 ]
+            if identity and books.acted and not dry_run:
+                ledger.record_entry(identity, path, camt.kind, f"{camt.name} {camt.msg_id} ({path.name})")
             for row in rows:
                 report.writerow(row)
                 counts[row["kind"]] = counts.get(row["kind"], 0) + 1
@@ -899,14 +1021,64 @@ def reconcile_statement(
                     log.warning(
                         "%s: entry %s, %s EUR: %s", row["kind"], row["entry"], row["amount"], row["message"]
                     )
-    ledger.record_statement(camt.key, path, camt.kind, json.dumps({"entries": entries, **counts}))
+    if not dry_run:
+        ledger.record_statement(camt.key, path, camt.kind, json.dumps({"entries": entries, **counts}))
     log.info(
-        "%s: %d entries; %s; report %s",
+        "%s (%s): %d entries; %s%s; report %s",
         path.name,
+        camt.name,
         entries,
+        "dry run, would book: " if dry_run else "",
         ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
         report_path,
     )
     return ReconciliationResult(
-        str(path), camt.kind, camt.msg_id, False, counts, str(report_path), returns, unmatched
+        str(path),
+        camt.kind,
+        camt.msg_id,
+        False,
+        counts,
+        str(report_path),
+        returns,
+        unmatched,
+        camt.version,
+        dry_run=dry_run,
+        entries=entries,
     )
+
+
+def import_statement(
+    path: Path,
+    erp_url: str,
+    state_url: str,
+    output_dir: Path,
+    preview_rows: int = 200,
+    dry_run: bool = False,
+) -> ReconciliationResult:
+    """``reconcile_statement`` for one file of a run of several: a refused file is a result, not an error.
+
+    Why: one bad or unsupported file must not stop the others of the same run. A refused file
+    (``CamtRejected``: not a camt file, a version not read, a schema or XML error, not readable)
+    comes back with ``rejected`` (reason, line) and ``advice`` (what to ask the bank for), and is
+    logged as an error; nothing of it was booked. Other errors (the state or ERP database does not
+    answer) still raise: they concern every file.
+    """
+    try:
+        return reconcile_statement(path, erp_url, state_url, output_dir, preview_rows, dry_run)
+    except CamtRejected as exc:
+        result = ReconciliationResult(
+            str(path),
+            "",
+            "",
+            False,
+            {},
+            None,
+            [],
+            [],
+            rejected=exc.reason,
+            advice=exc.advice,
+            line=exc.line,
+            dry_run=dry_run,
+        )
+        run_logger().error("Bank file %s", describe_file(result))
+        return result

@@ -20,8 +20,8 @@ from tasks.sepa_run import (
     ReconciliationResult,
     SepaRun,
     finish_debit_run,
+    import_statement,
     plan_debits,
-    reconcile_statement,
     start_debit_run,
     write_debit_files,
 )
@@ -116,10 +116,10 @@ def finish_sepa_debit_run(run: SepaRun) -> None:
 
 @task(name="reconcile-bank-statement", cache_policy=NO_CACHE)
 def reconcile_bank_statement(
-    path: str, erp_url: str, state_url: str, output_dir: str
+    path: str, erp_url: str, state_url: str, output_dir: str, dry_run: bool = False
 ) -> ReconciliationResult:
-    """Task wrapper of ``reconcile_statement`` (one task per camt file)."""
-    return reconcile_statement(Path(path), erp_url, state_url, Path(output_dir))
+    """Task wrapper of ``import_statement`` (one task per camt file; a refused file is a result)."""
+    return import_statement(Path(path), erp_url, state_url, Path(output_dir), dry_run=dry_run)
 
 
 @task(name="publish-reconciliation-report", cache_policy=NO_CACHE)
@@ -134,14 +134,18 @@ def publish_reconciliation_report(results: list[ReconciliationResult]) -> None:
         table=returns or [{"message": "no return debits"}],
         description=f"{len(returns)} return debits: the claims are reopened (status RETURNED) with the reason code",
     )
-    lines = ["# Bank statement import", "", "| file | kind | result |", "|---|---|---|"]
+    dry = " (dry run: nothing booked)" if any(r.dry_run for r in results) else ""
+    lines = [f"# Bank statement import{dry}", "", "| file | kind | result |", "|---|---|---|"]
     for res in results:
-        result = (
-            "imported before: skipped"
-            if res.skipped
-            else ", ".join(f"{k} {v}" for k, v in sorted(res.counts.items()))
-        )
-        lines.append(f"| {Path(res.path).name} | {res.kind} | {result} |")
+        if res.rejected is not None:
+            where = f" at line {res.line}" if res.line else ""
+            result = f"**rejected**{where}: " + _cell(f"{res.rejected}; {res.advice}")
+        elif res.skipped:
+            result = "imported before: skipped"
+        else:
+            result = ", ".join(f"{k} {v}" for k, v in sorted(res.counts.items()))
+        kind = f"{res.kind}.{res.version}" if res.version else res.kind
+        lines.append(f"| {Path(res.path).name} | {kind} | {result} |")
     if unmatched:
         lines += [
             "",

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = {
     "flows.portal_sync": ["--dry-run", "--full-resync", "--objects", "--entities", "--profile"],
     "flows.sepa_debit": ["--collection-date", "--batch-booking", "--no-batch-booking", "--dry-run"],
-    "flows.bank_reconciliation": ["FILE"],
+    "flows.bank_reconciliation": ["FILE", "--dry-run"],
     "flows.serve": ["--persons", "--prefect-port", "--sandbox-port", "--no-first-run"],
 }
 
@@ -114,7 +114,8 @@ def test_the_options_mean_what_they_say() -> None:
         "collection_date": date(2026, 12, 1),
         "batch_booking": True,
     }
-    assert bank_reconciliation.command_line(["a.xml"]) == {"paths": ["a.xml"]}
+    assert bank_reconciliation.command_line(["a.xml"]) == {"paths": ["a.xml"], "dry_run": False}
+    assert bank_reconciliation.command_line(["a.xml", "--dry-run"]) == {"paths": ["a.xml"], "dry_run": True}
 
 
 @pytest.mark.parametrize(

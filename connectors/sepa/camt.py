@@ -1,29 +1,128 @@
-"""Reader of bank statements (camt.053.001.08) and debit/credit notifications (camt.054.001.08).
+"""Reader of bank statements (camt.053), intraday reports (camt.052) and debit/credit
+notifications (camt.054), in the versions German banks send: ``.001.02`` (the DK format of
+2014-2023), ``.001.04`` and ``.001.08``.
 
-Streams entry by entry with ``iterparse`` while validating against the ISO schema, so a year of
-statements reads in constant memory. Only what the reconciliation needs is extracted: amount,
-direction, status, dates, bank transaction code, batch data, and per transaction the references
-(EndToEndId, PmtInfId, MndtId) and the return reason.
+Streams entry by entry with ``iterparse`` while validating against the file's own ISO schema,
+so a year of statements reads in constant memory. The version comes from the root namespace;
+each version's element paths are one row of ``LAYOUTS`` and every version becomes the same
+``CamtEntry``/``CamtTransaction`` records, so the matching never sees a version. Only what the
+reconciliation needs is extracted: amount, direction, status, dates, bank transaction code,
+batch data, and per transaction the references (EndToEndId, PmtInfId, MndtId), the return
+reason, the debtor and the remittance text.
+
+A file that cannot be read is refused with ``CamtRejected``: file name, the real line (see
+``schema_error_line``), the reason, and what to ask the bank for.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from lxml import etree
 
 from connectors.sepa.errors import SepaValidationError
-from connectors.sepa.schemas import NAMESPACES, detect_kind, iter_validated
+from connectors.sepa.schemas import CAMT_VERSIONS, NAMESPACES, SCHEMA_FILES, iter_validated, load_schema
+
+#: The element that holds the entries, per message type.
+CONTAINERS: dict[str, str] = {"camt.052": "Rpt", "camt.053": "Stmt", "camt.054": "Ntfctn"}
+#: What a message type is, in the words of a report line.
+MESSAGE_NAMES: dict[str, str] = {
+    "camt.052": "intraday account report",
+    "camt.053": "end-of-day account statement",
+    "camt.054": "debit/credit notification",
+}
+_CAMT_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:(camt\.05[234])\.(\d{3}\.\d{2})$")
+_ANY_ISO_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:([a-z]{4}\.\d{3})\.(\d{3}\.\d{2})$")
+_NAMESPACE_IN_MESSAGE = re.compile(r"\{[^}]*\}")
+
+
+class CamtRejected(SepaValidationError):
+    """A camt file the import refuses as a whole; nothing of it is booked.
+
+    Attributes:
+        file: the file's name.
+        reason: what is wrong, in plain words (with the line where there is one).
+        advice: what to do, usually what to ask the bank for.
+        line: the line in the file (1-based), when the problem has one.
+    """
+
+    def __init__(self, file: str, reason: str, advice: str, line: int | None = None) -> None:
+        self.file = file
+        self.reason = reason
+        self.advice = advice
+        self.line = line
+        where = f" line {line}" if line else ""
+        super().__init__(f"{file}{where}: {reason}; {advice}")
+
+
+def wanted_versions(kind: str) -> str:
+    """The versions to ask a bank for, for a message type: ``camt.053.001.08 or .02``."""
+    return f"{kind}.001.08 or .02"
+
+
+def ask_bank_for(kind: str) -> str:
+    """What to ask the bank for when a file's version is not read: ``ask the bank for ...``."""
+    return f"ask the bank for {wanted_versions(kind)}"
+
+
+@dataclass(frozen=True)
+class CamtLayout:
+    """Where one camt version keeps what the reconciliation reads.
+
+    Paths are local element names separated by ``/``, relative to ``Ntry`` (``status``) or to
+    ``TxDtls`` (the rest); the first path that has a text wins.
+    """
+
+    container: str
+    status: tuple[str, ...]
+    tx_amount: tuple[str, ...]
+    tx_credit_debit: tuple[str, ...]
+    debtor_name: tuple[str, ...]
+    creditor_name: tuple[str, ...]
+
+
+def layout_of(name: str) -> CamtLayout:
+    """The layout of one supported version (``camt.053.001.02``); the rule table of the mapping.
+
+    ``.001.02``: status is a code (``<Sts>BOOK</Sts>``), a transaction has no ``Amt`` of its own
+    (its amount is in ``AmtDtls``: ``TxAmt``, else the instructed amount), parties have ``Nm``.
+    ``.001.04``: status still a code, ``TxDtls/Amt`` and ``CdtDbtInd`` required, parties ``Nm``.
+    ``.001.08``: status a choice (``Sts/Cd`` or ``Sts/Prtry``), ``TxDtls/Amt`` optional (then
+    ``AmtDtls``), parties are a choice of ``Pty`` (a party) or ``Agt`` (a bank): ``Dbtr/Pty/Nm``.
+
+    Raises:
+        KeyError: ``name`` is not one of ``CAMT_VERSIONS``.
+    """
+    if name not in CAMT_VERSIONS:
+        raise KeyError(name)
+    kind, version = name[:8], name[9:]
+    amount_details = ("AmtDtls/TxAmt/Amt", "AmtDtls/InstdAmt/Amt")
+    if version == "001.08":
+        status: tuple[str, ...] = ("Sts/Cd", "Sts/Prtry")
+        party = "RltdPties/{}/Pty/Nm"
+    else:
+        status = ("Sts",)
+        party = "RltdPties/{}/Nm"
+    return CamtLayout(
+        container=CONTAINERS[kind],
+        status=status,
+        tx_amount=amount_details if version == "001.02" else ("Amt", *amount_details),
+        tx_credit_debit=() if version == "001.02" else ("CdtDbtInd",),
+        debtor_name=(party.format("Dbtr"),),
+        creditor_name=(party.format("Cdtr"),),
+    )
 
 
 @dataclass(frozen=True)
 class CamtTransaction:
-    """One transaction inside an entry (TxDtls)."""
+    """One transaction inside an entry (TxDtls), the same for every version."""
 
     end_to_end_id: str | None
     pmt_inf_id: str | None
@@ -33,11 +132,15 @@ class CamtTransaction:
     credit_debit: str | None
     return_reason: str | None
     return_info: str | None
+    debtor_name: str | None = None
+    debtor_iban: str | None = None
+    creditor_name: str | None = None
+    remittance: str | None = None
 
 
 @dataclass(frozen=True)
 class CamtEntry:
-    """One booking (Ntry) of a statement or notification."""
+    """One booking (Ntry) of a statement, report or notification, the same for every version."""
 
     statement_id: str
     account_iban: str | None
@@ -55,16 +158,35 @@ class CamtEntry:
     batch_nb_of_txs: int | None
     transactions: list[CamtTransaction] = field(default_factory=list)
     info: str | None = None
+    bank_reference: str | None = None  # AcctSvcrRef: the bank's own reference of the booking
+
+    @property
+    def identity(self) -> str | None:
+        """The booking's identity across files: account and the bank's reference (AcctSvcrRef).
+
+        A camt.052 intraday report and the camt.053 of the same day carry the same booking under
+        the same reference; without one there is no identity (then only the ledger's state keeps
+        a booking from counting twice).
+        """
+        if not self.bank_reference:
+            return None
+        return f"{self.account_iban or '-'}/{self.bank_reference}"
 
 
 @dataclass(frozen=True)
 class CamtFile:
-    """Header data of a camt file: kind, message id, and a content hash (import only once)."""
+    """Header data of a camt file: kind, version, message id, and a content hash (import only once)."""
 
     path: Path
-    kind: str
+    kind: str  # camt.052, camt.053, camt.054
     msg_id: str
     sha256: str
+    version: str = "001.08"
+
+    @property
+    def name(self) -> str:
+        """The full message name, e.g. ``camt.053.001.02`` (the schema's name)."""
+        return f"{self.kind}.{self.version}"
 
     @property
     def key(self) -> str:
@@ -83,36 +205,194 @@ def _decimal(text: str | None) -> Decimal | None:
     return Decimal(text) if text else None
 
 
-def open_camt(path: Path) -> CamtFile:
-    """Identify a camt file (kind from the namespace, GrpHdr/MsgId, SHA-256 of the bytes).
+def _readable(message: str) -> str:
+    """A libxml2 message for people: no namespaces in element names (``{urn:...}Sts`` -> ``Sts``),
+    none of lxml's ``line 79: b'...'`` wrapping (the line is reported on its own)."""
+    text = _NAMESPACE_IN_MESSAGE.sub("", message).strip()
+    text = re.sub(r"^line \d+: ", "", text)
+    wrapped = re.fullmatch(r"b(['\"])(.*)\1", text, flags=re.S)
+    return (wrapped.group(2) if wrapped else text).rstrip(".")
+
+
+def _root_namespace(path: Path) -> str:
+    """The namespace of the root element (reads only the start of the file).
 
     Raises:
-        SepaValidationError: not a camt.053/.054 file.
+        CamtRejected: empty, not XML, or unreadable.
     """
-    kind = detect_kind(path)
-    if not kind.startswith("camt"):
-        raise SepaValidationError(f"{path.name} is a {kind} file, not a bank statement (camt.053/054)")
-    q = f"{{{NAMESPACES[kind]}}}"
+    try:
+        for _event, elem in etree.iterparse(str(path), events=("start",)):
+            return etree.QName(elem).namespace or ""
+    except etree.XMLSyntaxError as exc:
+        raise CamtRejected(
+            path.name,
+            f"not a well-formed XML file ({_readable(exc.msg or str(exc))})",
+            "download it again or ask the bank to send it again",
+            exc.lineno or None,
+        ) from exc
+    except OSError as exc:
+        raise CamtRejected(
+            path.name, f"cannot be read ({exc.strerror or exc})", "check the path and the file's permissions"
+        ) from exc
+    raise CamtRejected(path.name, "empty file", "download it again or ask the bank to send it again")
+
+
+def identify(path: Path) -> tuple[str, str]:
+    """Message type and version of a camt file from its root namespace (``camt.053``, ``001.02``).
+
+    Raises:
+        CamtRejected: not a camt.052/053/054 file, or a version the import does not read (with
+            what to ask the bank for).
+    """
+    namespace = _root_namespace(path)
+    match = _CAMT_NAMESPACE.match(namespace)
+    if match is None:
+        other = _ANY_ISO_NAMESPACE.match(namespace)
+        what = f"a {other.group(1)}.{other.group(2)} file" if other else f"of namespace {namespace!r}"
+        raise CamtRejected(
+            path.name,
+            f"not a bank statement: {what}",
+            "import the bank's account statements (camt.053), intraday reports (camt.052) or "
+            "notifications (camt.054)",
+        )
+    kind, version = match.group(1), match.group(2)
+    name = f"{kind}.{version}"
+    if name not in CAMT_VERSIONS:
+        known = ", ".join(v[9:] for v in CAMT_VERSIONS if v.startswith(kind))
+        no_schema = (
+            " (no schema for it is available to check it against)" if name == "camt.052.001.04" else ""
+        )
+        raise CamtRejected(
+            path.name,
+            f"{name} ({MESSAGE_NAMES[kind]}) is not supported{no_schema}; supported: {kind} {known}",
+            ask_bank_for(kind),
+        )
+    return kind, version
+
+
+def open_camt(path: Path) -> CamtFile:
+    """Identify a camt file (type and version from the namespace, GrpHdr/MsgId, SHA-256 of the bytes).
+
+    Raises:
+        CamtRejected: not a camt file of a supported version, or not readable.
+    """
+    kind, version = identify(path)
+    q = f"{{{NAMESPACES[f'{kind}.{version}']}}}"
     msg_id = ""
-    for _event, elem in etree.iterparse(str(path), events=("end",), tag=q + "GrpHdr"):
-        msg_id = elem.findtext(q + "MsgId") or ""
-        break
+    try:
+        for _event, elem in etree.iterparse(str(path), events=("end",), tag=q + "GrpHdr"):
+            msg_id = elem.findtext(q + "MsgId") or ""
+            break
+    except etree.XMLSyntaxError as exc:
+        raise CamtRejected(
+            path.name,
+            f"not a well-formed XML file ({_readable(exc.msg or str(exc))})",
+            "download it again or ask the bank to send it again",
+            exc.lineno or None,
+        ) from exc
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return CamtFile(path, kind, msg_id, digest.hexdigest())
+    return CamtFile(path, kind, msg_id, digest.hexdigest(), version)
+
+
+def schema_error_line(path: Path, name: str) -> int | None:
+    """The line of ``path`` at which its first schema error is found.
+
+    Why: a parser that validates while it reads (``iterparse(schema=...)``, lxml's
+    ``xmlSchemaSAXPlug``) reports schema errors without a position: libxml2's streaming validator
+    gets no parser context from lxml, so every message says ``<string>, line 0``; and lxml raises
+    the error only when the whole file has been read, so the position the reader has reached
+    says nothing either. Only validating a whole tree (``XMLSchema.validate``) knows the lines,
+    and that needs the whole file in memory. So, only when a file is refused, it is validated once
+    more, streaming, fed to the parser one line at a time: libxml2 reports the error (to lxml's
+    error log, at once) while it parses the line that holds the offending element, or for an
+    element's value or missing child, the line of its end tag. Memory stays flat.
+
+    The error log that hears the error as it happens is the thread's global one; it is replaced
+    in a short-lived thread of its own, so the caller's error log is never touched.
+
+    Returns:
+        The 1-based line, or None when the second pass finds no schema error.
+    """
+    found: list[int] = []
+
+    class _FirstSchemaError(etree.PyErrorLog):
+        def receive(self, log_entry: etree._LogEntry) -> None:
+            if log_entry.domain == etree.ErrorDomains.SCHEMASV:
+                found.append(0)
+
+    def scan() -> None:
+        etree.use_global_python_log(_FirstSchemaError())
+        parser = etree.XMLPullParser(events=("end",), schema=load_schema(name), huge_tree=True)
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                try:
+                    parser.feed(line)
+                except etree.XMLSyntaxError:
+                    return
+                if found:
+                    found[0] = number
+                    return
+                for _event, elem in parser.read_events():
+                    elem.clear(keep_tail=False)
+                    parent = elem.getparent()
+                    while parent is not None and elem.getprevious() is not None:
+                        del parent[0]
+
+    worker = threading.Thread(target=scan, name="camt-schema-error-line", daemon=True)
+    worker.start()
+    worker.join()
+    return found[0] if found and found[0] else None
 
 
 def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
-    """Stream the entries of a camt file, validating the whole file against its schema.
+    """Stream the entries of a camt file, validating the whole file against its own schema.
 
     Raises:
-        SepaValidationError: the file breaks the camt schema (raised when the bad part is read;
-            callers that must not act on a bad file read it fully first, see ``read_entries``).
+        CamtRejected: the file breaks its schema or is not well-formed, with the line (raised
+            when the bad part is read; callers that must not act on a bad file read it fully
+            first, see ``validate_camt``).
     """
-    q = f"{{{NAMESPACES[camt.kind]}}}"
-    for index, elem in enumerate(iter_validated(camt.path, camt.kind, ("Ntry",), validate), start=1):
+    name = camt.name
+    q = f"{{{NAMESPACES[name]}}}"
+    layout = layout_of(name)
+
+    def paths(rel: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple("/".join(q + part for part in p.split("/")) for p in rel)
+
+    status_paths = paths(layout.status)
+    amount_paths = paths(layout.tx_amount)
+    cd_paths = paths(layout.tx_credit_debit)
+    debtor_paths = paths(layout.debtor_name)
+    creditor_paths = paths(layout.creditor_name)
+
+    def first(elem: etree._Element, candidates: tuple[str, ...]) -> str | None:
+        for path in candidates:
+            text = elem.findtext(path)
+            if text:
+                return text
+        return None
+
+    def transaction(tx: etree._Element, entry_credit_debit: str) -> CamtTransaction:
+        ustrd = [t.text for t in tx.findall(f"{q}RmtInf/{q}Ustrd") if t.text]
+        return CamtTransaction(
+            end_to_end_id=tx.findtext(f"{q}Refs/{q}EndToEndId"),
+            pmt_inf_id=tx.findtext(f"{q}Refs/{q}PmtInfId"),
+            msg_id=tx.findtext(f"{q}Refs/{q}MsgId"),
+            mandate_id=tx.findtext(f"{q}Refs/{q}MndtId"),
+            amount=_decimal(first(tx, amount_paths)),
+            credit_debit=first(tx, cd_paths) or entry_credit_debit,  # .02: only the entry has it
+            return_reason=tx.findtext(f"{q}RtrInf/{q}Rsn/{q}Cd") or tx.findtext(f"{q}RtrInf/{q}Rsn/{q}Prtry"),
+            return_info=" ".join(t.text or "" for t in tx.findall(f"{q}RtrInf/{q}AddtlInf")) or None,
+            debtor_name=first(tx, debtor_paths),
+            debtor_iban=tx.findtext(f"{q}RltdPties/{q}DbtrAcct/{q}Id/{q}IBAN"),
+            creditor_name=first(tx, creditor_paths),
+            remittance=" ".join(ustrd) or None,
+        )
+
+    def entry(index: int, elem: etree._Element) -> CamtEntry:
         parent = elem.getparent()
         statement_id = parent.findtext(q + "Id") if parent is not None else ""
         iban = parent.findtext(f"{q}Acct/{q}Id/{q}IBAN") if parent is not None else None
@@ -128,41 +408,77 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
         else:
             bank_code = elem.findtext(f"{q}BkTxCd/{q}Prtry/{q}Cd") or ""
         batch = elem.find(f"{q}NtryDtls/{q}Btch")
-        transactions = [
-            CamtTransaction(
-                end_to_end_id=tx.findtext(f"{q}Refs/{q}EndToEndId"),
-                pmt_inf_id=tx.findtext(f"{q}Refs/{q}PmtInfId"),
-                msg_id=tx.findtext(f"{q}Refs/{q}MsgId"),
-                mandate_id=tx.findtext(f"{q}Refs/{q}MndtId"),
-                amount=_decimal(tx.findtext(q + "Amt")),
-                credit_debit=tx.findtext(q + "CdtDbtInd"),
-                return_reason=tx.findtext(f"{q}RtrInf/{q}Rsn/{q}Cd")
-                or tx.findtext(f"{q}RtrInf/{q}Rsn/{q}Prtry"),
-                return_info=" ".join(t.text or "" for t in tx.findall(f"{q}RtrInf/{q}AddtlInf")) or None,
-            )
-            for tx in elem.findall(f"{q}NtryDtls/{q}TxDtls")
-        ]
         nb = batch.findtext(q + "NbOfTxs") if batch is not None else None
-        yield CamtEntry(
+        bank_reference = elem.findtext(q + "AcctSvcrRef")
+        credit_debit = elem.findtext(q + "CdtDbtInd") or ""
+        return CamtEntry(
             statement_id=statement_id or "",
             account_iban=iban,
             index=index,
-            reference=elem.findtext(q + "AcctSvcrRef") or elem.findtext(q + "NtryRef") or f"#{index}",
+            reference=bank_reference or elem.findtext(q + "NtryRef") or f"#{index}",
             amount=Decimal(elem.findtext(q + "Amt") or "0"),
-            credit_debit=elem.findtext(q + "CdtDbtInd") or "",
+            credit_debit=credit_debit,
             reversal=(elem.findtext(q + "RvslInd") or "").lower() == "true",
-            status=elem.findtext(f"{q}Sts/{q}Cd") or elem.findtext(f"{q}Sts/{q}Prtry") or "",
+            status=first(elem, status_paths) or "",
             booking_date=_date(elem.find(q + "BookgDt"), q),
             value_date=_date(elem.find(q + "ValDt"), q),
             bank_code=bank_code,
             batch_msg_id=batch.findtext(q + "MsgId") if batch is not None else None,
             batch_pmt_inf_id=batch.findtext(q + "PmtInfId") if batch is not None else None,
             batch_nb_of_txs=int(nb) if nb else None,
-            transactions=transactions,
+            transactions=[transaction(tx, credit_debit) for tx in elem.findall(f"{q}NtryDtls/{q}TxDtls")],
             info=elem.findtext(q + "AddtlNtryInf"),
+            bank_reference=bank_reference,
         )
+
+    elements = iter_validated(camt.path, name, ("Ntry",), validate)
+    try:
+        for index, elem in enumerate(elements, start=1):
+            try:
+                record = entry(index, elem)
+            except (InvalidOperation, ValueError) as exc:
+                # lxml raises a schema error only once the whole file is read: read on, so the
+                # schema's message and line explain the bad value, not the conversion
+                for _elem in elements:
+                    pass
+                raise CamtRejected(
+                    camt.path.name,
+                    f"unreadable value in entry {index} ({exc!r})",
+                    f"ask the bank for a corrected file (a valid {name})",
+                ) from exc
+            yield record
+    except SepaValidationError as exc:
+        raise _refusal(camt, exc) from exc.__cause__
+
+
+def _refusal(camt: CamtFile, exc: SepaValidationError) -> SepaValidationError:
+    """The ``CamtRejected`` for a streaming parser's error: reason, line and what to do."""
+    cause = exc.__cause__
+    if isinstance(exc, CamtRejected) or not isinstance(cause, etree.XMLSyntaxError):
+        return exc
+    name = camt.name
+    raw = _readable(cause.msg or str(cause))
+    if cause.lineno:  # the XML parser knows its line; only schema errors come without one
+        reason = f"not a well-formed XML file ({raw})"
+        advice = "download it again or ask the bank to send it again"
+        line: int | None = int(cause.lineno)
+    else:
+        reason = f"not valid against {SCHEMA_FILES[name]}: {raw}"
+        advice = f"ask the bank for a corrected {name} file (this message says what is wrong)"
+        line = schema_error_line(camt.path, name)
+    return CamtRejected(camt.path.name, reason, advice, line)
 
 
 def validate_camt(camt: CamtFile) -> int:
-    """Validate the whole file before anything is booked; returns the number of entries."""
-    return sum(1 for _ in iter_entries(camt, validate=True))
+    """Validate the whole file before anything is booked; returns the number of entries.
+
+    Only counts the entries (building the records costs five times the validation); the schema
+    guarantees that every value the records read converts.
+
+    Raises:
+        CamtRejected: as ``iter_entries``.
+    """
+    try:
+        return sum(1 for _ in iter_validated(camt.path, camt.name, ("Ntry",), True))
+    except SepaValidationError as exc:
+        raise _refusal(camt, exc) from exc.__cause__

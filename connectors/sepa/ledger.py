@@ -18,6 +18,7 @@ runs racing for the same claim cannot both record it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -473,6 +474,43 @@ class SepaLedger:
                     summary_json=summary_json,
                 )
             )
+
+    def entry_booked(self, identity: str) -> str | None:
+        """Where a bank booking (account + the bank's reference) was booked from, or None.
+
+        Why: a camt.052 intraday report and the camt.053 of the same day (and each cumulative
+        intraday report of a day) carry the same booking; it must count once. Bookings share the
+        ``sepa_statements`` table with the files, under the key ``entry:<identity>``.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(sepa_statements.c.summary_json).where(
+                    sepa_statements.c.statement_key == f"entry:{identity}"[:200]
+                )
+            ).first()
+        if row is None:
+            return None
+        try:
+            return str(json.loads(row[0] or "{}").get("booked_from") or "an earlier file")
+        except ValueError:
+            return "an earlier file"
+
+    def record_entry(self, identity: str, path: Path, kind: str, booked_from: str) -> None:
+        """Remember a bank booking that changed the ledger, so another file's copy counts once
+        (recorded already, e.g. by a concurrent import of the same booking: nothing to do)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(sepa_statements).values(
+                        statement_key=f"entry:{identity}"[:200],
+                        path=str(path)[:500],
+                        kind=kind[:10],
+                        imported_at=utcnow(),
+                        summary_json=json.dumps({"booked_from": booked_from}),
+                    )
+                )
+        except IntegrityError:
+            pass
 
     def find_by_end_to_end(
         self, e2e_ids: Iterable[str], statuses: Sequence[str]

@@ -38,6 +38,22 @@ NAMESPACES: dict[str, str] = {
     "camt.054": "urn:iso:std:iso:20022:tech:xsd:camt.054.001.08",
 }
 
+#: Every bank-statement version the camt reader takes, by its full name (``camt.053.001.02``):
+#: message type and version pick the schema; ``connectors/sepa/camt.py`` maps them all to the
+#: same records. camt.052.001.04 is missing: its schema is not in the project.
+CAMT_VERSIONS: tuple[str, ...] = (
+    "camt.052.001.02",
+    "camt.052.001.08",
+    "camt.053.001.02",
+    "camt.053.001.04",
+    "camt.053.001.08",
+    "camt.054.001.02",
+    "camt.054.001.04",
+    "camt.054.001.08",
+)
+SCHEMA_FILES.update({name: f"{name}.xsd" for name in CAMT_VERSIONS})
+NAMESPACES.update({name: f"urn:iso:std:iso:20022:tech:xsd:{name}" for name in CAMT_VERSIONS})
+
 
 @cache
 def load_schema(kind: str) -> etree.XMLSchema:
