@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -79,6 +79,8 @@ class DigestCache:
 
     Attributes:
         reads: how many files this cache has read (the rest came from the cache).
+        unsettled: how many of those it could not remember (changed just now, or while read):
+            until they are read again, a run cannot vouch for them by their ``stat`` alone.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class DigestCache:
         self._dropped: set[str] = set()
         self._digest = digest
         self.reads = 0
+        self.unsettled = 0
         for key, value in (entries or {}).items():
             entry = _entry(value)
             if entry is not None:
@@ -134,9 +137,11 @@ class DigestCache:
             self._entries[key] = (after.st_size, after.st_mtime_ns, value)
             self._changed.add(key)
             self._dropped.discard(key)
-        elif self._entries.pop(key, None) is not None:
-            self._changed.discard(key)
-            self._dropped.add(key)
+        else:
+            self.unsettled += 1
+            if self._entries.pop(key, None) is not None:
+                self._changed.discard(key)
+                self._dropped.add(key)
         return value
 
     def changed(self) -> dict[str, tuple[int, int, str]]:
@@ -365,19 +370,20 @@ def content_digest_header(hex_digest: str) -> str:
     return f"sha-256=:{base64.b64encode(bytes.fromhex(hex_digest)).decode('ascii')}:"
 
 
-def files_signature(known: Mapping[str, Any]) -> str:
-    """A digest of the size and modification time each of ``known``'s files has now.
+def first_changed_file(known: Iterable[tuple[str, int, int]]) -> str | None:
+    """The first of ``known``'s files whose size or modification time is no longer the one its
+    digest was read at (or that is gone); ``None`` when every one is as it was.
 
     Why: a run that finds the ERP unchanged must still notice a document's file replaced on disk
-    (a DMS writes files without the ERP knowing). ``known`` is the digest cache's paths (every
-    file the last complete run read); one ``stat`` per file costs a fraction of reading the
-    files, or even the ERP's rows that name them. A file gone counts as changed.
+    (a DMS writes files without the ERP knowing). ``known`` is the digest cache's entries (path,
+    size, ``mtime_ns``): every file the last run read, as it read it. One ``stat`` per file costs
+    a fraction of reading the files, or even the ERP's rows that name them.
     """
-    digest = hashlib.blake2b(digest_size=16)
-    for path in sorted(known):
+    for path, size, mtime_ns in known:
         try:
             info = os.stat(path)
-            digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{path}\0gone\n".encode())
-    return digest.hexdigest()
+            return path
+        if info.st_size != size or info.st_mtime_ns != mtime_ns:
+            return path
+    return None

@@ -884,6 +884,13 @@ class StateStore:
         with self.engine.connect() as conn:
             return {row[0]: (row[1], row[2], row[3]) for row in conn.execute(query)}
 
+    def file_stats(self) -> list[tuple[str, int, int]]:
+        """Every remembered file as (path, size, mtime_ns) at the time its digest was read: what
+        a quiet run checks with one ``stat`` each (the digests themselves are not needed)."""
+        query = select(file_digests.c.path, file_digests.c.size, file_digests.c.mtime_ns)
+        with self.engine.connect() as conn:
+            return [(row[0], row[1], row[2]) for row in conn.execute(query)]
+
     def save_file_digests(
         self, changed: Mapping[str, tuple[int, int, str]], gone: Iterable[str] = ()
     ) -> None:

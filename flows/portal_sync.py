@@ -33,6 +33,7 @@ from typing import Any, TypeVar, cast, get_args
 
 from prefect import flow, get_run_logger
 from prefect.context import SyncClientContext
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -44,7 +45,10 @@ from tasks.portal_exchange import (
     MAIL,
     STEPS,
     TRANSIENT_SKIPS,
+    ExchangeInputs,
     ExchangePlan,
+    PortalSide,
+    check_exchange_inputs,
     convert_documents,
     earlier_skips,
     enter_portal_tickets_task,
@@ -168,10 +172,12 @@ async def _sync(
         settings.profile,
         settings.portal.base_url,
     )
+    early: dict[str, PrefectFuture[Any]] = {}
     try:
         await check_partner(PORTAL, settings)
         if not dry_run:
             await recover_pending_writes(PORTAL, settings, run_id)
+        early = _start_exchange_reads(settings, objects, entities, full_resync, dry_run)
         tables = extract_erp(settings)
         basis = find_portal_changes(
             settings,
@@ -209,7 +215,7 @@ async def _sync(
             held_back = held_records(quarantined)  # not at the portal: nothing may name them
             exchange = await _exchange(
                 settings,
-                run_id,
+                early,
                 released,
                 desired,
                 held_back,
@@ -235,12 +241,15 @@ async def _sync(
                 if (
                     exchange.basis is not None and exchange.portal is not None
                 ):  # complete: may make the next quiet
-                    clean = not (failed or deferred or problems) and not any(
-                        s.rule in TRANSIENT_SKIPS for s in exchange.skips
+                    clean = (
+                        not (failed or deferred or problems)
+                        and not any(s.rule in TRANSIENT_SKIPS for s in exchange.skips)
+                        and not exchange.unsettled_files
                     )
                     ids, contacts, units = exchange.basis
+                    assert exchange.inputs is not None  # with the basis
                     after = fingerprint_exchange(
-                        settings, today, whole(ids), whole(contacts), whole(units), whole(exchange.portal)
+                        settings, today, exchange.inputs, ids, contacts, units, exchange.portal
                     )
                     remember_quiet(settings, after if clean else None, run_id)
             plan = merged(plan, exchange.plan)
@@ -273,6 +282,9 @@ async def _sync(
     except Exception:
         store.finish_run(run_id, "FAILED", {})
         raise
+    finally:
+        for future in early.values():
+            future.wait()  # nothing of this run goes on after it
     logger.info(
         "Portal sync done: %d writes confirmed, %d failed, %d unchanged, %d skipped with a reason, %d quarantined.",
         summary["confirmed"],
@@ -320,9 +332,29 @@ async def _load(
             outcomes.append(outcome)
 
 
+def _start_exchange_reads(
+    settings: HausflowSettings,
+    objects: list[str] | None,
+    entities: list[str] | None,
+    full_resync: bool,
+    dry_run: bool,
+) -> dict[str, PrefectFuture[Any]]:
+    """Start the exchange's reads that need nothing of the master data, to run alongside them:
+    the portal's ticket types and news, and (for a run that may be quiet) the ERP's aggregates
+    and the document files' ``stat``. Each waits for the network or the disk, not for Python."""
+    if not exchange_wanted(settings, entities):
+        return {}
+    early: dict[str, PrefectFuture[Any]] = {
+        "portal": read_portal_exchange.submit(settings, inbound=not dry_run and wanted(entities, "inbound"))
+    }
+    if not (dry_run or objects or entities or full_resync):
+        early["inputs"] = check_exchange_inputs.submit(settings)
+    return early
+
+
 async def _exchange(
     settings: HausflowSettings,
-    run_id: str,
+    early: dict[str, PrefectFuture[Any]],
     released: set[str],
     desired: DesiredState,
     held_back: set[tuple[str, str]],
@@ -335,20 +367,18 @@ async def _exchange(
     """Read and plan the exchange, and convert this run's Word files (docs/portal-exchange.md).
 
     A run over everything first compares the exchange's fingerprint (:func:`fingerprint_exchange`)
-    with the one the last complete, clean exchange left: equal, and nothing new from the portal,
-    the exchange has nothing to do and reads and plans nothing (a quiet run); the skips of that
-    run are reported again.
+    with the one the last complete, clean exchange left: equal, no document file changed since it
+    was read, and nothing new from the portal, the exchange has nothing to do and reads and plans
+    nothing (a quiet run); the skips of that run are reported again.
     """
-    portal = await read_portal_exchange(settings, inbound=not dry_run and wanted(entities, "inbound"))
+    portal: PortalSide = early["portal"].result()
+    inputs: ExchangeInputs | None = early["inputs"].result() if "inputs" in early else None
     released_ids = set(released)
     contacts = {c for c in desired.present("contacts") if ("contacts", c) not in held_back}
     units = {u for u in desired.present("units") if ("units", u) not in held_back}
-    fingerprint = None
-    if not (dry_run or objects or entities or full_resync):
-        fingerprint = fingerprint_exchange(
-            settings, today, whole(released_ids), whole(contacts), whole(units), whole(portal)
-        )
-        since, why = quiet_since(settings, fingerprint, portal)
+    if inputs is not None:
+        fingerprint = fingerprint_exchange(settings, today, inputs, released_ids, contacts, units, portal)
+        since, why = quiet_since(settings, fingerprint, inputs, portal)
         if not since:
             get_run_logger().info("Exchange compared in full: %s.", why)
         else:
@@ -362,7 +392,7 @@ async def _exchange(
             )
             return ExchangePlan(Plan(), skips, held, {}, {}, {}, quiet=True, portal=portal)
     rows = extract_exchange(settings)
-    files = read_document_files(settings, whole(rows["documents"]), today)
+    files, unsettled = read_document_files(settings, whole(rows["documents"]), today)
     exchange = plan_exchange(
         settings,
         whole(rows),
@@ -378,7 +408,9 @@ async def _exchange(
     )
     exchange.rows = rows
     exchange.portal = portal
-    exchange.basis = (released_ids, contacts, units) if fingerprint else None
+    exchange.basis = (released_ids, contacts, units) if inputs is not None else None
+    exchange.inputs = inputs
+    exchange.unsettled_files = unsettled
     if not dry_run:
         exchange.workdir = tempfile.mkdtemp(prefix="hausflow-pdf-")
         exchange.skips += convert_documents(settings, whole(exchange.plan), exchange.workdir)

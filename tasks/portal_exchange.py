@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import HausflowSettings
-from connectors.documents import DigestCache, convert_to_pdf, files_signature
+from connectors.documents import DigestCache, convert_to_pdf, first_changed_file
 from connectors.erp.database import make_engine
 from connectors.erp.extract import (
     TableRows,
@@ -121,6 +121,16 @@ class PortalSide:
     newest: str | None
 
 
+@dataclass(frozen=True)
+class ExchangeInputs:
+    """The exchange's inputs as a run found them before it read anything: the ERP's exchange
+    tables by aggregates, and the first document file no longer as its digest was read."""
+
+    aggregates: list[str]
+    changed_file: str | None
+    files: int
+
+
 @dataclass
 class ExchangePlan:
     """The exchange's plan, what the rules held back, and what the ERP is told afterwards."""
@@ -138,12 +148,32 @@ class ExchangePlan:
     workdir: str | None = None
     quiet: bool = False
     basis: tuple[set[str], set[str], set[str]] | None = None
+    inputs: ExchangeInputs | None = None
+    unsettled_files: int = 0
 
 
-@task(name="fingerprint-exchange", cache_policy=NO_CACHE)
+@task(name="check-exchange-inputs", cache_policy=NO_CACHE)
+def check_exchange_inputs(settings: HausflowSettings) -> ExchangeInputs:
+    """The ERP's exchange tables by aggregates, and each document file the last run read by ``stat``.
+
+    Why a task of its own: it needs nothing of the master data, so the flow starts it alongside
+    them (a thread of the task runner: SQLite and ``stat`` wait outside Python's lock). Taken
+    before the exchange reads its rows, so a change made while a run reads them is seen by the
+    next one.
+    """
+    engine = make_engine(settings.erp_url)
+    try:
+        aggregates = exchange_signature(engine)
+    finally:
+        engine.dispose()
+    known = StateStore(settings.state_url).file_stats()
+    return ExchangeInputs(aggregates, first_changed_file(known), len(known))
+
+
 def fingerprint_exchange(
     settings: HausflowSettings,
     today: date,
+    inputs: ExchangeInputs,
     released: set[str],
     portal_contacts: set[str],
     portal_units: set[str],
@@ -151,17 +181,12 @@ def fingerprint_exchange(
 ) -> str:
     """A digest of everything the exchange's plan depends on, read cheaply.
 
-    The ERP's exchange tables by aggregates (:func:`~connectors.erp.extract.exchange_signature`),
-    the document files the last complete run read, by ``stat`` (:func:`~connectors.documents.files_signature`), the released
-    objects, the contacts and units at the portal, the portal's ticket types, the state store's
-    change sequence and open quarantine, the business date, the settings and the exchange's code.
-    Equal to the fingerprint a complete, clean exchange left: the exchange has nothing to do.
+    The ERP's exchange tables by aggregates (``inputs``, :func:`check_exchange_inputs`), the
+    released objects, the contacts and units at the portal, the portal's ticket types, the state
+    store's change sequence and open quarantine, the business date, the settings and the
+    exchange's code. Equal to the fingerprint a complete, clean exchange left, with no document
+    file changed since it was read (``inputs.changed_file``): the exchange has nothing to do.
     """
-    engine = make_engine(settings.erp_url)
-    try:
-        tables = exchange_signature(engine)
-    finally:
-        engine.dispose()
     store = StateStore(settings.state_url)
     digest = hashlib.blake2b(digest_size=16)
     parts: list[Any] = [
@@ -170,8 +195,7 @@ def fingerprint_exchange(
         settings.portal.model_dump_json(),
         settings.licences.model_dump_json(),
         settings.mail.model_dump_json(),
-        tables,
-        files_signature(store.file_digests()),
+        inputs.aggregates,
         store.current_seq(),
         len(store.open_quarantine(TARGET)),
         len(store.open_quarantine(MAIL.name)),
@@ -187,9 +211,13 @@ def fingerprint_exchange(
     return digest.hexdigest()
 
 
-def quiet_since(settings: HausflowSettings, fingerprint: str, portal: PortalSide) -> tuple[str | None, str]:
-    """The run whose complete exchange left this very fingerprint, if nothing came from the portal
-    since; else ``None`` and why the exchange is compared in full."""
+def quiet_since(
+    settings: HausflowSettings, fingerprint: str, inputs: ExchangeInputs, portal: PortalSide
+) -> tuple[str | None, str]:
+    """The run whose complete exchange left this very fingerprint, if no document file changed
+    and nothing came from the portal since; else ``None`` and why the exchange is compared in full."""
+    if inputs.changed_file is not None:
+        return None, f"the document file {inputs.changed_file} changed since it was read"
     recorded = StateStore(settings.state_url).cursor(TARGET, QUIET)
     if not recorded or ":" not in recorded:
         return (
@@ -251,8 +279,10 @@ def extract_exchange(settings: HausflowSettings) -> dict[str, list[dict[str, Any
 @task(name="read-document-files", cache_policy=NO_CACHE)
 def read_document_files(
     settings: HausflowSettings, documents: Sequence[dict[str, Any]], today: date
-) -> dict[int, FileFacts]:
-    """Size and SHA-256 of each file a released document type points to.
+) -> tuple[dict[int, FileFacts], int]:
+    """Size and SHA-256 of each file a released document type points to, and how many files
+    were read whose digest could not be remembered (changed just now: the next run reads them
+    again, so this one does not let it be quiet).
 
     A file is read again only when its size or modification time changed since the digest was
     remembered (``file_digests`` in the state store); every other file costs one ``stat``.
@@ -284,7 +314,7 @@ def read_document_files(
     changed = cache.changed()
     store.save_file_digests(changed, cache.gone())
     logger.info("Document files: %d checked, %d read for their digest.", len(facts), len(changed))
-    return facts
+    return facts, cache.unsettled
 
 
 @task(name="read-portal-exchange", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

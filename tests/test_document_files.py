@@ -22,6 +22,7 @@ from connectors.documents import (
     content_digest_header,
     convert_to_pdf,
     file_digest,
+    first_changed_file,
     mime_type,
     needs_conversion,
     stream_file,
@@ -97,6 +98,26 @@ def test_digest_cache_does_not_trust_a_file_changed_just_now(tmp_path: Path) -> 
     cache.digest(path)
     cache.digest(path)
     assert cache.reads == 2 and cache.to_dict() == {}
+    assert cache.unsettled == 2  # the run that read it cannot vouch for it by its stat
+
+
+def test_first_changed_file_is_found_by_stat(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.pdf", tmp_path / "b.pdf"
+    write(a, b"%PDF-1 a", age_s=60)
+    write(b, b"%PDF-1 b", age_s=60)
+    cache = DigestCache()
+    cache.digest(a)
+    cache.digest(b)
+    known = [(path, size, mtime_ns) for path, (size, mtime_ns, _) in cache.to_dict().items()]
+    assert cache.unsettled == 0 and first_changed_file(known) is None
+
+    write(b, b"%PDF-1 B", age_s=30)  # same size, another modification time
+    assert first_changed_file(known) == str(b)
+    b.write_bytes(b"%PDF-1 b")
+    os.utime(b, ns=(known[1][2], known[1][2]))  # back as it was read
+    assert first_changed_file(known) is None
+    a.unlink()
+    assert first_changed_file(known) == str(a)
 
 
 def test_digest_cache_drops_malformed_entries_and_unused_ones(tmp_path: Path) -> None:
