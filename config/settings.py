@@ -104,7 +104,8 @@ class DepositSettings(BaseModel):
 
     enabled: bool = False
     base_url: str = Field(
-        default="https://api.kautionspartner.de/ws", description="the partner's server address (Server-Adresse)"
+        default="https://api.kautionspartner.de/ws",
+        description="the partner's server address (Server-Adresse)",
     )
     client_username: str = Field(default="", description="client user name from the partner")
     password: SecretStr = Field(default=SecretStr(""), description="web-service password from the partner")
@@ -131,7 +132,9 @@ class DepositSettings(BaseModel):
     )
     manager_retention_name: str = Field(default="", description="holder of the manager's retention account")
     manager_retention_iban: str = Field(default="", description="IBAN of the manager's retention account")
-    manager_retention_bic: str | None = Field(default=None, description="BIC of the manager's retention account")
+    manager_retention_bic: str | None = Field(
+        default=None, description="BIC of the manager's retention account"
+    )
 
 
 class MailSettings(BaseModel):

@@ -20,8 +20,8 @@ from connectors.erp.__main__ import main as cli_main
 from connectors.erp.database import make_engine
 from connectors.erp.demo import (
     DEFAULT_BUSINESS_DATE,
-    DEPOSIT_GROUP,
     DEPOSIT_EDGE_OBJECTS,
+    DEPOSIT_GROUP,
     EDGE_CASE_KEYS,
     INVALID_EMAILS,
     MIN_PERSONS,

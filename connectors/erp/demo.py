@@ -1113,7 +1113,9 @@ class _Builder:
                         balance -= tax
                         soli = tax * 55 // 1000  # 5.5 % of the withholding tax, no draw of the RNG
                         if soli:
-                            book(account_no, "SOLIDARITY_SURCHARGE", -soli, day, f"Solidaritätszuschlag {year}")
+                            book(
+                                account_no, "SOLIDARITY_SURCHARGE", -soli, day, f"Solidaritätszuschlag {year}"
+                            )
                             balance -= soli
             if closed is not None:
                 if rng.random() < 0.4:
@@ -1152,7 +1154,9 @@ class _Builder:
             r["person_no"] for r in self.rows["contract_partners"]
         }
         prospects = [
-            p for p in self.rows["persons"] if p["person_type"] == "INTERESSENT" and p["person_no"] not in used
+            p
+            for p in self.rows["persons"]
+            if p["person_type"] == "INTERESSENT" and p["person_no"] not in used
         ]
         owner_nos = sorted({o["owner_person_no"] for o in self.rows["objects"] if o["owner_person_no"]})
         next_booking = max((b["booking_id"] for b in self.rows["deposit_bookings"]), default=0)
@@ -1176,7 +1180,9 @@ class _Builder:
                 "owner_person_no": owner,
                 "team_id": None,
                 "trust_account_iban": str(
-                    IBAN.generate("DE", bank_code=_TRUST_BANK_CODE, account_code=f"{9100000000 + int(object_no)}")
+                    IBAN.generate(
+                        "DE", bank_code=_TRUST_BANK_CODE, account_code=f"{9100000000 + int(object_no)}"
+                    )
                 )
                 if trust
                 else None,
@@ -1254,7 +1260,11 @@ class _Builder:
             self.rows["bank_accounts"].append(
                 {
                     "person_no": person_no,
-                    "iban": str(IBAN.generate("DE", bank_code=bank_code, account_code=f"{rng.randint(10**8, 10**10 - 1)}")),
+                    "iban": str(
+                        IBAN.generate(
+                            "DE", bank_code=bank_code, account_code=f"{rng.randint(10**8, 10**10 - 1)}"
+                        )
+                    ),
                     "bic": bic,
                     "account_holder": (holder or person_no)[:70],
                 }

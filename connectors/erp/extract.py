@@ -437,7 +437,9 @@ def deposit_booking_query(object_group: str, after_booking_id: int | None = None
     return query
 
 
-def extract_deposit_master_rows(engine: Engine, object_group: str, chunk_rows: int = 20_000) -> dict[str, TableRows]:
+def extract_deposit_master_rows(
+    engine: Engine, object_group: str, chunk_rows: int = 20_000
+) -> dict[str, TableRows]:
     """Read the deposit partner's master data for ``object_group`` (streamed in chunks).
 
     Raises:
@@ -450,6 +452,6 @@ def extract_deposit_bookings(
     engine: Engine, object_group: str, after_booking_id: int | None = None, chunk_rows: int = 20_000
 ) -> TableRows:
     """Read the deposit bookings of ``object_group`` after ``after_booking_id`` (streamed in chunks)."""
-    return _read_tables(engine, {"bookings": deposit_booking_query(object_group, after_booking_id)}, chunk_rows)[
-        "bookings"
-    ]
+    return _read_tables(
+        engine, {"bookings": deposit_booking_query(object_group, after_booking_id)}, chunk_rows
+    )["bookings"]

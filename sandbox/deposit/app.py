@@ -60,8 +60,12 @@ SIGNS: dict[str, int] = {
 
 
 PageQ = Annotated[int, Query(alias="page", ge=1, description="pages start at 1")]
-SizeQ = Annotated[int, Query(alias="pageSize", ge=1, le=MAX_PAGE_SIZE, description="default 100, at most 1000")]
-ModQ = Annotated[str | None, Query(alias="modifiedAfter", description="only records changed after this (ISO 8601)")]
+SizeQ = Annotated[
+    int, Query(alias="pageSize", ge=1, le=MAX_PAGE_SIZE, description="default 100, at most 1000")
+]
+ModQ = Annotated[
+    str | None, Query(alias="modifiedAfter", description="only records changed after this (ISO 8601)")
+]
 
 
 # ---- schemas (OpenAPI) -------------------------------------------------------------------------
@@ -198,7 +202,9 @@ class DepositAccountOut(DepositAccountIn):
     balance: str
 
 
-BookingType = Literal["PAYMENT_IN", "INTEREST", "WITHHOLDING_TAX", "SOLIDARITY_SURCHARGE", "COUNTERCLAIM", "PAYOUT"]
+BookingType = Literal[
+    "PAYMENT_IN", "INTEREST", "WITHHOLDING_TAX", "SOLIDARITY_SURCHARGE", "COUNTERCLAIM", "PAYOUT"
+]
 
 
 class BookingIn(BaseModel):
@@ -477,7 +483,9 @@ def create_app(db_path: str, username: str, password: str) -> FastAPI:
 
     def body_of(raw: Any, ref_id: str, fields: tuple[str, ...]) -> dict[str, Any]:
         if raw.get("id") not in (None, ref_id):
-            raise ApiError(422, "the body's id differs from the path's", [("id", f"must be {ref_id!r} or left out")])
+            raise ApiError(
+                422, "the body's id differs from the path's", [("id", f"must be {ref_id!r} or left out")]
+            )
         return {"id": ref_id, **{k: raw.get(k) for k in fields if k != "id"}}
 
     @app.post(f"{API}/login", response_model=LoginResponse, responses=ERRORS, tags=["login"])
@@ -511,7 +519,12 @@ def create_app(db_path: str, username: str, password: str) -> FastAPI:
         out = [account_out(r, e) if entity == "deposit-accounts" else booking_out(e) for r, e in chunk]
         return {"list": out, "_links": {"next": next_link}}
 
-    @app.get(f"{API}/deposit-accounts", response_model=DepositAccountList, responses=ERRORS, tags=["deposit accounts"])
+    @app.get(
+        f"{API}/deposit-accounts",
+        response_model=DepositAccountList,
+        responses=ERRORS,
+        tags=["deposit accounts"],
+    )
     async def list_accounts(
         request: Request,
         page_no: PageQ = 1,
@@ -524,11 +537,17 @@ def create_app(db_path: str, username: str, password: str) -> FastAPI:
         items = [
             (r, e)
             for r, e in store.index["deposit-accounts"].items()
-            if (include_archived == "true" or not e.archived) and (modified_after is None or e.updated_at > modified_after)
+            if (include_archived == "true" or not e.archived)
+            and (modified_after is None or e.updated_at > modified_after)
         ]
         return answer(page(request, "deposit-accounts", items, page_no, size))
 
-    @app.get(f"{API}/deposit-accounts/{{id}}", response_model=DepositAccountOut, responses=ERRORS, tags=["deposit accounts"])
+    @app.get(
+        f"{API}/deposit-accounts/{{id}}",
+        response_model=DepositAccountOut,
+        responses=ERRORS,
+        tags=["deposit accounts"],
+    )
     async def get_account(id: str, request: Request) -> Response:
         """One deposit account by contract reference, with its balance."""
         check_query(request, ())
@@ -537,20 +556,34 @@ def create_app(db_path: str, username: str, password: str) -> FastAPI:
             raise ApiError(404, f"no deposit account {id!r}")
         return answer(account_out(id, entry))
 
-    @app.put(f"{API}/deposit-accounts/{{id}}", response_model=DepositAccountOut, responses=ERRORS, tags=["deposit accounts"])
+    @app.put(
+        f"{API}/deposit-accounts/{{id}}",
+        response_model=DepositAccountOut,
+        responses=ERRORS,
+        tags=["deposit accounts"],
+    )
     async def put_account(id: str, body: DepositAccountIn, request: Request) -> Response:
         """Create or replace a deposit account (201 created, 200 otherwise; unchanged: a duplicate)."""
         check_query(request, ())
         raw = orjson.loads(await request.body())
         record = body_of(raw, id, ACCOUNT_FIELDS)
         if not (body.leadTenant.lastName or body.leadTenant.companyName):
-            raise ApiError(422, "the record was refused", [("leadTenant.lastName", "lastName or companyName is required")])
+            raise ApiError(
+                422,
+                "the record was refused",
+                [("leadTenant.lastName", "lastName or companyName is required")],
+            )
         outcome = store.upsert("deposit-accounts", id, record)
         await durable()
         state.counters.write("deposit-accounts", outcome.effective)
         return answer(account_out(id, outcome.entry), 201 if outcome.created else 200)
 
-    @app.post(f"{API}/deposit-accounts/{{id}}/archive", response_model=DepositAccountOut, responses=ERRORS, tags=["deposit accounts"])
+    @app.post(
+        f"{API}/deposit-accounts/{{id}}/archive",
+        response_model=DepositAccountOut,
+        responses=ERRORS,
+        tags=["deposit accounts"],
+    )
     async def archive_account(id: str, request: Request) -> Response:
         """Close a deposit account for hausflow (the tenancy left the interface); bookings stay."""
         check_query(request, ())
@@ -567,7 +600,9 @@ def create_app(db_path: str, username: str, password: str) -> FastAPI:
         page_no: PageQ = 1,
         size: SizeQ = 100,
         modified_after: ModQ = None,
-        account_id: Annotated[str | None, Query(alias="accountId", description="one account's bookings")] = None,
+        account_id: Annotated[
+            str | None, Query(alias="accountId", description="one account's bookings")
+        ] = None,
     ) -> Response:
         """The bookings, oldest first; of one account with ``accountId``."""
         check_query(request, ("page", "pageSize", "modifiedAfter", "accountId"))

@@ -28,7 +28,9 @@ class DepositSandboxServer(SandboxServer):
         options.setdefault("key", "sandbox-client")
         options.setdefault("secret", "sandbox-password")
         super().__init__(None, **options)
-        self.db_path = db_path or f"{self._tmpdir or tempfile.mkdtemp(prefix='deposit-sandbox-')}/deposit.sqlite"
+        self.db_path = (
+            db_path or f"{self._tmpdir or tempfile.mkdtemp(prefix='deposit-sandbox-')}/deposit.sqlite"
+        )
 
     def server_args(self) -> list[str]:
         """Database file and credentials."""
@@ -36,5 +38,7 @@ class DepositSandboxServer(SandboxServer):
 
     def token(self) -> str:
         """Log in with the sandbox's credentials and return a fresh token."""
-        result = self._call("POST", "/ws/v1/login", json={"clientUsername": self.key, "password": self.secret})
+        result = self._call(
+            "POST", "/ws/v1/login", json={"clientUsername": self.key, "password": self.secret}
+        )
         return str(result["token"])

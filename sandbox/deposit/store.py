@@ -176,7 +176,9 @@ class Store:
     def save_token(self, token: str, expires_at: str) -> None:
         """Remember an issued token (a restarted sandbox still takes it)."""
         self._begin()
-        self._db.execute("INSERT OR REPLACE INTO tokens (token, expires_at) VALUES (?, ?)", (token, expires_at))
+        self._db.execute(
+            "INSERT OR REPLACE INTO tokens (token, expires_at) VALUES (?, ?)", (token, expires_at)
+        )
         self.commit()
 
     def load_tokens(self) -> dict[str, str]:
