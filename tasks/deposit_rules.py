@@ -32,6 +32,10 @@ OWNER_ON_OBJECT = "owner_on_object"
 TRUST_ACCOUNT_ON_OBJECT = "trust_account_on_object"
 ONE_ACCOUNT_PER_TENANT = "one_deposit_account_per_tenant"
 PRECONDITIONS = (OWNER_ON_OBJECT, TRUST_ACCOUNT_ON_OBJECT, ONE_ACCOUNT_PER_TENANT)
+TENANT_NAME = "tenant_has_name"
+"""Not a precondition of the seed but of the partner's records: a tenant has a last or company name."""
+HOLD_RULES = (*PRECONDITIONS, TENANT_NAME)
+"""Every rule that holds a deposit account back before anything is sent."""
 
 ACCOUNT_NOT_AT_PARTNER = "account_not_at_partner"
 ACCOUNT_HELD = "account_held_back"
@@ -228,6 +232,24 @@ def build_master(
     for row in joint_tenants:
         joint.setdefault(str(row["contract_no"]), []).append(str(row["person_no"]))
     out = DepositMaster(held=check_preconditions(account_rows, object_map))
+    for account in account_rows:
+        tenants = [str(account["person_no"]), *joint.get(str(account["contract_no"]), [])]
+        nameless = [
+            p
+            for p in tenants
+            if not (person_map.get(p) or {}).get("last_name")
+            and not (person_map.get(p) or {}).get("company_name")
+        ]
+        if nameless:
+            out.held.append(
+                Held(
+                    ACCOUNTS,
+                    str(account["contract_no"]),
+                    TENANT_NAME,
+                    f"tenant {', '.join(nameless)} of deposit account {account['account_no']} has neither last name "
+                    "nor company name, which the deposit partner requires: enter it in the ERP",
+                )
+            )
     held = out.held_refs
     for account in account_rows:
         ref = str(account["contract_no"])

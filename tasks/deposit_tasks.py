@@ -21,6 +21,7 @@ from connectors.sync.client import PartnerClient
 from connectors.sync.streams import payload_hash
 from tasks.deposit_rules import (
     ACCOUNTS,
+    HOLD_RULES,
     PRECONDITIONS,
     BookingPlan,
     DepositMaster,
@@ -105,7 +106,7 @@ def apply_deposit_rules(
         "Preconditions: %d deposit accounts go to the partner, %d are held back (%s).",
         len(master.records),
         len(master.held_refs),
-        ", ".join(f"{sum(1 for h in master.held if h.rule == r)} {r}" for r in PRECONDITIONS),
+        ", ".join(f"{sum(1 for h in master.held if h.rule == r)} {r}" for r in HOLD_RULES),
     )
     return master
 
@@ -114,7 +115,7 @@ def _release_fixed(store: StateStore, failing: set[tuple[str, str]]) -> None:
     """Resolve the precondition entries no longer failing; other rules' entries stay as they are."""
     keep = set(failing)
     for entry in store.open_quarantine(TARGET):
-        if entry["rule"] not in PRECONDITIONS:
+        if entry["rule"] not in HOLD_RULES:
             keep.add((entry["entity"], entry["ref_id"]))
     store.resolve_quarantine(TARGET, keep)
 
@@ -172,7 +173,7 @@ def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool) -> Book
     held_accounts = {
         str(q["ref_id"]): f"{q['rule']}: {q['reason']}"
         for q in store.open_quarantine(TARGET)
-        if q["entity"] == ACCOUNTS and q["rule"] in PRECONDITIONS and q["ref_id"] in refs
+        if q["entity"] == ACCOUNTS and q["rule"] in HOLD_RULES and q["ref_id"] in refs
     }
     posted = {
         ref: entry.payload_hash or ""

@@ -21,6 +21,7 @@ from sqlalchemy import (
     null,
     select,
     type_coerce,
+    union,
 )
 
 from connectors.erp import schema
@@ -357,12 +358,10 @@ def deposit_master_queries(object_group: str) -> dict[str, Select[Any]]:
     scoped_contracts = (
         select(c.c.contract_no).join(u, u.c.unit_no == c.c.unit_no).where(u.c.object_no.in_(in_group))
     )
-    people = (
-        select(c.c.person_no)
-        .join(u, u.c.unit_no == c.c.unit_no)
-        .where(u.c.object_no.in_(in_group))
-        .union(select(cp.c.person_no).where(cp.c.contract_no.in_(scoped_contracts)))
-        .union(select(o.c.owner_person_no).where(o.c.object_no.in_(in_group)))
+    people = union(
+        select(c.c.person_no).join(u, u.c.unit_no == c.c.unit_no).where(u.c.object_no.in_(in_group)),
+        select(cp.c.person_no).where(cp.c.contract_no.in_(scoped_contracts)),
+        select(o.c.owner_person_no).where(o.c.object_no.in_(in_group)),
     )
     return {
         "objects": select(
