@@ -22,7 +22,6 @@ from connectors.sync.streams import payload_hash
 from tasks.deposit_rules import (
     ACCOUNTS,
     HOLD_RULES,
-    PRECONDITIONS,
     BookingPlan,
     DepositMaster,
     Held,
