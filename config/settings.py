@@ -95,6 +95,48 @@ class PortalSettings(BaseModel):
     )
 
 
+class DepositSettings(BaseModel):
+    """Rent-deposit partner (Deutsche Kautionspartner, KM deposit interface; seed 000).
+
+    Server address, client user name and web-service password as the partner hands them out;
+    the objects of ``object_group`` go over; two daily jobs, master data first, then bookings.
+    """
+
+    enabled: bool = False
+    base_url: str = Field(
+        default="https://api.kautionspartner.de/ws",
+        description="the partner's server address (Server-Adresse)",
+    )
+    client_username: str = Field(default="", description="client user name from the partner")
+    password: SecretStr = Field(default=SecretStr(""), description="web-service password from the partner")
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    max_retries: int = 6
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 20.0
+    rate_limit_per_s: float | None = None
+    concurrency: int = 16
+    batch_size: int = 2000
+    object_group: str = Field(default="KM_Kautionen", description="the objects of this group go over")
+    daily_schedules: bool = Field(
+        default=True,
+        description="the two daily runs are scheduled by hausflow; false where an outside scheduler "
+        "(a Windows task, cron) triggers the flows instead: scheduled runs then end at once",
+    )
+    master_data_cron: str = Field(default="0 5 * * *", description="daily master-data run (Europe/Berlin)")
+    bookings_cron: str = Field(default="30 5 * * *", description="daily bookings run, after the master data")
+    retention_account: Literal["owner", "per_transfer"] = Field(
+        default="owner",
+        description="where a kept deposit (counterclaims) is paid: the owner's account (0 - Eigentümer) or "
+        "the manager's retention account (1 - Per Überweisung)",
+    )
+    manager_retention_name: str = Field(default="", description="holder of the manager's retention account")
+    manager_retention_iban: str = Field(default="", description="IBAN of the manager's retention account")
+    manager_retention_bic: str | None = Field(
+        default=None, description="BIC of the manager's retention account"
+    )
+
+
 class MailSettings(BaseModel):
     """The SMTP server hausflow sends e-mail through (messages to contacts not in the portal)."""
 
@@ -115,6 +157,7 @@ class Licences(BaseModel):
     documents_messages: bool = Field(
         default=False, description="documents, messages and notes with the portal (docs/portal-exchange.md)"
     )
+    deposit: bool = Field(default=False, description="the rent-deposit partner (KM deposit interface)")
 
 
 class SepaSettings(BaseModel):
@@ -158,6 +201,7 @@ class HausflowSettings(BaseSettings):
     portal: PortalSettings = Field(default_factory=PortalSettings)
     licences: Licences = Field(default_factory=Licences)
     mail: MailSettings = Field(default_factory=MailSettings)
+    deposit: DepositSettings = Field(default_factory=DepositSettings)
     sepa: SepaSettings = Field(default_factory=SepaSettings)
 
     @classmethod

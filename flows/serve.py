@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_deployments(profile: str) -> list[Any]:
-    """The served deployments: the portal sync every 5 minutes, the SEPA flows on demand.
+    """The served deployments: the portal sync every 5 minutes, the SEPA flows on demand, the deposit
+    partner's two daily jobs (scheduled unless ``deposit.daily_schedules`` is off in ``profile``).
 
     Each has a concurrency limit of 1 that cancels a run overlapping a running one. The SEPA
     flows take their profile from ``HAUSFLOW_PROFILE``; a debit run defaults to a dry run, which
@@ -509,11 +510,15 @@ def build_deployments(profile: str) -> list[Any]:
     """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
+    from config.settings import load_settings
     from flows.bank_reconciliation import import_bank_statement
+    from flows.deposit_sync import deposit_bookings, deposit_master_data
     from flows.portal_sync import portal_sync
     from flows.sepa_debit import sepa_debit_run
 
     once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    deposit = load_settings(profile).deposit
+    daily = deposit.daily_schedules  # off: an outside scheduler triggers the deposit flows
     return [
         portal_sync.to_deployment(
             name="every-5-minutes",
@@ -527,6 +532,22 @@ def build_deployments(profile: str) -> list[Any]:
             name="on-demand", parameters={"dry_run": True}, concurrency_limit=once, tags=["sepa"]
         ),
         import_bank_statement.to_deployment(name="on-demand", concurrency_limit=once, tags=["sepa"]),
+        deposit_master_data.to_deployment(
+            name="daily",
+            cron=deposit.master_data_cron if daily else None,
+            concurrency_limit=once,
+            parameters={"profile": profile},
+            tags=["deposit"],
+            description="Deposit partner, daily job 1 of 2: deposit accounts of the object group.",
+        ),
+        deposit_bookings.to_deployment(
+            name="daily",
+            cron=deposit.bookings_cron if daily else None,
+            concurrency_limit=once,
+            parameters={"profile": profile},
+            tags=["deposit"],
+            description="Deposit partner, daily job 2 of 2: every booking since the last confirmed one.",
+        ),
     ]
 
 

@@ -98,3 +98,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def deposit_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The deposit-partner sandbox as its own process on a free loopback port, one per test module."""
+    from sandbox.deposit.server import DepositSandboxServer
+
+    server = DepositSandboxServer(db_path=f"{tmp_path_factory.mktemp('deposit-sandbox')}/deposit.sqlite")
+    server.start()
+    yield server
+    server.stop()

@@ -7,6 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from flows.serve import build_deployments
@@ -35,6 +36,8 @@ def test_served_deployments_have_valid_parameters_and_no_overlap() -> None:
         "every-5-minutes@portal-sync",
         "on-demand@sepa-debit-run",
         "on-demand@import-bank-statement",
+        "daily@deposit-master-data",
+        "daily@deposit-bookings",
     }
     for deployment in deployments.values():
         flow = _flow(deployment.entrypoint)
@@ -43,6 +46,16 @@ def test_served_deployments_have_valid_parameters_and_no_overlap() -> None:
         assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
     portal = deployments["every-5-minutes@portal-sync"]
     assert [s.schedule.interval.total_seconds() for s in portal.schedules] == [300]
+    master, bookings = deployments["daily@deposit-master-data"], deployments["daily@deposit-bookings"]
+    assert [s.schedule.cron for s in master.schedules] == ["0 5 * * *"]
+    assert [s.schedule.cron for s in bookings.schedules] == ["30 5 * * *"]  # after the master data
+
+
+def test_one_setting_turns_the_deposit_schedules_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HAUSFLOW_DEPOSIT__DAILY_SCHEDULES", "false")
+    deployments = {d.flow_name: d for d in build_deployments("demo")}
+    assert not deployments["deposit-master-data"].schedules and not deployments["deposit-bookings"].schedules
+    assert deployments["portal-sync"].schedules  # the others stay as they are
 
 
 def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters() -> None:

@@ -45,6 +45,9 @@ from connectors.erp.schema import metadata
 
 DEFAULT_BUSINESS_DATE = date(2025, 6, 16)
 DEPOSIT_GROUP = "KM_Kautionen"
+DEPOSIT_EDGE_OBJECTS = ("9001", "9002", "9003")
+"""Small objects of the deposit group whose records fail the deposit preconditions (no owner, no
+trust pooled account, a tenant with two deposit accounts); outside the portal group."""
 MIN_PERSONS = 100  # smallest size at which every edge-case list is non-empty (checked for many seeds)
 INSERT_CHUNK_ROWS = 10_000
 OVERSIZED_DOCUMENT_BYTES = 157_286_400  # 150 MB: above the portal's 100 MB limit
@@ -83,6 +86,9 @@ EDGE_CASE_KEYS: tuple[str, ...] = (
     "changed_account_mandate",
     "single_mandate_claims",
     "budget_persons",
+    "deposit_no_owner",
+    "deposit_no_trust_account",
+    "deposit_two_accounts",
 )
 
 INVALID_EMAILS = (
@@ -1105,6 +1111,12 @@ class _Builder:
                     if tax:
                         book(account_no, "WITHHOLDING_TAX", -tax, day, f"Kapitalertragsteuer {year}")
                         balance -= tax
+                        soli = tax * 55 // 1000  # 5.5 % of the withholding tax, no draw of the RNG
+                        if soli:
+                            book(
+                                account_no, "SOLIDARITY_SURCHARGE", -soli, day, f"Solidaritätszuschlag {year}"
+                            )
+                            balance -= soli
             if closed is not None:
                 if rng.random() < 0.4:
                     counter = min(balance, rng.randint(5000, 60000))
@@ -1125,6 +1137,138 @@ class _Builder:
                 if kind not in seen_types:
                     sign = 1 if kind in ("PAYMENT_IN", "INTEREST") else -1
                     book(first, kind, sign * 100, today - timedelta(days=1), f"Beispielbuchung {kind}")
+
+    def plant_deposit_edge_cases(self) -> None:
+        """Three small objects of the deposit group whose records fail one precondition each, and the
+        owners' bank accounts (where a kept deposit goes).
+
+        Runs after every other builder (it draws from a random generator of its own), so the rest
+        of the data is the same with or without it. Tenants are prospects without a contract, made
+        tenants here (new persons only when a tiny ERP has too few). Objects:
+        ``9001`` without owner, ``9002`` without trust pooled account, ``9003`` with one tenant
+        holding two deposit accounts beside a tenant with one (who goes over).
+        """
+        rng = random.Random(f"deposit-edges-{len(self.rows['persons'])}")
+        today = self.today
+        used = {r["person_no"] for r in self.rows["contracts"]} | {
+            r["person_no"] for r in self.rows["contract_partners"]
+        }
+        prospects = [
+            p
+            for p in self.rows["persons"]
+            if p["person_type"] == "INTERESSENT" and p["person_no"] not in used
+        ]
+        owner_nos = sorted({o["owner_person_no"] for o in self.rows["objects"] if o["owner_person_no"]})
+        next_booking = max((b["booking_id"] for b in self.rows["deposit_bookings"]), default=0)
+
+        def tenant() -> str:
+            if prospects:
+                person = prospects.pop(0)
+                person["person_type"] = "MIETER"
+                return str(person["person_no"])
+            return str(self.new_person("MIETER")["person_no"])
+
+        def plant(object_no: str, owner: str | None, trust: bool, tenants: list[str]) -> None:
+            nonlocal next_booking
+            obj = {
+                "object_no": object_no,
+                "name": f"Kautionsobjekt {object_no}",
+                "street": f"Kautionsweg {object_no[-1]}",
+                "postal_code": "20095",
+                "city": "Hamburg",
+                "country": "DE",
+                "owner_person_no": owner,
+                "team_id": None,
+                "trust_account_iban": str(
+                    IBAN.generate(
+                        "DE", bank_code=_TRUST_BANK_CODE, account_code=f"{9100000000 + int(object_no)}"
+                    )
+                )
+                if trust
+                else None,
+                "modified_at": self.base_ts,
+            }
+            self.rows["objects"].append(obj)
+            self.object_by_no[object_no] = obj
+            self.released[object_no] = False
+            self.rows["object_groups"].append({"group_name": DEPOSIT_GROUP, "object_no": object_no})
+            for j, person_no in enumerate(tenants):
+                unit_no = f"{object_no}-{j + 1:03d}"
+                self.rows["units"].append(
+                    {
+                        "unit_no": unit_no,
+                        "object_no": object_no,
+                        "name": f"Whg. EG {_SIDES[j % 3]}",
+                        "unit_type": "WOHNUNG",
+                        "floor": "EG",
+                        "area_m2": _money(rng.randint(4000, 9000)),
+                        "modified_at": self.base_ts,
+                    }
+                )
+                start = today - timedelta(days=rng.randint(200, 900))
+                contract_no = f"{unit_no}-01"
+                self.rows["contracts"].append(
+                    {
+                        "contract_no": contract_no,
+                        "unit_no": unit_no,
+                        "person_no": person_no,
+                        "contract_type": "RENTER",
+                        "start_date": start,
+                        "move_out_date": None,
+                        "modified_at": self.base_ts,
+                    }
+                )
+                amount = rng.randint(15, 30) * 10000
+                account_no = f"K-{contract_no}"
+                self.rows["deposit_accounts"].append(
+                    {
+                        "account_no": account_no,
+                        "contract_no": contract_no,
+                        "deposit_amount": _money(amount),
+                        "opened_on": start,
+                        "closed_on": None,
+                        "modified_at": self.base_ts,
+                    }
+                )
+                next_booking += 1
+                self.rows["deposit_bookings"].append(
+                    {
+                        "booking_id": next_booking,
+                        "account_no": account_no,
+                        "booking_type": "PAYMENT_IN",
+                        "amount": _money(amount),
+                        "booking_date": start,
+                        "text": "Mietkaution",
+                    }
+                )
+
+        owner = owner_nos[0] if owner_nos else None
+        plant("9001", None, True, [tenant()])
+        plant("9002", owner, False, [tenant()])
+        twice = tenant()
+        plant("9003", owner, True, [twice, twice, tenant()])
+        self.edge["deposit_no_owner"] = ["9001"]
+        self.edge["deposit_no_trust_account"] = ["9002"]
+        self.edge["deposit_two_accounts"] = [twice]
+        # the owners' bank accounts (Eigentümerstamm): a kept deposit goes there by default
+        for person_no in owner_nos:
+            person = self.person_by_no[person_no]
+            bank_code, bic = _BANKS[rng.randrange(len(_BANKS))]
+            holder = person["company_name"] or " ".join(
+                part for part in (person["first_name"], person["last_name"]) if part
+            )
+            self.rows["bank_accounts"].append(
+                {
+                    "person_no": person_no,
+                    "iban": str(
+                        IBAN.generate(
+                            "DE", bank_code=bank_code, account_code=f"{rng.randint(10**8, 10**10 - 1)}"
+                        )
+                    ),
+                    "bic": bic,
+                    "account_holder": (holder or person_no)[:70],
+                }
+            )
 
     # ------------------------------------------------------ documents, messages
     def build_documents(self) -> None:
@@ -1500,6 +1644,7 @@ def generate_erp(
     b.build_documents()
     b.build_messages()
     b.top_up_persons()
+    b.plant_deposit_edge_cases()
     b.classify()
     root = document_root(engine.url.render_as_string(hide_password=True), str(document_dir or ""))
     write_document_files(root, b.rows["documents"])

@@ -21,6 +21,7 @@ from sqlalchemy import (
     null,
     select,
     type_coerce,
+    union,
 )
 
 from connectors.erp import schema
@@ -325,3 +326,131 @@ def exchange_signature(engine: Engine) -> list[str]:
     ]
     with engine.connect() as conn:
         return ["|".join(str(v) for v in row) for query in queries for row in conn.execute(query)]
+
+
+# ---- the rent-deposit partner (tasks/deposit_rules.py) -----------------------------------------
+DEPOSIT_PERSON_COLUMNS = (
+    "person_no",
+    "salutation",
+    "title",
+    "first_name",
+    "last_name",
+    "company_name",
+    "street",
+    "postal_code",
+    "city",
+    "country",
+    "email",
+)
+
+
+def deposit_master_queries(object_group: str) -> dict[str, Select[Any]]:
+    """What the deposit partner's master data needs, for the objects of ``object_group`` only.
+
+    ``objects``: the group's objects with owner and trust pooled account; ``accounts``: their deposit
+    accounts with the tenancy (contract, lead tenant, unit, start and end); ``joint_tenants``: the
+    contract partners (``VERTRAGSPARTNER``) of those tenancies; ``persons``: lead and joint tenants
+    and owners; ``owner_accounts``: the owners' bank accounts. Each query has a total order.
+    """
+    o, g, u, c = schema.objects, schema.object_groups, schema.units, schema.contracts
+    a, cp, p, ba = schema.deposit_accounts, schema.contract_partners, schema.persons, schema.bank_accounts
+    in_group = select(g.c.object_no).where(g.c.group_name == object_group)
+    scoped_contracts = (
+        select(c.c.contract_no).join(u, u.c.unit_no == c.c.unit_no).where(u.c.object_no.in_(in_group))
+    )
+    people = union(
+        select(c.c.person_no).join(u, u.c.unit_no == c.c.unit_no).where(u.c.object_no.in_(in_group)),
+        select(cp.c.person_no).where(cp.c.contract_no.in_(scoped_contracts)),
+        select(o.c.owner_person_no).where(o.c.object_no.in_(in_group)),
+    )
+    return {
+        "objects": select(
+            o.c.object_no,
+            o.c.name,
+            o.c.street,
+            o.c.postal_code,
+            o.c.city,
+            o.c.country,
+            o.c.owner_person_no,
+            o.c.trust_account_iban,
+        )
+        .where(o.c.object_no.in_(in_group))
+        .order_by(o.c.object_no),
+        "accounts": select(
+            a.c.account_no,
+            a.c.contract_no,
+            a.c.deposit_amount,
+            a.c.opened_on,
+            a.c.closed_on,
+            c.c.person_no,
+            c.c.unit_no,
+            u.c.object_no,
+            type_coerce(c.c.start_date, LenientDate()).label("start_date"),
+            type_coerce(c.c.move_out_date, LenientDate()).label("move_out_date"),
+        )
+        .join(c, c.c.contract_no == a.c.contract_no)
+        .join(u, u.c.unit_no == c.c.unit_no)
+        .where(u.c.object_no.in_(in_group))
+        .order_by(a.c.account_no),
+        "joint_tenants": select(cp.c.contract_no, cp.c.person_no)
+        .where(cp.c.contract_no.in_(scoped_contracts), cp.c.role == "VERTRAGSPARTNER")
+        .order_by(cp.c.contract_no, cp.c.person_no),
+        "persons": select(*[p.c[name] for name in DEPOSIT_PERSON_COLUMNS])
+        .where(p.c.person_no.in_(people))
+        .order_by(p.c.person_no),
+        "owner_accounts": select(ba.c.person_no, ba.c.iban, ba.c.bic, ba.c.account_holder)
+        .where(ba.c.person_no.in_(select(o.c.owner_person_no).where(o.c.object_no.in_(in_group))))
+        .order_by(ba.c.person_no),
+    }
+
+
+def deposit_booking_query(object_group: str, after_booking_id: int | None = None) -> Select[Any]:
+    """The deposit bookings of the group's objects, in booking-id order; only those after
+    ``after_booking_id`` (the last one the partner confirmed with none open before it) if given."""
+    g, u, c, a, b = (
+        schema.object_groups,
+        schema.units,
+        schema.contracts,
+        schema.deposit_accounts,
+        schema.deposit_bookings,
+    )
+    query = (
+        select(
+            b.c.booking_id,
+            b.c.account_no,
+            a.c.contract_no,
+            u.c.object_no,
+            b.c.booking_type,
+            b.c.amount,
+            b.c.booking_date,
+            b.c.text,
+        )
+        .join(a, a.c.account_no == b.c.account_no)
+        .join(c, c.c.contract_no == a.c.contract_no)
+        .join(u, u.c.unit_no == c.c.unit_no)
+        .where(u.c.object_no.in_(select(g.c.object_no).where(g.c.group_name == object_group)))
+        .order_by(b.c.booking_id)
+    )
+    if after_booking_id is not None:
+        query = query.where(b.c.booking_id > after_booking_id)
+    return query
+
+
+def extract_deposit_master_rows(
+    engine: Engine, object_group: str, chunk_rows: int = 20_000
+) -> dict[str, TableRows]:
+    """Read the deposit partner's master data for ``object_group`` (streamed in chunks).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the read failed (the extract is complete or it raises).
+    """
+    return _read_tables(engine, deposit_master_queries(object_group), chunk_rows)
+
+
+def extract_deposit_bookings(
+    engine: Engine, object_group: str, after_booking_id: int | None = None, chunk_rows: int = 20_000
+) -> TableRows:
+    """Read the deposit bookings of ``object_group`` after ``after_booking_id`` (streamed in chunks)."""
+    return _read_tables(
+        engine, {"bookings": deposit_booking_query(object_group, after_booking_id)}, chunk_rows
+    )["bookings"]

@@ -235,7 +235,14 @@ deposit_accounts = Table(
     Column("modified_at", DateTime(timezone=True)),
 )
 
-DEPOSIT_BOOKING_TYPES = ("PAYMENT_IN", "INTEREST", "WITHHOLDING_TAX", "COUNTERCLAIM", "PAYOUT")
+DEPOSIT_BOOKING_TYPES = (
+    "PAYMENT_IN",
+    "INTEREST",
+    "WITHHOLDING_TAX",
+    "COUNTERCLAIM",
+    "PAYOUT",
+    "SOLIDARITY_SURCHARGE",  # Solidaritätszuschlag on the interest, booked with the withholding tax
+)
 deposit_bookings = Table(
     "deposit_bookings",
     metadata,
@@ -245,6 +252,17 @@ deposit_bookings = Table(
     Column("amount", Numeric(12, 2), nullable=False),
     Column("booking_date", Date, nullable=False),
     Column("text", String(140)),
+)
+
+# Bank accounts of persons (Bankverbindung im Eigentümerstamm): where money for them goes, e.g. a
+# kept rent deposit paid to the object's owner. One account per person.
+bank_accounts = Table(
+    "bank_accounts",
+    metadata,
+    Column("person_no", String(20), ForeignKey("persons.person_no"), primary_key=True),
+    Column("iban", String(34), nullable=False),
+    Column("bic", String(11)),
+    Column("account_holder", String(70), nullable=False),
 )
 
 # Payment types (Zahlungsart): automatic debit or not, with up to three fixed remittance lines.

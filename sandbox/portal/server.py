@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -53,7 +53,12 @@ class SandboxServer:
         max_upload_bytes: largest document content the sandbox takes (``None``: its default, 100 MB).
 
     The documents' content lives in a folder beside the database file (``portal-content/``).
+    Another partner's sandbox subclasses it with its ``module``, its ``api_prefix`` (the path its
+    API lives under) and its command-line arguments (:meth:`server_args`).
     """
+
+    module: ClassVar[str] = "sandbox.portal"
+    api_prefix: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -85,11 +90,23 @@ class SandboxServer:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
-    def base_url(self) -> str:
+    def origin(self) -> str:
         """``http://host:port`` of the running sandbox (no trailing slash)."""
         if self.port is None:
             raise SandboxServerError("the sandbox has not been started")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The API's address a client is configured with: :attr:`origin` plus :attr:`api_prefix`."""
+        return f"{self.origin}{self.api_prefix}"
+
+    def server_args(self) -> list[str]:
+        """The sandbox process's arguments after host and port: database, credentials, limits."""
+        args = ["--db", self.db_url, "--key", self.key, "--secret", self.secret]
+        if self.max_upload_bytes is not None:
+            args += ["--max-upload-bytes", str(self.max_upload_bytes)]
+        return args
 
     @property
     def running(self) -> bool:
@@ -106,23 +123,8 @@ class SandboxServer:
             return self
         if self.port is None:
             self.port = free_port(self.host)
-        command = [
-            sys.executable,
-            "-m",
-            "sandbox.portal",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--db",
-            self.db_url,
-            "--key",
-            self.key,
-            "--secret",
-            self.secret,
-        ]
-        if self.max_upload_bytes is not None:
-            command += ["--max-upload-bytes", str(self.max_upload_bytes)]
+        command = [sys.executable, "-m", self.module, "--host", self.host, "--port", str(self.port)]
+        command += self.server_args()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         log = self.log_path.open("ab")
@@ -148,7 +150,7 @@ class SandboxServer:
                     f"the sandbox exited with code {self.process.returncode}: {self._log_tail()}"
                 )
             try:
-                if httpx.get(f"{self.base_url}/openapi.json", timeout=2.0).status_code == 200:
+                if httpx.get(f"{self.origin}/openapi.json", timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -211,7 +213,7 @@ class SandboxServer:
     def http(self) -> httpx.Client:
         """A plain client for the sandbox's own endpoints (no token)."""
         if self._http is None:
-            self._http = httpx.Client(base_url=self.base_url, timeout=30.0)
+            self._http = httpx.Client(base_url=self.origin, timeout=30.0)
         return self._http
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
