@@ -467,6 +467,11 @@ def command_status(args: argparse.Namespace) -> int:
         lines.append(f"  Portal sandbox    {up['sandbox']}: {sandbox}")
     else:
         lines.append("  Portal sandbox    not running")
+    if up and up.get("deposit_sandbox"):
+        deposit = (
+            "running" if _answers(up["deposit_sandbox"] + "/openapi.json") else "not running (no answer)"
+        )
+        lines.append(f"  Deposit sandbox   {up['deposit_sandbox']}: {deposit}")
     print("\n".join(lines), flush=True)
     if api_running:
         try:

@@ -303,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         help="port of the portal sandbox on 127.0.0.1 (default: %(default)s)",
     )
     parser.add_argument(
+        "--deposit-port",
+        type=int,
+        default=8766,
+        help="port of the rent-deposit partner's sandbox on 127.0.0.1 (default: %(default)s)",
+    )
+    parser.add_argument(
         "--mail-port",
         type=int,
         default=8025,
@@ -314,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("HAUSFLOW_PROFILE", "demo")
     env["HAUSFLOW_PORTAL__BASE_URL"] = f"http://127.0.0.1:{args.sandbox_port}"
+    env["HAUSFLOW_DEPOSIT__BASE_URL"] = f"http://127.0.0.1:{args.deposit_port}/ws"
     env.setdefault("HAUSFLOW_MAIL__HOST", "127.0.0.1")
     env.setdefault("HAUSFLOW_MAIL__PORT", str(args.mail_port))
     env["PREFECT_HOME"] = str(VAR / "prefect")
@@ -349,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     watch = ServerWatch(servers, stop_now)
     prefect_ui = f"http://127.0.0.1:{args.prefect_port}"
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
+    deposit_url = f"http://127.0.0.1:{args.deposit_port}"
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -397,6 +405,28 @@ def main(argv: list[str] | None = None) -> int:
             env,
         )
         servers.append(sandbox)
+        print(f"Starting the deposit partner's sandbox on port {args.deposit_port} ...", flush=True)
+        deposit = _start(
+            "The deposit sandbox",
+            [
+                sys.executable,
+                "-m",
+                "sandbox.deposit",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(args.deposit_port),
+                "--db",
+                str(VAR / "demo" / "deposit-sandbox.sqlite"),
+                "--key",
+                settings.deposit.client_username,
+                "--secret",
+                settings.deposit.password.get_secret_value(),
+            ],
+            "deposit-sandbox.log",
+            env,
+        )
+        servers.append(deposit)
         print(f"Starting the demo's SMTP server on port {args.mail_port} ...", flush=True)
         mail = _start(
             "The demo's SMTP server",
@@ -423,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prefect_ui": prefect_ui,
                 "prefect_api": env["PREFECT_API_URL"],
                 "sandbox": sandbox_url,
+                "deposit_sandbox": deposit_url,
                 "logs": str(VAR / "logs"),
                 # the admin commands read the same state store; a URL with a password stays out
                 "state_url": None if _has_password(settings.state_url) else settings.state_url,
@@ -446,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.dispose()
 
         _wait_http(f"{sandbox_url}/openapi.json", "The portal sandbox", 60, servers)
+        _wait_http(f"{deposit_url}/openapi.json", "The deposit sandbox", 60, servers)
         _wait_http(f"{prefect_ui}/api/health", "The Prefect server", 180, servers)
         watch.start()
 
@@ -473,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  Prefect UI (flow runs, logs, protocol artifacts): {prefect_ui}\n"
             f"  Portal sandbox (what arrived):                  {sandbox_url}/\n"
             f"  Sandbox API spec:                                {sandbox_url}/docs\n"
+            f"  Deposit partner's sandbox (API spec):            {deposit_url}/docs\n"
             f"  E-mails to contacts not in the portal:           {_shown(VAR / 'demo' / 'mail')}/new/\n"
             f"  Logs of the servers:                             {_shown(VAR / 'logs')}/\n"
             "Ctrl-C stops everything; ./hausflow status shows what runs.\n",

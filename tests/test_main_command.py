@@ -39,6 +39,7 @@ class MainCommand:
     proc: subprocess.Popen[str]
     prefect_port: int
     sandbox_port: int
+    deposit_port: int
     env: dict[str, str]
     lines: list[str] = field(default_factory=list)
 
@@ -50,7 +51,7 @@ class MainCommand:
 @contextmanager
 def main_command(tmp_path: Path) -> Iterator[MainCommand]:
     """Start the main command (no first run, 100 persons) on free ports; yield it once it is up."""
-    prefect_port, sandbox_port = free_port(), free_port()
+    prefect_port, sandbox_port, deposit_port, mail_port = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HAUSFLOW_"))}
     env.update(
         {
@@ -61,10 +62,11 @@ def main_command(tmp_path: Path) -> Iterator[MainCommand]:
     )
     command = [sys.executable, "-m", "flows.serve", "--no-first-run", "--persons", "100"]
     command += ["--prefect-port", str(prefect_port), "--sandbox-port", str(sandbox_port)]
+    command += ["--deposit-port", str(deposit_port), "--mail-port", str(mail_port)]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    main = MainCommand(proc, prefect_port, sandbox_port, env)
+    main = MainCommand(proc, prefect_port, sandbox_port, deposit_port, env)
     reader = threading.Thread(target=lambda: main.lines.extend(proc.stdout or []), daemon=True)
     reader.start()
     try:
@@ -74,13 +76,13 @@ def main_command(tmp_path: Path) -> Iterator[MainCommand]:
             assert time.monotonic() < deadline, main.output
             time.sleep(0.5)
         time.sleep(3)  # the runner serves the deployments by now
-        assert _listening(prefect_port) and _listening(sandbox_port)
+        assert _listening(prefect_port) and _listening(sandbox_port) and _listening(deposit_port)
         yield main
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for child in _leftovers(prefect_port, sandbox_port):
+        for child in _leftovers(prefect_port, sandbox_port, deposit_port, mail_port):
             child.kill()
         reader.join(timeout=10)
 
@@ -103,6 +105,7 @@ def test_sigterm_stops_the_main_command_and_what_it_started(tmp_path: Path) -> N
     assert "never awaited" not in output, output
     assert "stopped unexpectedly" not in output, output
     assert not _listening(main.prefect_port) and not _listening(main.sandbox_port)
+    assert not _listening(main.deposit_port)
     assert (tmp_path / "var" / "logs" / "prefect-server.log").exists()
     assert not (tmp_path / "var" / "up.json").exists()
 
@@ -111,6 +114,7 @@ def test_sigterm_stops_the_main_command_and_what_it_started(tmp_path: Path) -> N
     ("server", "what", "log"),
     [
         ("sandbox.portal", "The portal sandbox", "portal-sandbox.log"),
+        ("sandbox.deposit", "The deposit sandbox", "deposit-sandbox.log"),
         ("prefect", "The Prefect server", "prefect-server.log"),
     ],
 )
@@ -132,6 +136,7 @@ def test_a_dead_server_is_reported_and_everything_stops_with_exit_code_1(
             assert f"./hausflow up     running (process {main.proc.pid}" in status.stdout
             assert f"http://127.0.0.1:{main.prefect_port}/api (./hausflow up): running" in status.stdout
             assert f"Portal sandbox    http://127.0.0.1:{main.sandbox_port}: running" in status.stdout
+            assert f"Deposit sandbox   http://127.0.0.1:{main.deposit_port}: running" in status.stdout
             assert "portal-sync/every-5-minutes" in status.stdout and "every 5 minutes" in status.stdout
             assert f"State store sqlite:///{tmp_path}/state.sqlite (profile demo)" in status.stdout
         record = json.loads((tmp_path / "var" / "up.json").read_text())
@@ -154,5 +159,6 @@ def test_a_dead_server_is_reported_and_everything_stops_with_exit_code_1(
     assert "start ./hausflow up again" in report
     assert output.rstrip().endswith("Stopped."), output
     assert not _listening(main.prefect_port) and not _listening(main.sandbox_port)
+    assert not _listening(main.deposit_port)
     assert not (tmp_path / "var" / "up.json").exists()
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
