@@ -616,16 +616,19 @@ def decide_claim(
 # ---------------------------------------------------------------------------------------------
 
 
-def make_msg_id(created_at: datetime, run_token: str, index: int) -> str:
-    """Message id of file ``index`` of a run: ``HF`` + UTC time (24-hour clock) + run token + number.
+def make_msg_id(created_at: datetime, run_token: str, index: int, prefix: str = "HF") -> str:
+    """Message id of file ``index`` of a run: prefix + UTC time (24-hour clock) + run token + number.
 
     29 characters, so payment block ids (``<MsgId>-001``) stay within 35. Unique per file as long
-    as run tokens are unique (the flow run id).
+    as run tokens are unique (the flow run id). Direct debits use ``HF``, payouts ``HP``, so a
+    debit and a payout file of one run never share a message id (banks refuse a repeated one).
     """
+    if len(prefix) != 2 or not is_valid_sepa_id(prefix):
+        raise ValueError(f"message id prefix {prefix!r} must be two id characters")
     if created_at.tzinfo is None:
         raise ValueError("created_at must be timezone-aware")
     token = sanitize_id(run_token).replace(" ", "")[:8].ljust(8, "0")
-    return f"HF{created_at.astimezone(UTC):%Y%m%d%H%M%S}-{token}-{index + 1:03d}"
+    return f"{prefix}{created_at.astimezone(UTC):%Y%m%d%H%M%S}-{token}-{index + 1:03d}"
 
 
 def mask_iban(iban: str | None) -> str:

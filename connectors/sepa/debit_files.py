@@ -22,8 +22,6 @@ from connectors.sepa.writing import (
     fault_point,
     file_matches_ledger,
     format_cents,
-    publish,
-    write_checked_part,
 )
 
 
@@ -150,19 +148,7 @@ def produce_file(
         ledger.add_prepared(pending)
         pending.clear()
 
-    try:
-        part, totals = write_checked_part(
-            plan.path, "pain.008", writer, lambda: ledger.ledger_totals(plan.msg_id)
-        )
-    except BaseException as exc:
-        if not isinstance(exc, KeyboardInterrupt | SystemExit):
-            ledger.abandon_file(plan.msg_id, f"not published: {exc}"[:1000])
-        raise
-    fault_point("before_publish")
-    publish(part, plan.path)
-    fault_point("after_publish")
-    ledger.mark_written(plan.msg_id)
-    fault_point("after_written")
+    totals = ledger.write_and_publish(plan.msg_id, plan.path, "pain.008", writer)
     ledger.sync_erp(plan.msg_id, erp_update)
     return WrittenFile(
         plan.msg_id,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import (
     Boolean,
@@ -53,7 +53,13 @@ from sqlalchemy.exc import IntegrityError
 
 from connectors.erp.database import make_engine
 from connectors.sepa.errors import SepaLedgerConflict, SepaRunLocked
-from connectors.sepa.writing import part_path
+from connectors.sepa.writing import (
+    PaymentFileTotals,
+    fault_point,
+    part_path,
+    publish,
+    write_checked_part,
+)
 from connectors.sqlutil import chunks, utcnow
 
 sepa_metadata = MetaData()
@@ -274,6 +280,33 @@ class FileLedger:
 
     def _forget_file_parts(self, conn: Connection, msg_id: str) -> None:
         """Hook: delete further rows of an abandoned file (inside ``abandon_file``'s transaction)."""
+
+    def write_and_publish(
+        self, msg_id: str, path: Path, kind: str, writer: Callable[[IO[bytes]], object]
+    ) -> PaymentFileTotals:
+        """Write a recorded (``prepared``) file crash-safely; on success it is ``written``.
+
+        ``.part`` written while a child validates it -> headers, counted sums and this ledger's
+        figures compared -> atomic rename -> file and entries ``written`` in one transaction.
+        The fault points ``before_publish``, ``after_publish`` and ``after_written`` let the
+        crash tests stop the process between these steps.
+
+        Raises:
+            SepaValidationError: the file failed its schema or its sums; nothing is published and
+                the file is abandoned (its entries free again).
+        """
+        try:
+            part, totals = write_checked_part(path, kind, writer, lambda: self.ledger_totals(msg_id))
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt | SystemExit):
+                self.abandon_file(msg_id, f"not published: {exc}"[:1000])
+            raise
+        fault_point("before_publish")
+        publish(part, path)
+        fault_point("after_publish")
+        self.mark_written(msg_id)
+        fault_point("after_written")
+        return totals
 
     def recover_files(self, check_file: Callable[[Path, str], bool]) -> tuple[list[str], list[str]]:
         """Finish or undo every ``prepared`` file a crash left behind (idempotent).

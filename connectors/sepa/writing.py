@@ -566,7 +566,7 @@ def part_path(final_path: Path) -> Path:
     return final_path.with_name(final_path.name + ".part")
 
 
-def write_part(final_path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
+def write_part(final_path: Path, writer: Callable[[IO[bytes]], object]) -> Path:
     """Write the ``.part`` file of ``final_path`` (0600) with ``writer`` and fsync it; returns its path.
 
     The part is removed again if ``writer`` fails, so only complete parts survive a normal error.
@@ -684,7 +684,7 @@ class _Tee:
 
 
 def write_validated_part(
-    final_path: Path, kind: str, writer: Callable[[IO[bytes]], None]
+    final_path: Path, kind: str, writer: Callable[[IO[bytes]], object]
 ) -> tuple[Path, PaymentFileTotals]:
     """Write the ``.part`` file of ``final_path`` while a child process validates the same bytes.
 
@@ -721,7 +721,7 @@ def write_validated_part(
 def write_checked_part(
     final_path: Path,
     kind: str,
-    writer: Callable[[IO[bytes]], None],
+    writer: Callable[[IO[bytes]], object],
     ledger_totals: Callable[[], tuple[int, Decimal]],
 ) -> tuple[Path, PaymentFileTotals]:
     """``write_validated_part``, then compare headers, counted sums and the ledger's figures.
