@@ -53,6 +53,27 @@ _ID_FORBIDDEN = re.compile(r"[^A-Za-z0-9+?/\-:().,' ]")
 #: The SEPA basic Latin character set for free text (names, remittance).
 _TEXT_FORBIDDEN = re.compile(r"[^A-Za-z0-9+?/\-:().,' ]")
 _GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"})
+#: Letters without a combining mark to drop (NFKD leaves them whole): spelt out, never blanked.
+_LETTERS = str.maketrans(
+    {
+        "Ø": "O",
+        "ø": "o",
+        "Æ": "Ae",
+        "æ": "ae",
+        "Œ": "Oe",
+        "œ": "oe",
+        "Ł": "L",
+        "ł": "l",
+        "Đ": "D",
+        "đ": "d",
+        "Ð": "D",
+        "ð": "d",
+        "Þ": "Th",
+        "þ": "th",
+        "ı": "i",
+        "€": "EUR",
+    }
+)
 _REPLACEMENTS = str.maketrans({"&": "+", "_": "-", "\t": " ", "\n": " ", "\r": " ", ";": ",", "!": "."})
 
 MAX_ID = 35
@@ -69,10 +90,12 @@ def transliterate(text: str) -> str:
 
     German umlauts become two letters (ä -> ae, ß -> ss), other accents lose their mark (é -> e),
     ``&`` becomes ``+`` and ``_`` becomes ``-``; anything else outside the set becomes a space, and
-    runs of spaces collapse. Nothing is cut here; length is the caller's business.
+    runs of spaces collapse. Letters that carry no separable mark are spelt out (ø -> o, æ -> ae,
+    ł -> l, € -> EUR). Nothing is cut here; length is the caller's business.
     """
     text = text.translate(_GERMAN).translate(_REPLACEMENTS)
     if not text.isascii():  # fast path: most German text is ASCII once the umlauts are replaced
+        text = text.translate(_LETTERS)
         text = unicodedata.normalize("NFKD", text)
         text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = _TEXT_FORBIDDEN.sub(" ", text)
