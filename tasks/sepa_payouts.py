@@ -1,8 +1,8 @@
-"""Payouts by SEPA credit transfer (retained deposits, seed 000): rules and steps, no Prefect import.
+"""Payouts by SEPA credit transfer (retained deposits, seed 000): the run's steps, no Prefect import.
 
-Why a module of its own: the ``@task`` in ``tasks/payout_tasks.py`` is thin; the rules here are
-pure functions (tested with tables) and ``write_payouts`` is the whole run as a plain function,
-usable from a script, the benchmark or a crash test without loading Prefect.
+Why a module of its own: the ``@task`` in ``tasks/payout_tasks.py`` is thin; the rules are pure
+functions in ``tasks/sepa_payout_rules.py`` and ``write_payouts`` is the whole run as a plain
+function, usable from a script, the benchmark or a crash test without loading Prefect.
 
 Per run: take the payout lock and recover what a crashed run left -> check every payout (rule by
 rule, a bad one is skipped with its reason, the rest go on) and drop those already paid ->
@@ -17,326 +17,41 @@ import csv
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from config.settings import HausflowSettings
-from connectors.sepa.pain001 import CreditTransfer, Payout, TransferBlock, write_pain001
-from connectors.sepa.payout_ledger import PaidPayout, PayoutLedger, PayoutRow
+from connectors.sepa.pain001 import Payout
+from connectors.sepa.payout_ledger import PayoutLedger, PayoutRow
 from connectors.sepa.writing import (
     MAX_NAME,
-    MAX_REMITTANCE,
     block_figures,
-    check_amount,
-    check_bic,
-    check_iban,
-    compact_account,
     fault_point,
     file_matches_ledger,
-    fit_text,
     format_cents,
-    is_valid_sepa_id,
     make_private_dir,
     open_private,
-    to_cents,
     transliterate,
 )
-from tasks.sepa_rules import add_business_days, make_msg_id, next_business_day
+from tasks.sepa_payout_rules import (
+    LISTING_FIELDS,
+    PayoutDecision,
+    PayoutPlan,
+    execution_date_for,
+    listing_row,
+    plan_payouts,
+    pmt_inf_id,
+    transfer_blocks,
+    write_payout_xml,
+)
+from tasks.sepa_rules import make_msg_id
 
 BERLIN = ZoneInfo("Europe/Berlin")
 LOCK_NAME = "sepa-payout-run"
 MSG_PREFIX = "HP"
-
-# ---------------------------------------------------------------------------------------------
-# Rules (pure)
-# ---------------------------------------------------------------------------------------------
-
-Outcome = Literal["pay", "skip", "already_paid"]
-
-
-@dataclass(frozen=True, slots=True)
-class PayoutDecision:
-    """What happens to one payout: paid in this file (with its transfer), skipped, or paid before.
-
-    ``rule`` and ``reason`` name why a payout is skipped or already paid; ``warnings`` what was
-    changed on the way (a shortened remittance, a differing debtor name).
-    """
-
-    payout: Payout
-    outcome: Outcome
-    transfer: CreditTransfer | None = None
-    debtor_name: str = ""
-    debtor_iban: str = ""
-    debtor_bic: str | None = None
-    rule: str | None = None
-    reason: str | None = None
-    warnings: tuple[str, ...] = ()
-
-
-def _same_or(original: str, value: str) -> str:
-    """``original`` itself when equal to ``value`` (a hundred thousand texts need no second copy)."""
-    return original if original == value else value
-
-
-def _name(text: str, role: str, payout: Payout) -> tuple[str | None, str | None]:
-    """A party name transliterated, or the reason it cannot go into the file.
-
-    Names are never shortened: the payee's bank compares the name with the account holder, and
-    a cut name may not match; a name too long is a payout to fix in the ERP.
-    """
-    name = _same_or(text, transliterate(text))
-    if not name:
-        return None, f"{role} name {text!r} is empty once transliterated to the SEPA character set"
-    if len(name) > MAX_NAME:
-        return None, (
-            f"{role} name is {len(name)} characters once transliterated ('{name}'); SEPA allows "
-            f"{MAX_NAME} and a shortened name may not match the account holder: shorten it in the ERP"
-        )
-    return name, None
-
-
-def check_payout(payout: Payout) -> PayoutDecision:
-    """Check one payout rule by rule; the first broken rule skips it with a reason naming it.
-
-    Rules: ``payout.id`` (the booking id is the EndToEndId: 1-35 characters of the SEPA id set,
-    never altered, or the bank statement could not be matched), ``payout.amount`` (0.01 to
-    999,999,999.99 EUR, two decimals), ``payout.creditor_iban``/``payout.debtor_iban`` (schwifty:
-    check digits, German account check), ``payout.creditor_bic``/``payout.debtor_bic`` (valid,
-    same country and bank as the IBAN; empty is fine), ``payout.same_account``,
-    ``payout.creditor_name``/``payout.debtor_name`` (transliterated; refused when empty or
-    longer than 70). The remittance is transliterated and, above 140 characters, shortened at a
-    word boundary with a warning naming the dropped words (it is information, not an identity).
-    """
-
-    def skip(rule: str, reason: str) -> PayoutDecision:
-        return PayoutDecision(payout, "skip", rule=rule, reason=f"payout {payout.payout_id!r}: {reason}")
-
-    if not is_valid_sepa_id(payout.payout_id):
-        return skip(
-            "payout.id",
-            "the booking id is the EndToEndId and must be 1-35 characters of A-Z a-z 0-9 space + ? / - : ( ) . , ' "
-            "(it is never changed, or the bank statement could not be matched): correct the booking id in the ERP",
-        )
-    if error := check_amount(payout.amount):
-        return skip("payout.amount", f"{error}; correct the booking amount")
-    creditor_iban = compact_account(payout.creditor_iban)
-    debtor_iban = compact_account(payout.debtor_iban)
-    creditor_bic = compact_account(payout.creditor_bic) or None
-    debtor_bic = compact_account(payout.debtor_bic) or None
-    if error := check_iban(creditor_iban):
-        return skip("payout.creditor_iban", f"creditor {error}; correct the recipient's bank details")
-    if error := check_bic(creditor_bic, creditor_iban):
-        return skip("payout.creditor_bic", f"creditor {error}; correct or remove the recipient's BIC")
-    if error := check_iban(debtor_iban):
-        return skip("payout.debtor_iban", f"trust account {error}; correct the object's trust pooled account")
-    if error := check_bic(debtor_bic, debtor_iban):
-        return skip("payout.debtor_bic", f"trust account {error}; correct or remove its BIC")
-    if creditor_iban == debtor_iban:
-        return skip("payout.same_account", f"creditor and debtor account are the same ({debtor_iban})")
-    creditor_name, error = _name(payout.creditor_name, "creditor", payout)
-    if error or creditor_name is None:
-        return skip("payout.creditor_name", error or "")
-    debtor_name, error = _name(payout.debtor_name, "debtor", payout)
-    if error or debtor_name is None:
-        return skip("payout.debtor_name", error or "")
-    remittance, warning = fit_text(
-        _same_or(payout.remittance, transliterate(payout.remittance)), MAX_REMITTANCE
-    )
-    warnings = (f"payout {payout.payout_id} ({payout.reference}): remittance {warning}",) if warning else ()
-    transfer = CreditTransfer(
-        payout.payout_id,
-        to_cents(payout.amount),
-        creditor_name,
-        _same_or(payout.creditor_iban, creditor_iban),
-        creditor_bic,
-        remittance or None,
-    )
-    return PayoutDecision(payout, "pay", transfer, debtor_name, debtor_iban, debtor_bic, warnings=warnings)
-
-
-@dataclass
-class PayoutBlockPlan:
-    """The payouts of one debtor account and execution date (one PmtInf block)."""
-
-    debtor_iban: str
-    debtor_name: str
-    debtor_bic: str | None
-    execution_date: date
-    transfers: list[CreditTransfer] = field(default_factory=list)
-    ctrl_sum_cents: int = 0
-
-
-@dataclass
-class PayoutPlan:
-    """Every payout's decision, in input order, and the blocks of the file to write."""
-
-    execution_date: date
-    decisions: list[PayoutDecision]
-    blocks: list[PayoutBlockPlan]
-
-    @property
-    def nb_of_txs(self) -> int:
-        """Payouts going into the file."""
-        return sum(len(b.transfers) for b in self.blocks)
-
-    @property
-    def ctrl_sum_cents(self) -> int:
-        """Sum of the file in cents."""
-        return sum(b.ctrl_sum_cents for b in self.blocks)
-
-    def count(self, outcome: Outcome) -> int:
-        """How many payouts have ``outcome``."""
-        return sum(1 for d in self.decisions if d.outcome == outcome)
-
-
-def plan_payouts(
-    payouts: Sequence[Payout], already: dict[str, PaidPayout], execution_date: date
-) -> PayoutPlan:
-    """Decide every payout and group those to pay into one block per debtor account and date.
-
-    A payout the ledger already holds (``already``) is ``already_paid`` and not written again; a
-    payout id that occurs a second time in ``payouts`` is skipped (``payout.duplicate``). Blocks
-    come in order of first appearance; within a block, payouts keep their input order. The
-    debtor name and BIC of a block are its first payout's; a later payout of the same account
-    with another name or BIC is paid with a warning saying so.
-    """
-    decisions: list[PayoutDecision] = []
-    blocks: dict[str, PayoutBlockPlan] = {}
-    seen: set[str] = set()
-    for payout in payouts:
-        paid = already.get(payout.payout_id)
-        if paid is not None:
-            decisions.append(
-                PayoutDecision(
-                    payout,
-                    "already_paid",
-                    rule="payout.ledger",
-                    reason=f"payout {payout.payout_id!r} is already in file {paid.msg_id} ({paid.status}, "
-                    f"execution date {paid.execution_date:%d.%m.%Y}): not written again",
-                )
-            )
-            continue
-        if payout.payout_id in seen:
-            decisions.append(
-                PayoutDecision(
-                    payout,
-                    "skip",
-                    rule="payout.duplicate",
-                    reason=f"payout {payout.payout_id!r} occurs more than once in this run: only the first "
-                    "is paid; check the bookings in the ERP",
-                )
-            )
-            continue
-        seen.add(payout.payout_id)
-        decision = check_payout(payout)
-        transfer = decision.transfer
-        if transfer is not None:
-            block = blocks.get(decision.debtor_iban)
-            if block is None:
-                block = blocks[decision.debtor_iban] = PayoutBlockPlan(
-                    decision.debtor_iban, decision.debtor_name, decision.debtor_bic, execution_date
-                )
-            elif (block.debtor_name, block.debtor_bic) != (decision.debtor_name, decision.debtor_bic):
-                warning = (
-                    f"payout {payout.payout_id} ({payout.reference}): trust account {decision.debtor_iban} "
-                    f"is named '{decision.debtor_name}' (BIC {decision.debtor_bic}) here but "
-                    f"'{block.debtor_name}' (BIC {block.debtor_bic}) in an earlier payout; the file uses the latter"
-                )
-                decision = PayoutDecision(
-                    payout,
-                    "pay",
-                    transfer,
-                    block.debtor_name,
-                    block.debtor_iban,
-                    block.debtor_bic,
-                    warnings=(*decision.warnings, warning),
-                )
-            block.transfers.append(transfer)
-            block.ctrl_sum_cents += transfer.amount_cents
-        decisions.append(decision)
-    return PayoutPlan(execution_date, decisions, list(blocks.values()))
-
-
-def transfer_blocks(plan: PayoutPlan, msg_id: str, batch_booking: bool | None) -> list[TransferBlock]:
-    """The file's PmtInf blocks (``<MsgId>-001``, ...) with their announced counts and sums."""
-    return [
-        TransferBlock(
-            pmt_inf_id=f"{msg_id}-{number:03d}",
-            execution_date=b.execution_date,
-            debtor_name=b.debtor_name,
-            debtor_iban=b.debtor_iban,
-            debtor_bic=b.debtor_bic,
-            nb_of_txs=len(b.transfers),
-            ctrl_sum_cents=b.ctrl_sum_cents,
-            batch_booking=batch_booking,
-        )
-        for number, b in enumerate(plan.blocks, start=1)
-    ]
-
-
-def execution_date_for(today: date, lead_days: int = 0) -> date:
-    """The requested execution date of a payout file handed in ``today``.
-
-    The next TARGET2 business day (``today`` itself when it is one), plus ``lead_days`` business
-    days. Bank cut-off times are not modelled: a file handed in after the cut-off executes a day
-    later, which a credit transfer allows.
-    """
-    return add_business_days(next_business_day(today), lead_days)
-
-
-LISTING_FIELDS = (
-    "outcome",
-    "payout_id",
-    "reference",
-    "amount",
-    "execution_date",
-    "creditor_name",
-    "creditor_iban",
-    "creditor_bic",
-    "debtor_name",
-    "debtor_iban",
-    "debtor_bic",
-    "remittance",
-    "end_to_end_id",
-    "msg_id",
-    "pmt_inf_id",
-    "rule",
-    "notes",
-)
-
-
-def listing_rows(plan: PayoutPlan, msg_id: str, pmt_inf_ids: dict[str, str]) -> Iterator[dict[str, str]]:
-    """Rows of the control listing: every payout with its outcome, the texts as they go into the
-    file (or as given, when skipped), the rule and every reason or warning."""
-    for d in plan.decisions:
-        p = d.payout
-        tx = d.transfer
-        notes = [d.reason] if d.reason else []
-        notes.extend(d.warnings)
-        yield {
-            "outcome": d.outcome,
-            "payout_id": p.payout_id,
-            "reference": p.reference,
-            "amount": f"{p.amount:.2f}" if check_amount(p.amount) is None else str(p.amount),
-            "execution_date": plan.execution_date.isoformat() if d.outcome == "pay" else "",
-            "creditor_name": tx.creditor_name if tx else p.creditor_name,
-            "creditor_iban": tx.creditor_iban if tx else p.creditor_iban,
-            "creditor_bic": (tx.creditor_bic if tx else p.creditor_bic) or "",
-            "debtor_name": d.debtor_name or p.debtor_name,
-            "debtor_iban": d.debtor_iban or p.debtor_iban,
-            "debtor_bic": (d.debtor_bic if tx else p.debtor_bic) or "",
-            "remittance": (tx.remittance or "") if tx else p.remittance,
-            "end_to_end_id": tx.end_to_end_id if tx else "",
-            "msg_id": msg_id if tx else "",
-            "pmt_inf_id": pmt_inf_ids.get(d.debtor_iban, "") if tx else "",
-            "rule": d.rule or "",
-            "notes": " | ".join(notes),
-        }
-
 
 # ---------------------------------------------------------------------------------------------
 # The run (I/O)
@@ -354,25 +69,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         except MissingContextError:
             pass
     return logging.getLogger("hausflow.sepa.payouts")
-
-
-def write_payout_xml(
-    out: IO[bytes],
-    plan: PayoutPlan,
-    blocks: Sequence[TransferBlock],
-    msg_id: str,
-    created_at: datetime,
-    initiating: str,
-) -> tuple[int, int]:
-    """Stream the plan's pain.001 document (blocks from ``transfer_blocks``); fault point per transfer."""
-    by_id = {block.pmt_inf_id: planned for block, planned in zip(blocks, plan.blocks, strict=True)}
-
-    def transfers(block: TransferBlock) -> Iterator[CreditTransfer]:
-        for tx in by_id[block.pmt_inf_id].transfers:
-            yield tx
-            fault_point("after_tx")
-
-    return write_pain001(out, msg_id, created_at, initiating, blocks, transfers)
 
 
 def _initiating_party(settings: HausflowSettings) -> str:
@@ -441,29 +137,27 @@ def write_payouts(
                 "Dropped unfinished payout file %s of an earlier run: its payouts are paid by this run",
                 msg_id,
             )
-        plan = plan_payouts(
-            payouts,
-            ledger.known_payouts([p.payout_id for p in payouts]),
-            execution_date_for(today, cfg.lead_days),
-        )
         msg_id = make_msg_id(
             created, run_id.replace("-", "")[:8], ledger.files_of_run(run_id), prefix=MSG_PREFIX
         )
-        blocks = transfer_blocks(plan, msg_id, cfg.batch_booking)
         make_private_dir(output_dir)
         listing_path = output_dir / f"payout-listing-{msg_id}.csv"
-        pmt_inf_ids = {b.debtor_iban: b.pmt_inf_id for b in blocks}
-        with open_private(listing_path, "w", newline="", encoding="utf-8") as fh:
+        with open_private(listing_path, "w", newline="", encoding="utf-8") as fh:  # the listing comes first
             listing = csv.DictWriter(fh, fieldnames=LISTING_FIELDS, delimiter=";")
             listing.writeheader()
-            listing.writerows(listing_rows(plan, msg_id, pmt_inf_ids))
+            plan = plan_payouts(
+                payouts,
+                ledger.known_payouts([p.payout_id for p in payouts]),
+                execution_date_for(today, cfg.lead_days),
+                lambda decision, block: listing.writerow(listing_row(decision, block, msg_id)),
+            )
         summary = _summary(
             plan, run_id, dry_run, listing_path, {"completed": completed, "abandoned": abandoned}
         )
         for note in (*summary["skipped"], *summary["already_paid"]):
             log.warning("%s [%s] (reference %s)", note["reason"], note["rule"], note["reference"])
-        for note in summary["warnings"]:
-            log.warning("%s", note)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
         log.info(
             "Payout control listing %s: %d to pay (%s EUR), %d skipped, %d already paid",
             listing_path,
@@ -472,28 +166,22 @@ def write_payouts(
             plan.count("skip"),
             plan.count("already_paid"),
         )
-        if dry_run or not blocks:
-            if not blocks:
+        if dry_run or not plan.blocks:
+            if not plan.blocks:
                 log.info("No payout to pay: no file written")
             return summary
         path = output_dir / f"{msg_id}.xml"
-        rows = [
-            PayoutRow(
-                payout_id=d.payout.payout_id,
-                msg_id=msg_id,
-                pmt_inf_id=pmt_inf_ids[d.debtor_iban],
-                end_to_end_id=d.transfer.end_to_end_id,
-                reference=d.payout.reference[:70],
-                creditor_iban=d.transfer.creditor_iban,
-                debtor_iban=d.debtor_iban,
-                amount=Decimal(format_cents(d.transfer.amount_cents)),
-                execution_date=plan.execution_date,
-            )
-            for d in plan.decisions
-            if d.transfer is not None
-        ]
-        ledger.begin_file(msg_id, run_id, path, listing_path, plan.execution_date, rows)
-        del rows
+        blocks = transfer_blocks(plan, msg_id, cfg.batch_booking)
+        ledger.begin_file(
+            msg_id,
+            run_id,
+            path,
+            listing_path,
+            plan.execution_date,
+            plan.nb_of_txs,
+            Decimal(format_cents(plan.ctrl_sum_cents)),
+            _ledger_rows(plan, msg_id),
+        )
         fault_point("after_begin")
         totals = ledger.write_and_publish(
             msg_id,
@@ -526,6 +214,24 @@ def write_payouts(
         ledger.release_lock(LOCK_NAME, run_id)
 
 
+def _ledger_rows(plan: PayoutPlan, msg_id: str) -> Iterator[PayoutRow]:
+    """The ledger rows of the file's payouts, generated block by block (never all at once)."""
+    for block in plan.blocks:
+        block_id = pmt_inf_id(msg_id, block)
+        for tx, reference in zip(block.transfers, block.references, strict=True):
+            yield PayoutRow(
+                payout_id=tx.end_to_end_id,
+                msg_id=msg_id,
+                pmt_inf_id=block_id,
+                end_to_end_id=tx.end_to_end_id,
+                reference=reference[:70],
+                creditor_iban=tx.creditor_iban,
+                debtor_iban=block.debtor_iban,
+                amount=Decimal(format_cents(tx.amount_cents)),
+                execution_date=block.execution_date,
+            )
+
+
 def _summary(
     plan: PayoutPlan, run_id: str, dry_run: bool, listing_path: Path, recovered: dict[str, list[str]]
 ) -> dict[str, Any]:
@@ -550,8 +256,8 @@ def _summary(
         "ctrl_sum": format_cents(plan.ctrl_sum_cents),
         "blocks": [],
         "control_listing": str(listing_path),
-        "skipped": [note(d) for d in plan.decisions if d.outcome == "skip"],
-        "already_paid": [note(d) for d in plan.decisions if d.outcome == "already_paid"],
-        "warnings": [w for d in plan.decisions for w in d.warnings],
+        "skipped": [note(d) for d in plan.not_paid if d.outcome == "skip"],
+        "already_paid": [note(d) for d in plan.not_paid if d.outcome == "already_paid"],
+        "warnings": list(plan.warnings),
         "recovered": recovered,
     }

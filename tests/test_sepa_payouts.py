@@ -16,7 +16,13 @@ from connectors.sepa.pain001 import CreditTransfer, TransferBlock, scan_pain001,
 from connectors.sepa.payout_ledger import PaidPayout, PayoutLedger
 from connectors.sepa.schemas import NAMESPACES, load_schema
 from connectors.sepa.writing import atomic_output
-from tasks.sepa_payouts import check_payout, execution_date_for, plan_payouts
+from tasks.sepa_payout_rules import (
+    PayoutBlockPlan,
+    PayoutDecision,
+    check_payout,
+    execution_date_for,
+    plan_payouts,
+)
 from tests.payout_support import (
     CREATED,
     EXECUTION,
@@ -112,24 +118,34 @@ def test_transliteration_and_lengths(field: str, given: str, in_file: str | None
 def test_plan_groups_by_trust_account_and_reports_duplicates_and_paid() -> None:
     paid = PaidPayout("BK-1002", "written", "HP20260301090000-old00000-001", "/x.xml", date(2026, 3, 1))
     other_name = payout("BK-1004", debtor_name="Treuhand Musterstr. 1")
-    plan = plan_payouts([*PAYOUTS, PAYOUTS[0], other_name], {"BK-1002": paid}, EXECUTION)
-    outcomes = [(d.payout.payout_id, d.outcome, d.rule) for d in plan.decisions]
+    seen: list[tuple[PayoutDecision, PayoutBlockPlan | None]] = []
+    plan = plan_payouts(
+        iter([*PAYOUTS, PAYOUTS[0], other_name]),
+        {"BK-1002": paid},
+        EXECUTION,
+        lambda d, b: seen.append((d, b)),
+    )
+    outcomes = [(d.payout.payout_id, d.outcome, d.rule, b.number if b else None) for d, b in seen]
     assert outcomes == [
-        ("BK-1001", "pay", None),
-        ("BK-1002", "already_paid", "payout.ledger"),
-        ("BK-2001", "pay", None),
-        ("BK-1003", "pay", None),
-        ("BK-2002", "pay", None),
-        ("BK-1001", "skip", "payout.duplicate"),
-        ("BK-1004", "pay", None),
+        ("BK-1001", "pay", None, 1),
+        ("BK-1002", "already_paid", "payout.ledger", None),
+        ("BK-2001", "pay", None, 2),
+        ("BK-1003", "pay", None, 1),
+        ("BK-2002", "pay", None, 2),
+        ("BK-1001", "skip", "payout.duplicate", None),
+        ("BK-1004", "pay", None, 1),
     ]
-    assert "HP20260301090000-old00000-001" in (plan.decisions[1].reason or "")
+    assert [d.payout.payout_id for d in plan.not_paid] == ["BK-1002", "BK-1001"]
+    assert (plan.count("pay"), plan.count("skip"), plan.count("already_paid")) == (5, 1, 1)
+    assert "HP20260301090000-old00000-001" in (plan.not_paid[0].reason or "")
     assert [(b.debtor_iban, [t.end_to_end_id for t in b.transfers]) for b in plan.blocks] == [
         (TRUST_A, ["BK-1001", "BK-1003", "BK-1004"]),
         (TRUST_B, ["BK-2001", "BK-2002"]),
     ]
     assert plan.blocks[0].debtor_name == "Treuhandsammelkonto Musterstrasse 1"
-    assert "the file uses the latter" in plan.decisions[-1].warnings[0]
+    assert "the file uses the latter" in seen[-1][0].warnings[0] and plan.warnings == list(
+        seen[-1][0].warnings
+    )
     assert (plan.nb_of_txs, plan.ctrl_sum_cents) == (5, 85000 + 99999 + 1 + 4500 + 85000)
 
 

@@ -15,10 +15,11 @@ a payout is in at most one file, ever, and one already ``written`` is reported a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +133,16 @@ class PayoutLedger(FileLedger):
         path: Path,
         listing_path: Path,
         execution_date: date,
-        rows: Sequence[PayoutRow],
+        nb_of_txs: int,
+        ctrl_sum: Decimal,
+        rows: Iterable[PayoutRow],
         batch: int = 5000,
     ) -> None:
         """Record a file about to be written and its payouts, all ``prepared`` (committed).
 
         The file row comes first and alone, so that a crash while the payouts are recorded leaves
-        a ``prepared`` file that recovery abandons (with whatever payouts made it in).
+        a ``prepared`` file that recovery abandons (with whatever payouts made it in). ``rows``
+        may be a generator: it is inserted in batches of ``batch``.
 
         Raises:
             SepaLedgerConflict: a payout is already recorded (in another file); nothing is written.
@@ -153,20 +157,18 @@ class PayoutLedger(FileLedger):
                     listing_path=str(listing_path),
                     status="prepared",
                     execution_date=execution_date,
-                    nb_of_txs=len(rows),
-                    ctrl_sum=sum((r.amount for r in rows), Decimal("0")),
+                    nb_of_txs=nb_of_txs,
+                    ctrl_sum=ctrl_sum,
                     created_at=now,
                 )
             )
+        rows_iter = iter(rows)
         try:
             with self.engine.begin() as conn:
-                for start in range(0, len(rows), batch):
+                while part := list(islice(rows_iter, batch)):
                     conn.execute(
                         insert(sepa_payouts),
-                        [
-                            {**r.__dict__, "status": "prepared", "prepared_at": now}
-                            for r in rows[start : start + batch]
-                        ],
+                        [{**r.__dict__, "status": "prepared", "prepared_at": now} for r in part],
                     )
         except IntegrityError as exc:
             self.abandon_file(msg_id, "payouts already recorded in another file")
