@@ -85,6 +85,7 @@ MAX_CENTS = 99_999_999_999  # 999,999,999.99 EUR
 NOTPROVIDED = "NOTPROVIDED"
 
 
+@lru_cache(maxsize=4096)
 def transliterate(text: str) -> str:
     """Turn any text into the SEPA basic Latin set without losing meaning.
 
@@ -92,7 +93,8 @@ def transliterate(text: str) -> str:
     letters without a separable mark are spelt out (ø -> o, æ -> ae, ł -> l), ``&``
     becomes ``+`` and ``_`` becomes ``-``; anything else outside the set becomes a space, and runs
     of spaces collapse. Nothing is cut here; length is the caller's business. One regular
-    expression pass that touches only the characters outside the set (a few microseconds).
+    expression pass that touches only the characters outside the set (a few microseconds);
+    recent texts are remembered (a trust account's or an owner's name recurs).
     """
     text = _TEXT_FORBIDDEN.sub(_spell_match, text)
     if "  " in text:
@@ -439,10 +441,10 @@ def stream_document(
 # Re-reading a file: schema and control sums in one streaming pass
 # ---------------------------------------------------------------------------------------------
 
-#: Per kind: the transaction element and the path of its amount below it.
-TRANSACTION_TAGS: dict[str, tuple[str, str]] = {
-    "pain.008": ("DrctDbtTxInf", "InstdAmt"),
-    "pain.001": ("CdtTrfTxInf", "Amt/InstdAmt"),
+#: Per kind: the transaction element and the elements leading to its amount below it.
+TRANSACTION_TAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pain.008": ("DrctDbtTxInf", ("InstdAmt",)),
+    "pain.001": ("CdtTrfTxInf", ("Amt", "InstdAmt")),
 }
 
 
@@ -518,7 +520,7 @@ def scan_payment_file(
     q = f"{{{NAMESPACES[kind]}}}"
     tx_local, amount_path = TRANSACTION_TAGS[kind]
     tx_tag, hdr_tag = q + tx_local, q + "GrpHdr"
-    amt_path = "/".join(q + part for part in amount_path.split("/"))
+    *amt_parents, amt_leaf = (q + part for part in amount_path)
     e2e_path = f"{q}PmtId/{q}EndToEndId"
     totals = PaymentFileTotals()
     block_n = 0
@@ -537,7 +539,10 @@ def scan_payment_file(
                     Decimal(block.findtext(q + "CtrlSum") or "0"),
                 )
             block_n += 1
-            block_cents += _to_cents(elem.findtext(amt_path) or "0")
+            holder: etree._Element | None = elem
+            for parent_tag in amt_parents:  # direct child lookups: ElementPath paths are slower
+                holder = holder.find(parent_tag) if holder is not None else None
+            block_cents += _to_cents((holder.findtext(amt_leaf) if holder is not None else None) or "0")
             if collect_ids:
                 totals.end_to_end_ids.append(elem.findtext(e2e_path) or "")
             if on_transaction is not None:
