@@ -61,6 +61,9 @@ _SPELLED: dict[str, str] = {
     **{"&": "+", "_": "-", "\t": " ", "\n": " ", "\r": " ", ";": ",", "!": "."},
 }
 _SPACES = re.compile(r" {2,}")
+#: The characters German texts carry most, replaced by ``str.replace`` (fast, in C) before the
+#: regular expression looks for anything else outside the set.
+_COMMON = tuple((char, _SPELLED[char]) for char in "äöüßÄÖÜ&_;!\t\n\r")
 
 
 @lru_cache(maxsize=1024)
@@ -96,7 +99,11 @@ def transliterate(text: str) -> str:
     expression pass that touches only the characters outside the set (a few microseconds);
     recent texts are remembered (a trust account's or an owner's name recurs).
     """
-    text = _TEXT_FORBIDDEN.sub(_spell_match, text)
+    for char, spelled in _COMMON:
+        if char in text:
+            text = text.replace(char, spelled)
+    if _TEXT_FORBIDDEN.search(text) is not None:
+        text = _TEXT_FORBIDDEN.sub(_spell_match, text)
     if "  " in text:
         text = _SPACES.sub(" ", text)
     return text.strip()
@@ -134,7 +141,7 @@ def to_cents(amount: Decimal | float | str) -> int:
     Raises:
         ValueError: more than two decimals (a SEPA amount has at most two).
     """
-    value = Decimal(str(amount))
+    value = amount if isinstance(amount, Decimal) else Decimal(str(amount))
     cents = value * 100
     if cents != cents.to_integral_value():
         raise ValueError(f"amount {amount} has more than two decimals")
