@@ -14,8 +14,6 @@ atomic rename -> ``written``. See ``connectors/sepa/payout_ledger.py`` for why t
 from __future__ import annotations
 
 import csv
-import logging
-import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,6 +46,7 @@ from tasks.sepa_payout_rules import (
     write_payout_xml,
 )
 from tasks.sepa_rules import make_msg_id
+from tasks.sepa_run import run_logger
 
 BERLIN = ZoneInfo("Europe/Berlin")
 LOCK_NAME = "sepa-payout-run"
@@ -56,19 +55,6 @@ MSG_PREFIX = "HP"
 # ---------------------------------------------------------------------------------------------
 # The run (I/O)
 # ---------------------------------------------------------------------------------------------
-
-
-def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """Prefect's run logger inside a run, a plain logger outside (scripts, crash tests)."""
-    if "prefect" in sys.modules:
-        from prefect import get_run_logger
-        from prefect.exceptions import MissingContextError
-
-        try:
-            return get_run_logger()  # type: ignore[return-value]
-        except MissingContextError:
-            pass
-    return logging.getLogger("hausflow.sepa.payouts")
 
 
 def _initiating_party(settings: HausflowSettings) -> str:

@@ -350,6 +350,15 @@ class FileLedger:
             ).one()
         return int(n), Decimal(str(total)).quantize(Decimal("0.01"))
 
+    def entries_where(self, column: Column[Any], values: Sequence[str]) -> list[dict[str, Any]]:
+        """All entries whose ``column`` is one of ``values`` (tests and reports)."""
+        out: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for part in chunks(list(values)):
+                query = select(self.entries_table).where(column.in_(part))
+                out.extend(dict(r) for r in conn.execute(query).mappings())
+        return out
+
     def files(self, status: str | None = None) -> list[dict[str, Any]]:
         """Files recorded, oldest first."""
         files = self.files_table
@@ -658,16 +667,7 @@ class SepaLedger(FileLedger):
 
     def rows_of_claims(self, claim_nos: Sequence[str]) -> list[dict[str, Any]]:
         """All ledger rows of some claims (tests and reports)."""
-        out: list[dict[str, Any]] = []
-        with self.engine.connect() as conn:
-            for part in chunks(list(claim_nos)):
-                out.extend(
-                    dict(r)
-                    for r in conn.execute(
-                        select(sepa_ledger).where(sepa_ledger.c.claim_no.in_(part))
-                    ).mappings()
-                )
-        return out
+        return self.entries_where(sepa_ledger.c.claim_no, claim_nos)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from operator import attrgetter
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from lxml import etree
 
 from connectors.sepa.writing import (
     PaymentFileTotals,
-    format_cents,
+    TransactionLeaves,
     scan_payment_file,
     stream_document,
     write_agent,
@@ -76,7 +77,7 @@ class TransferBlock:
     batch_booking: bool | None = False
 
 
-class _TransferTemplate:
+class _TransferTemplate(TransactionLeaves):
     """A reusable ``CdtTrfTxInf`` element of one shape (see ``writing.TransactionTemplate``)."""
 
     def __init__(self, has_bic: bool, has_remittance: bool) -> None:
@@ -96,15 +97,14 @@ class _TransferTemplate:
 
     def fill(self, tx: CreditTransfer) -> etree._Element:
         """Set the texts of ``tx`` and return the element to write (valid until the next fill)."""
-        self.e2e.text = tx.end_to_end_id
-        self.amount.text = format_cents(tx.amount_cents)
-        if self.bic is not None:
-            self.bic.text = tx.creditor_bic
-        self.name.text = tx.creditor_name
-        self.iban.text = tx.creditor_iban
-        if self.remittance is not None:
-            self.remittance.text = tx.remittance
-        return self.root
+        return self.fill_leaves(
+            tx.end_to_end_id,
+            tx.amount_cents,
+            tx.creditor_bic,
+            tx.creditor_name,
+            tx.creditor_iban,
+            tx.remittance,
+        )
 
 
 def write_pain001(
@@ -115,22 +115,10 @@ def write_pain001(
     blocks: Sequence[TransferBlock],
     transactions: Callable[[TransferBlock], Iterable[CreditTransfer]],
 ) -> tuple[int, int]:
-    """Stream one pain.001.001.09 document to ``out``.
+    """Stream one pain.001.001.09 document to ``out`` (see ``writing.stream_document``).
 
-    Args:
-        out: binary file object (the ``.part`` file of ``write_validated_part``).
-        msg_id: unique message id (1-35 characters of the SEPA id charset).
-        created_at: timezone-aware creation time (ISO 8601 with offset, 24-hour clock).
-        initiating_party: the property manager's name (transliterated, at most 70 characters).
-        blocks: PmtInf blocks in file order with their announced counts and sums.
-        transactions: gives the transfers of one block, in order.
-
-    Returns:
-        (number of transfers, sum in cents) as counted while writing.
-
-    Raises:
-        SepaValidationError: a block's transfers do not match its announced NbOfTxs/CtrlSum.
-        ValueError: ``created_at`` is naive or no block was given.
+    ``initiating_party`` is the property manager's name; ``transactions`` gives the transfers of
+    one block, in order. Returns (transfers, cents) as counted; raises as ``stream_document``.
     """
     return stream_document(
         out,
@@ -166,7 +154,9 @@ def _write_block(
             write_agent(xf, block.debtor_bic)
         with el("ChrgBr"):
             w("SLEV")
-        return write_transactions(xf, transactions, _shape, lambda shape: _TransferTemplate(*shape), _cents)
+        return write_transactions(
+            xf, transactions, _shape, lambda shape: _TransferTemplate(*shape), attrgetter("amount_cents")
+        )
 
 
 def _shape(tx: CreditTransfer) -> tuple[bool, ...]:
@@ -174,18 +164,9 @@ def _shape(tx: CreditTransfer) -> tuple[bool, ...]:
     return (bool(tx.creditor_bic), bool(tx.remittance))
 
 
-def _cents(tx: CreditTransfer) -> int:
-    return tx.amount_cents
-
-
-def scan_pain001(
-    path: Path | IO[bytes],
-    validate: bool = True,
-    collect_ids: bool = False,
-    on_transaction: Callable[[etree._Element], None] | None = None,
-) -> PaymentFileTotals:
+def scan_pain001(path: Path | IO[bytes], **options: Any) -> PaymentFileTotals:
     """Validate a pain.001 file against ``pain.001.001.09_GBIC_5.xsd`` and re-count its sums.
 
-    See ``connectors.sepa.writing.scan_payment_file`` for the arguments.
+    ``options``: ``validate``, ``collect_ids``, ``on_transaction`` of ``writing.scan_payment_file``.
     """
-    return scan_payment_file(path, "pain.001", validate, collect_ids, on_transaction)
+    return scan_payment_file(path, "pain.001", **options)

@@ -15,15 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from operator import attrgetter
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from lxml import etree
 
 from connectors.sepa.schemas import NAMESPACES
 from connectors.sepa.writing import (
     PaymentFileTotals,
-    format_cents,
+    TransactionLeaves,
     scan_payment_file,
     stream_document,
     write_agent,
@@ -75,7 +76,7 @@ class PaymentBlock:
     local_instrument: str = "CORE"
 
 
-class _TxTemplate:
+class _TxTemplate(TransactionLeaves):
     """A reusable ``DrctDbtTxInf`` element of one shape (see ``writing.TransactionTemplate``)."""
 
     def __init__(self, has_bic: bool, has_remittance: bool, has_orig_iban: bool, has_smnda: bool) -> None:
@@ -109,19 +110,13 @@ class _TxTemplate:
 
     def fill(self, tx: DebitTransaction) -> etree._Element:
         """Set the texts of ``tx`` and return the element to write (valid until the next fill)."""
-        self.e2e.text = tx.end_to_end_id
-        self.amount.text = format_cents(tx.amount_cents)
         self.mandate_id.text = tx.mandate_id
         self.signed_on.text = tx.mandate_signed_on.isoformat()
         if self.orig_iban is not None:
             self.orig_iban.text = tx.original_debtor_iban
-        if self.bic is not None:
-            self.bic.text = tx.debtor_bic
-        self.name.text = tx.debtor_name
-        self.iban.text = tx.debtor_iban
-        if self.remittance is not None:
-            self.remittance.text = tx.remittance
-        return self.root
+        return self.fill_leaves(
+            tx.end_to_end_id, tx.amount_cents, tx.debtor_bic, tx.debtor_name, tx.debtor_iban, tx.remittance
+        )
 
 
 def write_pain008(
@@ -132,23 +127,11 @@ def write_pain008(
     blocks: Sequence[PaymentBlock],
     transactions: Callable[[PaymentBlock], Iterable[DebitTransaction]],
 ) -> tuple[int, int]:
-    """Stream one pain.008.001.08 document to ``out``.
+    """Stream one pain.008.001.08 document to ``out`` (see ``writing.stream_document``).
 
-    Args:
-        out: binary file object (the ``.part`` file of ``write_validated_part``/``atomic_output``).
-        msg_id: unique message id (1-35 characters of the SEPA id charset).
-        created_at: timezone-aware creation time (written as ISO 8601 with offset, 24-hour clock).
-        creditor: the collecting party (also the initiating party).
-        blocks: PmtInf blocks in file order with their announced counts and sums.
-        transactions: gives the transactions of one block, in order (streamed, e.g. from a spool).
-
-    Returns:
-        (number of transactions, sum in cents) as counted while writing.
-
-    Raises:
-        SepaValidationError: a block's transactions do not match its announced NbOfTxs/CtrlSum;
-            the output is then incomplete and must be discarded.
-        ValueError: ``created_at`` is naive or no block was given.
+    ``creditor`` is the collecting party (also the initiating party); ``transactions`` gives the
+    debits of one block, in order (streamed, e.g. from a spool). Returns (transactions, cents) as
+    counted; raises as ``stream_document`` (a block that does not add up, a naive time, no block).
     """
     return stream_document(
         out,
@@ -194,7 +177,9 @@ def _write_block(
                 w(creditor.creditor_id)
             with el("SchmeNm"), el("Prtry"):
                 w("SEPA")
-        return write_transactions(xf, transactions, _shape, lambda shape: _TxTemplate(*shape), _cents)
+        return write_transactions(
+            xf, transactions, _shape, lambda shape: _TxTemplate(*shape), attrgetter("amount_cents")
+        )
 
 
 def _shape(tx: DebitTransaction) -> tuple[bool, ...]:
@@ -202,18 +187,9 @@ def _shape(tx: DebitTransaction) -> tuple[bool, ...]:
     return (bool(tx.debtor_bic), bool(tx.remittance), bool(tx.original_debtor_iban), tx.original_agent_smnda)
 
 
-def _cents(tx: DebitTransaction) -> int:
-    return tx.amount_cents
-
-
-def scan_pain008(
-    path: Path | IO[bytes],
-    validate: bool = True,
-    collect_ids: bool = False,
-    on_transaction: Callable[[etree._Element], None] | None = None,
-) -> PaymentFileTotals:
+def scan_pain008(path: Path | IO[bytes], **options: Any) -> PaymentFileTotals:
     """Validate a pain.008 file against ``pain.008.001.08_GBIC_5.xsd`` and re-count its sums.
 
-    See ``connectors.sepa.writing.scan_payment_file`` for the arguments.
+    ``options``: ``validate``, ``collect_ids``, ``on_transaction`` of ``writing.scan_payment_file``.
     """
-    return scan_payment_file(path, "pain.008", validate, collect_ids, on_transaction)
+    return scan_payment_file(path, "pain.008", **options)

@@ -179,13 +179,4 @@ class PayoutLedger(FileLedger):
 
     def rows(self, payout_ids: Sequence[str]) -> list[dict[str, Any]]:
         """All ledger rows of some payouts (tests and reports)."""
-        out: list[dict[str, Any]] = []
-        with self.engine.connect() as conn:
-            for part in chunks(list(payout_ids)):
-                out.extend(
-                    dict(r)
-                    for r in conn.execute(
-                        select(sepa_payouts).where(sepa_payouts.c.payout_id.in_(part))
-                    ).mappings()
-                )
-        return out
+        return self.entries_where(sepa_payouts.c.payout_id, payout_ids)

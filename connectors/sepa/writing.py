@@ -322,6 +322,37 @@ class TransactionTemplate(Protocol[T_contra]):
         ...
 
 
+class TransactionLeaves:
+    """The leaves every transaction template has, and how they are filled: EndToEndId, amount,
+    the other party's BIC (optional), name, IBAN, and the remittance line (optional).
+
+    Subclasses build ``root`` and set these attributes to its elements; ``fill_leaves`` sets
+    their texts for one transaction.
+    """
+
+    root: etree._Element
+    e2e: etree._Element
+    amount: etree._Element
+    bic: etree._Element | None
+    name: etree._Element
+    iban: etree._Element
+    remittance: etree._Element | None
+
+    def fill_leaves(
+        self, e2e: str, cents: int, bic: str | None, name: str, iban: str, remittance: str | None
+    ) -> etree._Element:
+        """Set the shared texts; returns the element to write (valid until the next fill)."""
+        self.e2e.text = e2e
+        self.amount.text = format_cents(cents)
+        if self.bic is not None:
+            self.bic.text = bic
+        self.name.text = name
+        self.iban.text = iban
+        if self.remittance is not None:
+            self.remittance.text = remittance
+        return self.root
+
+
 def write_block_header(
     xf: etree.xmlfile, pmt_inf_id: str, method: str, batch_booking: bool | None, nb_of_txs: int, cents: int
 ) -> None:
