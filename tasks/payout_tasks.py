@@ -7,6 +7,7 @@ artifacts: the first rows of the control listing (IBANs masked) and what was not
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import task
@@ -14,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.settings import HausflowSettings
 from connectors.sepa.pain001 import Payout
+from tasks.sepa_payout_rules import as_payout
 from tasks.sepa_payouts import write_payouts
 from tasks.sepa_rules import mask_iban
 from tasks.sepa_run import mask_ibans
@@ -23,7 +25,10 @@ __all__ = ["Payout", "payout_summary_markdown", "write_payout_file"]
 
 @task(name="write-payout-file", cache_policy=NO_CACHE)
 def write_payout_file(
-    settings: HausflowSettings, payouts: list[Payout], run_id: str, dry_run: bool = False
+    settings: HausflowSettings,
+    payouts: Sequence[Payout | Mapping[str, Any]],
+    run_id: str,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Pay ``payouts`` by one pain.001.001.09 file (GBIC_5), each payout at most once ever.
 
@@ -31,11 +36,13 @@ def write_payout_file(
     atomically and recorded in the payout ledger; a bad payout is skipped with the rule and the
     reason, one already in a published file is reported as already paid. See ``write_payouts``.
 
+    ``payouts`` are ``Payout`` records or plain mappings with the same fields (``as_payout``).
+
     Returns:
         ``file``, ``msg_id``, ``number``, ``ctrl_sum``, ``execution_date``, ``blocks``,
         ``control_listing``, ``skipped``, ``already_paid``, ``warnings``, ``recovered``.
     """
-    summary = write_payouts(settings, payouts, run_id, dry_run)
+    summary = write_payouts(settings, [as_payout(p) for p in payouts], run_id, dry_run)
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(

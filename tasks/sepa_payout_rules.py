@@ -9,10 +9,12 @@ the transfers, not by the payouts handed in).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import IO, TYPE_CHECKING, Literal, NamedTuple
+from decimal import Decimal
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 from connectors.sepa.pain001 import CreditTransfer, Payout, TransferBlock, write_pain001
 from connectors.sepa.writing import (
@@ -52,6 +54,39 @@ class PayoutDecision(NamedTuple):
     rule: str | None = None
     reason: str | None = None
     warnings: tuple[str, ...] = ()
+
+
+PAYOUT_FIELDS = (
+    "payout_id",
+    "amount",
+    "creditor_name",
+    "creditor_iban",
+    "creditor_bic",
+    "debtor_name",
+    "debtor_iban",
+    "debtor_bic",
+    "remittance",
+    "reference",
+)
+
+
+def as_payout(item: Payout | Mapping[str, Any]) -> Payout:
+    """A ``Payout`` from a ``Payout`` or a plain mapping with its fields (as a flow passes them on).
+
+    Nothing is refused here: a missing text becomes empty, a missing or unreadable amount stays
+    as given, so the rules skip that payout with the rule it breaks and the rest go on.
+    """
+    if isinstance(item, Payout):
+        return item
+    values: dict[str, Any] = {name: item.get(name) for name in PAYOUT_FIELDS}
+    amount = values["amount"]
+    if amount is not None and not isinstance(amount, Decimal):
+        with contextlib.suppress(ArithmeticError):
+            values["amount"] = Decimal(str(amount))
+    for name in PAYOUT_FIELDS:
+        if name not in ("amount", "creditor_bic", "debtor_bic"):
+            values[name] = "" if values[name] is None else str(values[name])
+    return Payout(**values)
 
 
 def _same_or(original: str, value: str) -> str:

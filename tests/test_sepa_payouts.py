@@ -17,6 +17,7 @@ from connectors.sepa.payout_ledger import PaidPayout, PayoutLedger
 from connectors.sepa.schemas import NAMESPACES, load_schema
 from connectors.sepa.writing import atomic_output
 from tasks.sepa_payout_rules import (
+    PAYOUT_FIELDS,
     PayoutBlockPlan,
     PayoutDecision,
     check_payout,
@@ -305,13 +306,20 @@ def test_write_payout_file_task_in_a_flow_and_its_summary_masks_ibans(
 
     bad = payout("BK-9001", creditor_iban="DE45120300001234567891")
 
+    as_dicts = [{f: getattr(p, f) for f in PAYOUT_FIELDS} for p in PAYOUTS]  # as the deposit flow passes them
+    as_dicts[0]["amount"] = "850.00"
+
     @flow(name="pay-retained-deposits-test")
     def pay() -> dict[str, object]:
-        return write_payout_file(load_settings(), [*PAYOUTS, bad], "flowrun1")
+        return write_payout_file(load_settings(), [*as_dicts, bad, {"payout_id": "BK-9002"}], "flowrun1")
 
     with payout_env(tmp_path):
         result = pay()
     assert result["number"] == 5 and scan_pain001(Path(str(result["file"]))).problems() == []
     markdown = payout_summary_markdown(result)
+    assert [(n["payout_id"], n["rule"]) for n in result["skipped"]] == [  # type: ignore[index]
+        ("BK-9001", "payout.creditor_iban"),
+        ("BK-9002", "payout.amount"),
+    ]
     assert "BK-9001" in markdown and "payout.creditor_iban" in markdown and "2015.55" in markdown
     assert "DE45120300001234567891" not in markdown and TRUST_A not in markdown  # masked for the UI
