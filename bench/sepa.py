@@ -1,4 +1,4 @@
-"""Benchmark: build and validate a pain.008.001.08 direct-debit file with hausflow and with sepaxml.
+"""Benchmark: build and validate SEPA files (pain.008 direct debits, pain.001 payouts) with hausflow and sepaxml.
 
 Both get the same synthetic transactions (already transliterated, so sepaxml runs with
 ``clean=False``). hausflow streams the file with ``connectors/sepa/pain008.py`` (split above 500,000
@@ -7,8 +7,16 @@ DK GBIC_5 schema and re-counts every control sum (``write_validated_part``, as i
 xmlschema (its element limit raised so it can finish). Each side runs in a child process so that
 peak memory (``ru_maxrss``) is its own.
 
-    .venv/bin/python bench/sepa.py                       # 100,000 transactions, both
-    .venv/bin/python bench/sepa.py --transactions 1000000 --skip-sepaxml
+The same for credit transfers (``--payouts``, default 100,000): hausflow takes ``Payout`` records
+with raw German texts, checks every one (transliteration, lengths, IBAN and BIC with schwifty),
+groups them and streams ``pain.001.001.09`` (``connectors/sepa/pain001.py``) while the child
+validates against ``pain.001.001.09_GBIC_5.xsd``; sepaxml gets already clean texts, builds its
+``pain.001.001.09`` tree and validates it (``SepaTransfer.export(validate=True)``). Both sides pay
+from one trust account (sepaxml can hold only one debtor account per file). ``--payout-task``
+also times the whole payout task with its SQLite ledger and control listing.
+
+    .venv/bin/python bench/sepa.py                       # 100,000 transactions and 100,000 payouts, both
+    .venv/bin/python bench/sepa.py --transactions 1000000 --skip-sepaxml --payouts 0
 
 Human lines first, one JSON line last.
 """
@@ -25,6 +33,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -90,15 +99,9 @@ def _peak_mb() -> float:
 
 def run_hausflow(n: int, folder: Path) -> dict[str, float | int]:
     """Write the file(s) streaming and validate them streaming; returns seconds, peak MB, totals."""
-    from connectors.sepa.pain008 import (
-        Creditor,
-        DebitTransaction,
-        PaymentBlock,
-        publish,
-        write_pain008,
-        write_validated_part,
-    )
+    from connectors.sepa.pain008 import Creditor, DebitTransaction, PaymentBlock, write_pain008
     from connectors.sepa.schemas import load_schema
+    from connectors.sepa.writing import publish, write_validated_part
 
     load_schema("pain.008")  # compiled once per process, like in a flow run; counted below anyway
     started = time.perf_counter()
@@ -130,6 +133,7 @@ def run_hausflow(n: int, folder: Path) -> dict[str, float | int]:
         path = folder / f"{msg_id}.xml"
         part, totals = write_validated_part(
             path,
+            "pain.008",
             lambda fh, msg_id=msg_id, blocks=blocks, transactions=transactions: write_pain008(
                 fh, msg_id, datetime.now(UTC), creditor, blocks, transactions
             ),
@@ -173,6 +177,136 @@ def run_sepaxml(n: int) -> dict[str, float | int]:
                 "endtoend_id": e2e,
             }
         )
+    return _sepaxml_export(sepa, started, n, cents_total)
+
+
+TRUST = ("DE02120300000000202051", "BYLADEM1001", "Treuhandsammelkonto Musterstraße 1")
+EXECUTION = date(2026, 3, 2)
+
+
+def synthetic_payouts(n: int) -> Iterator[tuple[str, int, str, str, str, str, str]]:
+    """Deterministic payouts: (payout id, cents, creditor name, iban, bic, remittance, reference).
+
+    Texts as an ERP holds them (umlauts, ß, &): hausflow transliterates them, sepaxml gets
+    ``_clean`` copies.
+    """
+    for i in range(n):
+        iban, bic = IBANS[i % len(IBANS)]
+        yield (
+            f"BK-{i:08d}",
+            10_000 + (i * 7919) % 250_000,
+            f"Eigentümer {i:07d} Müller-Lüdenscheidt & Söhne",
+            iban,
+            bic,
+            f"Kautionseinbehalt Mietvertrag V-{i:07d} Objekt O{i % 997:04d} Schäden Küche und Bad",
+            f"V-{i:07d}/O{i % 997:04d}",
+        )
+
+
+def _clean(text: str) -> str:
+    return text.replace("ü", "ue").replace("ß", "ss").replace("&", "+").replace("ä", "ae")
+
+
+def make_payouts(n: int) -> Iterator[object]:
+    """The ``Payout`` records the deposit flow would hand in, one after the other."""
+    from decimal import Decimal
+
+    from connectors.sepa.pain001 import Payout
+
+    for pid, cents, name, iban, bic, text, ref in synthetic_payouts(n):
+        yield Payout(pid, Decimal(cents).scaleb(-2), name, iban, bic, TRUST[2], TRUST[0], TRUST[1], text, ref)
+
+
+def run_hausflow_payouts(n: int, folder: Path) -> dict[str, float | int]:
+    """Payout records -> rules (checks, transliteration) -> streamed pain.001 validated in the child."""
+    from connectors.sepa.schemas import load_schema
+    from connectors.sepa.writing import check_bic, publish, write_validated_part
+    from tasks.sepa_payout_rules import plan_payouts, transfer_blocks, write_payout_xml
+
+    load_schema("pain.001")  # once per process, like in a flow run (as for pain.008 above)
+    check_bic(TRUST[1], TRUST[0])  # the bank registry, loaded once per process by schwifty
+    started = time.perf_counter()
+    plan = plan_payouts(make_payouts(n), {}, EXECUTION)  # type: ignore[arg-type]
+    if plan.nb_of_txs != n:
+        raise SystemExit(f"only {plan.nb_of_txs} of {n} payouts passed the checks")
+    msg_id = "HP20260302090000-bench000-001"
+    blocks = transfer_blocks(plan, msg_id, False)
+    path = folder / f"{msg_id}.xml"
+    part, totals = write_validated_part(
+        path,
+        "pain.001",
+        lambda fh: write_payout_xml(
+            fh, plan, blocks, msg_id, datetime.now(UTC), "Hausverwaltung Muster GmbH"
+        ),
+    )
+    publish(part, path)
+    if totals.problems():
+        raise SystemExit(f"hausflow payout file does not add up: {totals.problems()}")
+    elapsed = time.perf_counter() - started
+    path.unlink()
+    return {
+        "seconds": elapsed,
+        "peak_mb": _peak_mb(),
+        "transactions": totals.counted_nb_of_txs,
+        "cents": int(totals.counted_ctrl_sum * 100),
+    }
+
+
+def run_sepaxml_payouts(n: int) -> dict[str, float | int]:
+    """sepaxml 2.7.0 ``SepaTransfer``, ``pain.001.001.09``: build the tree, export with validation."""
+    import xmlschema.limits
+    from sepaxml import SepaTransfer
+
+    xmlschema.limits.MAX_XML_ELEMENTS = 10**9
+    started = time.perf_counter()
+    sepa = SepaTransfer(
+        {"name": _clean(TRUST[2]), "IBAN": TRUST[0], "BIC": TRUST[1], "batch": True, "currency": "EUR"},
+        schema="pain.001.001.09",
+        clean=False,
+    )
+    cents_total = 0
+    for pid, cents, name, iban, bic, text, _ref in synthetic_payouts(n):
+        cents_total += cents
+        sepa.add_payment(
+            {
+                "name": _clean(name),
+                "IBAN": iban,
+                "BIC": bic,
+                "amount": cents,
+                "execution_date": EXECUTION,
+                "description": _clean(text),
+                "endtoend_id": pid,
+            }
+        )
+    return _sepaxml_export(sepa, started, n, cents_total)
+
+
+def run_payout_task(n: int, folder: Path) -> dict[str, float | int]:
+    """The whole payout task (plain steps): lock, recovery, checks, listing, ledger (SQLite), file."""
+    import os
+
+    os.environ.update(
+        {
+            "HAUSFLOW_STATE_URL": f"sqlite:///{folder}/state.sqlite",
+            "HAUSFLOW_BUSINESS_DATE": EXECUTION.isoformat(),
+            "HAUSFLOW_SEPA__PAYOUTS__OUTPUT_DIR": str(folder / "payouts"),
+        }
+    )
+    from config.settings import load_settings
+    from tasks.sepa_payouts import write_payouts
+
+    payouts = list(make_payouts(n))  # the task takes a list, as the deposit flow hands it in
+    started = time.perf_counter()
+    summary = write_payouts(load_settings(), payouts, "benchrun", False)  # type: ignore[arg-type]
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_mb": _peak_mb(),
+        "transactions": summary["number"],
+    }
+
+
+def _sepaxml_export(sepa: Any, started: float, n: int, cents_total: int) -> dict[str, float | int]:
+    """sepaxml's export with its validation on; the figures of its side."""
     out = sepa.export(validate=True)
     elapsed = time.perf_counter() - started
     return {
@@ -288,6 +422,31 @@ def run_pipeline(n: int, folder: Path) -> dict[str, float | int]:
     }
 
 
+def payout_comparison(n: int) -> dict[str, object]:
+    """Run both payout sides in their own processes, print the human lines, return the JSON keys."""
+    print(f"pain.001.001.09, {n:,} payouts, checks + build + XSD validation, each side in its own process")
+    ours = _child("payouts", n)
+    print(
+        f"hausflow: {ours['seconds']:.2f} s, peak {ours['peak_mb']:.1f} MB "
+        f"(payout checks and transliteration, streaming writer, GBIC_5 validation in a child, sums re-counted)"
+    )
+    theirs = _child("sepaxml_payouts", n)
+    if (theirs["cents"], theirs["transactions"]) != (ours["cents"], ours["transactions"]):
+        raise SystemExit("the two payout sides did not process the same payouts")
+    speedup = float(theirs["seconds"]) / float(ours["seconds"])
+    print(
+        f"sepaxml:  {theirs['seconds']:.2f} s, peak {theirs['peak_mb']:.1f} MB (tree, xmlschema validation)"
+    )
+    print(f"speedup:  {speedup:.1f}x")
+    return {
+        "payouts": n,
+        "payout_s": round(float(ours["seconds"]), 3),
+        "payout_peak_mb": round(float(ours["peak_mb"]), 1),
+        "sepaxml_payout_s": round(float(theirs["seconds"]), 3),
+        "payout_speedup": round(speedup, 1),
+    }
+
+
 def _child(kind: str, n: int, folder: Path | None = None) -> dict[str, float | int]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--transactions", str(n)]
     if folder is not None:
@@ -306,8 +465,14 @@ def main() -> None:
     parser.add_argument(
         "--pipeline", action="store_true", help="also time the whole debit run on a synthetic SQLite ERP"
     )
+    parser.add_argument("--payouts", type=int, default=100_000, help="payouts for pain.001 (0: skip)")
     parser.add_argument(
-        "--worker", choices=["hausflow", "sepaxml", "erp", "pipeline"], help=argparse.SUPPRESS
+        "--payout-task", action="store_true", help="also time the whole payout task (ledger, listing)"
+    )
+    parser.add_argument(
+        "--worker",
+        choices=["hausflow", "sepaxml", "erp", "pipeline", "payouts", "sepaxml_payouts", "payout_task"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -321,6 +486,14 @@ def main() -> None:
         return
     if args.worker == "sepaxml":
         print(json.dumps(run_sepaxml(args.transactions)))
+        return
+    if args.worker in ("payouts", "payout_task"):
+        work = run_hausflow_payouts if args.worker == "payouts" else run_payout_task
+        with tempfile.TemporaryDirectory(prefix="hausflow-bench-") as tmp:
+            print(json.dumps(work(args.transactions, Path(tmp))))
+        return
+    if args.worker == "sepaxml_payouts":
+        print(json.dumps(run_sepaxml_payouts(args.transactions)))
         return
 
     n = args.transactions
@@ -365,6 +538,18 @@ def main() -> None:
             sepaxml_peak_mb=round(float(sepaxml["peak_mb"]), 1),
             speedup=round(speedup, 1),
         )
+    if args.payouts:
+        result.update(payout_comparison(args.payouts))
+        if args.payout_task:
+            task = _child("payout_task", args.payouts)
+            print(
+                f"whole payout task: {task['seconds']:.2f} s, peak {task['peak_mb']:.1f} MB "
+                f"(lock, recovery, checks, control listing, SQLite ledger, file)"
+            )
+            result.update(
+                payout_task_s=round(float(task["seconds"]), 2),
+                payout_task_peak_mb=round(float(task["peak_mb"]), 1),
+            )
     print(json.dumps(result))
 
 

@@ -160,8 +160,23 @@ class Licences(BaseModel):
     deposit: bool = Field(default=False, description="the rent-deposit partner (KM deposit interface)")
 
 
+class PayoutSettings(BaseModel):
+    """Credit transfers of payouts (retained deposits, seed 000); the initiating party is ``creditor_name``."""
+
+    output_dir: str = Field(
+        default="var/sepa/payouts", description="pain.001 files and their control listings (owner-only)"
+    )
+    batch_booking: bool = Field(
+        default=False, description="one booking per payment block (True) or per payout (False)"
+    )
+    lead_days: int = Field(
+        default=0, description="TARGET2 business days from the next business day to the execution date"
+    )
+    listing_preview_rows: int = Field(default=200, description="payouts of the control listing in the UI")
+
+
 class SepaSettings(BaseModel):
-    """Creditor side of the SEPA direct-debit run (seeds 003 and 004)."""
+    """Creditor side of the SEPA direct-debit run (seeds 003 and 004), and the payouts' settings."""
 
     creditor_name: str = "Hausverwaltung Muster GmbH"
     creditor_iban: str = "DE02120300000000202051"
@@ -183,6 +198,7 @@ class SepaSettings(BaseModel):
         description="also collect claims due up to this many days after the run's date, on their due date",
     )
     listing_preview_rows: int = Field(default=200, description="rows of the control listing shown in the UI")
+    payouts: PayoutSettings = Field(default_factory=PayoutSettings)
 
 
 class HausflowSettings(BaseSettings):

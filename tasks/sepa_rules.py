@@ -8,8 +8,6 @@ tested with a table of cases. ``decide_claim`` combines them into one decision p
 from __future__ import annotations
 
 import calendar
-import re
-import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -17,69 +15,30 @@ from enum import StrEnum
 from functools import lru_cache
 
 import holidays
-from schwifty import BIC, IBAN
+from schwifty import IBAN
 from stdnum.eu import at_02
+
+from connectors.sepa.writing import (
+    MAX_ID,
+    MAX_NAME,
+    MAX_REMITTANCE,
+    NOTPROVIDED,
+    check_amount,
+    check_bic,
+    check_iban,
+    fit_text,
+    is_valid_sepa_id,
+    sanitize_id,
+    to_cents,
+    transliterate,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Character sets and text
 # ---------------------------------------------------------------------------------------------
 
-#: Characters the DK schema allows in ids (MsgId, PmtInfId, EndToEndId, MndtId).
-ID_ALLOWED = re.compile(r"^[A-Za-z0-9+?/\-:().,' ]{1,35}$")
-_ID_FORBIDDEN = re.compile(r"[^A-Za-z0-9+?/\-:().,' ]")
-#: The SEPA basic Latin character set for free text (names, remittance).
-_TEXT_FORBIDDEN = re.compile(r"[^A-Za-z0-9+?/\-:().,' ]")
-_GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"})
-_REPLACEMENTS = str.maketrans({"&": "+", "_": "-", "\t": " ", "\n": " ", "\r": " ", ";": ",", "!": "."})
-
-MAX_ID = 35
-MAX_NAME = 70
-MAX_REMITTANCE = 140
-MIN_CENTS = 1
-MAX_CENTS = 99_999_999_999  # 999,999,999.99 EUR
-NOTPROVIDED = "NOTPROVIDED"
-
-
-@lru_cache(maxsize=4096)
-def transliterate(text: str) -> str:
-    """Turn any text into the SEPA basic Latin set without losing meaning.
-
-    German umlauts become two letters (ä -> ae, ß -> ss), other accents lose their mark (é -> e),
-    ``&`` becomes ``+`` and ``_`` becomes ``-``; anything else outside the set becomes a space, and
-    runs of spaces collapse. Nothing is cut here; length is the caller's business.
-    """
-    text = text.translate(_GERMAN).translate(_REPLACEMENTS)
-    if not text.isascii():  # fast path: most German text is ASCII once the umlauts are replaced
-        text = unicodedata.normalize("NFKD", text)
-        text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    text = _TEXT_FORBIDDEN.sub(" ", text)
-    return re.sub(r" {2,}", " ", text).strip()
-
-
-def sanitize_id(text: str) -> str:
-    """Transliterate an id part and drop characters the id charset forbids (spaces kept)."""
-    return _ID_FORBIDDEN.sub("", transliterate(text))
-
-
-def is_valid_sepa_id(value: str) -> bool:
-    """True when ``value`` is 1-35 characters of the DK id charset (what the bank's XSD requires)."""
-    return bool(ID_ALLOWED.match(value))
-
-
-def fit_text(text: str, limit: int) -> tuple[str, str | None]:
-    """Shorten ``text`` to ``limit`` at a word boundary when possible; say what was dropped.
-
-    Returns:
-        (text that fits, None) or (shortened text, warning naming the dropped part).
-    """
-    if len(text) <= limit:
-        return text, None
-    cut = text.rfind(" ", 0, limit + 1)
-    if cut < limit * 2 // 3:  # no sensible word boundary: cut hard
-        cut = limit
-    kept = text[:cut].rstrip()
-    dropped = text[len(kept) :].strip()
-    return kept, f"shortened to {limit} characters, dropped: '{dropped}'"
+# The SEPA character set, length fitting, amounts and the IBAN/BIC checks are shared with the
+# credit-transfer writer: they live in ``connectors/sepa/writing.py`` and are used from there.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,67 +202,6 @@ def check_creditor_id(creditor_id: str) -> str | None:
     """None when the creditor identifier is valid (ISO 7064 MOD 97-10 without the business code)."""
     if not at_02.is_valid(creditor_id):
         return f"creditor identifier {creditor_id!r} is not valid (check digits or format)"
-    return None
-
-
-@lru_cache(maxsize=8192)
-def check_iban(iban: str) -> str | None:
-    """None when the IBAN is valid (length, check digits, German account check digit)."""
-    try:
-        IBAN(iban)
-    except ValueError as exc:
-        return f"IBAN {iban!r} is not valid: {exc}"
-    return None
-
-
-@lru_cache(maxsize=8192)
-def check_bic(bic: str | None, iban: str) -> str | None:
-    """None when the BIC is empty (IBAN-only is allowed) or valid and belongs to the IBAN's bank.
-
-    Belonging: same country; and where the bank registry knows the IBAN's bank, the same
-    institution code (first four letters) as one of that bank's BICs.
-    """
-    if not bic:
-        return None
-    try:
-        parsed = BIC(bic)
-    except ValueError as exc:
-        return f"BIC {bic!r} is not valid: {exc}"
-    try:
-        account = IBAN(iban)
-    except ValueError:
-        return None  # the IBAN check reports it
-    if parsed.country_code != account.country_code:
-        return f"BIC {bic} is from {parsed.country_code} but the IBAN from {account.country_code}"
-    known = account.bic
-    if known is not None and str(known)[:4] != str(parsed)[:4]:
-        return f"BIC {bic} does not belong to the IBAN's bank (registry: {known})"
-    return None
-
-
-def to_cents(amount: Decimal | float | str) -> int:
-    """Exact amount in cents.
-
-    Raises:
-        ValueError: more than two decimals (a SEPA amount has at most two).
-    """
-    value = Decimal(str(amount))
-    cents = value * 100
-    if cents != cents.to_integral_value():
-        raise ValueError(f"amount {amount} has more than two decimals")
-    return int(cents)
-
-
-def check_amount(amount: Decimal | float | str | None) -> str | None:
-    """None when the amount is a SEPA amount: 0.01 to 999,999,999.99 EUR with at most two decimals."""
-    if amount is None:
-        return "amount is missing"
-    try:
-        cents = to_cents(amount)
-    except (ValueError, ArithmeticError) as exc:
-        return f"amount {amount} is not valid: {exc}"
-    if not MIN_CENTS <= cents <= MAX_CENTS:
-        return f"amount {amount} is outside 0.01 to 999,999,999.99 EUR"
     return None
 
 
@@ -718,16 +616,19 @@ def decide_claim(
 # ---------------------------------------------------------------------------------------------
 
 
-def make_msg_id(created_at: datetime, run_token: str, index: int) -> str:
-    """Message id of file ``index`` of a run: ``HF`` + UTC time (24-hour clock) + run token + number.
+def make_msg_id(created_at: datetime, run_token: str, index: int, prefix: str = "HF") -> str:
+    """Message id of file ``index`` of a run: prefix + UTC time (24-hour clock) + run token + number.
 
     29 characters, so payment block ids (``<MsgId>-001``) stay within 35. Unique per file as long
-    as run tokens are unique (the flow run id).
+    as run tokens are unique (the flow run id). Direct debits use ``HF``, payouts ``HP``, so a
+    debit and a payout file of one run never share a message id (banks refuse a repeated one).
     """
+    if len(prefix) != 2 or not is_valid_sepa_id(prefix):
+        raise ValueError(f"message id prefix {prefix!r} must be two id characters")
     if created_at.tzinfo is None:
         raise ValueError("created_at must be timezone-aware")
     token = sanitize_id(run_token).replace(" ", "")[:8].ljust(8, "0")
-    return f"HF{created_at.astimezone(UTC):%Y%m%d%H%M%S}-{token}-{index + 1:03d}"
+    return f"{prefix}{created_at.astimezone(UTC):%Y%m%d%H%M%S}-{token}-{index + 1:03d}"
 
 
 def mask_iban(iban: str | None) -> str:

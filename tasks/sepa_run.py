@@ -42,7 +42,8 @@ from connectors.sepa.erp import (
 )
 from connectors.sepa.ledger import SepaLedger
 from connectors.sepa.pain008 import Creditor
-from connectors.sepa.spool import BlockKey, SpoolWriter, remove_spool
+from connectors.sepa.spool import BlockKey, SpoolWriter, remove_spool, remove_stale_spools
+from connectors.sepa.writing import make_private_dir, open_private
 from connectors.state_store import QuarantineItem, StateStore
 from tasks.sepa_rules import (
     LISTING_FIELDS,
@@ -210,6 +211,8 @@ def start_debit_run(
     try:
         erp = make_engine(settings.erp_url)
         report = ledger.recover(_erp_status_updater(erp), check_published_file(ledger))
+        for folder in remove_stale_spools(output_dir, run.work_dir):
+            log.warning("Deleted the spool %s that an earlier run left behind (names and IBANs)", folder)
     except BaseException:
         ledger.release_lock(LOCK_NAME, run_id)
         raise
@@ -335,7 +338,7 @@ def plan_debits(run: SepaRun, chunk_rows: int = 5_000) -> DebitPlan:
     )
     horizon = run.collection_date.toordinal() + sepa["collection_horizon_days"]
     due_until = date.fromordinal(horizon)
-    run.output_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(run.output_dir)
     listing_path = run.output_dir / f"control-listing-{run.collection_date.isoformat()}-{run.run_token}.csv"
     spool = None if run.dry_run else SpoolWriter(run.work_dir, sepa["max_transactions_per_file"])
     budget = ReleaseBudget()
@@ -348,7 +351,7 @@ def plan_debits(run: SepaRun, chunk_rows: int = 5_000) -> DebitPlan:
     debit_sum = 0
     warnings = 0
     preview_rows = sepa["listing_preview_rows"]
-    with open(listing_path, "w", newline="", encoding="utf-8") as fh:
+    with open_private(listing_path, "w", newline="", encoding="utf-8") as fh:
         listing = csv.DictWriter(fh, fieldnames=LISTING_FIELDS, delimiter=";")
         listing.writeheader()
 

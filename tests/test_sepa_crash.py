@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from connectors.sepa.ledger import SepaLedger
-from connectors.sepa.schemas import scan_pain008
+from connectors.sepa.pain008 import scan_pain008
 from tests.sepa_support import EXPECTED, claim_states, debit_run, make_scenario, sepa_env
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from lxml import etree
 
 from connectors.sepa.errors import SepaLedgerConflict, SepaRunLocked
 from connectors.sepa.ledger import SepaLedger
-from connectors.sepa.schemas import NAMESPACES, scan_pain008
+from connectors.sepa.pain008 import scan_pain008
+from connectors.sepa.schemas import NAMESPACES
 from connectors.state_store import StateStore
 from tests.sepa_support import (
     EXPECTED,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from connectors.sepa.ledger import SepaLedger
-from connectors.sepa.schemas import scan_pain008
+from connectors.sepa.pain008 import scan_pain008
 from tasks.sepa_run import reconcile_statement
 from tests.sepa_support import EXPECTED, build_erp, claim_states, debit_run, sepa_env
 

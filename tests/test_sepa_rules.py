@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
+from connectors.sepa.writing import ID_ALLOWED
 from tasks.sepa_rules import (
-    ID_ALLOWED,
     NOTPROVIDED,
     Amendment,
     ClaimRecord,

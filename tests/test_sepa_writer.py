@@ -12,16 +12,10 @@ from lxml import etree
 
 from connectors.sepa.debit_files import plan_files
 from connectors.sepa.errors import SepaValidationError
-from connectors.sepa.pain008 import (
-    Creditor,
-    DebitTransaction,
-    PaymentBlock,
-    atomic_output,
-    format_cents,
-    write_pain008,
-)
-from connectors.sepa.schemas import NAMESPACES, scan_pain008, validate_file
+from connectors.sepa.pain008 import Creditor, DebitTransaction, PaymentBlock, scan_pain008, write_pain008
+from connectors.sepa.schemas import NAMESPACES, validate_file
 from connectors.sepa.spool import BlockKey, SpoolWriter, read_block
+from connectors.sepa.writing import atomic_output, format_cents
 
 CREDITOR = Creditor(
     "Hausverwaltung Muster GmbH", "DE02120300000000202051", "BYLADEM1001", "DE98ZZZ09999999999"
@@ -160,13 +154,15 @@ def test_spool_splits_files_and_plan_orders_blocks(tmp_path: Path) -> None:
 
 
 def test_validating_while_writing_matches_a_second_read_and_rejects_bad_bytes(tmp_path: Path) -> None:
-    from connectors.sepa.pain008 import write_validated_part
+    from connectors.sepa.writing import write_validated_part
 
     block = PaymentBlock(
         "MSG-001", date(2026, 3, 4), "RCUR", len(SHAPES), sum(t.amount_cents for t in SHAPES)
     )
     part, totals = write_validated_part(
-        tmp_path / "ok.xml", lambda fh: write_pain008(fh, "MSG", NOW, CREDITOR, [block], lambda b: SHAPES)
+        tmp_path / "ok.xml",
+        "pain.008",
+        lambda fh: write_pain008(fh, "MSG", NOW, CREDITOR, [block], lambda b: SHAPES),
     )
     again = scan_pain008(part)
     assert totals.problems() == [] and (totals.counted_nb_of_txs, totals.counted_ctrl_sum) == (
@@ -177,6 +173,7 @@ def test_validating_while_writing_matches_a_second_read_and_rejects_bad_bytes(tm
     with pytest.raises(SepaValidationError, match="PmtInfId"):
         write_validated_part(
             tmp_path / "bad.xml",
+            "pain.008",
             lambda fh: write_pain008(fh, "MSG", NOW, CREDITOR, [bad], lambda b: [_tx(1)]),
         )
     assert not (tmp_path / "bad.xml.part").exists() and not (tmp_path / "bad.xml").exists()

@@ -7,8 +7,6 @@ atomic rename -> ``mark_written`` -> ERP ``IN_COLLECTION`` -> ``erp_synced``.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -16,43 +14,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
-from connectors.sepa.errors import SepaValidationError
 from connectors.sepa.ledger import BlockRow, ErpUpdate, LedgerRow, SepaLedger
-from connectors.sepa.pain008 import (
-    Creditor,
-    DebitTransaction,
-    PaymentBlock,
-    format_cents,
-    publish,
-    write_pain008,
-    write_validated_part,
-)
-from connectors.sepa.schemas import scan_pain008
+from connectors.sepa.pain008 import Creditor, DebitTransaction, PaymentBlock, write_pain008
 from connectors.sepa.spool import BlockKey, read_block
-
-FAULT_ENV = "HAUSFLOW_SEPA_FAULT"
-
-
-_FAULT_COUNTS: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for the crash tests: SIGKILL this process at a named point.
-
-    ``HAUSFLOW_SEPA_FAULT=before_publish`` kills at the first rename; ``after_tx:3`` when the third
-    transaction (counted over all files of the process) has been written; ``after_publish:2`` at
-    the second file's rename. Unset in normal operation (one dictionary lookup).
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    point, _, number = spec.partition(":")
-    if point != name:
-        return
-    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
-    if number and _FAULT_COUNTS[name] != int(number):
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+from connectors.sepa.writing import (
+    block_figures,
+    fault_point,
+    file_matches_ledger,
+    format_cents,
+)
 
 
 @dataclass(frozen=True)
@@ -178,59 +148,20 @@ def produce_file(
         ledger.add_prepared(pending)
         pending.clear()
 
-    try:
-        part, totals = write_validated_part(plan.path, writer)
-        problems = totals.problems()
-        n_ledger, sum_ledger = ledger.ledger_totals(plan.msg_id)
-        if n_ledger != totals.counted_nb_of_txs or sum_ledger != totals.counted_ctrl_sum:
-            problems.append(
-                f"ledger has {n_ledger} claims / {sum_ledger} EUR, file {totals.counted_nb_of_txs} / {totals.counted_ctrl_sum}"
-            )
-        if problems:
-            part.unlink(missing_ok=True)
-            raise SepaValidationError(f"{plan.path.name}: " + "; ".join(problems))
-    except BaseException as exc:
-        if not isinstance(exc, KeyboardInterrupt | SystemExit):
-            ledger.abandon_file(plan.msg_id, f"not published: {exc}"[:1000])
-        raise
-    fault_point("before_publish")
-    publish(part, plan.path)
-    fault_point("after_publish")
-    ledger.mark_written(plan.msg_id)
-    fault_point("after_written")
+    totals = ledger.write_and_publish(plan.msg_id, plan.path, "pain.008", writer)
     ledger.sync_erp(plan.msg_id, erp_update)
     return WrittenFile(
         plan.msg_id,
         plan.path,
         totals.counted_nb_of_txs,
         str(totals.counted_ctrl_sum),
-        [
-            {"pmt_inf_id": pid, "nb_of_txs": n, "ctrl_sum": str(s)}
-            for pid, (_nh, _sh, n, s) in totals.blocks.items()
-        ],
+        block_figures(totals),
     )
 
 
 def check_published_file(ledger: SepaLedger) -> Callable[[Path, str], bool]:
     """A ``check_file`` for ``SepaLedger.recover``: valid XSD, sums add up, and agree with the ledger."""
-
-    def check(path: Path, msg_id: str) -> bool:
-        try:
-            totals = scan_pain008(path)
-        except SepaValidationError:
-            return False
-        n, total = ledger.ledger_totals(msg_id)
-        return (
-            not totals.problems()
-            and totals.msg_id == msg_id
-            and (n, total)
-            == (
-                totals.counted_nb_of_txs,
-                totals.counted_ctrl_sum,
-            )
-        )
-
-    return check
+    return lambda path, msg_id: file_matches_ledger(path, "pain.008", msg_id, ledger.ledger_totals(msg_id))
 
 
 def plan_files(

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Date,
     DateTime,
     Engine,
@@ -53,7 +54,13 @@ from sqlalchemy.exc import IntegrityError
 
 from connectors.erp.database import make_engine
 from connectors.sepa.errors import SepaLedgerConflict, SepaRunLocked
-from connectors.sepa.pain008 import part_path
+from connectors.sepa.writing import (
+    PaymentFileTotals,
+    fault_point,
+    part_path,
+    publish,
+    write_checked_part,
+)
 from connectors.sqlutil import chunks, utcnow
 
 sepa_metadata = MetaData()
@@ -194,8 +201,18 @@ class RecoveryReport:
 ErpUpdate = Callable[[Sequence[str], str], None]
 
 
-class SepaLedger:
-    """Access to the SEPA tables of the state database; build one inside each task from the URL."""
+class FileLedger:
+    """What the direct-debit ledger and the payout ledger share: one table of files, one of entries.
+
+    A file is ``prepared`` before it is written, ``written`` once it has its final name, or
+    ``abandoned``; its entries (claims or payouts, keyed by ``msg_id``) follow it in one
+    transaction. Subclasses name their two tables (same column names for ``msg_id``, ``path``,
+    ``status``, ``written_at``, ``note``, ``created_at``; entries have ``amount`` and ``id``).
+    A run lock (``sepa_locks``) keeps two runs of one kind from recovering each other's files.
+    """
+
+    files_table: Table
+    entries_table: Table
 
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         self.url = url
@@ -236,6 +253,128 @@ class SepaLedger:
             conn.execute(
                 delete(sepa_locks).where(and_(sepa_locks.c.name == name, sepa_locks.c.run_id == run_id))
             )
+
+    # ---- the life of a file -----------------------------------------------------------------
+    def mark_written(self, msg_id: str) -> None:
+        """The file is on disk under its final name: file and entries become ``written`` (one transaction)."""
+        files, entries = self.files_table, self.entries_table
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(entries)
+                .where(and_(entries.c.msg_id == msg_id, entries.c.status == "prepared"))
+                .values(status="written", written_at=now)
+            )
+            conn.execute(
+                update(files).where(files.c.msg_id == msg_id).values(status="written", written_at=now)
+            )
+
+    def abandon_file(self, msg_id: str, note: str) -> None:
+        """Forget a file that never reached its final name: its entries are free again."""
+        files, entries = self.files_table, self.entries_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(entries).where(and_(entries.c.msg_id == msg_id, entries.c.status == "prepared"))
+            )
+            self._forget_file_parts(conn, msg_id)
+            conn.execute(update(files).where(files.c.msg_id == msg_id).values(status="abandoned", note=note))
+
+    def _forget_file_parts(self, conn: Connection, msg_id: str) -> None:
+        """Hook: delete further rows of an abandoned file (inside ``abandon_file``'s transaction)."""
+
+    def write_and_publish(
+        self, msg_id: str, path: Path, kind: str, writer: Callable[[IO[bytes]], object]
+    ) -> PaymentFileTotals:
+        """Write a recorded (``prepared``) file crash-safely; on success it is ``written``.
+
+        ``.part`` written while a child validates it -> headers, counted sums and this ledger's
+        figures compared -> atomic rename -> file and entries ``written`` in one transaction.
+        The fault points ``before_publish``, ``after_publish`` and ``after_written`` let the
+        crash tests stop the process between these steps.
+
+        Raises:
+            SepaValidationError: the file failed its schema or its sums; nothing is published and
+                the file is abandoned (its entries free again).
+        """
+        try:
+            part, totals = write_checked_part(path, kind, writer, lambda: self.ledger_totals(msg_id))
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt | SystemExit):
+                self.abandon_file(msg_id, f"not published: {exc}"[:1000])
+            raise
+        fault_point("before_publish")
+        publish(part, path)
+        fault_point("after_publish")
+        self.mark_written(msg_id)
+        fault_point("after_written")
+        return totals
+
+    def recover_files(self, check_file: Callable[[Path, str], bool]) -> tuple[list[str], list[str]]:
+        """Finish or undo every ``prepared`` file a crash left behind (idempotent).
+
+        A ``prepared`` file whose final name exists and passes ``check_file(path, msg_id)`` was
+        renamed just before the crash: it becomes ``written``. Any other is abandoned (its
+        ``.part`` deleted, its entries released); a final file that fails the check is renamed
+        ``.rejected`` so nobody sends it.
+
+        Returns:
+            (message ids completed, message ids abandoned)
+        """
+        completed: list[str] = []
+        abandoned: list[str] = []
+        files = self.files_table
+        with self.engine.connect() as conn:
+            prepared = conn.execute(
+                select(files.c.msg_id, files.c.path).where(files.c.status == "prepared")
+            ).all()
+        for msg_id, path_text in prepared:
+            path = Path(path_text)
+            part_path(path).unlink(missing_ok=True)
+            if path.exists() and check_file(path, msg_id):
+                self.mark_written(msg_id)
+                completed.append(msg_id)
+            else:
+                if path.exists():
+                    path.replace(path.with_name(path.name + ".rejected"))
+                self.abandon_file(msg_id, "run stopped before the file was complete; entries released")
+                abandoned.append(msg_id)
+        return completed, abandoned
+
+    def ledger_totals(self, msg_id: str) -> tuple[int, Decimal]:
+        """Number and sum of the entries of one file (to compare with the file on disk)."""
+        entries = self.entries_table
+        with self.engine.connect() as conn:
+            n, total = conn.execute(
+                select(func.count(), func.coalesce(func.sum(entries.c.amount), 0)).where(
+                    entries.c.msg_id == msg_id
+                )
+            ).one()
+        return int(n), Decimal(str(total)).quantize(Decimal("0.01"))
+
+    def entries_where(self, column: Column[Any], values: Sequence[str]) -> list[dict[str, Any]]:
+        """All entries whose ``column`` is one of ``values`` (tests and reports)."""
+        out: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for part in chunks(list(values)):
+                query = select(self.entries_table).where(column.in_(part))
+                out.extend(dict(r) for r in conn.execute(query).mappings())
+        return out
+
+    def files(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Files recorded, oldest first."""
+        files = self.files_table
+        query = select(files).order_by(files.c.created_at, files.c.msg_id)
+        if status:
+            query = query.where(files.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+
+class SepaLedger(FileLedger):
+    """Access to the SEPA direct-debit tables of the state database; build one inside each task."""
+
+    files_table = sepa_files
+    entries_table = sepa_ledger
 
     # ---- lookups for planning ----------------------------------------------------------------
     def claim_states(self, claim_nos: Sequence[str]) -> dict[str, ClaimLedgerState]:
@@ -351,33 +490,9 @@ class SepaLedger:
                 "are already recorded in the SEPA ledger by another run; nothing of this file is sent"
             ) from exc
 
-    def mark_written(self, msg_id: str) -> None:
-        """The file is on disk under its final name: file and claims become ``written`` (one transaction)."""
-        now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(sepa_ledger)
-                .where(and_(sepa_ledger.c.msg_id == msg_id, sepa_ledger.c.status == "prepared"))
-                .values(status="written", written_at=now)
-            )
-            conn.execute(
-                update(sepa_files)
-                .where(sepa_files.c.msg_id == msg_id)
-                .values(status="written", written_at=now)
-            )
-
-    def abandon_file(self, msg_id: str, note: str) -> None:
-        """Forget a file that never reached its final name: its claims are free again."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                delete(sepa_ledger).where(
-                    and_(sepa_ledger.c.msg_id == msg_id, sepa_ledger.c.status == "prepared")
-                )
-            )
-            conn.execute(delete(sepa_blocks).where(sepa_blocks.c.msg_id == msg_id))
-            conn.execute(
-                update(sepa_files).where(sepa_files.c.msg_id == msg_id).values(status="abandoned", note=note)
-            )
+    def _forget_file_parts(self, conn: Connection, msg_id: str) -> None:
+        """An abandoned debit file's payment blocks go with it."""
+        conn.execute(delete(sepa_blocks).where(sepa_blocks.c.msg_id == msg_id))
 
     def file_claims(self, msg_id: str, chunk: int = 5000) -> Iterator[list[str]]:
         """Claim numbers of a file, in chunks (streamed)."""
@@ -411,24 +526,8 @@ class SepaLedger:
                 ledger (validated, sums agree). A file that fails it is abandoned and renamed
                 ``.rejected`` so nobody sends it.
         """
-        completed: list[str] = []
-        abandoned: list[str] = []
         resynced: list[str] = []
-        with self.engine.connect() as conn:
-            prepared = conn.execute(
-                select(sepa_files.c.msg_id, sepa_files.c.path).where(sepa_files.c.status == "prepared")
-            ).all()
-        for msg_id, path_text in prepared:
-            path = Path(path_text)
-            part_path(path).unlink(missing_ok=True)
-            if path.exists() and check_file(path, msg_id):
-                self.mark_written(msg_id)
-                completed.append(msg_id)
-            else:
-                if path.exists():
-                    path.replace(path.with_name(path.name + ".rejected"))
-                self.abandon_file(msg_id, "run stopped before the file was complete; claims released")
-                abandoned.append(msg_id)
+        completed, abandoned = self.recover_files(check_file)
         with self.engine.connect() as conn:
             unsynced = conn.execute(
                 select(sepa_files.c.msg_id).where(
@@ -440,16 +539,6 @@ class SepaLedger:
             if msg_id not in completed:
                 resynced.append(msg_id)
         return RecoveryReport(completed, abandoned, resynced)
-
-    def ledger_totals(self, msg_id: str) -> tuple[int, Decimal]:
-        """Number and sum of the ledger rows of one file (to compare with the file on disk)."""
-        with self.engine.connect() as conn:
-            n, total = conn.execute(
-                select(func.count(), func.coalesce(func.sum(sepa_ledger.c.amount), 0)).where(
-                    sepa_ledger.c.msg_id == msg_id
-                )
-            ).one()
-        return int(n), Decimal(str(total)).quantize(Decimal("0.01"))
 
     # ---- reconciliation ------------------------------------------------------------------------
     def statement_seen(self, key: str) -> bool:
@@ -616,24 +705,7 @@ class SepaLedger:
 
     def rows_of_claims(self, claim_nos: Sequence[str]) -> list[dict[str, Any]]:
         """All ledger rows of some claims (tests and reports)."""
-        out: list[dict[str, Any]] = []
-        with self.engine.connect() as conn:
-            for part in chunks(list(claim_nos)):
-                out.extend(
-                    dict(r)
-                    for r in conn.execute(
-                        select(sepa_ledger).where(sepa_ledger.c.claim_no.in_(part))
-                    ).mappings()
-                )
-        return out
-
-    def files(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Files recorded, oldest first."""
-        query = select(sepa_files).order_by(sepa_files.c.created_at, sepa_files.c.msg_id)
-        if status:
-            query = query.where(sepa_files.c.status == status)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return self.entries_where(sepa_ledger.c.claim_no, claim_nos)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -4,6 +4,9 @@ Why: a pain.008 file announces its counts and sums before the transactions, and 
 group transactions by collection date and sequence type, while claims arrive ordered by person.
 The planning pass appends each transaction to the spool of its block and counts; the writing pass
 then streams block after block. Memory stays flat; the disk holds the plan once.
+
+The spool holds names and full IBANs: its folder is created 0700 and its files 0600, and the run
+deletes it when it ends (a crashed run's spool is deleted by the next run, see ``remove_stale_spools``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import IO, Any
+
+from connectors.sepa.writing import make_private_dir, open_private
 
 SPOOL_FIELDS = (
     "claim_no",
@@ -67,7 +72,7 @@ class SpoolWriter:
             raise ValueError("max_per_file must be at least 1")
         self.folder = folder
         self.max_per_file = max_per_file
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)
         self.stats: dict[BlockKey, BlockStats] = {}
         self._handles: dict[BlockKey, tuple[IO[str], Any]] = {}
         self._count = 0
@@ -81,7 +86,7 @@ class SpoolWriter:
             if key.file_index > 0:  # blocks of earlier files are complete: close them
                 for old in [k for k in self._handles if k.file_index < key.file_index]:
                     self._handles.pop(old)[0].close()
-            fh = open(self.folder / key.file_name(), "w", newline="", encoding="utf-8")  # noqa: SIM115
+            fh = open_private(self.folder / key.file_name(), "w", newline="", encoding="utf-8")
             entry = (fh, csv.writer(fh))
             self._handles[key] = entry
         entry[1].writerow([row[f] if row[f] is not None else "" for f in SPOOL_FIELDS])
@@ -112,3 +117,17 @@ def read_block(folder: Path, key: BlockKey) -> Iterator[dict[str, str]]:
 def remove_spool(folder: Path) -> None:
     """Delete a spool folder (after the files were written, or after a dry run)."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_spools(output_dir: Path, keep: Path) -> list[Path]:
+    """Delete the spool folders (``.work-*``) of earlier runs in ``output_dir``; returns them.
+
+    Call only while holding the run lock: then no other run is writing a spool there, and any
+    other ``.work-*`` folder is what a crashed run left behind (names and IBANs nobody needs).
+    """
+    if not output_dir.is_dir():
+        return []
+    stale = [p for p in output_dir.glob(".work-*") if p.is_dir() and p != keep]
+    for folder in stale:
+        remove_spool(folder)
+    return stale
