@@ -110,7 +110,7 @@ def write_payouts(
     ledger = PayoutLedger(settings.state_url)
     ledger.acquire_lock(LOCK_NAME, run_id)
     try:
-        completed, abandoned = ledger.recover_files(
+        completed, abandoned, unverified = ledger.recover_files(
             lambda path, msg_id: file_matches_ledger(path, "pain.001", msg_id, ledger.ledger_totals(msg_id))
         )
         for msg_id in completed:
@@ -121,6 +121,13 @@ def write_payouts(
         for msg_id in abandoned:
             log.warning(
                 "Dropped unfinished payout file %s of an earlier run: its payouts are paid by this run",
+                msg_id,
+            )
+        for msg_id in unverified:
+            log.error(
+                "Payout file %s got its final name before a crash and is no longer there as written (moved, "
+                "deleted or changed): its payouts count as paid and are not paid again; check with the bank "
+                "that it arrived",
                 msg_id,
             )
         msg_id = make_msg_id(
@@ -138,7 +145,11 @@ def write_payouts(
                 lambda decision, block: listing.writerow(listing_row(decision, block, msg_id)),
             )
         summary = _summary(
-            plan, run_id, dry_run, listing_path, {"completed": completed, "abandoned": abandoned}
+            plan,
+            run_id,
+            dry_run,
+            listing_path,
+            {"completed": completed, "abandoned": abandoned, "unverified": unverified},
         )
         for note in (*summary["skipped"], *summary["already_paid"]):
             log.warning("%s [%s] (reference %s)", note["reason"], note["rule"], note["reference"])

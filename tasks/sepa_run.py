@@ -220,11 +220,19 @@ def start_debit_run(
         "completed": report.completed_files,
         "abandoned": report.abandoned_files,
         "erp_resynced": report.resynced_files,
+        "unverified": report.unverified_files,
     }
     for msg_id in report.completed_files:
         log.warning("Recovered file %s: it was renamed before a crash and is now recorded as written", msg_id)
     for msg_id in report.abandoned_files:
         log.warning("Dropped unfinished file %s of an earlier run: its claims can be collected again", msg_id)
+    for msg_id in report.unverified_files:
+        log.error(
+            "File %s got its final name before a crash and is no longer there as written (moved, deleted "
+            "or changed): its claims stay collected and are not collected again; check with the bank that "
+            "it arrived",
+            msg_id,
+        )
     for msg_id in report.resynced_files:
         log.warning(
             "Set the claims of file %s to IN_COLLECTION in the ERP (an earlier run stopped before)", msg_id

@@ -37,7 +37,7 @@ debit_run(run_id="crashrun")
         ("after_begin", 0, 0, ["prepared"]),  # file 1 recorded, nothing written yet
         ("after_tx:3", 1, 1, ["written", "prepared"]),  # file 1 published; file 2 half-written
         ("before_publish:2", 1, 1, ["written", "prepared"]),  # file 2 complete as .part, not renamed
-        ("after_publish", 1, 0, ["prepared"]),  # file 1 renamed, the ledger still says prepared
+        ("after_publish", 1, 0, ["publishing"]),  # file 1 renamed, the ledger not yet told
         ("after_written:3", 3, 0, ["written", "written", "written"]),  # file 3 recorded, ERP not updated
     ],
 )

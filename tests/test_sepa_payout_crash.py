@@ -47,7 +47,7 @@ def _crash(tmp_path: Path, fault: str) -> tuple[Path, PayoutLedger]:
         ("after_begin", 0, 0, "prepared", 5),  # recorded, nothing written: the rerun pays all
         ("after_tx:3", 0, 1, "prepared", 5),  # half-written .part: dropped, the rerun pays all
         ("before_publish", 0, 1, "prepared", 5),  # complete .part, not renamed: dropped, paid by the rerun
-        ("after_publish", 1, 0, "prepared", 0),  # renamed, ledger still prepared: recovered, nothing again
+        ("after_publish", 1, 0, "publishing", 0),  # renamed, not yet written: recovered, nothing again
         ("after_written", 1, 0, "written", 0),  # recorded as written: reported as already paid
     ],
 )
@@ -84,13 +84,39 @@ def test_crash_then_rerun_pays_every_payout_exactly_once(
         )
 
 
-def test_a_renamed_file_that_does_not_match_the_ledger_is_rejected_and_paid_again(tmp_path: Path) -> None:
+def test_a_published_file_changed_before_the_ledger_knew_is_rejected_and_not_paid_again(
+    tmp_path: Path,
+) -> None:
+    """The file had its final name: the bank may have it. Changed since, it is renamed
+    ``.rejected`` so nobody sends it as it is, and its payouts are never paid a second time."""
     with payout_env(tmp_path):
         out, ledger = _crash(tmp_path, "after_publish")
         (published,) = out.glob("*.xml")
         published.write_text(published.read_text().replace("850.00", "8500.00", 1))  # tampered
         rerun = run_payouts(run_id="rerun001")
     assert (out / (published.name + ".rejected")).exists()
-    assert rerun["number"] == 5 and rerun["recovered"]["abandoned"] == [published.stem]
-    assert [f["status"] for f in ledger.files()] == ["abandoned", "written"]
+    assert rerun["number"] == 0 and rerun["recovered"]["unverified"] == [published.stem]
+    assert sorted(p["payout_id"] for p in rerun["already_paid"]) == IDS
+    (record,) = ledger.files()
+    assert record["status"] == "written" and "check with the bank" in record["note"]
     assert Counter(r["payout_id"] for r in ledger.rows(IDS)) == Counter(IDS)
+
+
+@pytest.mark.parametrize("gone", ["moved", "deleted"])
+def test_a_published_file_taken_away_before_the_ledger_knew_is_not_paid_again(
+    tmp_path: Path, gone: str
+) -> None:
+    """A bank client picks files up as they appear: a file moved or deleted after it got its
+    final name (and before the ledger said ``written``) counts as sent, never as lost."""
+    with payout_env(tmp_path):
+        out, ledger = _crash(tmp_path, "after_publish")
+        (published,) = out.glob("*.xml")
+        if gone == "moved":
+            published.rename(tmp_path / published.name)
+        else:
+            published.unlink()
+        rerun = run_payouts(run_id="rerun001")
+    assert rerun["number"] == 0 and rerun["recovered"]["unverified"] == [published.stem]
+    assert [f["status"] for f in ledger.files()] == ["written"]
+    assert {r["status"] for r in ledger.rows(IDS)} == {"written"}
+    assert not list(out.glob("*.xml"))  # no second file

@@ -22,11 +22,11 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from sqlalchemy import (
     Boolean,
@@ -195,10 +195,19 @@ class RecoveryReport:
     completed_files: list[str]
     abandoned_files: list[str]
     resynced_files: list[str]
+    unverified_files: list[str] = field(default_factory=list)  # written, their file gone or changed
 
 
 #: Called with (claim_nos, status) to update the ERP; must be idempotent.
 ErpUpdate = Callable[[Sequence[str], str], None]
+
+
+class FileRecovery(NamedTuple):
+    """What :meth:`FileLedger.recover_files` did, by message id."""
+
+    completed: list[str]
+    abandoned: list[str]
+    unverified: list[str]
 
 
 class FileLedger:
@@ -255,18 +264,31 @@ class FileLedger:
             )
 
     # ---- the life of a file -----------------------------------------------------------------
-    def mark_written(self, msg_id: str) -> None:
+    def mark_written(self, msg_id: str, note: str | None = None) -> None:
         """The file is on disk under its final name: file and entries become ``written`` (one transaction)."""
         files, entries = self.files_table, self.entries_table
         now = utcnow()
+        file_values: dict[str, Any] = {"status": "written", "written_at": now}
+        if note is not None:
+            file_values["note"] = note[:1000]
         with self.engine.begin() as conn:
             conn.execute(
                 update(entries)
                 .where(and_(entries.c.msg_id == msg_id, entries.c.status == "prepared"))
                 .values(status="written", written_at=now)
             )
+            conn.execute(update(files).where(files.c.msg_id == msg_id).values(**file_values))
+
+    def mark_publishing(self, msg_id: str) -> None:
+        """The file is about to get its final name: from here on a crash may leave it with the
+        bank already (a client can pick a file up the moment it appears), so recovery never
+        releases its entries again."""
+        files = self.files_table
+        with self.engine.begin() as conn:
             conn.execute(
-                update(files).where(files.c.msg_id == msg_id).values(status="written", written_at=now)
+                update(files)
+                .where(and_(files.c.msg_id == msg_id, files.c.status == "prepared"))
+                .values(status="publishing")
             )
 
     def abandon_file(self, msg_id: str, note: str) -> None:
@@ -289,8 +311,9 @@ class FileLedger:
 
         ``.part`` written while a child validates it -> headers, counted sums and this ledger's
         figures compared -> atomic rename -> file and entries ``written`` in one transaction.
-        The fault points ``before_publish``, ``after_publish`` and ``after_written`` let the
-        crash tests stop the process between these steps.
+        The file is ``publishing`` from just before the rename until it is ``written``. The fault
+        points ``before_publish``, ``after_publish`` and ``after_written`` let the crash tests stop
+        the process between these steps.
 
         Raises:
             SepaValidationError: the file failed its schema or its sums; nothing is published and
@@ -303,42 +326,62 @@ class FileLedger:
                 self.abandon_file(msg_id, f"not published: {exc}"[:1000])
             raise
         fault_point("before_publish")
+        self.mark_publishing(msg_id)
         publish(part, path)
         fault_point("after_publish")
         self.mark_written(msg_id)
         fault_point("after_written")
         return totals
 
-    def recover_files(self, check_file: Callable[[Path, str], bool]) -> tuple[list[str], list[str]]:
-        """Finish or undo every ``prepared`` file a crash left behind (idempotent).
+    def recover_files(self, check_file: Callable[[Path, str], bool]) -> FileRecovery:
+        """Finish or undo every file a crash left ``prepared`` or ``publishing`` (idempotent).
 
-        A ``prepared`` file whose final name exists and passes ``check_file(path, msg_id)`` was
-        renamed just before the crash: it becomes ``written``. Any other is abandoned (its
-        ``.part`` deleted, its entries released); a final file that fails the check is renamed
-        ``.rejected`` so nobody sends it.
+        - ``prepared``: the rename had not begun, so the file never had its final name. Its
+          ``.part`` is deleted and its entries released: the run pays them. (A final file that
+          passes ``check_file(path, msg_id)``, left by a release without the ``publishing``
+          step, is taken as written.)
+        - ``publishing``: the crash came around the rename. Still a ``.part`` and no final
+          file: the rename did not happen; released as above. The final file there and passing
+          the check: it becomes ``written``. The final file gone (picked up by the bank's
+          client, moved, deleted) or changed: it had its final name, so it may be with the bank.
+          Its entries are never released, the file is recorded ``written`` with a note, and it
+          is listed as ``unverified`` for a person to check with the bank. A changed file is
+          renamed ``.rejected`` so nobody sends it as it is.
 
         Returns:
-            (message ids completed, message ids abandoned)
+            The message ids completed, abandoned, and written without a file to check.
         """
-        completed: list[str] = []
-        abandoned: list[str] = []
+        recovery = FileRecovery([], [], [])
         files = self.files_table
         with self.engine.connect() as conn:
-            prepared = conn.execute(
-                select(files.c.msg_id, files.c.path).where(files.c.status == "prepared")
+            left = conn.execute(
+                select(files.c.msg_id, files.c.path, files.c.status).where(
+                    files.c.status.in_(("prepared", "publishing"))
+                )
             ).all()
-        for msg_id, path_text in prepared:
+        for msg_id, path_text, status in left:
             path = Path(path_text)
-            part_path(path).unlink(missing_ok=True)
+            part = part_path(path)
+            renamed = status == "publishing" and not part.exists()
+            part.unlink(missing_ok=True)
             if path.exists() and check_file(path, msg_id):
                 self.mark_written(msg_id)
-                completed.append(msg_id)
+                recovery.completed.append(msg_id)
+            elif renamed:
+                note = "published before a crash, then "
+                if path.exists():
+                    path.replace(path.with_name(path.name + ".rejected"))
+                    note += "changed (renamed .rejected)"
+                else:
+                    note += "moved or deleted"
+                self.mark_written(msg_id, f"{note}; not paid again: check with the bank that it arrived")
+                recovery.unverified.append(msg_id)
             else:
                 if path.exists():
                     path.replace(path.with_name(path.name + ".rejected"))
                 self.abandon_file(msg_id, "run stopped before the file was complete; entries released")
-                abandoned.append(msg_id)
-        return completed, abandoned
+                recovery.abandoned.append(msg_id)
+        return recovery
 
     def ledger_totals(self, msg_id: str) -> tuple[int, Decimal]:
         """Number and sum of the entries of one file (to compare with the file on disk)."""
@@ -527,7 +570,7 @@ class SepaLedger(FileLedger):
                 ``.rejected`` so nobody sends it.
         """
         resynced: list[str] = []
-        completed, abandoned = self.recover_files(check_file)
+        completed, abandoned, unverified = self.recover_files(check_file)
         with self.engine.connect() as conn:
             unsynced = conn.execute(
                 select(sepa_files.c.msg_id).where(
@@ -538,7 +581,7 @@ class SepaLedger(FileLedger):
             self.sync_erp(msg_id, erp_update)
             if msg_id not in completed:
                 resynced.append(msg_id)
-        return RecoveryReport(completed, abandoned, resynced)
+        return RecoveryReport(completed, abandoned, resynced, unverified)
 
     # ---- reconciliation ------------------------------------------------------------------------
     def statement_seen(self, key: str) -> bool:
