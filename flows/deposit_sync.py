@@ -2,10 +2,12 @@
 master data first, then bookings.
 
 master data: check the partner -> recover pending writes -> extract the object group's deposit
-accounts -> preconditions (held back with the rule) -> plan by difference -> load per batch -> protocol
-bookings: check the partner -> recover pending writes -> the bookings since the last confirmed one
--> send / wait (account not at the partner yet) -> load per batch -> payouts of kept deposits ->
-cursor -> protocol
+accounts -> preconditions (held back with the rule) -> plan by difference (what the partner refused
+stays held while unchanged) -> load per batch -> refusals that no longer hold resolved -> protocol
+bookings: check the partner -> recover pending writes -> the scope's bookings the partner has not
+confirmed (by difference, no cursor) -> send / wait / hold -> load per batch, an account's bookings
+in order and none after its first failure -> payouts of every kept deposit not yet in the payout
+ledger -> protocol
 
 Both are deployed daily (``prefect.yaml``, ``flows/serve.py``); with ``deposit.daily_schedules =
 false`` an outside scheduler triggers them instead and a scheduled run ends at once, saying so.
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast, get_args
 
@@ -29,17 +29,18 @@ from prefect.utilities.annotations import quote
 
 from config.settings import HausflowSettings, ProfileName, load_settings
 from connectors.state_store import StateStore
-from tasks.deposit_rules import Held, confirmed_through
+from tasks.deposit_rules import ACCOUNTS, BOOKINGS, Held
 from tasks.deposit_tasks import (
     DEPOSIT,
-    advance_bookings_cursor,
     apply_deposit_rules,
+    due_deposit_payouts,
     extract_deposit_master,
-    payouts_as_dicts,
+    hold_after_failures,
     plan_deposit_accounts,
     plan_deposit_bookings,
-    route_deposit_payouts,
+    resolve_refusals,
 )
+from tasks.payout_tasks import Payout, write_payout_file
 from tasks.sync.load import BatchOutcome, check_partner, load_partner_batch, recover_pending_writes
 from tasks.sync.plan import Plan
 from tasks.sync.protocol import record_protocol
@@ -50,10 +51,6 @@ T = TypeVar("T")
 def whole(value: T) -> T:
     """Hand ``value`` to a task as it is (Prefect otherwise walks every element of a task argument)."""
     return cast(T, quote(value))
-
-
-PAYOUT_MODULE = "tasks.payout_tasks"
-"""Where ``write_payout_file`` lives (the SEPA pain.001 writer with its never-twice ledger)."""
 
 
 def _gate(settings: HausflowSettings, what: str) -> dict[str, Any] | None:
@@ -88,10 +85,29 @@ def _gate(settings: HausflowSettings, what: str) -> dict[str, Any] | None:
 
 async def _load(
     settings: HausflowSettings, run_id: str, plan: Plan, seq: int, outcomes: list[BatchOutcome]
-) -> None:
-    """Send a plan batch by batch (the engine's exactly-once load)."""
+) -> list[Held]:
+    """Send a plan batch by batch (the engine's exactly-once load); returns the bookings held back.
+
+    Batches go one after another, and within a batch the client sends an account's bookings in
+    order (:meth:`connectors.deposit.DepositClient.awrite_many`); a booking of an account whose
+    earlier booking failed in an earlier batch of this run is held back here, with the reason.
+    """
+    failed_accounts: dict[str, str] = {}
+    account_of = {
+        w.ref_id: str(w.payload.get("accountId")) for w in plan.writes if w.entity == BOOKINGS and w.payload
+    }
+    held: list[Held] = []
     for batch in plan.batches(settings.deposit.batch_size):
-        outcomes.append(await load_partner_batch(DEPOSIT, settings, run_id, whole(batch), seq))
+        send, waiting = hold_after_failures(batch, failed_accounts)
+        held += waiting
+        if not send:
+            continue
+        outcome = await load_partner_batch(DEPOSIT, settings, run_id, whole(send), seq)
+        outcomes.append(outcome)
+        for entity, ref in outcome.failed_keys:
+            if entity == BOOKINGS and ref in account_of:
+                failed_accounts.setdefault(account_of[ref], ref)
+    return held
 
 
 def _finish(summary: dict[str, Any], what: str) -> dict[str, Any]:
@@ -108,6 +124,12 @@ def _finish(summary: dict[str, Any], what: str) -> dict[str, Any]:
         raise RuntimeError(
             f"{summary['failed']} deposit {what} writes failed (listed with the reason in deposit-sync-details); "
             "the next run sends them again."
+        )
+    error = (summary.get("payouts") or {}).get("error")
+    if error:
+        raise RuntimeError(
+            f"the payout file of the kept deposits could not be written ({error}); every payout stays due and "
+            "the next bookings run writes it."
         )
     return summary
 
@@ -147,12 +169,22 @@ async def deposit_master_data(
         tables = extract_deposit_master(settings)
         master = apply_deposit_rules(settings, whole(tables), run_id)
         del tables
-        plan = plan_deposit_accounts(settings, whole(master), full_resync)
+        planned = plan_deposit_accounts(settings, whole(master), full_resync)
+        plan = planned.plan
         outcomes: list[BatchOutcome] = []
         if not dry_run:
             await _load(settings, run_id, plan, seq, outcomes)
+            failed = [ref for o in outcomes for (e, ref) in o.failed_keys if e == ACCOUNTS]
+            resolve_refusals(settings, ACCOUNTS, [h.ref_id for h in planned.refused], failed)
         summary = record_protocol(
-            DEPOSIT, settings, run_id, whole(plan), [], whole(master.held), whole(outcomes), dry_run
+            DEPOSIT,
+            settings,
+            run_id,
+            whole(plan),
+            whole(planned.refused),
+            whole(master.held),
+            whole(outcomes),
+            dry_run,
         )
     except Exception:
         store.finish_run(run_id, "FAILED", {})
@@ -164,15 +196,17 @@ async def deposit_master_data(
 async def deposit_bookings(
     full_resync: bool = False, dry_run: bool = False, profile: str | None = None
 ) -> dict[str, Any]:
-    """Send every deposit booking since the last confirmed one, exactly once (the second daily job).
+    """Send every deposit booking of the scope the partner has not confirmed, exactly once (the
+    second daily job).
 
     A booking whose account the partner does not hold yet waits, with the reason, and so do the
     later bookings of that account; the master-data run sends the account, the next bookings run
-    the booking. Kept deposits (counterclaims) become payouts (:mod:`tasks.deposit_rules`).
+    the booking. Kept deposits (counterclaims) become payouts (:mod:`tasks.deposit_rules`), paid
+    once each by a pain.001 file; one that cannot be paid yet is reported each run until it is.
 
     Args:
-        full_resync: read every booking of the scope, not only those after the cursor (a changed
-            posted booking is reported, never sent again).
+        full_resync: read every booking of the scope in full, not only those the partner has not
+            confirmed (a changed posted booking is reported, never sent again).
         dry_run: decide and show what would be sent, send nothing.
         profile: settings profile; default ``HAUSFLOW_PROFILE``.
     """
@@ -190,25 +224,33 @@ async def deposit_bookings(
         if not dry_run:
             await recover_pending_writes(DEPOSIT, settings, run_id)
         seq = store.current_seq()
-        run = plan_deposit_bookings(settings, full_resync)
+        run = plan_deposit_bookings(settings, full_resync, run_id)
+        decided = run.decided
         outcomes: list[BatchOutcome] = []
-        skips: list[Held] = [*run.decided.waiting, *run.decided.changed]
+        skips: list[Held] = [*decided.waiting, *decided.refused, *decided.changed]
         payout_summary: dict[str, Any] = {}
         if dry_run:
-            logger.info("Dry run: %d bookings would be sent, nothing sent.", len(run.plan.writes))
+            logger.info(
+                "Dry run: %d bookings would be sent, nothing sent, no payout written.", len(run.plan.writes)
+            )
         else:
-            await _load(settings, run_id, run.plan, seq, outcomes)
-            failed = {ref for o in outcomes for (_, ref) in o.failed_keys}
-            open_ids = failed | {h.ref_id for h in run.decided.waiting}
-            confirmed = [c for c in run.counterclaims if str(c["booking_id"]) not in open_ids]
-            payouts, problems = route_deposit_payouts(settings, whole(confirmed))
-            skips += problems
-            payout_summary = pay_out(settings, payouts_as_dicts(payouts), run_id)
-            advance_bookings_cursor(settings, confirmed_through(run.read_ids, open_ids, run.start))
+            skips += await _load(settings, run_id, run.plan, seq, outcomes)
+            failed = [ref for o in outcomes for (e, ref) in o.failed_keys if e == BOOKINGS]
+            resolve_refusals(settings, BOOKINGS, [h.ref_id for h in decided.refused], failed)
+            due = await due_deposit_payouts(settings)
+            skips += due.problems
+            payout_summary = pay_out(settings, due.payouts, run_id, due.due)
         summary = record_protocol(
-            DEPOSIT, settings, run_id, whole(run.plan), whole(skips), [], whole(outcomes), dry_run
+            DEPOSIT,
+            settings,
+            run_id,
+            whole(run.plan),
+            whole(skips),
+            whole(decided.invalid),
+            whole(outcomes),
+            dry_run,
         )
-        summary["waiting"] = len(run.decided.waiting)
+        summary["waiting"] = len(decided.waiting)
         summary["payouts"] = payout_summary
     except Exception:
         store.finish_run(run_id, "FAILED", {})
@@ -216,27 +258,37 @@ async def deposit_bookings(
     return _finish(summary, "bookings")
 
 
-def pay_out(settings: HausflowSettings, payouts: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
-    """Hand the kept deposits to the SEPA credit-transfer writer, when it is installed.
+def pay_out(settings: HausflowSettings, payouts: list[Payout], run_id: str, due: int) -> dict[str, Any]:
+    """Hand the due payouts of kept deposits to the SEPA credit-transfer writer.
 
-    CALL SITE for ``tasks.payout_tasks.write_payout_file(settings, payouts, run_id, dry_run)``: it
-    writes the pain.001 file with its never-twice ledger (a payout id is paid once, however often a
-    run hands it over). Until that module exists the payouts are only counted and logged.
+    ``tasks.payout_tasks.write_payout_file`` writes the pain.001 file with its never-twice ledger:
+    a payout id is paid at most once, however often it is handed over; one it skips (a bad
+    account) is reported with its reason and stays due. A failure of the writer does not undo the
+    bookings sent: it is returned as ``error`` (the run then ends Failed) and every payout stays due.
     """
     if not payouts:
-        return {"payouts": 0}
-    if importlib.util.find_spec(PAYOUT_MODULE) is None:
-        get_run_logger().warning(
-            "%d kept deposits are ready to pay out, but the SEPA credit-transfer writer (%s) is not installed: "
-            "no payment file written.",
+        return {"due": due, "paid": 0, "file": None}
+    logger = get_run_logger()
+    try:
+        result = write_payout_file(settings, payouts, run_id, False)
+    except Exception as exc:  # the file is all or nothing; the ledger releases what it held
+        logger.error(
+            "The payout file of %d kept deposits could not be written: %s. They stay due; the next bookings "
+            "run writes them.",
             len(payouts),
-            PAYOUT_MODULE,
+            exc,
         )
-        return {"payouts": len(payouts), "written": False}
-    module = importlib.import_module(PAYOUT_MODULE)
-    # the writer takes the Payout shape of connectors/sepa/pain001.py; converted when both branches meet
-    result: dict[str, Any] = module.write_payout_file(settings, payouts, run_id, False)
-    return result
+        return {"due": due, "paid": 0, "file": None, "error": str(exc)}
+    for note in result.get("skipped", []):
+        logger.warning("Payout not paid yet: %s [%s].", note["reason"], note["rule"])
+    return {
+        "due": due,
+        "paid": int(result.get("number") or 0),
+        "file": result.get("file"),
+        "skipped": [n["payout_id"] for n in result.get("skipped", [])],
+        "already_paid": [n["payout_id"] for n in result.get("already_paid", [])],
+        "warnings": list(result.get("warnings", [])),
+    }
 
 
 def run_deposit_master_data(**parameters: Any) -> dict[str, Any]:

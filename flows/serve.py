@@ -533,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if died is None else 1
 
 
+DEPOSIT_TIMEZONE = "Europe/Berlin"
+"""The deposit jobs' crons are business times (``deposit.master_data_cron``/``bookings_cron``):
+Europe/Berlin, not the server's UTC."""
+
+
 def build_deployments(profile: str) -> list[Any]:
     """The served deployments: the portal sync every 5 minutes, the SEPA flows on demand, the deposit
     partner's two daily jobs (scheduled unless ``deposit.daily_schedules`` is off in ``profile``).
@@ -542,6 +547,7 @@ def build_deployments(profile: str) -> list[Any]:
     stops after the control listing.
     """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
 
     from config.settings import load_settings
     from flows.bank_reconciliation import import_bank_statement
@@ -567,7 +573,7 @@ def build_deployments(profile: str) -> list[Any]:
         import_bank_statement.to_deployment(name="on-demand", concurrency_limit=once, tags=["sepa"]),
         deposit_master_data.to_deployment(
             name="daily",
-            cron=deposit.master_data_cron if daily else None,
+            schedules=[Cron(deposit.master_data_cron, timezone=DEPOSIT_TIMEZONE)] if daily else [],
             concurrency_limit=once,
             parameters={"profile": profile},
             tags=["deposit"],
@@ -575,7 +581,7 @@ def build_deployments(profile: str) -> list[Any]:
         ),
         deposit_bookings.to_deployment(
             name="daily",
-            cron=deposit.bookings_cron if daily else None,
+            schedules=[Cron(deposit.bookings_cron, timezone=DEPOSIT_TIMEZONE)] if daily else [],
             concurrency_limit=once,
             parameters={"profile": profile},
             tags=["deposit"],

@@ -7,8 +7,13 @@ Preconditions, checked before anything is sent (seed 000, "Voraussetzungen"):
 - ``owner_on_object``: every transferred object has an owner;
 - ``trust_account_on_object``: every transferred object has a trust pooled account
   (Treuhandsammelkonto);
-- ``one_deposit_account_per_tenant``: a tenant (lead tenant of a tenancy) holds exactly one deposit
-  account, and a tenancy has one.
+- ``one_deposit_account_per_tenant``: a tenant (lead or joint tenant of an open tenancy) holds
+  exactly one open deposit account, and a tenancy has one; a closed account or an ended tenancy
+  does not count (a tenant who moved within the group keeps the old, closed account);
+- the partner's required fields, checked here rather than refused there: ``tenancy_start_known``,
+  ``object_has_name``, ``trust_account_valid`` (a valid IBAN), ``tenant_has_name``; and per booking
+  ``booking_type_known``, ``booking_sign`` (money in positive, money out negative, never zero) and
+  ``booking_date_known``.
 
 An object's failure holds back that object's deposit accounts and their bookings; a tenant's
 failure holds back that tenant's accounts and bookings. The rest of the run goes on.
@@ -25,6 +30,8 @@ from typing import Any, Literal
 from schwifty import IBAN
 from schwifty.exceptions import SchwiftyException
 
+from connectors.sepa.pain001 import Payout
+
 ACCOUNTS = "deposit_accounts"
 BOOKINGS = "bookings"
 
@@ -34,7 +41,10 @@ ONE_ACCOUNT_PER_TENANT = "one_deposit_account_per_tenant"
 PRECONDITIONS = (OWNER_ON_OBJECT, TRUST_ACCOUNT_ON_OBJECT, ONE_ACCOUNT_PER_TENANT)
 TENANT_NAME = "tenant_has_name"
 """Not a precondition of the seed but of the partner's records: a tenant has a last or company name."""
-HOLD_RULES = (*PRECONDITIONS, TENANT_NAME)
+TENANCY_START = "tenancy_start_known"
+OBJECT_NAME = "object_has_name"
+TRUST_ACCOUNT_VALID = "trust_account_valid"
+HOLD_RULES = (*PRECONDITIONS, TENANT_NAME, TENANCY_START, OBJECT_NAME, TRUST_ACCOUNT_VALID)
 """Every rule that holds a deposit account back before anything is sent."""
 
 ACCOUNT_NOT_AT_PARTNER = "account_not_at_partner"
@@ -42,6 +52,25 @@ ACCOUNT_HELD = "account_held_back"
 EARLIER_BOOKING_WAITS = "earlier_booking_waits"
 CHANGED_AFTER_POSTING = "booking_changed_after_posting"
 PAYOUT_ACCOUNT_MISSING = "payout_account_missing"
+PAYOUT_NOT_POSTED = "payout_booking_not_at_partner"
+REFUSED = "deposit_rejected"
+"""The engine's quarantine rule for a record the partner refused (``<partner>_rejected``)."""
+BOOKING_TYPE_KNOWN = "booking_type_known"
+BOOKING_SIGN = "booking_sign"
+BOOKING_DATE = "booking_date_known"
+BOOKING_RULES = (BOOKING_TYPE_KNOWN, BOOKING_SIGN, BOOKING_DATE)
+"""Rules a booking is checked against before it is sent (the partner refuses what breaks them)."""
+BOOKING_TYPES = (
+    "PAYMENT_IN",
+    "INTEREST",
+    "WITHHOLDING_TAX",
+    "SOLIDARITY_SURCHARGE",
+    "COUNTERCLAIM",
+    "PAYOUT",
+)
+TEXT_LIMIT = 140
+"""The partner's longest booking text (and SEPA's remittance): longer ones are shortened with a
+warning naming the booking, never cut silently."""
 
 MONEY_IN = frozenset({"PAYMENT_IN", "INTEREST"})
 """Booking types that bring money into the deposit account (positive amounts); the others take it out."""
@@ -98,50 +127,88 @@ def person_name(person: Mapping[str, Any] | None) -> str:
     return " ".join(str(person[k]) for k in ("first_name", "last_name") if person.get(k))
 
 
+def is_open(account: Mapping[str, Any], today: date | None) -> bool:
+    """An open tenancy's deposit account: not closed, and the tenancy not ended before ``today``
+    (a move-out date that is no date counts as open: the partner's field errors name it)."""
+    if account.get("closed_on"):
+        return False
+    end = account.get("move_out_date")
+    return not (isinstance(end, date) and today is not None and end < today)
+
+
 def check_preconditions(
-    accounts: Sequence[Mapping[str, Any]], objects: Mapping[str, Mapping[str, Any]]
+    accounts: Sequence[Mapping[str, Any]],
+    objects: Mapping[str, Mapping[str, Any]],
+    joint_tenants: Mapping[str, Sequence[str]] | None = None,
+    today: date | None = None,
 ) -> list[Held]:
     """The precondition failures of the accounts of the scope, one per account and rule.
 
     Args:
         accounts: deposit accounts with ``account_no``, ``contract_no``, ``person_no`` (lead
-            tenant) and ``object_no``.
+            tenant), ``object_no`` and, for the one-account rule, ``closed_on`` and
+            ``move_out_date``.
         objects: the scope's objects by number, with ``name``, ``owner_person_no`` and
             ``trust_account_iban``.
+        joint_tenants: contract reference -> joint tenants' person numbers.
+        today: the business date; a tenancy that ended before it is not open.
 
     Returns:
         For each account that fails a rule: a :class:`Held` keyed by its contract reference, with the
         rule and a reason naming the object or tenant and what to do.
     """
     held: list[Held] = []
+    joint = joint_tenants or {}
     by_object: dict[str, list[Mapping[str, Any]]] = {}
     by_tenant: dict[str, list[Mapping[str, Any]]] = {}
     by_contract: dict[str, list[Mapping[str, Any]]] = {}
     for account in accounts:
         by_object.setdefault(str(account["object_no"]), []).append(account)
-        by_tenant.setdefault(str(account["person_no"]), []).append(account)
         by_contract.setdefault(str(account["contract_no"]), []).append(account)
+        if is_open(account, today):
+            tenants = {str(account["person_no"]), *joint.get(str(account["contract_no"]), ())}
+            for person_no in tenants:
+                by_tenant.setdefault(person_no, []).append(account)
     for object_no, group in sorted(by_object.items()):
         obj = objects.get(object_no) or {}
         label = f"object {object_no}" + (f" ({obj['name']})" if obj.get("name") else "")
         count = f"its {len(group)} deposit account{'s' if len(group) != 1 else ''} and their bookings wait"
+
+        def hold(rule: str, reason: str, group: list[Mapping[str, Any]] = group) -> None:
+            held.extend(Held(ACCOUNTS, str(a["contract_no"]), rule, reason) for a in group)
+
         if not obj.get("owner_person_no"):
-            reason = f"{label} has no owner: enter the owner in the object master (Objektstamm); {count}"
-            held += [Held(ACCOUNTS, str(a["contract_no"]), OWNER_ON_OBJECT, reason) for a in group]
-        if not str(obj.get("trust_account_iban") or "").strip():
-            reason = (
-                f"{label} has no trust pooled account (Treuhandsammelkonto): enter it in the object's "
-                f"bank parameters; {count}"
+            hold(
+                OWNER_ON_OBJECT,
+                f"{label} has no owner: enter the owner in the object master (Objektstamm); {count}",
             )
-            held += [Held(ACCOUNTS, str(a["contract_no"]), TRUST_ACCOUNT_ON_OBJECT, reason) for a in group]
+        iban = str(obj.get("trust_account_iban") or "").replace(" ", "")
+        if not iban:
+            hold(
+                TRUST_ACCOUNT_ON_OBJECT,
+                f"{label} has no trust pooled account (Treuhandsammelkonto): enter it in the object's "
+                f"bank parameters; {count}",
+            )
+        elif (problem := iban_problem(iban)) is not None:
+            hold(
+                TRUST_ACCOUNT_VALID,
+                f"{label}: its trust pooled account {iban} is not a valid IBAN ({problem}): correct it in the "
+                f"object's bank parameters; {count}",
+            )
+        if not str(obj.get("name") or "").strip():
+            hold(
+                OBJECT_NAME,
+                f"object {object_no} has no name, which the deposit partner requires: enter it in the object master; {count}",
+            )
     doubled: dict[str, str] = {}
-    for person_no, group in by_tenant.items():
+    for person_no, group in sorted(by_tenant.items()):
         if len(group) > 1:
             numbers = ", ".join(sorted(str(a["account_no"]) for a in group))
             for a in group:
                 doubled[str(a["contract_no"])] = (
-                    f"tenant {person_no} holds {len(group)} deposit accounts ({numbers}): only one deposit "
-                    "account per tenant is allowed; close or merge the others in the ERP"
+                    f"tenant {person_no} is lead or joint tenant of {len(group)} open tenancies with a deposit "
+                    f"account ({numbers}): only one deposit account per tenant is allowed; close or merge the "
+                    "others in the ERP"
                 )
     for contract_no, group in by_contract.items():
         if len(group) > 1:
@@ -151,7 +218,28 @@ def check_preconditions(
                 "per tenancy; close the others in the ERP"
             )
     held += [Held(ACCOUNTS, ref, ONE_ACCOUNT_PER_TENANT, reason) for ref, reason in sorted(doubled.items())]
+    for account in accounts:
+        if not (account.get("start_date") or account.get("opened_on")):
+            held.append(
+                Held(
+                    ACCOUNTS,
+                    str(account["contract_no"]),
+                    TENANCY_START,
+                    f"deposit account {account['account_no']} (tenancy {account['contract_no']}) has no tenancy "
+                    "start, which the deposit partner requires: enter the contract's start date in the ERP",
+                )
+            )
     return held
+
+
+def iban_problem(iban: str) -> str | None:
+    """Why ``iban`` is not a valid IBAN (schwifty: length, check digits, German account check),
+    ``None`` when it is."""
+    try:
+        IBAN(iban)
+    except SchwiftyException as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _person(person: Mapping[str, Any] | None, person_no: str) -> dict[str, Any]:
@@ -220,10 +308,12 @@ def build_master(
     objects: Iterable[Mapping[str, Any]],
     persons: Iterable[Mapping[str, Any]],
     joint_tenants: Iterable[Mapping[str, Any]],
+    today: date | None = None,
 ) -> DepositMaster:
     """The desired deposit accounts of the scope, and the accounts the preconditions hold back.
 
-    Args: plain rows of the extract (``connectors.erp.extract.deposit_master_queries``).
+    Args: plain rows of the extract (``connectors.erp.extract.deposit_master_queries``), and the
+    business date (a tenancy that ended before it is not open).
     """
     account_rows = list(accounts)
     object_map = {str(o["object_no"]): o for o in objects}
@@ -231,7 +321,7 @@ def build_master(
     joint: dict[str, list[str]] = {}
     for row in joint_tenants:
         joint.setdefault(str(row["contract_no"]), []).append(str(row["person_no"]))
-    out = DepositMaster(held=check_preconditions(account_rows, object_map))
+    out = DepositMaster(held=check_preconditions(account_rows, object_map, joint, today))
     for account in account_rows:
         tenants = [str(account["person_no"]), *joint.get(str(account["contract_no"]), [])]
         nameless = [
@@ -262,9 +352,21 @@ def build_master(
 
 
 # ---- bookings -------------------------------------------------------------------------------
+def shorten(text: str, limit: int = TEXT_LIMIT) -> tuple[str, str | None]:
+    """``text`` within ``limit`` characters, cut at a word boundary, and what was dropped (``None``
+    when nothing was): the caller warns with the record's name, never cuts silently."""
+    if len(text) <= limit:
+        return text, None
+    head = text[: limit + 1]
+    cut = head.rfind(" ")
+    kept = (head[:cut] if cut > limit // 2 else text[:limit]).rstrip()
+    return kept, text[len(kept) :].strip()
+
+
 def booking_payload(row: Mapping[str, Any]) -> dict[str, Any]:
     """The partner's record of one booking, keyed by the ERP's booking id, naming its account by
-    contract reference."""
+    contract reference (a text over :data:`TEXT_LIMIT` is shortened: :func:`booking_text_note`)."""
+    text = str(row["text"]) if row.get("text") else None
     return {
         "id": str(row["booking_id"]),
         "accountId": str(row["contract_no"]),
@@ -272,8 +374,59 @@ def booking_payload(row: Mapping[str, Any]) -> dict[str, Any]:
         "amount": money(row["amount"]),
         "currency": "EUR",
         "bookingDate": iso(row["booking_date"]),
-        "text": (str(row["text"])[:140] if row.get("text") else None),
+        "text": shorten(text)[0] if text else None,
     }
+
+
+def booking_text_note(row: Mapping[str, Any]) -> str | None:
+    """The warning for a booking whose text is shortened for the partner (``None`` if it is not)."""
+    text = str(row["text"]) if row.get("text") else ""
+    _, dropped = shorten(text)
+    if dropped is None:
+        return None
+    return (
+        f"booking {row['booking_id']} of deposit account {row['contract_no']}: its text has {len(text)} "
+        f"characters, the deposit partner takes {TEXT_LIMIT}; sent shortened at a word boundary, dropped: "
+        f"{dropped!r} (shorten it in the ERP to choose the words yourself)"
+    )
+
+
+def check_booking(row: Mapping[str, Any]) -> Held | None:
+    """The first rule a booking breaks before it could be sent (the partner would refuse it), or
+    ``None``: ``booking_type_known``, ``booking_sign`` (PAYMENT_IN and INTEREST positive, the
+    others negative, never zero), ``booking_date_known``."""
+    booking, ref, kind = str(row["booking_id"]), str(row["contract_no"]), str(row["booking_type"])
+    label = f"booking {booking} of deposit account {ref}"
+    if kind not in BOOKING_TYPES:
+        return Held(
+            BOOKINGS,
+            booking,
+            BOOKING_TYPE_KNOWN,
+            f"{label} has the type {kind!r}, which the deposit partner does not know ({', '.join(BOOKING_TYPES)}): "
+            "correct the booking type in the ERP",
+        )
+    try:
+        amount = Decimal(str(row["amount"]))
+    except (ArithmeticError, ValueError):
+        amount = Decimal(0)
+    positive = kind in MONEY_IN
+    if amount == 0 or (amount > 0) != positive:
+        need = "positive" if positive else "negative"
+        hint = (
+            " (a reversal of a payment is booked as PAYOUT or COUNTERCLAIM, not as a negative PAYMENT_IN)"
+            if kind == "PAYMENT_IN" and amount < 0
+            else ""
+        )
+        return Held(
+            BOOKINGS,
+            booking,
+            BOOKING_SIGN,
+            f"{label} is a {kind} of {money(amount)}: a {kind} booking is {need} and never zero{hint}; "
+            "correct the amount or the type in the ERP",
+        )
+    if not row.get("booking_date"):
+        return Held(BOOKINGS, booking, BOOKING_DATE, f"{label} has no booking date: enter it in the ERP")
+    return None
 
 
 def booking_order(row: Mapping[str, Any]) -> tuple[int, str]:
@@ -289,13 +442,18 @@ def booking_order(row: Mapping[str, Any]) -> tuple[int, str]:
 class BookingPlan:
     """What the bookings run does with the bookings it read: ``send`` (booking id -> payload, in
     booking order), ``waiting`` (held until their account is at the partner or an earlier booking
-    went), ``changed`` (posted, then changed in the ERP: reported, never sent again), ``posted``
-    (confirmed earlier, unchanged)."""
+    went), ``invalid`` (breaking a booking rule: quarantined until fixed in the ERP), ``refused``
+    (refused by the partner with this very payload: held until it changes in the ERP),
+    ``changed`` (posted, then changed in the ERP: reported, never sent again), ``posted``
+    (confirmed earlier, unchanged), ``notes`` (warnings, e.g. a shortened text)."""
 
     send: dict[str, dict[str, Any]] = field(default_factory=dict)
     waiting: list[Held] = field(default_factory=list)
+    invalid: list[Held] = field(default_factory=list)
+    refused: list[Held] = field(default_factory=list)
     changed: list[Held] = field(default_factory=list)
     posted: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def plan_bookings(
@@ -304,8 +462,9 @@ def plan_bookings(
     held_accounts: Mapping[str, str],
     posted: Mapping[str, str],
     digest: Any,
+    refused: Mapping[str, str] | None = None,
 ) -> BookingPlan:
-    """Decide for every booking read: send, wait (with the reason), or report as changed.
+    """Decide for every booking read: send, wait (with the reason), hold, or report as changed.
 
     Args:
         rows: bookings with ``booking_id``, ``contract_no`` and the booking's fields.
@@ -313,11 +472,15 @@ def plan_bookings(
         held_accounts: contract reference -> why the account is held back (a precondition).
         posted: booking id -> payload hash the partner confirmed for it.
         digest: payload -> hash (the stream's ``payload_hash``), to tell a changed booking.
+        refused: booking id -> the partner's refusal, for the bookings whose payload is exactly
+            the one refused (sending it again would be refused again).
 
     The order: bookings go in booking order (:func:`booking_order`); a booking never runs ahead of
-    its account (the master data) nor of an earlier booking of the same account that waits.
+    its account (the master data) nor of an earlier booking of the same account that waits, breaks
+    a rule or was refused.
     """
     plan = BookingPlan()
+    refused = refused or {}
     blocked: dict[str, str] = {}
     for row in sorted(rows, key=booking_order):
         payload = booking_payload(row)
@@ -337,13 +500,28 @@ def plan_bookings(
                     )
                 )
             continue
-        if ref in blocked:
+        if (note := booking_text_note(row)) is not None:
+            plan.notes.append(note)
+        problem = check_booking(row)
+        if problem is not None:
+            plan.invalid.append(problem)
+        elif ref in blocked:
             reason = (
                 f"waits for booking {blocked[ref]} of the same deposit account {ref}, which has not gone yet"
             )
             plan.waiting.append(Held(BOOKINGS, booking, EARLIER_BOOKING_WAITS, reason))
             continue
-        if ref in held_accounts:
+        elif booking in refused:
+            plan.refused.append(
+                Held(
+                    BOOKINGS,
+                    booking,
+                    REFUSED,
+                    f"the deposit partner refused booking {booking} of account {ref} as it is ({refused[booking]}); "
+                    "it is not sent again until it is corrected in the ERP",
+                )
+            )
+        elif ref in held_accounts:
             reason = f"waits: its deposit account {ref} is held back ({held_accounts[ref]})"
             plan.waiting.append(Held(BOOKINGS, booking, ACCOUNT_HELD, reason))
         elif ref not in at_partner:
@@ -355,48 +533,12 @@ def plan_bookings(
         else:
             plan.send[booking] = payload
             continue
-        blocked[ref] = booking
+        blocked.setdefault(ref, booking)
     return plan
-
-
-def confirmed_through(read_ids: Sequence[str], open_ids: set[str], start: int | None) -> int | None:
-    """The new position of the bookings cursor: the last booking id with every booking up to it
-    confirmed (or settled); the first open one (waiting or failed) stops it.
-
-    Args:
-        read_ids: the ids of the bookings read this run, in booking order.
-        open_ids: the ones neither confirmed nor settled.
-        start: the cursor the run started from.
-    """
-    through = start
-    for booking in read_ids:
-        if booking in open_ids:
-            break
-        try:
-            through = int(booking)
-        except ValueError:
-            break
-    return through
 
 
 # ---- payouts of kept deposits ------------------------------------------------------------------
 RetentionAccount = Literal["owner", "per_transfer"]
-
-
-@dataclass(frozen=True)
-class Payout:
-    """One credit transfer of a kept deposit, in the shape ``connectors/sepa/pain001.py`` writes."""
-
-    payout_id: str
-    amount: Decimal
-    creditor_name: str
-    creditor_iban: str
-    creditor_bic: str | None
-    debtor_name: str
-    debtor_iban: str
-    debtor_bic: str | None
-    remittance: str
-    reference: str
 
 
 @dataclass(frozen=True)
@@ -416,19 +558,21 @@ def route_payouts(
     owner_accounts: Mapping[str, Mapping[str, Any]],
     retention: RetentionSettings,
 ) -> tuple[list[Payout], list[Held]]:
-    """The payouts of kept deposits: each counterclaim booking's amount, from the object's trust
-    pooled account to the owner's account (default) or the manager's retention account.
+    """The payouts of kept deposits: each counterclaim's amount as the partner posted it, from the
+    object's trust pooled account to the owner's account (default) or the manager's retention account.
 
     Args:
         counterclaims: ``COUNTERCLAIM`` bookings (``booking_id``, ``contract_no``, ``object_no``,
-            ``amount`` negative, ``text``).
+            ``amount`` negative, ``text``), with amount and text as the partner posted them.
         objects: objects by number (``name``, ``owner_person_no``, ``trust_account_iban``).
         owner_accounts: owners' bank accounts by person number (``iban``, ``bic``, ``account_holder``).
         retention: the setting and the manager's account.
 
     Returns:
-        The payouts, and the counterclaims that cannot be paid (no account to pay to, or none to pay
-        from), each with the reason.
+        The payouts (``connectors.sepa.pain001.Payout``; the remittance in full: the SEPA writer
+        shortens it at a word boundary, with a warning), and the counterclaims that cannot be paid
+        yet (no account to pay to, or none to pay from), each with the reason: they stay due and
+        are paid by the run after the data is fixed.
     """
     payouts: list[Payout] = []
     problems: list[Held] = []
@@ -438,7 +582,10 @@ def route_payouts(
         debtor_iban = str(obj.get("trust_account_iban") or "").replace(" ", "")
         if retention.mode == "per_transfer":
             name, iban, bic = retention.manager_name, retention.manager_iban, retention.manager_bic
-            missing = "the manager's retention account (deposit.manager_retention_name / _iban) is not set"
+            missing = (
+                "the manager's retention account is not set: set deposit.manager_retention_name and "
+                "deposit.manager_retention_iban"
+            )
         else:
             owner_no = str(obj.get("owner_person_no") or "")
             account = owner_accounts.get(owner_no) or {}
@@ -447,11 +594,13 @@ def route_payouts(
                 account.get("iban") or "",
                 account.get("bic"),
             )
-            missing = f"owner {owner_no or '(none)'} of object {row['object_no']} has no bank account in the owner master"
-        if not (name and iban):
-            problems.append(
-                Held(BOOKINGS, booking, PAYOUT_ACCOUNT_MISSING, f"kept deposit not paid out: {missing}")
+            missing = (
+                f"owner {owner_no or '(none)'} of object {row['object_no']} has no bank account: enter it in the "
+                "owner master (Eigentümerstamm)"
             )
+        label = f"kept deposit of booking {booking} (deposit account {row['contract_no']}) not paid out yet"
+        if not (name and iban):
+            problems.append(Held(BOOKINGS, booking, PAYOUT_ACCOUNT_MISSING, f"{label}: {missing}"))
             continue
         if not debtor_iban:
             problems.append(
@@ -459,14 +608,15 @@ def route_payouts(
                     BOOKINGS,
                     booking,
                     PAYOUT_ACCOUNT_MISSING,
-                    f"kept deposit not paid out: object {row['object_no']} has no trust pooled account",
+                    f"{label}: object {row['object_no']} has no trust pooled account: enter it in the object's "
+                    "bank parameters",
                 )
             )
             continue
         text = f"Kautionseinbehalt {row['contract_no']}" + (f" {row['text']}" if row.get("text") else "")
         payouts.append(
             Payout(
-                payout_id=f"deposit-{booking}",
+                payout_id=payout_id(booking),
                 amount=-Decimal(str(row["amount"])),
                 creditor_name=str(name),
                 creditor_iban=str(iban).replace(" ", ""),
@@ -474,8 +624,13 @@ def route_payouts(
                 debtor_name=f"Treuhandsammelkonto {obj.get('name') or row['object_no']}",
                 debtor_iban=debtor_iban,
                 debtor_bic=bic_of(debtor_iban),
-                remittance=text[:140],
-                reference=f"KAUTION-{booking}"[:35],
+                remittance=text,
+                reference=f"KAUTION-{booking}",
             )
         )
     return payouts, problems
+
+
+def payout_id(booking_id: str | int) -> str:
+    """The payout of a kept deposit: its ledger key and EndToEndId, from the counterclaim's id."""
+    return f"deposit-{booking_id}"

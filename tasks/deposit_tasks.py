@@ -4,9 +4,11 @@ the pure rules (:mod:`tasks.deposit_rules`). Plain data in, clients built inside
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -15,28 +17,40 @@ from config.settings import HausflowSettings
 from connectors.deposit import DepositClient
 from connectors.deposit.streams import BOOKINGS, DEPOSIT_ACCOUNTS
 from connectors.erp.database import make_engine
-from connectors.erp.extract import TableRows, extract_deposit_bookings, extract_deposit_master_rows
-from connectors.state_store import QuarantineItem, StateStore
+from connectors.erp.extract import (
+    TableRows,
+    extract_deposit_booking_index,
+    extract_deposit_bookings,
+    extract_deposit_counterclaim_ids,
+    extract_deposit_master_rows,
+)
+from connectors.sepa.payout_ledger import PayoutLedger
+from connectors.state_store import QuarantineItem, StateStore, record_json
 from connectors.sync.client import PartnerClient
 from connectors.sync.streams import payload_hash
 from tasks.deposit_rules import (
     ACCOUNTS,
+    BOOKING_RULES,
+    EARLIER_BOOKING_WAITS,
     HOLD_RULES,
+    PAYOUT_NOT_POSTED,
+    REFUSED,
     BookingPlan,
     DepositMaster,
     Held,
     Payout,
     RetentionSettings,
+    booking_payload,
     build_master,
+    payout_id,
     plan_bookings,
     route_payouts,
 )
 from tasks.sync.partner import Partner
-from tasks.sync.plan import Plan, plan_changes
+from tasks.sync.plan import Plan, PlannedWrite, plan_changes
 
 TARGET = "deposit"
-CURSOR = "bookings_confirmed_through"
-"""The state store's cursor: the last booking id up to which the partner confirmed every booking."""
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def connect_deposit(settings: HausflowSettings) -> PartnerClient:
@@ -53,12 +67,49 @@ def rows(table: TableRows) -> list[dict[str, Any]]:
     return [dict(zip(table.columns, r, strict=True)) for r in table.rows]
 
 
+def business_date(settings: HausflowSettings) -> date:
+    """Today in Europe/Berlin, or the configured business date (replays, tests)."""
+    return settings.business_date or datetime.now(BERLIN).date()
+
+
 def retention_settings(settings: HausflowSettings) -> RetentionSettings:
     """The payout routing's configuration taken from the settings."""
     d = settings.deposit
     return RetentionSettings(
         d.retention_account, d.manager_retention_name, d.manager_retention_iban, d.manager_retention_bic
     )
+
+
+def refused_unchanged(
+    open_entries: Iterable[dict[str, Any]], entity: str, payloads: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """The records the partner refused with exactly the payload they have now: ref id -> the
+    refusal. Sending one again would be refused again (and fail every run); a changed payload is
+    sent (the portal's ``known_failures``)."""
+    out: dict[str, str] = {}
+    for entry in open_entries:
+        if entry["rule"] != REFUSED or entry["entity"] != entity:
+            continue
+        payload = payloads.get(str(entry["ref_id"]))
+        if payload is not None and entry["record_json"] == record_json(payload):
+            out[str(entry["ref_id"])] = str(entry["reason"])
+    return out
+
+
+def resolve_refusals(
+    settings: HausflowSettings, entity: str, still_held: Iterable[str], failed: Iterable[str]
+) -> int:
+    """Resolve the partner's refusals (``deposit_rejected``) of ``entity`` that no longer hold:
+    every open one except the records still held with the refused payload and those that failed
+    again in this run (a confirmed write, a changed record, a record no longer to be sent)."""
+    store = StateStore(settings.state_url)
+    keep = set(still_held) | set(failed)
+    done = {
+        (q["entity"], q["ref_id"], q["rule"])
+        for q in store.open_quarantine(TARGET)
+        if q["rule"] == REFUSED and q["entity"] == entity and q["ref_id"] not in keep
+    }
+    return store.resolve_quarantine_entries(TARGET, done)
 
 
 @task(name="extract-deposit-master-data", cache_policy=NO_CACHE)
@@ -89,12 +140,13 @@ def apply_deposit_rules(
         rows(tables["objects"]),
         rows(tables["persons"]),
         rows(tables["joint_tenants"]),
+        business_date(settings),
     )
     store = StateStore(settings.state_url)
     store.quarantine(
         TARGET, [QuarantineItem(h.entity, h.ref_id, h.rule, h.reason, None) for h in master.held], run_id
     )
-    _release_fixed(store, {(h.entity, h.ref_id) for h in master.held})
+    _release_fixed(store, {(h.entity, h.ref_id, h.rule) for h in master.held}, HOLD_RULES)
     for held in master.held[:20]:
         logger.warning("Held back: deposit account %s [%s]: %s.", held.ref_id, held.rule, held.reason)
     if len(master.held) > 20:
@@ -110,116 +162,259 @@ def apply_deposit_rules(
     return master
 
 
-def _release_fixed(store: StateStore, failing: set[tuple[str, str]]) -> None:
-    """Resolve the precondition entries no longer failing; other rules' entries stay as they are."""
-    keep = set(failing)
-    for entry in store.open_quarantine(TARGET):
-        if entry["rule"] not in HOLD_RULES:
-            keep.add((entry["entity"], entry["ref_id"]))
-    store.resolve_quarantine(TARGET, keep)
+def _release_fixed(store: StateStore, failing: set[tuple[str, str, str]], rules: Sequence[str]) -> int:
+    """Resolve the entries of ``rules`` no longer failing, each (record, rule) on its own: another
+    rule's entry on the same record (a refusal by the partner) neither keeps a fixed one open nor
+    is touched."""
+    fixed = {
+        (q["entity"], q["ref_id"], q["rule"])
+        for q in store.open_quarantine(TARGET)
+        if q["rule"] in rules and (q["entity"], q["ref_id"], q["rule"]) not in failing
+    }
+    return store.resolve_quarantine_entries(TARGET, fixed)
+
+
+@dataclass
+class AccountPlan:
+    """The master-data run's plan and the accounts held with a refused payload (with the reason)."""
+
+    plan: Plan
+    refused: list[Held] = field(default_factory=list)
 
 
 @task(name="plan-deposit-accounts", cache_policy=NO_CACHE)
-def plan_deposit_accounts(settings: HausflowSettings, master: DepositMaster, full_resync: bool) -> Plan:
+def plan_deposit_accounts(
+    settings: HausflowSettings, master: DepositMaster, full_resync: bool
+) -> AccountPlan:
     """Plan by difference against what the partner confirmed: creates, updates, and archives of
-    accounts no longer in the scope (an account held back is neither written nor archived)."""
+    accounts no longer in the scope (an account held back is neither written nor archived; one the
+    partner refused is held while its payload is the one refused)."""
     store = StateStore(settings.state_url)
     state = {ACCOUNTS: store.load_state(TARGET, ACCOUNTS)}
+    refused = refused_unchanged(store.open_quarantine(TARGET), ACCOUNTS, master.records)
+    held = [
+        Held(
+            ACCOUNTS,
+            ref,
+            REFUSED,
+            f"the deposit partner refused deposit account {ref} as it is ({reason}); it is not sent again "
+            "until it is corrected in the ERP",
+        )
+        for ref, reason in sorted(refused.items())
+    ]
     plan = plan_changes(
         [DEPOSIT_ACCOUNTS],
         {ACCOUNTS: master.records},
         state,
-        held={(h.entity, h.ref_id) for h in master.held},
+        held={(h.entity, h.ref_id) for h in master.held} | {(ACCOUNTS, ref) for ref in refused},
         full_resync=full_resync,
     )
     counts = ", ".join(f"{n} {o}" for (_, o), n in sorted(plan.counts().items())) or "nothing to send"
-    get_run_logger().info("Plan: %s; %d deposit accounts unchanged.", counts, plan.unchanged.get(ACCOUNTS, 0))
-    return plan
+    get_run_logger().info(
+        "Plan: %s; %d deposit accounts unchanged; %d held as the partner refused them.",
+        counts,
+        plan.unchanged.get(ACCOUNTS, 0),
+        len(held),
+    )
+    return AccountPlan(plan, held)
 
 
 @dataclass
 class BookingRun:
-    """What the bookings run read and decided: the plan, the rows read (booking order), the cursor."""
+    """What the bookings run read and decided: the plan, and the decisions with their reasons."""
 
     plan: Plan
     decided: BookingPlan
-    read_ids: list[str] = field(default_factory=list)
-    counterclaims: list[dict[str, Any]] = field(default_factory=list)
-    start: int | None = None
+    read: int = 0
 
 
 @task(name="plan-deposit-bookings", cache_policy=NO_CACHE)
-def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool) -> BookingRun:
-    """Read the bookings since the last confirmed one and decide for each: send, wait, or report.
+def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id: str) -> BookingRun:
+    """Decide for every booking of the scope the partner has not confirmed: send, wait, or hold.
 
-    A run reads the bookings after the cursor (every booking with ``full_resync``); a booking waits
-    while its account is not at the partner or held back by a precondition, and so do the later
-    bookings of that account.
+    By difference, not by a cursor: every booking id of the scope's accounts (ERP) minus the
+    bookings the partner confirmed (state store); only those are read in full. So a booking of an
+    account that joined the group later, or one committed late with a lower id, is sent like any
+    other, and a held account pins nothing. A booking waits while its account is not at the
+    partner or is held back, and so do the later bookings of that account; one that breaks a
+    booking rule is quarantined (released when fixed); one the partner refused is held while its
+    payload is the one refused. ``full_resync`` reads every booking and reports the posted ones
+    changed in the ERP since.
     """
     logger = get_run_logger()
     store = StateStore(settings.state_url)
-    raw = store.cursor(TARGET, CURSOR)
-    start = None if full_resync or raw is None else int(raw)
     engine = make_engine(settings.erp_url)
     try:
-        table = extract_deposit_bookings(engine, settings.deposit.object_group, start)
+        index = extract_deposit_booking_index(engine, settings.deposit.object_group)
+        confirmed = store.confirmed_ids(TARGET, BOOKINGS.name)
+        if full_resync:
+            table = extract_deposit_bookings(engine, settings.deposit.object_group)
+        else:
+            missing = [b for ids in index.values() for b in ids if str(b) not in confirmed]
+            table = extract_deposit_bookings(engine, settings.deposit.object_group, missing)
     finally:
         engine.dispose()
     booking_rows = rows(table)
     refs = {str(r["contract_no"]) for r in booking_rows}
     accounts = store.load_state_for(TARGET, ACCOUNTS, refs)
     at_partner = {ref for ref, entry in accounts.items() if entry.status == "active"}
-    held_accounts = {
-        str(q["ref_id"]): f"{q['rule']}: {q['reason']}"
-        for q in store.open_quarantine(TARGET)
-        if q["entity"] == ACCOUNTS and q["rule"] in HOLD_RULES and q["ref_id"] in refs
+    open_entries = store.open_quarantine(TARGET)
+    held_accounts: dict[str, str] = {}
+    for q in open_entries:
+        if q["entity"] == ACCOUNTS and q["rule"] in HOLD_RULES and q["ref_id"] in refs:
+            held_accounts.setdefault(str(q["ref_id"]), f"{q['rule']}: {q['reason']}")
+    posted: dict[str, str] = {}
+    if full_resync:
+        posted = {
+            ref: entry.payload_hash or ""
+            for ref, entry in store.load_state_for(
+                TARGET, BOOKINGS.name, [str(r["booking_id"]) for r in booking_rows]
+            ).items()
+            if entry.status == "active"
+        }
+    refused_ids = {
+        str(q["ref_id"]) for q in open_entries if q["rule"] == REFUSED and q["entity"] == BOOKINGS.name
     }
-    posted = {
-        ref: entry.payload_hash or ""
-        for ref, entry in store.load_state_for(
-            TARGET, BOOKINGS.name, [str(r["booking_id"]) for r in booking_rows]
-        ).items()
-    }
-    decided = plan_bookings(
-        booking_rows, at_partner, held_accounts, posted, lambda p: payload_hash(BOOKINGS, p)
+    refused = refused_unchanged(
+        open_entries,
+        BOOKINGS.name,
+        {
+            str(r["booking_id"]): booking_payload(r)
+            for r in booking_rows
+            if str(r["booking_id"]) in refused_ids
+        },
     )
+    decided = plan_bookings(
+        booking_rows, at_partner, held_accounts, posted, lambda p: payload_hash(BOOKINGS, p), refused
+    )
+    payloads = {str(r["booking_id"]): r for r in booking_rows}
+    store.quarantine(
+        TARGET,
+        [
+            QuarantineItem(h.entity, h.ref_id, h.rule, h.reason, _booking_record(payloads.get(h.ref_id)))
+            for h in decided.invalid
+        ],
+        run_id,
+    )
+    _release_fixed(store, {(h.entity, h.ref_id, h.rule) for h in decided.invalid}, BOOKING_RULES)
     plan = plan_changes([BOOKINGS], {BOOKINGS.name: decided.send}, {BOOKINGS.name: {}})
+    plan.notes.extend(decided.notes)
     logger.info(
-        "Bookings since %s: %d read, %d to send, %d wait for their account or an earlier booking, "
-        "%d posted before, %d changed after posting (not sent).",
-        f"booking {start}" if start is not None else "the first",
-        len(booking_rows),
+        "Bookings of the scope: %d of %d not confirmed by the partner, %d to send, %d wait for their account or "
+        "an earlier booking, %d break a booking rule, %d held as refused, %d changed after posting (not sent).",
+        len(booking_rows) - len(decided.posted) - len(decided.changed),
+        sum(len(v) for v in index.values()),
         len(decided.send),
         len(decided.waiting),
-        len(decided.posted),
+        len(decided.invalid),
+        len(decided.refused),
         len(decided.changed),
     )
+    for held in [*decided.invalid, *decided.refused][:20]:
+        logger.warning("Held: booking %s [%s]: %s.", held.ref_id, held.rule, held.reason)
     for held in decided.waiting[:20]:
         logger.info("Waits: booking %s [%s]: %s.", held.ref_id, held.rule, held.reason)
-    ids = [str(r["booking_id"]) for r in sorted(booking_rows, key=lambda r: int(r["booking_id"]))]
-    claims = [r for r in booking_rows if r["booking_type"] == "COUNTERCLAIM"]
-    return BookingRun(plan, decided, ids, claims, start)
+    for note in decided.notes[:20]:
+        logger.warning("Shortened: %s.", note)
+    return BookingRun(plan, decided, len(booking_rows))
 
 
-@task(name="route-deposit-payouts", cache_policy=NO_CACHE)
-def route_deposit_payouts(
-    settings: HausflowSettings, counterclaims: Sequence[dict[str, Any]]
-) -> tuple[list[Payout], list[Held]]:
-    """The payouts of the kept deposits (counterclaims the partner confirmed): to the owner's account
-    or the manager's retention account (``deposit.retention_account``)."""
-    if not counterclaims:
-        return [], []
+def _booking_record(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The payload a quarantined booking is held with (``None`` when the row is unknown)."""
+    return booking_payload(row) if row is not None else None
+
+
+def hold_after_failures(
+    writes: Sequence[PlannedWrite], failed_accounts: dict[str, str]
+) -> tuple[list[PlannedWrite], list[Held]]:
+    """The writes of a batch to send, and the bookings held because an earlier booking of the same
+    account failed in this run (a payout must not reach the partner before its payment in)."""
+    send: list[PlannedWrite] = []
+    held: list[Held] = []
+    for write in writes:
+        account = str((write.payload or {}).get("accountId") or "")
+        if write.entity == BOOKINGS.name and account in failed_accounts:
+            held.append(
+                Held(
+                    BOOKINGS.name,
+                    write.ref_id,
+                    EARLIER_BOOKING_WAITS,
+                    f"waits for booking {failed_accounts[account]} of the same deposit account {account}, which "
+                    "failed in this run; it goes after that one",
+                )
+            )
+        else:
+            send.append(write)
+    return send, held
+
+
+@dataclass
+class DuePayouts:
+    """The payouts to hand to the SEPA writer, and the kept deposits that cannot be paid yet."""
+
+    payouts: list[Payout] = field(default_factory=list)
+    problems: list[Held] = field(default_factory=list)
+    due: int = 0
+
+
+@task(name="find-due-deposit-payouts", cache_policy=NO_CACHE)
+async def due_deposit_payouts(settings: HausflowSettings) -> DuePayouts:
+    """The kept deposits to pay: every counterclaim of the scope the partner confirmed whose payout
+    the payout ledger does not hold as written, whatever run posted it.
+
+    Why not the counterclaims of this run only: a payout that could not be written (no owner
+    account, no retention account, the writer failed, a crash) stays due and is reported with the
+    reason each run, until it is paid; the ledger refuses a second payment of the same payout id.
+    The amount and text are those the partner posted (read back from it), not the ERP's current
+    ones; the accounts are the ERP's (owner, trust pooled account) or the manager's retention account.
+    """
+    store = StateStore(settings.state_url)
     engine = make_engine(settings.erp_url)
     try:
+        claims = [str(i) for i in extract_deposit_counterclaim_ids(engine)]
+        posted = store.load_state_for(TARGET, BOOKINGS.name, claims)
+        posted_ids = [b for b in claims if b in posted and posted[b].status == "active"]
+        if not posted_ids:
+            return DuePayouts()
+        known = PayoutLedger(settings.state_url).known_payouts([payout_id(b) for b in posted_ids])
+        due = [b for b in posted_ids if (k := known.get(payout_id(b))) is None or k.status != "written"]
+        if not due:
+            return DuePayouts()
+        erp_rows = {
+            str(r["booking_id"]): r
+            for r in rows(
+                extract_deposit_bookings(engine, settings.deposit.object_group, [int(b) for b in due])
+            )
+        }
         tables = extract_deposit_master_rows(engine, settings.deposit.object_group)
     finally:
         engine.dispose()
+    client = connect_deposit(settings)
+    at_partner = await client.aread_many(BOOKINGS.name, sorted(erp_rows))
+    claims_posted: list[dict[str, Any]] = []
+    problems: list[Held] = []
+    for booking, row in sorted(erp_rows.items(), key=lambda kv: int(kv[0])):
+        record = at_partner.get(booking)
+        if record is None:
+            problems.append(
+                Held(
+                    BOOKINGS.name,
+                    booking,
+                    PAYOUT_NOT_POSTED,
+                    f"kept deposit of booking {booking} (deposit account {row['contract_no']}) not paid out: the "
+                    "deposit partner does not show the counterclaim it confirmed; ask the partner",
+                )
+            )
+            continue
+        claims_posted.append({**row, "amount": record["amount"], "text": record.get("text")})
     objects = {str(o["object_no"]): o for o in rows(tables["objects"])}
     owners = {str(a["person_no"]): a for a in rows(tables["owner_accounts"])}
-    payouts, problems = route_payouts(counterclaims, objects, owners, retention_settings(settings))
+    payouts, unpayable = route_payouts(claims_posted, objects, owners, retention_settings(settings))
+    problems += unpayable
     logger = get_run_logger()
     logger.info(
-        "Kept deposits: %d payouts to %s, %d not payable.",
+        "Kept deposits due: %d, %d payable to %s, %d not payable yet.",
+        len(due),
         len(payouts),
         "the owners' accounts"
         if settings.deposit.retention_account == "owner"
@@ -227,17 +422,5 @@ def route_deposit_payouts(
         len(problems),
     )
     for held in problems[:20]:
-        logger.warning("Not paid out: booking %s: %s.", held.ref_id, held.reason)
-    return payouts, problems
-
-
-def payouts_as_dicts(payouts: Sequence[Payout]) -> list[dict[str, Any]]:
-    """The payouts as plain dicts with exactly the fields of ``connectors.sepa.pain001.Payout``."""
-    return [asdict(p) for p in payouts]
-
-
-@task(name="advance-bookings-cursor", cache_policy=NO_CACHE)
-def advance_bookings_cursor(settings: HausflowSettings, through: int | None) -> None:
-    """Remember the last booking id up to which everything is confirmed (after the payouts)."""
-    if through is not None:
-        StateStore(settings.state_url).set_cursor(TARGET, CURSOR, str(through))
+        logger.warning("Not paid out: booking %s [%s]: %s.", held.ref_id, held.rule, held.reason)
+    return DuePayouts(payouts, problems, len(due))
