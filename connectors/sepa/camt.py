@@ -522,7 +522,7 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
                     pass
                 raise CamtRejected(
                     camt.path.name,
-                    f"unreadable value in entry {index} ({exc!r})",
+                    f"entry {index} has a value the import cannot read ({exc}); nothing of the file is booked",
                     f"ask the bank for a corrected file (a valid {name})",
                 ) from exc
             yield record

@@ -667,22 +667,28 @@ class SepaLedger(FileLedger):
 
         Returns:
             False when the entry was recorded already (by another import meanwhile): nothing changed.
+
+        Raises:
+            SQLAlchemyError: the state database refused a write (nothing of the entry is kept).
         """
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(sepa_statements).values(
-                        statement_key=f"entry:{identity}"[:200],
-                        path=str(path)[:500],
-                        kind=kind[:10],
-                        imported_at=utcnow(),
-                        summary_json=json.dumps({"booked_from": booked_from}),
-                    )
-                )
-                for row_id, values in row_updates:
-                    conn.execute(update(sepa_ledger).where(sepa_ledger.c.id == row_id).values(**values))
-        except IntegrityError:
-            return False
+        record = insert(sepa_statements).values(
+            statement_key=f"entry:{identity}"[:200],
+            path=str(path)[:500],
+            kind=kind[:10],
+            imported_at=utcnow(),
+            summary_json=json.dumps({"booked_from": booked_from}),
+        )
+        with self.engine.connect() as conn:
+            try:
+                conn.execute(record)
+            except IntegrityError:
+                conn.rollback()
+                if self.entry_booked(identity) is None:  # not a duplicate: a real failure
+                    raise
+                return False
+            for row_id, values in row_updates:
+                conn.execute(update(sepa_ledger).where(sepa_ledger.c.id == row_id).values(**values))
+            conn.commit()
         return True
 
     def find_by_end_to_end(
