@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
@@ -29,7 +28,14 @@ from zoneinfo import ZoneInfo
 from lxml import etree
 
 from connectors.sepa.errors import SepaValidationError
-from connectors.sepa.schemas import CAMT_VERSIONS, NAMESPACES, SCHEMA_FILES, iter_validated, load_schema
+from connectors.sepa.schemas import (
+    CAMT_VERSIONS,
+    NAMESPACES,
+    SCHEMA_FILES,
+    iter_validated,
+    readable_error,
+    schema_error_line,
+)
 
 #: The element that holds the entries, per message type.
 CONTAINERS: dict[str, str] = {"camt.052": "Rpt", "camt.053": "Stmt", "camt.054": "Ntfctn"}
@@ -41,7 +47,6 @@ MESSAGE_NAMES: dict[str, str] = {
 }
 _CAMT_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:(camt\.05[234])\.(\d{3}\.\d{2})$")
 _ANY_ISO_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:([a-z]{4}\.\d{3})\.(\d{3}\.\d{2})$")
-_NAMESPACE_IN_MESSAGE = re.compile(r"\{[^}]*\}")
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
@@ -276,15 +281,6 @@ def _decimal(text: str | None) -> Decimal | None:
     return Decimal(text) if text else None
 
 
-def _readable(message: str) -> str:
-    """A libxml2 message for people: no namespaces in element names (``{urn:...}Sts`` -> ``Sts``),
-    none of lxml's ``line 79: b'...'`` wrapping (the line is reported on its own)."""
-    text = _NAMESPACE_IN_MESSAGE.sub("", message).strip()
-    text = re.sub(r"^line \d+: ", "", text)
-    wrapped = re.fullmatch(r"b(['\"])(.*)\1", text, flags=re.S)
-    return (wrapped.group(2) if wrapped else text).rstrip(".")
-
-
 def _root_namespace(path: Path) -> str:
     """The namespace of the root element (reads only the start of the file).
 
@@ -297,7 +293,7 @@ def _root_namespace(path: Path) -> str:
     except etree.XMLSyntaxError as exc:
         raise CamtRejected(
             path.name,
-            f"not a well-formed XML file ({_readable(exc.msg or str(exc))})",
+            f"not a well-formed XML file ({readable_error(exc.msg or str(exc))})",
             "download it again or ask the bank to send it again",
             exc.lineno or None,
         ) from exc
@@ -357,7 +353,7 @@ def open_camt(path: Path) -> CamtFile:
     except etree.XMLSyntaxError as exc:
         raise CamtRejected(
             path.name,
-            f"not a well-formed XML file ({_readable(exc.msg or str(exc))})",
+            f"not a well-formed XML file ({readable_error(exc.msg or str(exc))})",
             "download it again or ask the bank to send it again",
             exc.lineno or None,
         ) from exc
@@ -366,56 +362,6 @@ def open_camt(path: Path) -> CamtFile:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return CamtFile(path, kind, msg_id, digest.hexdigest(), version)
-
-
-def schema_error_line(path: Path, name: str) -> int | None:
-    """The line of ``path`` at which its first schema error is found.
-
-    Why: a parser that validates while it reads (``iterparse(schema=...)``, lxml's
-    ``xmlSchemaSAXPlug``) reports schema errors without a position: libxml2's streaming validator
-    gets no parser context from lxml, so every message says ``<string>, line 0``; and lxml raises
-    the error only when the whole file has been read, so the position the reader has reached
-    says nothing either. Only validating a whole tree (``XMLSchema.validate``) knows the lines,
-    and that needs the whole file in memory. So, only when a file is refused, it is validated once
-    more, streaming, fed to the parser one line at a time: libxml2 reports the error (to lxml's
-    error log, at once) while it parses the line that holds the offending element, or for an
-    element's value or missing child, the line of its end tag. Memory stays flat.
-
-    The error log that hears the error as it happens is the thread's global one; it is replaced
-    in a short-lived thread of its own, so the caller's error log is never touched.
-
-    Returns:
-        The 1-based line, or None when the second pass finds no schema error.
-    """
-    found: list[int] = []
-
-    class _FirstSchemaError(etree.PyErrorLog):
-        def receive(self, log_entry: etree._LogEntry) -> None:
-            if log_entry.domain == etree.ErrorDomains.SCHEMASV:
-                found.append(0)
-
-    def scan() -> None:
-        etree.use_global_python_log(_FirstSchemaError())
-        parser = etree.XMLPullParser(events=("end",), schema=load_schema(name), huge_tree=True)
-        with open(path, "rb") as fh:
-            for number, line in enumerate(fh, start=1):
-                try:
-                    parser.feed(line)
-                except etree.XMLSyntaxError:
-                    return
-                if found:
-                    found[0] = number
-                    return
-                for _event, elem in parser.read_events():
-                    elem.clear(keep_tail=False)
-                    parent = elem.getparent()
-                    while parent is not None and elem.getprevious() is not None:
-                        del parent[0]
-
-    worker = threading.Thread(target=scan, name="camt-schema-error-line", daemon=True)
-    worker.start()
-    worker.join()
-    return found[0] if found and found[0] else None
 
 
 def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
@@ -510,7 +456,7 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
         return replace(record, identity=identity)
 
     occurrences: dict[str, int] = {}
-    elements = iter_validated(camt.path, name, ("Ntry",), validate)
+    elements = iter_validated(camt.path, name, ("Ntry",), validate, locate_errors=False)
     try:
         for index, elem in enumerate(elements, start=1):
             try:
@@ -536,7 +482,7 @@ def _refusal(camt: CamtFile, exc: SepaValidationError) -> SepaValidationError:
     if isinstance(exc, CamtRejected) or not isinstance(cause, etree.XMLSyntaxError):
         return exc
     name = camt.name
-    raw = _readable(cause.msg or str(cause))
+    raw = readable_error(cause.msg or str(cause))
     if cause.lineno:  # the XML parser knows its line; only schema errors come without one
         reason = f"not a well-formed XML file ({raw})"
         advice = "download it again or ask the bank to send it again"

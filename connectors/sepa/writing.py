@@ -41,7 +41,7 @@ from lxml import etree
 from schwifty import BIC, IBAN
 
 from connectors.sepa.errors import SepaValidationError
-from connectors.sepa.schemas import NAMESPACES, SCHEMA_FILES, iter_validated
+from connectors.sepa.schemas import NAMESPACES, SCHEMA_FILES, iter_validated, schema_error_line
 
 # ---------------------------------------------------------------------------------------------
 # Character sets, text and amounts
@@ -783,6 +783,13 @@ def write_validated_part(
         raise
     try:
         return part, scan.finish()
+    except SepaValidationError as exc:
+        message = str(exc)
+        if message.startswith("stream: "):  # the child read a stream: find the line in the part
+            line = schema_error_line(part, kind)
+            message = f"{final_path.name}{f' line {line}' if line else ''}: {message[len('stream: ') :]}"
+        part.unlink(missing_ok=True)
+        raise SepaValidationError(message) from exc
     except BaseException:
         part.unlink(missing_ok=True)
         raise
