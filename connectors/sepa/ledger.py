@@ -56,6 +56,7 @@ from sqlalchemy.exc import IntegrityError
 from connectors.erp.database import make_engine
 from connectors.sepa.errors import SepaLedgerConflict, SepaRunLocked
 from connectors.sepa.writing import (
+    ParallelScan,
     PaymentFileTotals,
     fault_point,
     part_path,
@@ -307,12 +308,18 @@ class FileLedger:
         """Hook: delete further rows of an abandoned file (inside ``abandon_file``'s transaction)."""
 
     def write_and_publish(
-        self, msg_id: str, path: Path, kind: str, writer: Callable[[IO[bytes]], object]
+        self,
+        msg_id: str,
+        path: Path,
+        kind: str,
+        writer: Callable[[IO[bytes]], object],
+        scan: ParallelScan | None = None,
     ) -> PaymentFileTotals:
         """Write a recorded (``prepared``) file crash-safely; on success it is ``written``.
 
         ``.part`` written while a child validates it -> headers, counted sums and this ledger's
         figures compared -> atomic rename -> file and entries ``written`` in one transaction.
+        ``scan``: a validating child started earlier (``writing.start_scan``).
         The file is ``publishing`` from just before the rename until it is ``written``. The fault
         points ``before_publish``, ``after_publish`` and ``after_written`` let the crash tests stop
         the process between these steps.
@@ -322,7 +329,7 @@ class FileLedger:
                 the file is abandoned (its entries free again).
         """
         try:
-            part, totals = write_checked_part(path, kind, writer, lambda: self.ledger_totals(msg_id))
+            part, totals = write_checked_part(path, kind, writer, lambda: self.ledger_totals(msg_id), scan)
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt | SystemExit):
                 self.abandon_file(msg_id, f"not published: {exc}"[:1000])
