@@ -115,7 +115,9 @@ def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="only read, validate and report what would be matched; nothing is written to the ledger or the ERP",
+        help="only read, validate and report what would be matched (what an earlier file would book is carried "
+        "to the next); nothing is written to the ledger, the ERP or the output folder: each report goes to a "
+        "temporary file named in the output",
     )
     args = parser.parse_args(argv)
     return {"paths": args.paths, "dry_run": args.dry_run}
