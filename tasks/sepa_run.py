@@ -698,8 +698,9 @@ def describe_file(result: ReconciliationResult) -> str:
     if result.skipped:
         return f"accepted  {name}: {what}: imported before, nothing to do"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "nothing to match"
-    verb = "would book" if result.dry_run else "booked"
-    return f"accepted  {name}: {what}, {result.entries} entries; {verb}: {counts}"
+    if result.dry_run:  # the report of a dry run is a temporary file: say where
+        return f"accepted  {name}: {what}, {result.entries} entries; would book: {counts}; report {result.report_path}"
+    return f"accepted  {name}: {what}, {result.entries} entries; booked: {counts}"
 
 
 #: Ledger statuses the reconciliation reads and writes (``prepared`` rows are never touched).

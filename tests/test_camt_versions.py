@@ -674,6 +674,7 @@ def test_a_dry_run_creates_nothing_in_the_state_or_the_output_folder(tmp_path: P
     report = Path(result.report_path or "")
     try:
         assert report.parent != s.output_dir and report.name.startswith("reconciliation-dryrun-STMT-1-")
+        assert describe_file(result).endswith(f"would book: pending 1, unmatched 4; report {report}")
         assert report.stat().st_mode & 0o777 == 0o600
         assert "Max Mustermann" in report.read_text(encoding="utf-8")
     finally:
