@@ -220,12 +220,13 @@ def make_payouts(n: int) -> Iterator[object]:
 def run_hausflow_payouts(n: int, folder: Path) -> dict[str, float | int]:
     """Payout records -> rules (checks, transliteration) -> streamed pain.001 validated in the child."""
     from connectors.sepa.schemas import load_schema
-    from connectors.sepa.writing import check_bic, publish, write_validated_part
+    from connectors.sepa.writing import check_bic, publish, start_scan, write_validated_part
     from tasks.sepa_payout_rules import plan_payouts, transfer_blocks, write_payout_xml
 
     load_schema("pain.001")  # once per process, like in a flow run (as for pain.008 above)
     check_bic(TRUST[1], TRUST[0])  # the bank registry, loaded once per process by schwifty
     started = time.perf_counter()
+    scan = start_scan("pain.001")  # as write_payouts: the child starts before the checks
     plan = plan_payouts(make_payouts(n), {}, EXECUTION)  # type: ignore[arg-type]
     if plan.nb_of_txs != n:
         raise SystemExit(f"only {plan.nb_of_txs} of {n} payouts passed the checks")
@@ -238,6 +239,7 @@ def run_hausflow_payouts(n: int, folder: Path) -> dict[str, float | int]:
         lambda fh: write_payout_xml(
             fh, plan, blocks, msg_id, datetime.now(UTC), "Hausverwaltung Muster GmbH"
         ),
+        scan,
     )
     publish(part, path)
     if totals.problems():

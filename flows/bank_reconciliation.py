@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow
 
 from config.settings import load_settings
-from tasks.sepa_run import ReconciliationResult, StatementFilesRejected, describe_file
+from tasks.sepa_run import DryRunCarry, ReconciliationResult, StatementFilesRejected, describe_file
 from tasks.sepa_tasks import publish_reconciliation_report, reconcile_bank_statement
 
 
@@ -30,8 +30,10 @@ def import_bank_statement(paths: list[str] | str, dry_run: bool = False) -> dict
     Args:
         paths: one path or a list of paths of camt.052/.053/.054 files, versions .001.02, .001.04
             (not camt.052) and .001.08.
-        dry_run: only read, validate and match against the ledger as it is; nothing is booked
-            (ledger, ERP and the record of imported files stay as they are).
+        dry_run: only read, validate and match against the ledger as it is, plus what the earlier
+            files of the same run would have booked; nothing is booked (ledger, ERP and the record
+            of imported files stay as they are, no table is created) and nothing is written into
+            the output folder: each file's report goes to an owner-only temporary file it names.
 
     Returns:
         Per file: accepted, the line for people, kind, version, message id, counts per outcome
@@ -44,12 +46,14 @@ def import_bank_statement(paths: list[str] | str, dry_run: bool = False) -> dict
     """
     settings = load_settings()
     files = [paths] if isinstance(paths, str) else list(paths)
-    results = [
-        reconcile_bank_statement(
-            path, settings.erp_url, settings.state_url, settings.sepa.output_dir, dry_run=dry_run
+    results: list[ReconciliationResult] = []
+    carry = DryRunCarry() if dry_run else None  # a dry run carries what earlier files would book
+    for path in files:
+        result = reconcile_bank_statement(
+            path, settings.erp_url, settings.state_url, settings.sepa.output_dir, dry_run=dry_run, carry=carry
         )
-        for path in files
-    ]
+        carry = result.carry if dry_run else None
+        results.append(result)
     publish_reconciliation_report(results)
     summary = summarise(results, dry_run)
     rejected = [r for r in results if not r.accepted]
@@ -111,7 +115,9 @@ def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="only read, validate and report what would be matched; nothing is written to the ledger or the ERP",
+        help="only read, validate and report what would be matched (what an earlier file would book is carried "
+        "to the next); nothing is written to the ledger, the ERP or the output folder: each report goes to a "
+        "temporary file named in the output",
     )
     args = parser.parse_args(argv)
     return {"paths": args.paths, "dry_run": args.dry_run}

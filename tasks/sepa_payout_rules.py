@@ -10,6 +10,7 @@ the transfers, not by the payouts handed in).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -28,6 +29,7 @@ from connectors.sepa.writing import (
     fit_text,
     is_valid_sepa_id,
     transliterate,
+    transliterate_many,
 )
 from tasks.sepa_rules import add_business_days, next_business_day
 
@@ -94,13 +96,14 @@ def _same_or(original: str, value: str) -> str:
     return original if original == value else value
 
 
-def _name(text: str, role: str) -> tuple[str | None, str | None]:
-    """A party name transliterated, or the reason it cannot go into the file.
+def _name(text: str, role: str, spelled: str | None = None) -> tuple[str | None, str | None]:
+    """A party name transliterated (``spelled``, when done already), or the reason it cannot go
+    into the file.
 
     Names are never shortened: the payee's bank compares the name with the account holder, and
     a cut name may not match; a name too long is a payout to fix in the ERP.
     """
-    name = _same_or(text, transliterate(text))
+    name = _same_or(text, transliterate(text) if spelled is None else spelled)
     if not name:
         return None, f"{role} name {text!r} is empty once transliterated to the SEPA character set"
     if len(name) > MAX_NAME:
@@ -111,8 +114,11 @@ def _name(text: str, role: str) -> tuple[str | None, str | None]:
     return name, None
 
 
-def check_payout(payout: Payout) -> PayoutDecision:
+def check_payout(payout: Payout, spelled: tuple[str, str, str] | None = None) -> PayoutDecision:
     """Check one payout rule by rule; the first broken rule skips it with a reason naming it.
+
+    ``spelled``: creditor name, debtor name and remittance already transliterated (``plan_payouts``
+    does it per batch, see ``transliterate_many``); else they are transliterated here.
 
     Rules: ``payout.id`` (the booking id is the EndToEndId: 1-35 characters of the SEPA id set,
     never altered, or the bank statement could not be matched), ``payout.amount`` (0.01 to
@@ -139,8 +145,8 @@ def check_payout(payout: Payout) -> PayoutDecision:
         return skip("payout.amount", f"{error}; correct the booking amount")
     creditor_iban = compact_account(payout.creditor_iban)
     debtor_iban = compact_account(payout.debtor_iban)
-    creditor_bic = compact_account(payout.creditor_bic) or None
-    debtor_bic = compact_account(payout.debtor_bic) or None
+    creditor_bic = _same_or(payout.creditor_bic or "", compact_account(payout.creditor_bic)) or None
+    debtor_bic = _same_or(payout.debtor_bic or "", compact_account(payout.debtor_bic)) or None
     if error := check_iban(creditor_iban):
         return skip("payout.creditor_iban", f"creditor {error}; correct the recipient's bank details")
     if error := check_bic(creditor_bic, creditor_iban):
@@ -151,15 +157,16 @@ def check_payout(payout: Payout) -> PayoutDecision:
         return skip("payout.debtor_bic", f"trust account {error}; correct or remove its BIC")
     if creditor_iban == debtor_iban:
         return skip("payout.same_account", f"creditor and debtor account are the same ({debtor_iban})")
-    creditor_name, error = _name(payout.creditor_name, "creditor")
+    creditor_spelled, debtor_spelled, remittance_spelled = spelled or (None, None, None)
+    creditor_name, error = _name(payout.creditor_name, "creditor", creditor_spelled)
     if creditor_name is None:
         return skip("payout.creditor_name", error or "")
-    debtor_name, error = _name(payout.debtor_name, "debtor")
+    debtor_name, error = _name(payout.debtor_name, "debtor", debtor_spelled)
     if debtor_name is None:
         return skip("payout.debtor_name", error or "")
-    remittance, warning = fit_text(
-        _same_or(payout.remittance, transliterate(payout.remittance)), MAX_REMITTANCE
-    )
+    if remittance_spelled is None:
+        remittance_spelled = transliterate(payout.remittance)
+    remittance, warning = fit_text(_same_or(payout.remittance, remittance_spelled), MAX_REMITTANCE)
     warnings = (f"payout {payout.payout_id} ({payout.reference}): remittance {warning}",) if warning else ()
     transfer = CreditTransfer(
         payout.payout_id,
@@ -235,7 +242,7 @@ def plan_payouts(
     not_paid: list[PayoutDecision] = []
     warnings: list[str] = []
     seen: set[str] = set()
-    for payout in payouts:
+    for payout, spelled in _spelled_in_batches(payouts):
         paid = already.get(payout.payout_id)
         block: PayoutBlockPlan | None = None
         if paid is not None:
@@ -256,7 +263,7 @@ def plan_payouts(
             )
         else:
             seen.add(payout.payout_id)
-            decision = check_payout(payout)
+            decision = check_payout(payout, spelled)
         transfer = decision.transfer
         if transfer is not None:
             block = blocks.get(decision.debtor_iban)
@@ -292,6 +299,20 @@ def plan_payouts(
         if on_decision is not None:
             on_decision(decision, block)
     return PayoutPlan(execution_date, list(blocks.values()), not_paid, warnings)
+
+
+#: Payouts whose texts are transliterated together (see ``transliterate_many``).
+SPELLING_BATCH = 2_000
+
+
+def _spelled_in_batches(payouts: Iterable[Payout]) -> Iterator[tuple[Payout, tuple[str, str, str]]]:
+    """Each payout with its creditor name, debtor name and remittance transliterated, a batch at a time."""
+    it = iter(payouts)
+    while batch := list(itertools.islice(it, SPELLING_BATCH)):
+        creditors = transliterate_many([p.creditor_name for p in batch])
+        debtors = transliterate_many([p.debtor_name for p in batch])
+        remittances = transliterate_many([p.remittance for p in batch])
+        yield from zip(batch, zip(creditors, debtors, remittances, strict=True), strict=True)
 
 
 def pmt_inf_id(msg_id: str, block: PayoutBlockPlan) -> str:

@@ -5,7 +5,8 @@ functions in ``tasks/sepa_payout_rules.py`` and ``write_payouts`` is the whole r
 function, usable from a script, the benchmark or a crash test without loading Prefect.
 
 Per run: take the payout lock and recover what a crashed run left -> check every payout (rule by
-rule, a bad one is skipped with its reason, the rest go on) and drop those already paid ->
+rule, a bad one is skipped with its reason, the rest go on; the validating child starts
+before them) and drop those already paid ->
 write the control listing (CSV, owner-only) -> stop here on a dry run -> record the file and its
 payouts as ``prepared`` -> write the pain.001 file as ``.part`` while a child validates it ->
 atomic rename -> ``written``. See ``connectors/sepa/payout_ledger.py`` for why this order.
@@ -26,12 +27,14 @@ from connectors.sepa.pain001 import Payout
 from connectors.sepa.payout_ledger import PayoutLedger, PayoutRow
 from connectors.sepa.writing import (
     MAX_NAME,
+    ParallelScan,
     block_figures,
     fault_point,
     file_matches_ledger,
     format_cents,
     make_private_dir,
     open_private,
+    start_scan,
     transliterate,
 )
 from tasks.sepa_payout_rules import (
@@ -109,6 +112,7 @@ def write_payouts(
     output_dir = Path(cfg.output_dir)
     ledger = PayoutLedger(settings.state_url)
     ledger.acquire_lock(LOCK_NAME, run_id)
+    scan: ParallelScan | None = None
     try:
         completed, abandoned, unverified = ledger.recover_files(
             lambda path, msg_id: file_matches_ledger(path, "pain.001", msg_id, ledger.ledger_totals(msg_id))
@@ -134,6 +138,8 @@ def write_payouts(
             created, run_id.replace("-", "")[:8], ledger.files_of_run(run_id), prefix=MSG_PREFIX
         )
         make_private_dir(output_dir)
+        # the validating child starts now and is ready when the checks are done and writing begins
+        scan = None if dry_run else start_scan("pain.001")
         listing_path = output_dir / f"payout-listing-{msg_id}.csv"
         with open_private(listing_path, "w", newline="", encoding="utf-8") as fh:  # the listing comes first
             listing = csv.DictWriter(fh, fieldnames=LISTING_FIELDS, delimiter=";")
@@ -185,6 +191,7 @@ def write_payouts(
             path,
             "pain.001",
             lambda fh: write_payout_xml(fh, plan, blocks, msg_id, created, initiating),
+            scan,
         )
         log.info(
             "Payout file %s is complete, valid (GBIC_5) and recorded: %d payouts, %s EUR; hand it to the bank",
@@ -208,6 +215,8 @@ def write_payouts(
         )
         return summary
     finally:
+        if scan is not None:
+            scan.abort()  # not used (dry run, nothing to pay, an error); a finished child: nothing to do
         ledger.release_lock(LOCK_NAME, run_id)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -662,6 +664,8 @@ class ReconciliationResult:
     line: int | None = None
     dry_run: bool = False
     entries: int = 0
+    #: A dry run: what this and the earlier files of the run would have booked (for the next file).
+    carry: DryRunCarry | None = None
 
     @property
     def accepted(self) -> bool:
@@ -694,42 +698,168 @@ def describe_file(result: ReconciliationResult) -> str:
     if result.skipped:
         return f"accepted  {name}: {what}: imported before, nothing to do"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "nothing to match"
-    verb = "would book" if result.dry_run else "booked"
-    return f"accepted  {name}: {what}, {result.entries} entries; {verb}: {counts}"
+    if result.dry_run:  # the report of a dry run is a temporary file: say where
+        return f"accepted  {name}: {what}, {result.entries} entries; would book: {counts}; report {result.report_path}"
+    return f"accepted  {name}: {what}, {result.entries} entries; booked: {counts}"
+
+
+#: Ledger statuses the reconciliation reads and writes (``prepared`` rows are never touched).
+_RECONCILED = ("written", "partly_paid", "paid", "returned")
+
+
+@dataclass
+class DryRunCarry:
+    """What the earlier files of one dry run would have booked, carried to the next file.
+
+    Why: a dry run over a camt.052 and the camt.053 of the same day must report what the real
+    run would do: the statement's copy of a booking the report would have booked is a duplicate.
+    Plain data (no connection), so it passes from one file's task to the next.
+
+    Attributes:
+        rows: ledger row id -> the columns a booking would have set (status, paid amount, ...).
+        entries: entry identity -> the file it would have been booked from.
+        statements: keys of the files that would have been recorded as imported.
+    """
+
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    entries: dict[str, str] = field(default_factory=dict)
+    statements: list[str] = field(default_factory=list)
 
 
 class _Bookings:
-    """The reconciliation's writes to the ledger and the ERP; a dry run reads the same and writes nothing.
+    """The reconciliation's view of the ledger, and its writes to the ledger and the ERP.
 
-    ``acted`` tells whether the current entry changed something (so its bank reference is recorded).
+    Every change an entry makes is held back (``pending``) and applied by ``commit`` at the end
+    of the entry: the ERP writes first (idempotent: absolute values computed from the ledger
+    state before the entry), then the ledger rows and the entry's record in one state
+    transaction. A crash between the two is repaired by importing the file again: the entry is
+    not recorded, so it is matched again from the same ledger state and writes the same values.
+
+    Reads see the changes held back (``pending``), so an entry that touches a row twice sees its
+    own first change. A dry run never commits: its changes stay in the ``carry`` and are seen by
+    the later entries and files of the same run, as the real run would see them in the ledger.
+    ``ledger`` is None when the state has no SEPA ledger yet (a dry run creates none).
     """
 
-    def __init__(self, ledger: SepaLedger, erp: Any, dry_run: bool) -> None:
+    def __init__(
+        self, ledger: SepaLedger | None, erp_url: str, dry_run: bool, carry: DryRunCarry | None = None
+    ) -> None:
         self.ledger = ledger
-        self.erp = erp
+        self.erp_url = erp_url
         self.dry_run = dry_run
+        self.carry = carry if carry is not None else DryRunCarry()
+        self.pending: dict[int, dict[str, Any]] = self.carry.rows if dry_run else {}
+        self.updates: list[tuple[int, dict[str, Any]]] = []
+        #: ERP writes in order: ``(claim_nos, None)`` marks paid, ``(claim_no, (status, open, reason))`` settles
+        self.erp_writes: list[tuple[Any, tuple[str, Decimal, str | None] | None]] = []
         self.acted = False
+        self._erp: Any = None
 
+    # ---- reads, as the ledger would be with the changes held back ------------------------------
+    def _view(self, rows: list[dict[str, Any]], statuses: Sequence[str]) -> list[dict[str, Any]]:
+        seen = [{**row, **self.pending.get(row["id"], {})} for row in rows]
+        return [row for row in seen if row["status"] in statuses]
+
+    def find_by_end_to_end(
+        self, e2e_ids: Sequence[str], statuses: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Latest ledger row per EndToEndId among rows in ``statuses`` (see ``SepaLedger``)."""
+        if self.ledger is None:
+            return {}
+        if not self.pending:
+            return self.ledger.find_by_end_to_end(e2e_ids, statuses)
+        rows = self.ledger.rows_by_end_to_end(e2e_ids, _RECONCILED)
+        return {row["end_to_end_id"]: row for row in self._view(rows, statuses)}
+
+    def find_by_mandate_amount(
+        self, mandate_id: str, amount: Decimal, statuses: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Ledger rows of one mandate and amount in ``statuses``."""
+        if self.ledger is None:
+            return []
+        return self._view(self.ledger.find_by_mandate_amount(mandate_id, amount, _RECONCILED), statuses)
+
+    def block_rows(self, pmt_inf_id: str, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        """Ledger rows of one payment block in ``statuses``."""
+        if self.ledger is None:
+            return []
+        return self._view(self.ledger.block_rows(pmt_inf_id, _RECONCILED), statuses)
+
+    def block(self, pmt_inf_id: str) -> dict[str, Any] | None:
+        """A payment block with the count and sum of its rows still waiting for money."""
+        if self.ledger is None:
+            return None
+        block = self.ledger.block(pmt_inf_id)
+        if block is None or not self.pending:
+            return block
+        waiting = self.block_rows(pmt_inf_id, ("written",))
+        total = sum((Decimal(str(r["amount"])) for r in waiting), Decimal("0"))
+        return {**block, "open_n": len(waiting), "open_sum": total.quantize(Decimal("0.01"))}
+
+    def entry_booked(self, identity: str) -> str | None:
+        """Where a bank booking was (or, in a dry run, would have been) booked from, or None."""
+        if identity in self.carry.entries:
+            return self.carry.entries[identity]
+        return self.ledger.entry_booked(identity) if self.ledger is not None else None
+
+    def statement_seen(self, key: str) -> bool:
+        """True when the file was imported before (or earlier in this dry run)."""
+        if key in self.carry.statements:
+            return True
+        return self.ledger.statement_seen(key) if self.ledger is not None else False
+
+    # ---- changes, held back until the entry is complete ----------------------------------------
     def set_row(self, row_id: int, **values: Any) -> None:
         self.acted = True
-        if not self.dry_run:
-            self.ledger.set_row(row_id, **values)
+        self.pending.setdefault(row_id, {}).update(values)
+        self.updates.append((row_id, values))
 
     def mark_paid(self, claim_nos: Sequence[str]) -> None:
         self.acted = True
-        if not self.dry_run:
-            mark_claims_paid(self.erp, claim_nos)
+        self.erp_writes.append((list(claim_nos), None))
 
     def settle_claim(self, claim_no: str, status: str, amount: Decimal, reason: str | None = None) -> None:
         self.acted = True
-        if not self.dry_run:
-            settle_claim(self.erp, claim_no, status, amount, reason)
+        self.erp_writes.append((claim_no, (status, amount, reason)))
 
     def settle_block_paid(self, pmt_inf_id: str, ref: str) -> list[str]:
+        """Every row of the block still waiting for money is paid in full; returns their claims."""
+        now = datetime.now(UTC)
+        rows = self.block_rows(pmt_inf_id, ("written",))
+        for row in rows:
+            self.set_row(
+                row["id"], status="paid", paid_amount=row["amount"], statement_ref=ref[:120], settled_at=now
+            )
         self.acted = True
+        return [str(r["claim_no"]) for r in rows]
+
+    def begin_entry(self) -> None:
+        """Start an entry: nothing acted yet, nothing held back (a dry run keeps its carry)."""
+        self.acted = False
+        self.updates = []
+        self.erp_writes = []
+        if not self.dry_run:
+            self.pending = {}
+
+    def commit(self, identity: str, path: Path, kind: str, booked_from: str) -> bool:
+        """Apply the entry's changes (see the class); a dry run only remembers them.
+
+        Returns:
+            False when another import recorded the same booking meanwhile (the ERP writes, equal
+            to that import's, stand; the ledger is left as that import left it).
+        """
         if self.dry_run:
-            return [str(r["claim_no"]) for r in self.ledger.block_rows(pmt_inf_id, ("written",))]
-        return self.ledger.settle_block_paid(pmt_inf_id, ref)
+            self.carry.entries[identity] = booked_from
+            return True
+        if self._erp is None:
+            self._erp = make_engine(self.erp_url)
+        for claims, settlement in self.erp_writes:
+            if settlement is None:
+                mark_claims_paid(self._erp, claims)
+            else:
+                settle_claim(self._erp, claims, *settlement)
+        assert self.ledger is not None  # a real run has created the ledger
+        return self.ledger.book_entry(identity, path, kind, booked_from, self.updates)
 
 
 def _parties(entry: CamtEntry) -> dict[str, str]:
@@ -757,11 +887,10 @@ def _report_row(kind: str, entry: CamtEntry, **values: Any) -> dict[str, str]:
 
 def _collection_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[str, str]]:
     """Money in: match by EndToEndId, else by payment block; mark claims paid only for money that arrived."""
-    ledger = books.ledger
     out: list[dict[str, str]] = []
     by_e2e = [t for t in entry.transactions if t.end_to_end_id and t.end_to_end_id != NOTPROVIDED]
     if by_e2e:
-        rows = ledger.find_by_end_to_end(
+        rows = books.find_by_end_to_end(
             [t.end_to_end_id or "" for t in by_e2e], ("written", "partly_paid", "paid")
         )
         for tx in by_e2e:
@@ -831,7 +960,7 @@ def _collection_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[
         return [
             _report_row("unmatched", entry, message="money in without EndToEndId or payment block reference")
         ]
-    block = ledger.block(pmt_inf_id)
+    block = books.block(pmt_inf_id)
     if block is None:
         return [
             _report_row(
@@ -875,7 +1004,6 @@ def _collection_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[
 
 def _return_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[str, str]]:
     """Money taken back: find the collection by EndToEndId (or mandate and amount), reopen the claim."""
-    ledger = books.ledger
     out: list[dict[str, str]] = []
     transactions = entry.transactions or []
     if not transactions:
@@ -886,8 +1014,8 @@ def _return_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[str,
         e2e = tx.end_to_end_id
         row = None
         if e2e and e2e != NOTPROVIDED:
-            row = ledger.find_by_end_to_end([e2e], ("written", "paid", "partly_paid")).get(e2e)
-            if row is None and ledger.find_by_end_to_end([e2e], ("returned",)):
+            row = books.find_by_end_to_end([e2e], ("written", "paid", "partly_paid")).get(e2e)
+            if row is None and books.find_by_end_to_end([e2e], ("returned",)):
                 out.append(
                     _report_row(
                         "duplicate",
@@ -899,7 +1027,7 @@ def _return_rows(entry: CamtEntry, books: _Bookings, ref: str) -> list[dict[str,
                 )
                 continue
         elif tx.mandate_id:
-            candidates = ledger.find_by_mandate_amount(
+            candidates = books.find_by_mandate_amount(
                 tx.mandate_id, amount, ("written", "paid", "partly_paid")
             )
             row = candidates[0] if len(candidates) == 1 else None
@@ -950,75 +1078,75 @@ def reconcile_statement(
     output_dir: Path,
     preview_rows: int = 200,
     dry_run: bool = False,
+    carry: DryRunCarry | None = None,
 ) -> ReconciliationResult:
-    """Import one camt.052/.053/.054 file: validate it whole, then match every entry against the ledger.
+    """Import one camt.052/.053/.054 file: check it whole, then match every entry against the ledger.
 
-    Importing the same file again changes nothing (it is recognised by message id and content hash;
-    and every ledger transition only happens from the state before it). A booking that changed the
-    ledger is remembered by account and the bank's reference (AcctSvcrRef): the same booking in
-    another file (a camt.052 intraday report, then the camt.053 of the day) is reported as
-    ``duplicate`` and counts once. A dry run reads, validates and matches against the ledger as
-    it is, and writes the report only: no ledger, ERP or statement record changes.
+    All or nothing per file: the file is validated against its schema and every entry converted
+    before the first is booked; a file that fails is refused with nothing booked. Each entry is
+    then booked on its own (see ``_Bookings``): its ERP writes, then its ledger rows and its
+    record in one state transaction. The record (the entry's identity: account and the bank's
+    reference, else ``NtryRef``, else a digest, see ``connectors.sepa.camt.entry_identity``) makes
+    the same booking in another file (a camt.052 intraday report, then the camt.053 of the day)
+    count once, as ``duplicate``; after a crash, importing the file again books only the entries
+    not recorded yet. Importing the same file again changes nothing (recognised by message id and
+    content hash).
+
+    The report (CSV: debtor names and remittance texts) is written owner-only (0600) into
+    ``output_dir``. A dry run reads, validates and matches against the ledger as it is plus what
+    the earlier files of the same dry run would have booked (``carry``, updated in place and
+    returned in the result); it writes nothing into ``output_dir`` or the state (no tables are
+    created): its report goes to a new owner-only temporary file the result names.
 
     Raises:
-        CamtRejected: the file is no camt file of a supported version, or breaks its schema
-            (nothing booked); the message names file, line, reason and what to ask the bank for.
+        CamtRejected: the file is no camt file of a supported version, breaks its schema or has a
+            value that does not convert (nothing booked); the message names file, line, reason
+            and what to ask the bank for.
     """
     log = run_logger()
     camt = open_camt(path)
-    ledger = SepaLedger(state_url)
-    if ledger.statement_seen(camt.key):
+    carry = carry if carry is not None else DryRunCarry()
+    ledger = SepaLedger.existing(state_url) if dry_run else SepaLedger(state_url)
+    books = _Bookings(ledger, erp_url, dry_run, carry)
+    if books.statement_seen(camt.key):
         log.warning("%s (%s %s) was imported before: skipped", path.name, camt.name, camt.msg_id)
         return ReconciliationResult(
-            str(path), camt.kind, camt.msg_id, True, {}, None, [], [], camt.version, dry_run=dry_run
+            str(path),
+            camt.kind,
+            camt.msg_id,
+            True,
+            {},
+            None,
+            [],
+            [],
+            camt.version,
+            dry_run=dry_run,
+            carry=carry,
         )
     entries = validate_camt(camt)
-    books = _Bookings(ledger, make_engine(erp_url), dry_run)
-    output_dir.mkdir(parents=True, exist_ok=True)
     label = sanitize_id(camt.msg_id).replace(" ", "") or "camt"
-    report_path = output_dir / f"reconciliation-{'dryrun-' if dry_run else ''}{label}-{camt.sha256[:8]}.csv"
+    if dry_run:
+        handle, name = tempfile.mkstemp(prefix=f"reconciliation-dryrun-{label}-", suffix=".csv")
+        os.close(handle)  # mkstemp creates it 0600
+        report_path = Path(name)
+    else:
+        make_private_dir(output_dir)
+        report_path = output_dir / f"reconciliation-{label}-{camt.sha256[:8]}.csv"
+    booked_from = f"{camt.name} {camt.msg_id} ({path.name})"
     counts: dict[str, int] = {}
     returns: list[dict[str, str]] = []
     unmatched: list[dict[str, str]] = []
-    with open(report_path, "w", newline="", encoding="utf-8") as fh:
+    with open_private(report_path, "w", newline="", encoding="utf-8") as fh:
         report = csv.DictWriter(fh, fieldnames=REPORT_FIELDS, delimiter=";")
         report.writeheader()
         for entry in iter_entries(camt, validate=False):
-            ref = f"{camt.kind} {camt.msg_id} {entry.statement_id} {entry.reference}"
-            kind = classify_entry(
-                entry.status,
-                entry.credit_debit,
-                entry.reversal,
-                entry.bank_code,
-                any(t.return_reason for t in entry.transactions),
-            )
-            identity = entry.identity if kind in ("collection", "return") else None
-            booked_from = ledger.entry_booked(identity) if identity else None
-            books.acted = False
-            if booked_from is not None:
+            rows = _entry_rows(entry, camt.kind, camt.msg_id, books)
+            if books.acted and not books.commit(entry.identity, path, camt.kind, booked_from):
                 rows = [
                     _report_row(
-                        "duplicate",
-                        entry,
-                        message=f"booking {entry.reference} was booked before from {booked_from}: counted once",
+                        "duplicate", entry, message="booked meanwhile by another import: counted once"
                     )
                 ]
-            elif kind == "pending":
-                rows = [
-                    _report_row(
-                        "pending", entry, message=f"status {entry.status}: not booked yet, nothing marked"
-                    )
-                ]
-            elif kind == "collection":
-                rows = _collection_rows(entry, books, ref)
-            elif kind == "return":
-                rows = _return_rows(entry, books, ref)
-            else:
-                rows = [
-                    _report_row("other", entry, message=f"debit {entry.bank_code}: not a direct-debit return")
-                ]
-            if identity and books.acted and not dry_run:
-                ledger.record_entry(identity, path, camt.kind, f"{camt.name} {camt.msg_id} ({path.name})")
             for row in rows:
                 report.writerow(row)
                 counts[row["kind"]] = counts.get(row["kind"], 0) + 1
@@ -1032,7 +1160,10 @@ def reconcile_statement(
                     log.warning(
                         "%s: entry %s, %s EUR: %s", row["kind"], row["entry"], row["amount"], row["message"]
                     )
-    if not dry_run:
+    if dry_run:
+        carry.statements.append(camt.key)
+    else:
+        assert ledger is not None
         ledger.record_statement(camt.key, path, camt.kind, json.dumps({"entries": entries, **counts}))
     log.info(
         "%s (%s): %d entries; %s%s; report %s",
@@ -1055,7 +1186,39 @@ def reconcile_statement(
         camt.version,
         dry_run=dry_run,
         entries=entries,
+        carry=carry,
     )
+
+
+def _entry_rows(entry: CamtEntry, kind_of_file: str, msg_id: str, books: _Bookings) -> list[dict[str, str]]:
+    """Match one entry: what it is, and the report rows of what it books (held back in ``books``)."""
+    books.begin_entry()
+    ref = f"{kind_of_file} {msg_id} {entry.statement_id} {entry.reference}"
+    kind = classify_entry(
+        entry.status,
+        entry.credit_debit,
+        entry.reversal,
+        entry.bank_code,
+        any(t.return_reason for t in entry.transactions),
+    )
+    booked_from = books.entry_booked(entry.identity) if kind in ("collection", "return") else None
+    if booked_from is not None:
+        return [
+            _report_row(
+                "duplicate",
+                entry,
+                message=f"booking {entry.reference} was booked before from {booked_from}: counted once",
+            )
+        ]
+    if kind == "pending":
+        return [
+            _report_row("pending", entry, message=f"status {entry.status}: not booked yet, nothing marked")
+        ]
+    if kind == "collection":
+        return _collection_rows(entry, books, ref)
+    if kind == "return":
+        return _return_rows(entry, books, ref)
+    return [_report_row("other", entry, message=f"debit {entry.bank_code}: not a direct-debit return")]
 
 
 def import_statement(
@@ -1065,6 +1228,7 @@ def import_statement(
     output_dir: Path,
     preview_rows: int = 200,
     dry_run: bool = False,
+    carry: DryRunCarry | None = None,
 ) -> ReconciliationResult:
     """``reconcile_statement`` for one file of a run of several: a refused file is a result, not an error.
 
@@ -1075,7 +1239,7 @@ def import_statement(
     answer) still raise: they concern every file.
     """
     try:
-        return reconcile_statement(path, erp_url, state_url, output_dir, preview_rows, dry_run)
+        return reconcile_statement(path, erp_url, state_url, output_dir, preview_rows, dry_run, carry)
     except CamtRejected as exc:
         result = ReconciliationResult(
             str(path),
@@ -1090,6 +1254,7 @@ def import_statement(
             advice=exc.advice,
             line=exc.line,
             dry_run=dry_run,
+            carry=carry,
         )
         run_logger().error("Bank file %s", describe_file(result))
         return result

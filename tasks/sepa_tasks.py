@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from config.settings import HausflowSettings
 from tasks.sepa_run import (
     DebitPlan,
+    DryRunCarry,
     ReconciliationResult,
     SepaRun,
     finish_debit_run,
@@ -116,10 +117,18 @@ def finish_sepa_debit_run(run: SepaRun) -> None:
 
 @task(name="reconcile-bank-statement", cache_policy=NO_CACHE)
 def reconcile_bank_statement(
-    path: str, erp_url: str, state_url: str, output_dir: str, dry_run: bool = False
+    path: str,
+    erp_url: str,
+    state_url: str,
+    output_dir: str,
+    dry_run: bool = False,
+    carry: DryRunCarry | None = None,
 ) -> ReconciliationResult:
-    """Task wrapper of ``import_statement`` (one task per camt file; a refused file is a result)."""
-    return import_statement(Path(path), erp_url, state_url, Path(output_dir), dry_run=dry_run)
+    """Task wrapper of ``import_statement`` (one task per camt file; a refused file is a result).
+
+    A dry run over several files passes ``carry`` from each file's result to the next file.
+    """
+    return import_statement(Path(path), erp_url, state_url, Path(output_dir), dry_run=dry_run, carry=carry)
 
 
 @task(name="publish-reconciliation-report", cache_policy=NO_CACHE)

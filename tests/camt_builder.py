@@ -3,6 +3,11 @@
 Hand-made test data (no bank's or project's file is copied): the same entries come out in each
 version's own element paths (``Sts`` code or ``Sts/Cd``, ``AmtDtls/TxAmt/Amt`` or ``Amt``,
 ``Dbtr/Nm`` or ``Dbtr/Pty/Nm``), so a test can check that every version reads to the same records.
+
+What banks vary and the reader must take is written from the spec, not from what the reader
+expects: ``NtryRef``; the status as a proprietary code (``Sts/Prtry``, .001.08); a booking date
+as ``DtTm`` or with a time zone (``booked_text``); a transaction amount only as the instructed
+amount (``AmtDtls/InstdAmt``, where the version allows no ``Amt``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Tx:
     remittance: str | None = None
     return_reason: str | None = None
     return_info: str | None = None
+    instructed_only: bool = False  # amount only in AmtDtls/InstdAmt (.02, .08; .04 requires Amt)
 
 
 @dataclass
@@ -50,6 +56,10 @@ class Entry:
     batch_nb_of_txs: int | None = None
     txs: list[Tx] = field(default_factory=list)
     info: str | None = None
+    entry_ref: str | None = None  # NtryRef
+    status_proprietary: bool = False  # .001.08: Sts/Prtry instead of Sts/Cd
+    booked_tag: str = "Dt"  # or DtTm (a date-time)
+    booked_text: str | None = None  # the booking date's text as written (e.g. with a time zone)
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
@@ -87,17 +97,22 @@ def camt_document(name: str, msg_id: str, entries: list[Entry], statement_id: st
         _path(balance, "Dt/Dt", "2026-03-04")
     for spec in entries:
         ntry = _sub(box, "Ntry")
+        if spec.entry_ref:
+            _sub(ntry, "NtryRef", spec.entry_ref)
         _sub(ntry, "Amt", spec.amount, Ccy="EUR")
         _sub(ntry, "CdtDbtInd", spec.credit_debit)
         if spec.reversal:
             _sub(ntry, "RvslInd", "true")
         if version == "001.08":
-            _path(ntry, "Sts/Cd", spec.status)
+            _path(ntry, "Sts/Prtry" if spec.status_proprietary else "Sts/Cd", spec.status)
         else:
             _sub(ntry, "Sts", spec.status)
-        if spec.booked:
-            _path(ntry, "BookgDt/Dt", spec.booked.isoformat())
-            _path(ntry, "ValDt/Dt", spec.booked.isoformat())
+        if spec.booked or spec.booked_text:
+            text = spec.booked_text or (spec.booked.isoformat() if spec.booked else "")
+            if spec.booked_tag == "DtTm" and spec.booked_text is None:
+                text += "T10:15:00"
+            _path(ntry, f"BookgDt/{spec.booked_tag}", text)
+            _path(ntry, f"ValDt/{spec.booked_tag}", text)
         if spec.bank_ref:
             _sub(ntry, "AcctSvcrRef", spec.bank_ref)
         domain = _sub(_sub(ntry, "BkTxCd"), "Domn")
@@ -129,11 +144,13 @@ def _transaction(node: etree._Element, tx: Tx, version: str) -> None:
         ):
             if value:
                 _sub(refs, tag, value)
-    if version == "001.02":
-        _sub(_sub(_sub(node, "AmtDtls"), "TxAmt"), "Amt", tx.amount, Ccy="EUR")
-    else:
+    if version == "001.04" or (version == "001.08" and not tx.instructed_only):
         _sub(node, "Amt", tx.amount, Ccy="EUR")
         _sub(node, "CdtDbtInd", tx.credit_debit)
+    if tx.instructed_only:
+        _sub(_sub(_sub(node, "AmtDtls"), "InstdAmt"), "Amt", tx.amount, Ccy="EUR")
+    elif version == "001.02":
+        _sub(_sub(_sub(node, "AmtDtls"), "TxAmt"), "Amt", tx.amount, Ccy="EUR")
     if tx.debtor or tx.debtor_iban or tx.creditor:
         parties = _sub(node, "RltdPties")
         party = "Pty/Nm" if version == "001.08" else "Nm"

@@ -109,29 +109,87 @@ def test_each_test_file_is_valid_against_its_own_schema_and_only_that(name: str)
     assert not _schema(other).validate(document)  # each version is checked by its own schema
 
 
-@pytest.mark.parametrize(
-    ("name", "container", "status", "tx_amount", "debtor"),
-    [
-        ("camt.052.001.02", "Rpt", ("Sts",), "AmtDtls/TxAmt/Amt", "RltdPties/Dbtr/Nm"),
-        ("camt.052.001.08", "Rpt", ("Sts/Cd", "Sts/Prtry"), "Amt", "RltdPties/Dbtr/Pty/Nm"),
-        ("camt.053.001.02", "Stmt", ("Sts",), "AmtDtls/TxAmt/Amt", "RltdPties/Dbtr/Nm"),
-        ("camt.053.001.04", "Stmt", ("Sts",), "Amt", "RltdPties/Dbtr/Nm"),
-        ("camt.053.001.08", "Stmt", ("Sts/Cd", "Sts/Prtry"), "Amt", "RltdPties/Dbtr/Pty/Nm"),
-        ("camt.054.001.02", "Ntfctn", ("Sts",), "AmtDtls/TxAmt/Amt", "RltdPties/Dbtr/Nm"),
-        ("camt.054.001.04", "Ntfctn", ("Sts",), "Amt", "RltdPties/Dbtr/Nm"),
-        ("camt.054.001.08", "Ntfctn", ("Sts/Cd", "Sts/Prtry"), "Amt", "RltdPties/Dbtr/Pty/Nm"),
-    ],
+_PLAIN = Entry(
+    "620.00",
+    bank_ref="B-2",
+    txs=[Tx("620.00", end_to_end_id="O100-P002/C2001", debtor="Mieterin Zwei")],
 )
+
+
+def _instructed(entry: Entry) -> Entry:
+    return replace(entry, txs=[replace(t, instructed_only=True) for t in entry.txs])
+
+
+#: How banks write the same booking, per version, and what the reader must make of it.
+#: Columns of ``expected``: status, booking date, transaction amount, its direction, debtor.
+VARIANTS = [
+    ("camt.052.001.02", _instructed(_PLAIN), ("BOOK", "2026-03-04", "620.00", "CRDT", "Mieterin Zwei")),
+    (
+        "camt.052.001.08",
+        replace(_instructed(_PLAIN), status_proprietary=True),
+        ("BOOK", "2026-03-04", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.053.001.02",
+        replace(_PLAIN, booked_tag="DtTm"),
+        ("BOOK", "2026-03-04", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.053.001.02",
+        replace(_PLAIN, booked_text="2026-03-04+01:00"),
+        ("BOOK", "2026-03-04", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.053.001.04",
+        replace(_instructed(_PLAIN), booked_text="2026-03-04Z"),
+        ("BOOK", "2026-03-04", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.053.001.08",
+        replace(_PLAIN, booked_tag="DtTm", booked_text="2026-03-04T23:30:00Z"),  # 00:30 in Berlin
+        ("BOOK", "2026-03-05", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.053.001.08",
+        replace(_instructed(_PLAIN), booked_tag="DtTm", booked_text="2026-03-04T23:30:00+01:00"),
+        ("BOOK", "2026-03-04", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.054.001.02",
+        replace(_PLAIN, booked_tag="DtTm", booked_text="2026-03-04T24:00:00"),  # the end of the 4th
+        ("BOOK", "2026-03-05", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.054.001.04",
+        replace(_PLAIN, booked_tag="DtTm", booked_text="2026-03-04T10:15:00.123456789+01:00"),
+        ("BOOK", "2026-03-04", "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+    (
+        "camt.054.001.08",
+        replace(_instructed(_PLAIN), status="PDNG", status_proprietary=True, booked=None),
+        ("PDNG", None, "620.00", "CRDT", "Mieterin Zwei"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "entry", "expected"), VARIANTS)
 def test_version_mapping_rule_table(
-    name: str, container: str, status: tuple[str, ...], tx_amount: str, debtor: str
+    tmp_path: Path, name: str, entry: Entry, expected: tuple[str | None, ...]
 ) -> None:
-    layout = layout_of(name)
-    assert (layout.container, layout.status, layout.tx_amount[0], layout.debtor_name[0]) == (
-        container,
-        status,
-        tx_amount,
-        debtor,
+    """Each row is a file the way a bank may write it, valid against its own schema, read back."""
+    path = write_camt(tmp_path, "variant.xml", name, "M-1", [entry])
+    schema = _schema(name)
+    assert schema.validate(etree.parse(str(path))), schema.error_log
+    (read,) = list(iter_entries(open_camt(path)))
+    tx = read.transactions[0]
+    got = (
+        read.status,
+        read.booking_date.isoformat() if read.booking_date else None,
+        str(tx.amount),
+        tx.credit_debit,
+        tx.debtor_name,
     )
+    assert got == expected
 
 
 def test_camt_052_001_04_has_no_layout() -> None:
@@ -172,7 +230,9 @@ def test_every_version_reads_to_the_same_records(tmp_path: Path) -> None:
         "AC04",
     )
     assert ret.transactions[0].creditor_name == "Hausverwaltung Muster"
-    assert (pending.status, pending.booking_date, pending.identity) == ("PDNG", None, None)
+    assert (pending.status, pending.booking_date) == ("PDNG", None)
+    assert pending.identity.startswith("DE02120300000000202051/sha256:")  # no bank reference: a digest
+    assert pending.identity.endswith("#1")
     assert transfer.transactions[0].debtor_name == "Max Mustermann"
 
 
@@ -494,3 +554,191 @@ def test_the_command_line_prints_a_line_per_file_and_exits_non_zero_on_a_rejecte
     assert good.returncode == 0, good.stderr[-3000:]
     assert [line.split()[0] for line in good.stdout.strip().splitlines()[:2]] == ["accepted", "accepted"]
     assert claim_states(s.erp_url)["C2001"][0] == "PAID"
+
+
+# ---- a file is imported whole or refused whole ------------------------------------------------------
+def _statement_recorded(s: Scenario) -> int:
+    from sqlalchemy import func, select
+
+    from connectors.sepa.ledger import sepa_statements
+
+    with SepaLedger(s.state_url).engine.connect() as conn:
+        query = select(func.count()).select_from(sepa_statements)
+        return int(
+            conn.execute(query.where(~sepa_statements.c.statement_key.startswith("entry:"))).scalar_one()
+        )
+
+
+def test_a_booking_date_with_a_time_zone_is_read_and_the_whole_file_booked(collected: Scenario) -> None:
+    later = replace(BLOCK_ENTRY, bank_ref="B-7", booked_text="2026-03-04+01:00")
+    path = write_camt(
+        collected.output_dir.parent, "tz.xml", "camt.053.001.02", "STMT-TZ", [SINGLE_ENTRY, later]
+    )
+    result = import_statement(path, collected.erp_url, collected.state_url, collected.output_dir)
+    assert result.accepted and result.counts == {"paid": 2}
+    states = claim_states(collected.erp_url)
+    assert {c for c in BLOCK_CLAIMS | {"C2001"} if states[c][0] == "PAID"} == BLOCK_CLAIMS | {"C2001"}
+
+
+def test_a_value_that_does_not_convert_refuses_the_file_before_anything_is_booked(
+    collected: Scenario,
+) -> None:
+    later = replace(BLOCK_ENTRY, bank_ref="B-7", booked_text="12026-03-04")  # a valid xs:date, year 12026
+    path = write_camt(
+        collected.output_dir.parent, "y12k.xml", "camt.053.001.08", "STMT-Y", [SINGLE_ENTRY, later]
+    )
+    assert _schema("camt.053.001.08").validate(etree.parse(str(path)))  # the schema lets it through
+    before = _state_snapshot(collected)
+    result = import_statement(path, collected.erp_url, collected.state_url, collected.output_dir)
+    assert not result.accepted
+    assert "entry 2 has a value the import cannot read" in (result.rejected or "")
+    assert "nothing of the file is booked" in (result.rejected or "")
+    assert _state_snapshot(collected) == before  # entry 1 (C2001) was not booked either
+    assert claim_states(collected.erp_url)["C2001"][0] == "IN_COLLECTION"
+
+
+# ---- bookings without the bank's reference ----------------------------------------------------------
+def _half(**changes: object) -> Entry:
+    half = replace(
+        SINGLE_ENTRY, bank_ref=None, amount="310.00", txs=[replace(SINGLE_ENTRY.txs[0], amount="310.00")]
+    )
+    return replace(half, **changes)
+
+
+@pytest.mark.parametrize("entry_ref", [None, "0000042"], ids=["no reference at all", "NtryRef only"])
+def test_a_booking_without_acctsvcrref_counts_once_in_the_report_and_the_statement(
+    collected: Scenario, entry_ref: str | None
+) -> None:
+    folder = collected.output_dir.parent / "in"
+    intraday = write_camt(folder, "rpt.xml", "camt.052.001.08", "RPT-1", [_half(entry_ref=entry_ref)])
+    statement = write_camt(folder, "eod.xml", "camt.053.001.02", "STMT-1", [_half(entry_ref=entry_ref)])
+    args = (collected.erp_url, collected.state_url, collected.output_dir)
+    assert reconcile_statement(intraday, *args).counts == {"partly_paid": 1}
+    assert reconcile_statement(statement, *args).counts == {"duplicate": 1}
+    assert _ledger(collected, "C2001") == ("partly_paid", Decimal("310.00"))
+    assert claim_states(collected.erp_url)["C2001"][:2] == ("IN_COLLECTION", Decimal("310.00"))
+
+
+def test_two_equal_bookings_without_reference_in_one_file_are_two(collected: Scenario) -> None:
+    path = write_camt(collected.output_dir.parent, "eod.xml", "camt.053.001.04", "STMT-2", [_half(), _half()])
+    result = reconcile_statement(path, collected.erp_url, collected.state_url, collected.output_dir)
+    assert result.counts == {"partly_paid": 1, "paid": 1}
+    assert claim_states(collected.erp_url)["C2001"][:2] == ("PAID", Decimal("0"))
+
+
+def test_an_entry_and_its_record_are_booked_in_one_transaction(collected: Scenario) -> None:
+    """The state database refuses the entry's record (a real trigger): the ledger keeps nothing of
+    the entry either, and the file imported again books it once."""
+    from sqlalchemy import text
+
+    folder = collected.output_dir.parent / "in"
+    intraday = write_camt(folder, "rpt.xml", "camt.052.001.02", "RPT-1", [_half()])
+    statement = write_camt(folder, "eod.xml", "camt.053.001.08", "STMT-1", [_half()])
+    args = (collected.erp_url, collected.state_url, collected.output_dir)
+    engine = SepaLedger(collected.state_url).engine
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_entry BEFORE INSERT ON sepa_statements "
+                "WHEN NEW.statement_key LIKE 'entry:%' BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        )
+    with pytest.raises(Exception, match="disk full"):
+        reconcile_statement(intraday, *args)
+    assert _ledger(collected, "C2001") == ("written", None)  # the ledger change went with the record
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_entry"))
+    assert reconcile_statement(intraday, *args).counts == {"partly_paid": 1}  # not recorded: imported again
+    assert reconcile_statement(statement, *args).counts == {"duplicate": 1}
+    assert _ledger(collected, "C2001") == ("partly_paid", Decimal("310.00"))
+    assert claim_states(collected.erp_url)["C2001"][:2] == ("IN_COLLECTION", Decimal("310.00"))
+
+
+# ---- personal data and dry runs ---------------------------------------------------------------------
+def test_the_reconciliation_report_is_readable_by_its_owner_only(collected: Scenario) -> None:
+    path = write_camt(collected.output_dir.parent, "stmt.xml", "camt.053.001.08", "STMT-1", ALL_ENTRIES)
+    result = reconcile_statement(path, collected.erp_url, collected.state_url, collected.output_dir)
+    report = Path(result.report_path or "")
+    assert report.parent == collected.output_dir
+    assert "Max Mustermann" in report.read_text(encoding="utf-8")  # names: personal data
+    assert report.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_dry_run_creates_nothing_in_the_state_or_the_output_folder(tmp_path: Path) -> None:
+    s = make_scenario(tmp_path)  # no debit run yet: the state database does not exist
+    path = write_camt(tmp_path / "in", "stmt.xml", "camt.053.001.02", "STMT-1", ALL_ENTRIES)
+    state_file = Path(s.state_url.split("///", 1)[1])
+    result = reconcile_statement(path, s.erp_url, s.state_url, s.output_dir, dry_run=True)
+    assert result.counts == {"unmatched": 4, "pending": 1}  # an empty ledger expects nothing
+    assert not state_file.exists() and not s.output_dir.exists()
+    report = Path(result.report_path or "")
+    try:
+        assert report.parent != s.output_dir and report.name.startswith("reconciliation-dryrun-STMT-1-")
+        assert describe_file(result).endswith(f"would book: pending 1, unmatched 4; report {report}")
+        assert report.stat().st_mode & 0o777 == 0o600
+        assert "Max Mustermann" in report.read_text(encoding="utf-8")
+    finally:
+        report.unlink()
+
+
+def test_a_dry_run_leaves_existing_state_without_tables_as_it_is(tmp_path: Path) -> None:
+    from sqlalchemy import inspect
+
+    from connectors.erp.database import make_engine
+
+    s = make_scenario(tmp_path)
+    engine = make_engine(s.state_url)
+    with engine.begin() as conn:  # another part of the state store exists, the SEPA tables not yet
+        conn.exec_driver_sql("CREATE TABLE other (id INTEGER)")
+    path = write_camt(tmp_path / "in", "stmt.xml", "camt.053.001.08", "STMT-1", [SINGLE_ENTRY])
+    result = reconcile_statement(path, s.erp_url, s.state_url, s.output_dir, dry_run=True)
+    Path(result.report_path or "").unlink()
+    assert result.counts == {"unmatched": 1}
+    assert inspect(engine).get_table_names() == ["other"]
+
+
+def test_a_dry_run_over_several_files_agrees_with_the_real_run(collected: Scenario) -> None:
+    folder = collected.output_dir.parent / "in"
+    part = replace(SINGLE_ENTRY, amount="600.00", txs=[replace(SINGLE_ENTRY.txs[0], amount="600.00")])
+    rest = replace(
+        SINGLE_ENTRY, bank_ref="B-4", amount="20.00", txs=[replace(SINGLE_ENTRY.txs[0], amount="20.00")]
+    )
+    files = [
+        write_camt(folder, "0900.xml", "camt.052.001.08", "RPT-0900", [BLOCK_ENTRY, part, RETURN_ENTRY]),
+        write_camt(folder, "eod.xml", "camt.053.001.02", "STMT-EOD", [BLOCK_ENTRY, part, rest, RETURN_ENTRY]),
+    ]
+    files.append(files[1])  # the same statement again
+    args = (collected.erp_url, collected.state_url, collected.output_dir)
+    before = _state_snapshot(collected)
+    carry = None
+    dry = []
+    for path in files:
+        result = import_statement(path, *args, dry_run=True, carry=carry)
+        carry = result.carry
+        dry.append((result.skipped, result.counts))
+        if result.report_path:
+            Path(result.report_path).unlink()
+    assert _state_snapshot(collected) == before
+    real = [(r.skipped, r.counts) for r in (import_statement(p, *args) for p in files)]
+    assert dry == real
+    assert real[0] == (False, {"paid": 1, "partly_paid": 1, "returned": 1})
+    assert real[1] == (False, {"duplicate": 3, "paid": 1})  # only the rest of C2001 is new
+    assert real[2] == (True, {})  # the same file again
+
+
+def test_the_flow_carries_a_dry_run_from_file_to_file(prefect_harness: None, tmp_path: Path) -> None:
+    from flows.bank_reconciliation import import_bank_statement
+
+    s = make_scenario(tmp_path)
+    folder = tmp_path / "in"
+    intraday = write_camt(folder, "rpt.xml", "camt.052.001.02", "RPT-1", [_half()])
+    statement = write_camt(folder, "eod.xml", "camt.053.001.08", "STMT-1", [_half()])
+    with sepa_env(s.erp_url, s.state_url, str(s.output_dir)):
+        debit_run()
+        before = _state_snapshot(s)
+        summary = import_bank_statement([str(intraday), str(statement)], dry_run=True)
+    assert [f["counts"] for f in summary["files"]] == [{"partly_paid": 1}, {"duplicate": 1}]
+    assert _state_snapshot(s) == before
+    assert not list(s.output_dir.glob("reconciliation-*"))  # the reports went to temporary files
+    for record in summary["files"]:
+        Path(record["report"]).unlink()

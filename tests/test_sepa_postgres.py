@@ -31,3 +31,26 @@ def test_debit_run_and_reconciliation_on_postgresql(pg_database: Callable[[], st
     assert result.counts == {"paid": 2, "unmatched": 1, "pending": 1}
     states = claim_states(erp_url)
     assert states["C1001"][0] == "PAID" and states["C4001"][0] == "IN_COLLECTION"
+
+
+@pytest.mark.postgres
+def test_an_entry_booked_by_another_import_first_changes_nothing_on_postgresql(
+    pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """Two imports of the same booking race: the second one's record fails on the key, its
+    transaction is rolled back whole (PostgreSQL aborts it at the failed insert) and it says so."""
+    erp_url, state_url = pg_database(), pg_database()
+    build_erp(erp_url)
+    with sepa_env(erp_url, state_url, str(tmp_path / "out")):
+        debit_run()
+    ledger = SepaLedger(state_url)
+    (row,) = ledger.rows_of_claims(["C2001"])
+    first = ledger.book_entry(
+        "DE02/B-2", tmp_path / "a.xml", "camt.052", "a", [(row["id"], {"status": "paid"})]
+    )
+    second = ledger.book_entry(
+        "DE02/B-2", tmp_path / "b.xml", "camt.053", "b", [(row["id"], {"status": "returned"})]
+    )
+    assert (first, second) == (True, False)
+    assert ledger.rows_of_claims(["C2001"])[0]["status"] == "paid"
+    assert ledger.entry_booked("DE02/B-2") == "a"

@@ -7,7 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from connectors.sepa.writing import ID_ALLOWED
+from connectors.sepa.writing import (
+    ID_ALLOWED,
+    transliterate_many,
+)
 from tasks.sepa_rules import (
     NOTPROVIDED,
     Amendment,
@@ -123,21 +126,32 @@ def test_remittance_order_fixed_lines_system_line_booking_text() -> None:
     assert warnings == []
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("Müller", "Mueller"),
-        ("Straße", "Strasse"),
-        ("ÄÖÜ äöü", "AeOeUe aeoeue"),
-        ("Café Crème", "Cafe Creme"),
-        ("Schmidt & Söhne", "Schmidt + Soehne"),
-        ("Miete_März", "Miete-Maerz"),
-        ("Preis: 5€ ; *Rabatt*", "Preis: 5 , Rabatt"),
-        ("Zeile1\nZeile2", "Zeile1 Zeile2"),
-    ],
-)
+TRANSLITERATIONS = [
+    ("Müller", "Mueller"),
+    ("Straße", "Strasse"),
+    ("ÄÖÜ äöü", "AeOeUe aeoeue"),
+    ("Café Crème", "Cafe Creme"),
+    ("Schmidt & Söhne", "Schmidt + Soehne"),
+    ("Miete_März", "Miete-Maerz"),
+    ("Preis: 5€ ; *Rabatt*", "Preis: 5 , Rabatt"),
+    ("Zeile1\nZeile2", "Zeile1 Zeile2"),
+    ("  Ørsted  æ ł  ", "Orsted ae l"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), TRANSLITERATIONS)
 def test_transliterate(raw: str, expected: str) -> None:
     assert transliterate(raw) == expected
+
+
+def test_transliterating_many_texts_at_once_gives_each_its_own_result() -> None:
+    raws = [raw for raw, _ in TRANSLITERATIONS]
+    assert transliterate_many(raws) == [expected for _, expected in TRANSLITERATIONS]
+    # spaces at the joints, and a text that holds the joining character itself
+    edges = ["ä ", " ü", "  ", "a\x00b", "ß"]
+    assert transliterate_many(edges) == [transliterate(text) for text in edges]
+    assert transliterate_many(["ä ", " ü", "x"]) == ["ae", "ue", "x"]
 
 
 def test_remittance_too_long_is_shortened_at_a_word_with_a_warning_naming_the_dropped_words() -> None:

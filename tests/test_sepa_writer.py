@@ -110,8 +110,11 @@ def test_schema_violation_is_reported_with_file_name(tmp_path: Path) -> None:
     block = PaymentBlock("MSG_001", date(2026, 3, 4), "RCUR", 1, 1001)  # "_" is not allowed by the DK schema
     with atomic_output(path) as fh:
         write_pain008(fh, "MSG", NOW, CREDITOR, [block], lambda b: [_tx(1)])
-    with pytest.raises(SepaValidationError, match=r"bad\.xml.*PmtInfId"):
+    with pytest.raises(SepaValidationError, match=r"bad\.xml.*PmtInfId") as refused:
         validate_file(path)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), start=1) if "MSG_001" in text)
+    assert str(refused.value).startswith(f"bad.xml line {line}: not valid against pain.008.001.08_GBIC_5.xsd")
+    assert "line 0" not in str(refused.value) and "{urn:" not in str(refused.value)
 
 
 def test_spool_splits_files_and_plan_orders_blocks(tmp_path: Path) -> None:
@@ -170,10 +173,13 @@ def test_validating_while_writing_matches_a_second_read_and_rejects_bad_bytes(tm
         again.counted_ctrl_sum,
     )
     bad = PaymentBlock("MSG_001", date(2026, 3, 4), "RCUR", 1, 1001)
-    with pytest.raises(SepaValidationError, match="PmtInfId"):
+    with pytest.raises(
+        SepaValidationError, match=r"^bad\.xml line \d+: not valid against .*PmtInfId"
+    ) as refused:
         write_validated_part(
             tmp_path / "bad.xml",
             "pain.008",
             lambda fh: write_pain008(fh, "MSG", NOW, CREDITOR, [bad], lambda b: [_tx(1)]),
         )
+    assert "line 0" not in str(refused.value)
     assert not (tmp_path / "bad.xml.part").exists() and not (tmp_path / "bad.xml").exists()

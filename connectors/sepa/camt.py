@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from lxml import etree
 
 from connectors.sepa.errors import SepaValidationError
-from connectors.sepa.schemas import CAMT_VERSIONS, NAMESPACES, SCHEMA_FILES, iter_validated, load_schema
+from connectors.sepa.schemas import (
+    CAMT_VERSIONS,
+    NAMESPACES,
+    SCHEMA_FILES,
+    iter_validated,
+    readable_error,
+    schema_error_line,
+)
 
 #: The element that holds the entries, per message type.
 CONTAINERS: dict[str, str] = {"camt.052": "Rpt", "camt.053": "Stmt", "camt.054": "Ntfctn"}
@@ -40,7 +47,7 @@ MESSAGE_NAMES: dict[str, str] = {
 }
 _CAMT_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:(camt\.05[234])\.(\d{3}\.\d{2})$")
 _ANY_ISO_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:([a-z]{4}\.\d{3})\.(\d{3}\.\d{2})$")
-_NAMESPACE_IN_MESSAGE = re.compile(r"\{[^}]*\}")
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 class CamtRejected(SepaValidationError):
@@ -159,18 +166,35 @@ class CamtEntry:
     transactions: list[CamtTransaction] = field(default_factory=list)
     info: str | None = None
     bank_reference: str | None = None  # AcctSvcrRef: the bank's own reference of the booking
+    entry_reference: str | None = None  # NtryRef
+    #: The booking's identity across files (see ``entry_identity``); set by the reader.
+    identity: str = ""
 
-    @property
-    def identity(self) -> str | None:
-        """The booking's identity across files: account and the bank's reference (AcctSvcrRef).
 
-        A camt.052 intraday report and the camt.053 of the same day carry the same booking under
-        the same reference; without one there is no identity (then only the ledger's state keeps
-        a booking from counting twice).
-        """
-        if not self.bank_reference:
-            return None
-        return f"{self.account_iban or '-'}/{self.bank_reference}"
+def entry_identity(entry: CamtEntry, occurrence: int = 1) -> str:
+    """The identity of a booking across files: the same in a camt.052 and the camt.053 of the day.
+
+    Why: an intraday report and the statement carry the same booking; it must count once. The
+    bank's reference (``AcctSvcrRef``) is the identity: ``<account>/<AcctSvcrRef>``. Without it,
+    ``NtryRef`` with booking date, sign and amount (an ``NtryRef`` may be a number within one
+    statement only): ``<account>/NtryRef <ref> <date> <sign><amount>``. Without either, a digest of
+    what the bank cannot change between the two files: account, booking date, amount, sign
+    (credit/debit, reversal), the batch's PmtInfId and each transaction's EndToEndId, PmtInfId,
+    MndtId and amount, plus ``occurrence`` (the n-th entry with this digest in its file), so two
+    equal bookings in one file stay two: ``<account>/sha256:<32 hex>#<n>``.
+    """
+    account = entry.account_iban or "-"
+    if entry.bank_reference:
+        return f"{account}/{entry.bank_reference}"
+    sign = ("-" if entry.credit_debit == "DBIT" else "+") + ("R" if entry.reversal else "")
+    day = entry.booking_date.isoformat() if entry.booking_date else "-"
+    if entry.entry_reference:
+        return f"{account}/NtryRef {entry.entry_reference} {day} {sign}{entry.amount}"
+    parts = [account, day, f"{sign}{entry.amount}", entry.batch_pmt_inf_id or ""]
+    for tx in entry.transactions:
+        parts += [tx.end_to_end_id or "", tx.pmt_inf_id or "", tx.mandate_id or "", str(tx.amount or "")]
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    return f"{account}/sha256:{digest}#{occurrence}"
 
 
 @dataclass(frozen=True)
@@ -194,24 +218,67 @@ class CamtFile:
         return f"{self.kind}:{self.msg_id}:{self.sha256[:16]}"
 
 
+#: ``xs:date``: a calendar date, optionally with a time zone (``2026-03-04``, ``2026-03-04+01:00``,
+#: ``2026-03-04Z``); the date is the one written, whatever the zone.
+_XS_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:Z|[+-]\d{2}:\d{2})?")
+#: ``xs:dateTime``: fractions of any length, optionally a time zone; ``24:00:00`` is the next midnight.
+_XS_DATE_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})?")
+
+
+def xs_date(text: str) -> date:
+    """The date of an ``xs:date`` text, with or without a time zone.
+
+    Why: ``date.fromisoformat`` refuses ``2026-03-04+01:00``, which the schema allows and banks
+    send. A date keeps its calendar day; the zone only says where that day is.
+
+    Raises:
+        ValueError: not an ``xs:date`` (the schema refuses it first).
+    """
+    match = _XS_DATE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a date: {text!r}")
+    return date.fromisoformat(match.group(1))
+
+
+def xs_date_time_day(text: str) -> date:
+    """The business day (Europe/Berlin) of an ``xs:dateTime`` text (``DtTm`` booking dates).
+
+    A date-time with a zone (``2026-03-04T23:30:00Z``) is the day in Berlin at that moment
+    (here 5 March); one without a zone is taken as local time, its date as written.
+
+    Raises:
+        ValueError: not an ``xs:dateTime``.
+    """
+    match = _XS_DATE_TIME.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a date-time: {text!r}")
+    day_text, hour, minute, second, zone = match.groups()
+    day, hours = date.fromisoformat(day_text), int(hour)
+    if hours == 24:  # xs:dateTime allows 24:00:00: midnight at the end of the day
+        if (minute, second) != ("00", "00"):
+            raise ValueError(f"not a date-time: {text!r}")
+        day, hours = day + timedelta(days=1), 0
+    if zone is None:
+        return day
+    offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])) if zone != "Z" else timedelta(0)
+    zone_info = timezone(-offset if zone.startswith("-") else offset)
+    moment = datetime(day.year, day.month, day.day, hours, int(minute), int(second), tzinfo=zone_info)
+    return moment.astimezone(BERLIN).date()
+
+
 def _date(elem: etree._Element | None, q: str) -> date | None:
+    """``BookgDt``/``ValDt``: a choice of ``Dt`` (``xs:date``) or ``DtTm`` (``xs:dateTime``)."""
     if elem is None:
         return None
-    text = elem.findtext(q + "Dt") or (elem.findtext(q + "DtTm") or "")[:10]
-    return date.fromisoformat(text) if text else None
+    text = elem.findtext(q + "Dt")
+    if text:
+        return xs_date(text)
+    text = elem.findtext(q + "DtTm")
+    return xs_date_time_day(text) if text else None
 
 
 def _decimal(text: str | None) -> Decimal | None:
     return Decimal(text) if text else None
-
-
-def _readable(message: str) -> str:
-    """A libxml2 message for people: no namespaces in element names (``{urn:...}Sts`` -> ``Sts``),
-    none of lxml's ``line 79: b'...'`` wrapping (the line is reported on its own)."""
-    text = _NAMESPACE_IN_MESSAGE.sub("", message).strip()
-    text = re.sub(r"^line \d+: ", "", text)
-    wrapped = re.fullmatch(r"b(['\"])(.*)\1", text, flags=re.S)
-    return (wrapped.group(2) if wrapped else text).rstrip(".")
 
 
 def _root_namespace(path: Path) -> str:
@@ -226,7 +293,7 @@ def _root_namespace(path: Path) -> str:
     except etree.XMLSyntaxError as exc:
         raise CamtRejected(
             path.name,
-            f"not a well-formed XML file ({_readable(exc.msg or str(exc))})",
+            f"not a well-formed XML file ({readable_error(exc.msg or str(exc))})",
             "download it again or ask the bank to send it again",
             exc.lineno or None,
         ) from exc
@@ -286,7 +353,7 @@ def open_camt(path: Path) -> CamtFile:
     except etree.XMLSyntaxError as exc:
         raise CamtRejected(
             path.name,
-            f"not a well-formed XML file ({_readable(exc.msg or str(exc))})",
+            f"not a well-formed XML file ({readable_error(exc.msg or str(exc))})",
             "download it again or ask the bank to send it again",
             exc.lineno or None,
         ) from exc
@@ -295,56 +362,6 @@ def open_camt(path: Path) -> CamtFile:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return CamtFile(path, kind, msg_id, digest.hexdigest(), version)
-
-
-def schema_error_line(path: Path, name: str) -> int | None:
-    """The line of ``path`` at which its first schema error is found.
-
-    Why: a parser that validates while it reads (``iterparse(schema=...)``, lxml's
-    ``xmlSchemaSAXPlug``) reports schema errors without a position: libxml2's streaming validator
-    gets no parser context from lxml, so every message says ``<string>, line 0``; and lxml raises
-    the error only when the whole file has been read, so the position the reader has reached
-    says nothing either. Only validating a whole tree (``XMLSchema.validate``) knows the lines,
-    and that needs the whole file in memory. So, only when a file is refused, it is validated once
-    more, streaming, fed to the parser one line at a time: libxml2 reports the error (to lxml's
-    error log, at once) while it parses the line that holds the offending element, or for an
-    element's value or missing child, the line of its end tag. Memory stays flat.
-
-    The error log that hears the error as it happens is the thread's global one; it is replaced
-    in a short-lived thread of its own, so the caller's error log is never touched.
-
-    Returns:
-        The 1-based line, or None when the second pass finds no schema error.
-    """
-    found: list[int] = []
-
-    class _FirstSchemaError(etree.PyErrorLog):
-        def receive(self, log_entry: etree._LogEntry) -> None:
-            if log_entry.domain == etree.ErrorDomains.SCHEMASV:
-                found.append(0)
-
-    def scan() -> None:
-        etree.use_global_python_log(_FirstSchemaError())
-        parser = etree.XMLPullParser(events=("end",), schema=load_schema(name), huge_tree=True)
-        with open(path, "rb") as fh:
-            for number, line in enumerate(fh, start=1):
-                try:
-                    parser.feed(line)
-                except etree.XMLSyntaxError:
-                    return
-                if found:
-                    found[0] = number
-                    return
-                for _event, elem in parser.read_events():
-                    elem.clear(keep_tail=False)
-                    parent = elem.getparent()
-                    while parent is not None and elem.getprevious() is not None:
-                        del parent[0]
-
-    worker = threading.Thread(target=scan, name="camt-schema-error-line", daemon=True)
-    worker.start()
-    worker.join()
-    return found[0] if found and found[0] else None
 
 
 def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
@@ -410,12 +427,13 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
         batch = elem.find(f"{q}NtryDtls/{q}Btch")
         nb = batch.findtext(q + "NbOfTxs") if batch is not None else None
         bank_reference = elem.findtext(q + "AcctSvcrRef")
+        entry_reference = elem.findtext(q + "NtryRef")
         credit_debit = elem.findtext(q + "CdtDbtInd") or ""
-        return CamtEntry(
+        record = CamtEntry(
             statement_id=statement_id or "",
             account_iban=iban,
             index=index,
-            reference=bank_reference or elem.findtext(q + "NtryRef") or f"#{index}",
+            reference=bank_reference or entry_reference or f"#{index}",
             amount=Decimal(elem.findtext(q + "Amt") or "0"),
             credit_debit=credit_debit,
             reversal=(elem.findtext(q + "RvslInd") or "").lower() == "true",
@@ -429,9 +447,16 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
             transactions=[transaction(tx, credit_debit) for tx in elem.findall(f"{q}NtryDtls/{q}TxDtls")],
             info=elem.findtext(q + "AddtlNtryInf"),
             bank_reference=bank_reference,
+            entry_reference=entry_reference,
         )
+        identity = entry_identity(record)
+        if not (bank_reference or entry_reference):  # a digest: equal bookings of a file stay apart
+            occurrences[identity] = occurrence = occurrences.get(identity, 0) + 1
+            identity = entry_identity(record, occurrence)
+        return replace(record, identity=identity)
 
-    elements = iter_validated(camt.path, name, ("Ntry",), validate)
+    occurrences: dict[str, int] = {}
+    elements = iter_validated(camt.path, name, ("Ntry",), validate, locate_errors=False)
     try:
         for index, elem in enumerate(elements, start=1):
             try:
@@ -443,7 +468,7 @@ def iter_entries(camt: CamtFile, validate: bool = True) -> Iterator[CamtEntry]:
                     pass
                 raise CamtRejected(
                     camt.path.name,
-                    f"unreadable value in entry {index} ({exc!r})",
+                    f"entry {index} has a value the import cannot read ({exc}); nothing of the file is booked",
                     f"ask the bank for a corrected file (a valid {name})",
                 ) from exc
             yield record
@@ -457,7 +482,7 @@ def _refusal(camt: CamtFile, exc: SepaValidationError) -> SepaValidationError:
     if isinstance(exc, CamtRejected) or not isinstance(cause, etree.XMLSyntaxError):
         return exc
     name = camt.name
-    raw = _readable(cause.msg or str(cause))
+    raw = readable_error(cause.msg or str(cause))
     if cause.lineno:  # the XML parser knows its line; only schema errors come without one
         reason = f"not a well-formed XML file ({raw})"
         advice = "download it again or ask the bank to send it again"
@@ -470,15 +495,16 @@ def _refusal(camt: CamtFile, exc: SepaValidationError) -> SepaValidationError:
 
 
 def validate_camt(camt: CamtFile) -> int:
-    """Validate the whole file before anything is booked; returns the number of entries.
+    """Validate the whole file and convert every entry before anything is booked; returns the number
+    of entries.
 
-    Only counts the entries (building the records costs five times the validation); the schema
-    guarantees that every value the records read converts.
+    Why both: a file is imported whole or refused whole. The schema guarantees the structure, but
+    a value the schema allows may still not convert (a date form the reader does not know); such
+    a file must be refused here, before its first entry is booked, not half-way through the import.
+    Costs about five times a bare validation (the records are built and dropped), small beside
+    matching each entry against the ledger.
 
     Raises:
         CamtRejected: as ``iter_entries``.
     """
-    try:
-        return sum(1 for _ in iter_validated(camt.path, camt.name, ("Ntry",), True))
-    except SepaValidationError as exc:
-        raise _refusal(camt, exc) from exc.__cause__
+    return sum(1 for _ in iter_entries(camt, validate=True))

@@ -47,6 +47,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -55,13 +56,14 @@ from sqlalchemy.exc import IntegrityError
 from connectors.erp.database import make_engine
 from connectors.sepa.errors import SepaLedgerConflict, SepaRunLocked
 from connectors.sepa.writing import (
+    ParallelScan,
     PaymentFileTotals,
     fault_point,
     part_path,
     publish,
     write_checked_part,
 )
-from connectors.sqlutil import chunks, utcnow
+from connectors.sqlutil import chunks, sqlite_file, utcnow
 
 sepa_metadata = MetaData()
 
@@ -223,10 +225,11 @@ class FileLedger:
     files_table: Table
     entries_table: Table
 
-    def __init__(self, url: str, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, engine: Engine | None = None, create_tables: bool = True) -> None:
         self.url = url
         self.engine = engine or make_engine(url)
-        sepa_metadata.create_all(self.engine)
+        if create_tables:
+            sepa_metadata.create_all(self.engine)
 
     # ---- run lock ------------------------------------------------------------------------------
     def acquire_lock(self, name: str, run_id: str) -> None:
@@ -305,12 +308,18 @@ class FileLedger:
         """Hook: delete further rows of an abandoned file (inside ``abandon_file``'s transaction)."""
 
     def write_and_publish(
-        self, msg_id: str, path: Path, kind: str, writer: Callable[[IO[bytes]], object]
+        self,
+        msg_id: str,
+        path: Path,
+        kind: str,
+        writer: Callable[[IO[bytes]], object],
+        scan: ParallelScan | None = None,
     ) -> PaymentFileTotals:
         """Write a recorded (``prepared``) file crash-safely; on success it is ``written``.
 
         ``.part`` written while a child validates it -> headers, counted sums and this ledger's
         figures compared -> atomic rename -> file and entries ``written`` in one transaction.
+        ``scan``: a validating child started earlier (``writing.start_scan``).
         The file is ``publishing`` from just before the rename until it is ``written``. The fault
         points ``before_publish``, ``after_publish`` and ``after_written`` let the crash tests stop
         the process between these steps.
@@ -320,7 +329,7 @@ class FileLedger:
                 the file is abandoned (its entries free again).
         """
         try:
-            part, totals = write_checked_part(path, kind, writer, lambda: self.ledger_totals(msg_id))
+            part, totals = write_checked_part(path, kind, writer, lambda: self.ledger_totals(msg_id), scan)
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt | SystemExit):
                 self.abandon_file(msg_id, f"not published: {exc}"[:1000])
@@ -418,6 +427,23 @@ class SepaLedger(FileLedger):
 
     files_table = sepa_files
     entries_table = sepa_ledger
+
+    @classmethod
+    def existing(cls, url: str) -> SepaLedger | None:
+        """The ledger for reading only, or None when there is none yet; creates nothing.
+
+        Why: a dry run must leave the state as it is: no database file, no folder, no tables.
+        A SQLite file that does not exist, or a database without the SEPA tables, has no ledger.
+        """
+        file = sqlite_file(url)
+        if file is not None and not Path(file).exists():
+            return None
+        engine = make_engine(url)
+        names = set(inspect(engine).get_table_names())
+        if not {sepa_ledger.name, sepa_blocks.name, sepa_statements.name} <= names:
+            engine.dispose()
+            return None
+        return cls(url, engine, create_tables=False)
 
     # ---- lookups for planning ----------------------------------------------------------------
     def claim_states(self, claim_nos: Sequence[str]) -> dict[str, ClaimLedgerState]:
@@ -627,22 +653,50 @@ class SepaLedger(FileLedger):
         except ValueError:
             return "an earlier file"
 
-    def record_entry(self, identity: str, path: Path, kind: str, booked_from: str) -> None:
-        """Remember a bank booking that changed the ledger, so another file's copy counts once
-        (recorded already, e.g. by a concurrent import of the same booking: nothing to do)."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(sepa_statements).values(
-                        statement_key=f"entry:{identity}"[:200],
-                        path=str(path)[:500],
-                        kind=kind[:10],
-                        imported_at=utcnow(),
-                        summary_json=json.dumps({"booked_from": booked_from}),
-                    )
-                )
-        except IntegrityError:
-            pass
+    def book_entry(
+        self,
+        identity: str,
+        path: Path,
+        kind: str,
+        booked_from: str,
+        row_updates: Sequence[tuple[int, dict[str, Any]]],
+    ) -> bool:
+        """Book one bank entry: its ledger row changes and the record of the entry, one transaction.
+
+        Why one transaction: the record is what makes the same booking in another file (the
+        camt.053 after a camt.052) count once; written apart from the ledger changes, a crash
+        between the two would book the entry again on the next import. The record is inserted
+        first, so a concurrent import of the same booking fails here before changing a row.
+
+        Args:
+            identity: the entry's identity (``CamtEntry.identity``).
+            row_updates: ``(ledger row id, column values)`` in order.
+
+        Returns:
+            False when the entry was recorded already (by another import meanwhile): nothing changed.
+
+        Raises:
+            SQLAlchemyError: the state database refused a write (nothing of the entry is kept).
+        """
+        record = insert(sepa_statements).values(
+            statement_key=f"entry:{identity}"[:200],
+            path=str(path)[:500],
+            kind=kind[:10],
+            imported_at=utcnow(),
+            summary_json=json.dumps({"booked_from": booked_from}),
+        )
+        with self.engine.connect() as conn:
+            try:
+                conn.execute(record)
+            except IntegrityError:
+                conn.rollback()
+                if self.entry_booked(identity) is None:  # not a duplicate: a real failure
+                    raise
+                return False
+            for row_id, values in row_updates:
+                conn.execute(update(sepa_ledger).where(sepa_ledger.c.id == row_id).values(**values))
+            conn.commit()
+        return True
 
     def find_by_end_to_end(
         self, e2e_ids: Iterable[str], statuses: Sequence[str]
@@ -662,6 +716,17 @@ class SepaLedger(FileLedger):
                 for row in rows:
                     out[row["end_to_end_id"]] = dict(row)
         return out
+
+    def rows_by_end_to_end(self, e2e_ids: Iterable[str], statuses: Sequence[str]) -> list[dict[str, Any]]:
+        """Every ledger row of these EndToEndIds in ``statuses``, oldest first."""
+        out: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for part in chunks(sorted(set(e2e_ids))):
+                query = select(sepa_ledger).where(
+                    and_(sepa_ledger.c.end_to_end_id.in_(part), sepa_ledger.c.status.in_(list(statuses)))
+                )
+                out.extend(dict(r) for r in conn.execute(query).mappings())
+        return sorted(out, key=lambda r: int(r["id"]))
 
     def find_by_mandate_amount(
         self, mandate_id: str, amount: Decimal, statuses: Sequence[str]

@@ -8,6 +8,8 @@ control sums re-counted) with a few megabytes.
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -18,6 +20,7 @@ from lxml import etree
 from connectors.sepa.errors import SepaValidationError
 
 XSD_DIR = Path(__file__).resolve().parent / "xsd"
+_NAMESPACE_IN_MESSAGE = re.compile(r"\{[^}]*\}")
 
 SchemaKind = Literal["pain.008", "pain.001", "camt.053", "camt.054"]
 
@@ -80,7 +83,11 @@ def detect_kind(path: Path) -> str:
 
 
 def iter_validated(
-    path: Path | IO[bytes], kind: str, tags: tuple[str, ...], validate: bool = True
+    path: Path | IO[bytes],
+    kind: str,
+    tags: tuple[str, ...],
+    validate: bool = True,
+    locate_errors: bool = True,
 ) -> Iterator[etree._Element]:
     """Yield the complete elements named ``tags`` (local names) while validating the whole file.
 
@@ -88,7 +95,10 @@ def iter_validated(
     so memory stays bounded by the largest single element.
 
     Raises:
-        SepaValidationError: the file breaks the schema or is not well-formed (with the line).
+        SepaValidationError: the file breaks the schema or is not well-formed, with the real line
+            (for a schema error in a file, found by ``schema_error_line``; a stream has none to
+            re-read, and ``locate_errors=False`` leaves it to the caller). The parser's error is
+            the ``__cause__``.
     """
     ns = NAMESPACES[kind]
     qualified = tuple(f"{{{ns}}}{tag}" for tag in tags)
@@ -96,7 +106,6 @@ def iter_validated(
     if validate:
         kwargs["schema"] = load_schema(kind)
     source: str | IO[bytes] = str(path) if isinstance(path, Path) else path
-    name = path.name if isinstance(path, Path) else "stream"
     try:
         for _event, elem in etree.iterparse(source, **kwargs):
             yield elem
@@ -107,7 +116,77 @@ def iter_validated(
                 parent.remove(previous)
                 previous = elem.getprevious()
     except etree.XMLSyntaxError as exc:  # schema errors are raised as syntax errors by the parser
-        raise SepaValidationError(f"{name}: not valid against {SCHEMA_FILES[kind]}: {exc}") from exc
+        raise SepaValidationError(_describe(path, kind, exc, locate_errors)) from exc
+
+
+def _describe(path: Path | IO[bytes], kind: str, exc: etree.XMLSyntaxError, locate: bool) -> str:
+    """``<file> line <n>: not valid against <schema>: <message>`` (no ``line 0``, no namespaces)."""
+    name = path.name if isinstance(path, Path) else "stream"
+    message = readable_error(exc.msg or str(exc))
+    if exc.lineno:  # the XML parser knows its line; only schema errors come without one
+        return f"{name} line {exc.lineno}: not a well-formed XML file: {message}"
+    line = schema_error_line(path, kind) if locate and isinstance(path, Path) else None
+    where = f" line {line}" if line else ""
+    return f"{name}{where}: not valid against {SCHEMA_FILES[kind]}: {message}"
+
+
+def readable_error(message: str) -> str:
+    """A libxml2 message for people: no namespaces in element names (``{urn:...}Sts`` -> ``Sts``),
+    none of lxml's ``line 79: b'...'`` wrapping (the line is reported on its own)."""
+    text = _NAMESPACE_IN_MESSAGE.sub("", message).strip()
+    text = re.sub(r"^line \d+: ", "", text)
+    wrapped = re.fullmatch(r"b(['\"])(.*)\1", text, flags=re.S)
+    return (wrapped.group(2) if wrapped else text).rstrip(".")
+
+
+def schema_error_line(path: Path, name: str) -> int | None:
+    """The line of ``path`` at which its first schema error is found.
+
+    Why: a parser that validates while it reads (``iterparse(schema=...)``, lxml's
+    ``xmlSchemaSAXPlug``) reports schema errors without a position: libxml2's streaming validator
+    gets no parser context from lxml, so every message says ``<string>, line 0``; and lxml raises
+    the error only when the whole file has been read, so the position the reader has reached
+    says nothing either. Only validating a whole tree (``XMLSchema.validate``) knows the lines,
+    and that needs the whole file in memory. So, only when a file is refused, it is validated once
+    more, streaming, fed to the parser one line at a time: libxml2 reports the error (to lxml's
+    error log, at once) while it parses the line that holds the offending element, or for an
+    element's value or missing child, the line of its end tag. Memory stays flat.
+
+    The error log that hears the error as it happens is the thread's global one; it is replaced
+    in a short-lived thread of its own, so the caller's error log is never touched.
+
+    Returns:
+        The 1-based line, or None when the second pass finds no schema error.
+    """
+    found: list[int] = []
+
+    class _FirstSchemaError(etree.PyErrorLog):
+        def receive(self, log_entry: etree._LogEntry) -> None:
+            if log_entry.domain == etree.ErrorDomains.SCHEMASV:
+                found.append(0)
+
+    def scan() -> None:
+        etree.use_global_python_log(_FirstSchemaError())
+        parser = etree.XMLPullParser(events=("end",), schema=load_schema(name), huge_tree=True)
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                try:
+                    parser.feed(line)
+                except etree.XMLSyntaxError:
+                    return
+                if found:
+                    found[0] = number
+                    return
+                for _event, elem in parser.read_events():
+                    elem.clear(keep_tail=False)
+                    parent = elem.getparent()
+                    while parent is not None and elem.getprevious() is not None:
+                        del parent[0]
+
+    worker = threading.Thread(target=scan, name="camt-schema-error-line", daemon=True)
+    worker.start()
+    worker.join()
+    return found[0] if found and found[0] else None
 
 
 def validate_file(path: Path, kind: str | None = None) -> str:

@@ -41,7 +41,7 @@ from lxml import etree
 from schwifty import BIC, IBAN
 
 from connectors.sepa.errors import SepaValidationError
-from connectors.sepa.schemas import NAMESPACES, SCHEMA_FILES, iter_validated
+from connectors.sepa.schemas import NAMESPACES, SCHEMA_FILES, iter_validated, schema_error_line
 
 # ---------------------------------------------------------------------------------------------
 # Character sets, text and amounts
@@ -107,6 +107,34 @@ def transliterate(text: str) -> str:
     if "  " in text:
         text = _SPACES.sub(" ", text)
     return text.strip()
+
+
+#: ``_TEXT_FORBIDDEN`` but for NUL, which separates the texts ``transliterate_many`` joins.
+_TEXT_FORBIDDEN_BUT_NUL = re.compile(r"[^A-Za-z0-9+?/\-:().,' \x00]")
+
+
+def transliterate_many(texts: Sequence[str]) -> list[str]:
+    """``transliterate`` of many texts at once: the same result for each, computed together.
+
+    Why: a payout file transliterates two texts per payout; a hundred thousand calls of a
+    function of a few steps cost more than the steps. Joined with NUL (outside the SEPA set,
+    never produced by a spelling), each step runs once over all texts in C, and no step crosses a
+    NUL: the spellings replace single characters, the spaces collapse only within a run of
+    spaces, and each text is stripped after the split. A text holding a NUL itself is done one
+    by one.
+    """
+    joined = "\x00".join(texts)
+    for char, spelled in _COMMON:
+        if char in joined:
+            joined = joined.replace(char, spelled)
+    if _TEXT_FORBIDDEN_BUT_NUL.search(joined) is not None:
+        joined = _TEXT_FORBIDDEN_BUT_NUL.sub(_spell_match, joined)
+    if "  " in joined:
+        joined = _SPACES.sub(" ", joined)
+    parts = joined.split("\x00")
+    if len(parts) != len(texts):  # a text held a NUL
+        return [transliterate(text) for text in texts]
+    return [part.strip() for part in parts]
 
 
 def sanitize_id(text: str) -> str:
@@ -753,22 +781,37 @@ class _Tee:
         return len(data)
 
 
+def start_scan(kind: str) -> ParallelScan | None:
+    """Start the validating child of a file about to be written; None when no process can start.
+
+    Why a step of its own: the child needs a moment to start (Python, lxml, the schema); a
+    caller that still has work before writing (the payout checks) starts it first, so it is
+    ready when the first bytes come. Hand it to ``write_validated_part``, or ``abort`` it.
+    """
+    try:
+        return ParallelScan(kind)
+    except OSError:
+        return None
+
+
 def write_validated_part(
-    final_path: Path, kind: str, writer: Callable[[IO[bytes]], object]
+    final_path: Path,
+    kind: str,
+    writer: Callable[[IO[bytes]], object],
+    scan: ParallelScan | None = None,
 ) -> tuple[Path, PaymentFileTotals]:
     """Write the ``.part`` file of ``final_path`` while a child process validates the same bytes.
 
     Returns the part's path and its totals (XSD-valid against the kind's GBIC_5 schema, sums
-    re-counted); the caller compares them and publishes. Falls back to validating the finished
-    file when no child process can start.
+    re-counted); the caller compares them and publishes. ``scan`` is a child started earlier
+    (``start_scan``), else one is started here. Falls back to validating the finished file when
+    no child process can start.
 
     Raises:
         SepaValidationError: the bytes break the schema (the ``.part`` file is removed).
     """
-    try:
-        scan: ParallelScan | None = ParallelScan(kind)
-    except OSError:
-        scan = None
+    if scan is None:
+        scan = start_scan(kind)
     if scan is None:
         part = write_part(final_path, writer)
         try:
@@ -783,6 +826,13 @@ def write_validated_part(
         raise
     try:
         return part, scan.finish()
+    except SepaValidationError as exc:
+        message = str(exc)
+        if message.startswith("stream: "):  # the child read a stream: find the line in the part
+            line = schema_error_line(part, kind)
+            message = f"{final_path.name}{f' line {line}' if line else ''}: {message[len('stream: ') :]}"
+        part.unlink(missing_ok=True)
+        raise SepaValidationError(message) from exc
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -793,16 +843,17 @@ def write_checked_part(
     kind: str,
     writer: Callable[[IO[bytes]], object],
     ledger_totals: Callable[[], tuple[int, Decimal]],
+    scan: ParallelScan | None = None,
 ) -> tuple[Path, PaymentFileTotals]:
     """``write_validated_part``, then compare headers, counted sums and the ledger's figures.
 
-    ``ledger_totals`` is asked after writing (the ledger rows are recorded while writing).
-    On success the ``.part`` file is ready to ``publish``.
+    ``ledger_totals`` is asked after writing (the ledger rows are recorded while writing);
+    ``scan`` as in ``write_validated_part``. On success the ``.part`` file is ready to ``publish``.
 
     Raises:
         SepaValidationError: schema violation or any disagreement (the ``.part`` file is removed).
     """
-    part, totals = write_validated_part(final_path, kind, writer)
+    part, totals = write_validated_part(final_path, kind, writer, scan)
     problems = totals.problems()
     n_ledger, sum_ledger = ledger_totals()
     if (n_ledger, sum_ledger) != (totals.counted_nb_of_txs, totals.counted_ctrl_sum):
