@@ -60,7 +60,9 @@ def test_an_object_that_joins_the_group_later_sends_all_its_bookings(
         # no account waits on a precondition, so nothing keeps a bookings cursor low
         conn.execute(delete(g).where(g.c.group_name == GROUP, g.c.object_no.in_(["9001", "9002", "9003"])))
         p = schema.persons
-        conn.execute(update(p).where(p.c.last_name.is_(None), p.c.company_name.is_(None)).values(last_name="X"))
+        conn.execute(
+            update(p).where(p.c.last_name.is_(None), p.c.company_name.is_(None)).values(last_name="X")
+        )
     deposit_sandbox.reset()
     with deposit_env(deposit_sandbox, erp_url, state_url):
         run_deposit_master_data(profile="test")
