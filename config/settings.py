@@ -38,7 +38,8 @@ class PortalSettings(BaseModel):
     api_key: SecretStr = SecretStr("")
     api_secret: SecretStr = SecretStr("")
     api_secret_expires: date | None = Field(
-        default=None, description="end of the API secret's validity, as the portal provider states it (warned)"
+        default=None,
+        description="end of the API secret's validity, as the portal provider states it (warned)",
     )
     token_life_days: int = Field(
         default=30,
@@ -119,7 +120,8 @@ class DepositSettings(BaseModel):
     client_username: str = Field(default="", description="client user name from the partner")
     password: SecretStr = Field(default=SecretStr(""), description="web-service password from the partner")
     password_expires: date | None = Field(
-        default=None, description="end of the web-service password's validity, as the partner states it (warned)"
+        default=None,
+        description="end of the web-service password's validity, as the partner states it (warned)",
     )
     timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
