@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import tomllib
 from collections.abc import Iterator
 from datetime import date
@@ -154,6 +155,29 @@ def test_without_a_file_the_settings_booleans_are_the_licence(monkeypatch: pytes
 
 
 # ---- the flows' gate ---------------------------------------------------------------------------
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def run_log() -> Iterator[list[str]]:
+    """The flow runs' log lines (Prefect's run logger does not reach pytest's caplog reliably)."""
+    from prefect.logging import configuration
+
+    if not configuration.PROCESS_LOGGING_CONFIG:  # the first run would configure it, dropping our handler
+        configuration.setup_logging()
+    handler = _Lines()
+    logger = logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    yield handler.lines
+    logger.removeHandler(handler)
+
+
 @pytest.fixture
 def licence_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: tuple[Path, str]
@@ -198,7 +222,7 @@ def test_the_licence_file_decides_over_the_booleans_and_feeds_the_portal_rules(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_each_flow_without_its_module_does_nothing_and_completes(
-    licence_env: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    licence_env: dict[str, Any], tmp_path: Path, run_log: list[str]
 ) -> None:
     from flows.bank_reconciliation import import_bank_statement
     from flows.deposit_sync import run_deposit_bookings, run_deposit_master_data
@@ -214,7 +238,7 @@ def test_each_flow_without_its_module_does_nothing_and_completes(
     for name, summary in results.items():
         assert summary["status"] == "not licensed", (name, summary)
         assert summary["module"] in ("deposit", "sepa")
-    lines = [r.getMessage() for r in caplog.records if "Not licensed" in r.getMessage()]
+    lines = [line for line in run_log if "Not licensed" in line]
     assert len(lines) == 4 and all("nothing is read or sent" in line for line in lines)
     assert not (tmp_path / "state.sqlite").exists() and not (tmp_path / "erp.sqlite").exists()
 
