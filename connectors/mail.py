@@ -224,8 +224,8 @@ class MailClient:
         ops = [
             WriteOp(
                 EMAILS.name,
-                f"{ref_id}/{address}",
                 "upsert",
+                f"{ref_id}/{address}",
                 {"id": f"{ref_id}/{address}", "to": address, "subject": subject, "text": text},
             )
             for address in recipients
