@@ -54,6 +54,7 @@ __all__ = [
     "Licence",
     "LicenceError",
     "canonical_bytes",
+    "demo_licence",
     "generate_key_pair",
     "licence_from_settings",
     "load_public_key",
@@ -388,6 +389,40 @@ def sign_licence(path: Path, private_key: Ed25519PrivateKey, out: Path | None = 
     read_licence(path)  # the fields are complete before anyone signs them
     content = tomllib.loads(path.read_text(encoding="utf-8"))["licence"]
     return write_licence(out or path, content, private_key)
+
+
+def demo_licence(folder: Path, today: date, days: int = 365) -> tuple[Path, Path, bool]:
+    """The demo licence of ``./hausflow up``: every module, 10 users, valid ``days`` from ``today``,
+    signed with a demo vendor key made here on first use (``demo-vendor.pem``, mode 600).
+
+    An existing demo licence that still verifies and has not expired is kept.
+
+    Returns:
+        The licence file, the demo vendor's public-key file, and whether the licence was (re)made.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = folder / "demo-vendor.pem", folder / "demo-vendor.pub"
+    if not (private_path.exists() and public_path.exists()):
+        pem, public = generate_key_pair()
+        _write_private(private_path, pem)
+        public_path.write_text(public + "\n", encoding="ascii")
+    licence_path = folder / "hausflow-demo.lic.toml"
+    try:
+        current = read_licence(licence_path, load_public_key(public_path.read_text(encoding="ascii")))
+        if not current.expired(today) and set(current.modules) == set(MODULES):
+            return licence_path, public_path, False
+    except LicenceError:
+        pass  # missing, or made with an earlier demo key: make it again
+    content = {
+        "number": f"DEMO-{today:%Y%m%d}",
+        "customer": "Demo (./hausflow up)",
+        "issued": today,
+        "valid_until": date.fromordinal(today.toordinal() + days),
+        "users": 10,
+        "modules": list(MODULES),
+    }
+    write_licence(licence_path, content, load_private_key(private_path))
+    return licence_path, public_path, True
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -679,7 +679,17 @@ def command_licence(args: argparse.Namespace) -> int:
 
     from connectors.licence import MODULES, LicenceError, licence_from_settings
 
-    settings = load_settings(_profile(args.profile))
+    up = read_up_record()
+    profile = _profile(args.profile)
+    if (
+        up
+        and up.get("licence_file")
+        and profile == up.get("profile")
+        and "HAUSFLOW_LICENCES__FILE" not in os.environ
+    ):
+        os.environ["HAUSFLOW_LICENCES__FILE"] = up["licence_file"]  # the demo licence ./hausflow up made
+        os.environ["HAUSFLOW_LICENCES__PUBLIC_KEY_FILE"] = up.get("licence_public_key_file") or ""
+    settings = load_settings(profile)
     today = settings.business_date or datetime.now(ZoneInfo("Europe/Berlin")).date()
     try:
         licence = licence_from_settings(settings.licences)
