@@ -142,7 +142,7 @@ def warning_mail(warning: ExpiryWarning, profile: str) -> tuple[str, str]:
 
 # ---- the tasks -----------------------------------------------------------------------------------
 def _portal_token_days(settings: HausflowSettings) -> int:
-    """Log in at the portal and return in how many days the fresh token expires (real clock).
+    """Log in at the portal and return in how many days (rounded) the fresh token expires (real clock).
 
     Raises:
         RuntimeError: the portal refused the login or did not answer (the message says what to check).
@@ -168,7 +168,7 @@ def _portal_token_days(settings: HausflowSettings) -> int:
         _token, expires = auth.read_token(response.json())
     except (KeyError, TypeError, ValueError) as exc:
         raise RuntimeError(f"the portal at {portal.base_url} answered the login without a token") from exc
-    return int(((expires or time.time()) - time.time()) // 86400)
+    return round(((expires or time.time()) - time.time()) / 86400)  # whole days, as the portal grants them
 
 
 @task(name="collect-expiries")

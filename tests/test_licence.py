@@ -147,6 +147,17 @@ def test_the_command_line_makes_keys_signs_and_shows(
     assert read_licence(resigned, load_public_key(public.read_text())).users == 26
 
 
+def test_the_demo_licence_is_made_once_and_again_when_it_expired(tmp_path: Path) -> None:
+    from connectors.licence import demo_licence
+
+    path, public, made = demo_licence(tmp_path / "licence", date(2026, 12, 1))
+    licence = read_licence(path, load_public_key(public.read_text()))
+    assert made and licence.modules == set(MODULES) and licence.valid_until == date(2027, 12, 1)
+    assert demo_licence(tmp_path / "licence", date(2027, 6, 1)) == (path, public, False)
+    _path, _public, made = demo_licence(tmp_path / "licence", date(2027, 12, 2))  # expired: a new one
+    assert made and read_licence(path, load_public_key(public.read_text())).valid_until == date(2028, 12, 1)
+
+
 def test_without_a_file_the_settings_booleans_are_the_licence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HAUSFLOW_LICENCES__DEPOSIT", "false")
     licence = licence_from_settings(load_settings("test").licences)
