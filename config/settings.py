@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +37,16 @@ class PortalSettings(BaseModel):
     base_url: str = "https://api.mycasavi.com"
     api_key: SecretStr = SecretStr("")
     api_secret: SecretStr = SecretStr("")
+    api_secret_expires: date | None = Field(
+        default=None,
+        description="end of the API secret's validity, as the portal provider states it (warned)",
+    )
+    token_life_days: int = Field(
+        default=30,
+        ge=1,
+        description="how long a fresh portal token normally lives; a fresh token that lives shorter is warned "
+        "about (the portal then ends it with the key's validity)",
+    )
     timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
     max_retries: int = 6
@@ -109,6 +119,10 @@ class DepositSettings(BaseModel):
     )
     client_username: str = Field(default="", description="client user name from the partner")
     password: SecretStr = Field(default=SecretStr(""), description="web-service password from the partner")
+    password_expires: date | None = Field(
+        default=None,
+        description="end of the web-service password's validity, as the partner states it (warned)",
+    )
     timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
     max_retries: int = 6
@@ -138,26 +152,91 @@ class DepositSettings(BaseModel):
 
 
 class MailSettings(BaseModel):
-    """The SMTP server hausflow sends e-mail through (messages to contacts not in the portal)."""
+    """The SMTP server hausflow sends e-mail through (messages to contacts, alerts, expiry warnings).
+
+    ``auth`` says how hausflow logs in (seed 002, *Mail-Server Autorisierungstyp*): ``none``;
+    ``basic`` (``AUTH PLAIN``/``LOGIN`` with ``username`` and ``password``); or ``oauth2``
+    (client credentials: a token from ``oauth2_token_url`` of the tenant, then ``AUTH XOAUTH2``
+    as ``username``). Left out, it is ``basic`` when a username is given, else ``none``.
+    """
 
     host: str = "127.0.0.1"
     port: int = 25
     security: Literal["none", "starttls", "tls"] = "none"
-    username: str = ""
+    auth: Literal["none", "basic", "oauth2"] = "none"
+    username: str = Field(default="", description="login (basic) or mailbox (oauth2) on the mail server")
     password: SecretStr = SecretStr("")
     sender: str = "hausflow@localhost"
     timeout_s: float = 30.0
+    # OAuth2 client credentials (an app registration of the tenant; docs/operations.md)
+    oauth2_tenant: str = Field(default="", description="directory (tenant) id of the app registration")
+    oauth2_client_id: str = Field(default="", description="application (client) id")
+    oauth2_client_secret: SecretStr = Field(default=SecretStr(""), description="the client secret's value")
+    oauth2_client_secret_expires: date | None = Field(
+        default=None, description="the client secret's valid-until date (warned 30, 7 and 1 days before)"
+    )
+    oauth2_scope: str = "https://outlook.office365.com/.default"
+    oauth2_token_url: str = Field(
+        default="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+        description="the token endpoint; {tenant} is replaced by oauth2_tenant",
+    )
+
+    @model_validator(mode="after")
+    def _basic_when_a_username_is_given(self) -> MailSettings:
+        """A username without an explicit ``auth`` keeps meaning a basic login (as before ``auth``)."""
+        if "auth" not in self.model_fields_set and self.username:
+            self.auth = "basic"
+        return self
+
+    def token_url(self) -> str:
+        """The token endpoint with the tenant filled in."""
+        return self.oauth2_token_url.replace("{tenant}", self.oauth2_tenant)
+
+
+class AlertSettings(BaseModel):
+    """Who is told when something needs an admin (seed 002: two global recipients).
+
+    Failure alerts and credential-expiry warnings go to ``recipients`` through ``[mail]``.
+    """
+
+    recipients: list[str] = Field(
+        default_factory=list, max_length=2, description="one or two e-mail addresses of the admins"
+    )
+
+    @field_validator("recipients")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        """Each recipient is one plain e-mail address (``name@domain``)."""
+        cleaned = [v.strip() for v in value]
+        for address in cleaned:
+            local, at, domain = address.partition("@")
+            if not (local and at and "." in domain) or any(c.isspace() or c in "<>,;" for c in address):
+                raise ValueError(f"alerts.recipients: {address!r} is not one e-mail address (name@domain)")
+        return cleaned
 
 
 class Licences(BaseModel):
-    """Licensed modules; owners and caretakers reach the portal only with their licence."""
+    """Licensed modules (seed 002, *Lizenzverwaltung*).
 
+    With ``file`` set, the licence file decides (``connectors/licence.py``, ``docs/operations.md``):
+    its modules, number of users and end date; where ``public_key`` or ``public_key_file`` names
+    the vendor's Ed25519 key, its signature must match. Without a file (development, the test
+    system) the booleans below are the licence. Owners and caretakers reach the portal only with
+    their module.
+    """
+
+    file: str = Field(default="", description="the licence file (TOML); relative paths from the checkout")
+    public_key: str = Field(default="", description="the vendor's Ed25519 public key (base64 or PEM)")
+    public_key_file: str = Field(default="", description="alternatively: a file holding that key")
+    # without a licence file: the modules licensed
+    portal: bool = Field(default=True, description="the tenant portal (master data)")
     owner: bool = False
     caretaker: bool = False
     documents_messages: bool = Field(
         default=False, description="documents, messages and notes with the portal (docs/portal-exchange.md)"
     )
     deposit: bool = Field(default=False, description="the rent-deposit partner (KM deposit interface)")
+    sepa: bool = Field(default=True, description="SEPA direct debits, payouts and bank statements")
 
 
 class PayoutSettings(BaseModel):
@@ -217,6 +296,7 @@ class HausflowSettings(BaseSettings):
     portal: PortalSettings = Field(default_factory=PortalSettings)
     licences: Licences = Field(default_factory=Licences)
     mail: MailSettings = Field(default_factory=MailSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     deposit: DepositSettings = Field(default_factory=DepositSettings)
     sepa: SepaSettings = Field(default_factory=SepaSettings)
 

@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import json
 import re
 import smtplib
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address
@@ -44,6 +46,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from typing import Any, Literal
 
+from connectors.oauth2 import SETTINGS_HINT as OAUTH2_HINT
+from connectors.oauth2 import BearerToken, ClientCredentials, xoauth2_response
 from connectors.state_store import credential_hint
 from connectors.sync.client import ClientStats, WriteOp, WriteResult
 from connectors.sync.errors import (
@@ -54,12 +58,13 @@ from connectors.sync.errors import (
 )
 from connectors.sync.streams import Stream
 
-__all__ = ["EMAILS", "STREAMS", "MailClient", "MailSecurityError", "message_id"]
+__all__ = ["EMAILS", "STREAMS", "MailClient", "MailSecurityError", "MailTestReport", "message_id"]
 
 EMAILS = Stream("emails", "/emails", ("id", "to", "toName", "subject", "text"), archivable=False)
 STREAMS = {EMAILS.name: EMAILS}
 
 Security = Literal["none", "starttls", "tls"]
+Auth = Literal["none", "basic", "oauth2"]
 
 _SETTINGS_HINT = (
     "the [mail] settings username and password (HAUSFLOW_MAIL__USERNAME, HAUSFLOW_MAIL__PASSWORD)"
@@ -76,6 +81,18 @@ class MailSecurityError(PartnerError):
     Fatal for the run (not retriable): no mail is sent until ``[mail] security`` is ``starttls``
     or ``tls``, or the server is on this machine (loopback).
     """
+
+
+@dataclass
+class MailTestReport:
+    """What :meth:`MailClient.send_test` did, step by step, for a person to read."""
+
+    ok: bool = False
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        """Add one step."""
+        self.lines.append(line)
 
 
 class _ConnectionLost(Exception):
@@ -113,8 +130,12 @@ class MailClient:
         host, port: the SMTP server.
         security: ``none`` (plain SMTP), ``starttls`` (upgrade after EHLO; refused if the server
             does not offer it) or ``tls`` (implicit TLS, usually port 465).
-        username, password: login (``AUTH``) only if ``username`` is set. With ``none`` the
-            password goes to a loopback host only; otherwise :class:`MailSecurityError`.
+        username, password: the login of ``basic`` (``AUTH PLAIN``/``LOGIN``); with ``oauth2``
+            ``username`` is the mailbox the token acts for. With security ``none`` a password or
+            token goes to a loopback host only; otherwise :class:`MailSecurityError`.
+        auth: ``none``, ``basic`` or ``oauth2`` (``AUTH XOAUTH2`` with a token of ``oauth2``);
+            left out: ``basic`` when ``username`` is set, else ``none``.
+        oauth2: the client credentials that fetch the token (``auth = oauth2``).
         sender: the ``From`` address (``"Hausverwaltung <noreply@example.de>"`` or a bare one);
             its domain names the ``Message-ID``.
         timeout_s: for connecting and every SMTP command.
@@ -132,9 +153,21 @@ class MailClient:
         sender: str = "hausflow@localhost",
         timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        auth: Auth | None = None,
+        oauth2: ClientCredentials | None = None,
     ) -> None:
         if security not in ("none", "starttls", "tls"):
             raise ValueError(f"unknown mail security {security!r}: none, starttls or tls")
+        auth = auth or ("basic" if username else "none")
+        if auth not in ("none", "basic", "oauth2"):
+            raise ValueError(f"unknown mail auth {auth!r}: none, basic or oauth2")
+        if auth != "none" and not username:
+            raise ValueError(f"[mail] auth = {auth} needs [mail] username (the login or mailbox)")
+        if auth == "oauth2" and oauth2 is None:
+            raise ValueError("[mail] auth = oauth2 needs the OAuth2 client credentials")
+        self.auth: Auth = auth
+        self._oauth2 = oauth2
+        self.session: dict[str, str] = {}  # what the last connection did (TLS, login), for the mail test
         self.name = "mail server"
         self.host = host
         self.port = port
@@ -150,7 +183,21 @@ class MailClient:
 
     @classmethod
     def from_settings(cls, mail: Any, ssl_context: ssl.SSLContext | None = None) -> MailClient:
-        """Build a client from ``config.settings.MailSettings``."""
+        """Build a client from ``config.settings.MailSettings`` (the OAuth2 client too, for ``oauth2``).
+
+        Raises:
+            ValueError: ``auth`` lacks what it needs (a username).
+            PartnerProtocolError: the token endpoint is plain http to another machine.
+        """
+        oauth2 = None
+        if mail.auth == "oauth2":
+            oauth2 = ClientCredentials(
+                mail.token_url(),
+                mail.oauth2_client_id,
+                mail.oauth2_client_secret.get_secret_value(),
+                mail.oauth2_scope,
+                timeout_s=mail.timeout_s,
+            )
         return cls(
             mail.host,
             mail.port,
@@ -160,7 +207,39 @@ class MailClient:
             sender=mail.sender,
             timeout_s=mail.timeout_s,
             ssl_context=ssl_context,
+            auth=mail.auth,
+            oauth2=oauth2,
         )
+
+    # ---- plain sending (alerts, warnings) ------------------------------------------------------
+    def send(self, ref_id: str, recipients: Sequence[str], subject: str, text: str) -> list[WriteResult]:
+        """Send one mail to each of ``recipients`` over one connection; one result per recipient.
+
+        ``ref_id`` names the mail (its ``Message-ID`` per recipient is ``ref_id/<address>``: a
+        resend after a crash keeps it). A refused recipient is a failed result with the server's
+        answer; the others are sent.
+
+        Raises: as :meth:`awrite_many` (nothing was sent then).
+        """
+        ops = [
+            WriteOp(
+                EMAILS.name,
+                "upsert",
+                f"{ref_id}/{address}",
+                {"id": f"{ref_id}/{address}", "to": address, "subject": subject, "text": text},
+            )
+            for address in recipients
+        ]
+        if not ops:
+            return []
+        self._refuse_cleartext_password()
+        return self._send_all(ops)
+
+    async def asend(
+        self, ref_id: str, recipients: Sequence[str], subject: str, text: str
+    ) -> list[WriteResult]:
+        """:meth:`send` in a worker thread, for asynchronous flows."""
+        return await asyncio.to_thread(self.send, ref_id, recipients, subject, text)
 
     # ---- the PartnerClient interface ---------------------------------------------------------
     async def awrite_many(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
@@ -293,7 +372,7 @@ class MailClient:
             return
         if any(r is not None and r.ok for r in results):
             return
-        hint = "[mail] username and password" if not self.username else _SETTINGS_HINT
+        hint = "[mail] username and password (or auth = oauth2)" if self.auth == "none" else self._hint()
         raise PartnerCredentialsError(
             self.name, _LOGIN_REQUIRED, f"{_LOGIN_REQUIRED}: it requires a login", hint
         )
@@ -387,10 +466,14 @@ class MailClient:
         return message
 
     # ---- the connection --------------------------------------------------------------------------
+    def _hint(self) -> str:
+        return OAUTH2_HINT + " and [mail] username (the mailbox)" if self.auth == "oauth2" else _SETTINGS_HINT
+
     def _refuse_cleartext_password(self) -> None:
-        if self.username and self.security == "none" and not is_loopback(self.host):
+        if self.auth != "none" and self.security == "none" and not is_loopback(self.host):
+            secret = "OAuth2 token" if self.auth == "oauth2" else "password"
             raise MailSecurityError(
-                f"hausflow does not send the SMTP password of {self.username!r} unencrypted to "
+                f"hausflow does not send the SMTP {secret} of {self.username!r} unencrypted to "
                 f"{self.host}: set [mail] security to starttls or tls (HAUSFLOW_MAIL__SECURITY), "
                 "or use a mail server on this machine (loopback); no mail was sent"
             )
@@ -424,9 +507,8 @@ class MailClient:
                     )
                 smtp.starttls(context=self._tls())
                 smtp.ehlo()
-            if self.username:
-                self.stats.authentications += 1
-                smtp.login(self.username, self._password)
+            self.session = {"tls": _tls_text(smtp, self.security)}
+            self._authenticate(smtp)
             return smtp
         except PartnerError:
             _close(smtp)
@@ -439,9 +521,11 @@ class MailClient:
                     f"{where} cannot log in now ({exc.smtp_code}); try again later"
                 ) from None
             # never the server's text: a login answer may echo what was sent
-            raise PartnerCredentialsError(
-                self.name, exc.smtp_code, f"{exc.smtp_code} for user {self.username!r}", _SETTINGS_HINT
-            ) from None
+            if self.auth == "oauth2":  # the text is hausflow's own (see _xoauth2), never the token
+                detail = f"{exc.smtp_code} {_text(exc.smtp_error)} for mailbox {self.username!r}"
+            else:
+                detail = f"{exc.smtp_code} for user {self.username!r}"
+            raise PartnerCredentialsError(self.name, exc.smtp_code, detail, self._hint()) from None
         except smtplib.SMTPNotSupportedError as exc:
             _close(smtp)
             raise PartnerProtocolError(
@@ -479,6 +563,127 @@ class MailClient:
                 "the server runs"
             ) from exc
 
+    def _authenticate(self, smtp: smtplib.SMTP) -> None:
+        """Log in as ``auth`` says; records what happened in :attr:`session`."""
+        if self.auth == "none":
+            self.session["auth"] = "none (no login configured)"
+            return
+        self.stats.authentications += 1
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        if self.auth == "basic":
+            code, text = smtp.login(self.username, self._password)
+            mechanism = next((m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered), "?")
+            self.session["auth"] = f"basic (AUTH {mechanism}) as {self.username!r}: {code} {_text(text)}"
+            return
+        if not smtp.has_extn("auth") or "XOAUTH2" not in offered:
+            raise PartnerProtocolError(
+                f"the mail server at {self.base_url} does not offer AUTH XOAUTH2 here (it offers: "
+                f"{' '.join(offered) or 'no AUTH'}): check [mail] auth, or set [mail] security to starttls "
+                "or tls if it offers XOAUTH2 over TLS only"
+            )
+        assert self._oauth2 is not None
+        while True:
+            token = self._oauth2.token()
+            try:
+                code, text = self._xoauth2(smtp, token)
+            except smtplib.SMTPAuthenticationError as exc:
+                self._oauth2.drop(token)
+                if not token.fresh and exc.smtp_code >= 500:
+                    continue  # a cached token the server no longer takes: one fresh token, once
+                raise
+            when = datetime.fromtimestamp(token.expires_at, UTC).astimezone()
+            self.session["auth"] = (
+                f"oauth2 (AUTH XOAUTH2) as {self.username!r} with a token from {self._oauth2.token_url} "
+                f"({'new' if token.fresh else 'cached'}, valid until {when:%Y-%m-%d %H:%M}): {code} {_text(text)}"
+            )
+            return
+
+    def _xoauth2(self, smtp: smtplib.SMTP, token: BearerToken) -> tuple[int, bytes]:
+        """``AUTH XOAUTH2`` with the initial response; a 334 error challenge is answered empty (as
+        the mechanism asks), and the server's status from it goes into the refusal."""
+        challenges: list[bytes] = []
+
+        def answer(challenge: bytes | None = None) -> str:
+            if challenge is None:
+                return xoauth2_response(self.username, token.value)
+            challenges.append(challenge)
+            return ""
+
+        try:
+            return smtp.auth("XOAUTH2", answer, initial_response_ok=True)
+        except smtplib.SMTPAuthenticationError as exc:
+            status = ""
+            if challenges:
+                with suppress(ValueError, TypeError):
+                    detail = json.loads(challenges[-1].decode("utf-8", "replace"))
+                    status = f", token status {detail.get('status')}" if isinstance(detail, dict) else ""
+            raise smtplib.SMTPAuthenticationError(
+                exc.smtp_code, f"XOAUTH2 refused{status}".encode()
+            ) from None
+
+    def send_test(self, to: str) -> MailTestReport:
+        """The mail test (``./hausflow mail-test``): connect, TLS, log in, send one mail to ``to``,
+        and say what each step did with the server's answers. Never raises for the server's sake;
+        never shows the password or the token."""
+        report = MailTestReport()
+        report.say(
+            f"Server         {self.base_url} (security {self.security}, auth {self.auth}"
+            + (f" as {self.username!r}" if self.auth != "none" else "")
+            + ")"
+        )
+        try:
+            address = Address(addr_spec=to.strip())
+        except (ValueError, IndexError, HeaderParseError) as exc:
+            report.say(f"Refused        {to!r} is not an e-mail address ({exc}); nothing was sent")
+            return report
+        try:
+            self._refuse_cleartext_password()
+            smtp = self._open()
+        except PartnerCredentialsError as exc:
+            report.say(f"TLS            {self.session.get('tls', '-')}")
+            report.say(f"Login          refused: {exc.advice()}")
+            return report
+        except (PartnerError, ValueError) as exc:
+            report.say(f"Connection     failed: {exc}")
+            return report
+        try:
+            report.say(f"TLS            {self.session['tls']}")
+            report.say(f"Login          {self.session['auth']}")
+            message = EmailMessage()
+            message["From"] = self.sender
+            message["To"] = address
+            message["Subject"] = "hausflow: test mail"
+            message["Date"] = format_datetime(datetime.now(UTC))
+            message["Message-ID"] = message_id(f"mail-test-{datetime.now(UTC):%Y%m%d%H%M%S%f}", self.sender)
+            message.set_content(
+                f"This test mail was sent by hausflow through {self.base_url} (security {self.security}, "
+                f"auth {self.auth}). If it arrived, hausflow's mail settings work.\n",
+                charset="utf-8",
+            )
+            sender = parseaddr(self.sender)[1] or self.sender
+            steps = (
+                ("MAIL FROM", lambda: smtp.mail(sender)),
+                ("RCPT TO", lambda: smtp.rcpt(address.addr_spec)),
+            )
+            for name, step in steps:
+                code, text = step()
+                if code not in (250, 251):
+                    report.say(f"{name:<14} refused: {code} {_text(text)}")
+                    report.say(f"Mail to {address.addr_spec}: refused, nothing was sent")
+                    return report
+            code, text = smtp.data(message.as_bytes())
+            accepted = code == 250
+            report.say(
+                f"Mail to {address.addr_spec}: {'accepted' if accepted else 'refused'} ({code} {_text(text)})"
+            )
+            report.ok = accepted
+            return report
+        except (smtplib.SMTPException, OSError) as exc:
+            report.say(f"Sending        failed: {type(exc).__name__}: {exc}")
+            return report
+        finally:
+            _quit(smtp)
+
     def _count(self, code: int) -> None:
         self.stats.by_status[code] = self.stats.by_status.get(code, 0) + 1
 
@@ -492,6 +697,15 @@ def _failed(
 def _text(raw: bytes | str) -> str:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     return " ".join(text.split())[:300]
+
+
+def _tls_text(smtp: smtplib.SMTP, security: str) -> str:
+    """The connection's TLS as a person reads it (``TLSv1.3, TLS_AES_256_GCM_SHA384 (starttls)``)."""
+    sock = smtp.sock
+    if isinstance(sock, ssl.SSLSocket):
+        cipher = sock.cipher()
+        return f"{sock.version()}, {cipher[0] if cipher else '?'} ({security})"
+    return "none (plain SMTP)"
 
 
 def _quit(smtp: smtplib.SMTP | None) -> None:

@@ -1,8 +1,9 @@
-"""The admin commands of ``./hausflow``: ``status``, ``quarantine`` and ``run``.
+"""The admin commands of ``./hausflow``: ``status``, ``quarantine``, ``run``, ``mail-test`` and ``licence``.
 
 What an operator reaches for without opening the UI: what is running and how the last runs went
-(``status``), which records are held back and why (``quarantine``), and starting a deployment's
-run while reading its log lines as they arrive (``run``).
+(``status``), which records are held back and why (``quarantine``), starting a deployment's
+run while reading its log lines as they arrive (``run``), whether the mail settings work
+(``mail-test ADDRESS``) and which modules the licence covers until when (``licence``).
 
 Where they look: the Prefect API of ``PREFECT_API_URL``, else the one a running ``./hausflow up``
 started (its record ``var/up.json``), else the API of Prefect's own profile; the state store of
@@ -642,9 +643,77 @@ def command_run(args: argparse.Namespace) -> int:
         return 130
 
 
+# ---- mail test and licence ---------------------------------------------------------------------
+def _profile(profile: str | None) -> str | None:
+    """The settings profile: given, else ``HAUSFLOW_PROFILE``, else the running ``./hausflow up``'s."""
+    return profile or os.environ.get("HAUSFLOW_PROFILE") or (read_up_record() or {}).get("profile")
+
+
+def command_mail_test(args: argparse.Namespace) -> int:
+    """``./hausflow mail-test ADDRESS``: connect with the [mail] settings, log in, send a test mail
+    to ADDRESS and say what each step did; exit 0 when the server accepted the mail, else 1."""
+    from connectors.mail import MailClient
+    from connectors.sync.errors import PartnerError
+
+    settings = load_settings(_profile(args.profile))
+    print(f"Mail test with the [mail] settings of profile {settings.profile}.")
+    try:
+        client = MailClient.from_settings(settings.mail)
+    except (ValueError, PartnerError) as exc:
+        print(f"The [mail] settings cannot be used: {exc}.", file=sys.stderr)
+        return FAILED
+    report = client.send_test(args.address)
+    for line in report.lines:
+        print(line)
+    if report.ok:
+        print(f"Done: the mail server accepted the test mail; check that it arrived at {args.address}.")
+        return OK
+    print("The mail test failed: see the step above; docs/operations.md, Mail settings.", file=sys.stderr)
+    return FAILED
+
+
+def command_licence(args: argparse.Namespace) -> int:
+    """``./hausflow licence``: the licence in force for the profile and what it allows today;
+    exit 1 when the licence file cannot be used."""
+    from zoneinfo import ZoneInfo
+
+    from connectors.licence import MODULES, LicenceError, licence_from_settings
+
+    up = read_up_record()
+    profile = _profile(args.profile)
+    if (
+        up
+        and up.get("licence_file")
+        and profile == up.get("profile")
+        and "HAUSFLOW_LICENCES__FILE" not in os.environ
+    ):
+        os.environ["HAUSFLOW_LICENCES__FILE"] = up["licence_file"]  # the demo licence ./hausflow up made
+        os.environ["HAUSFLOW_LICENCES__PUBLIC_KEY_FILE"] = up.get("licence_public_key_file") or ""
+    settings = load_settings(profile)
+    today = settings.business_date or datetime.now(ZoneInfo("Europe/Berlin")).date()
+    try:
+        licence = licence_from_settings(settings.licences)
+    except LicenceError as exc:
+        print(f"The licence of profile {settings.profile} cannot be used: {exc}.", file=sys.stderr)
+        return FAILED
+    for line in licence.describe():
+        print(line)
+    blocked = [m for m in MODULES if not licence.has(m, today)]
+    if licence.expired(today):
+        print(
+            f"The licence expired on {licence.valid_until:%d.%m.%Y}: no flow runs; install the renewed file."
+        )
+    elif licence.valid_until is not None:
+        left = (licence.valid_until - today).days
+        print(f"Valid for {left} more days (business date {today:%d.%m.%Y}).")
+    if blocked and not licence.expired(today):
+        print(f"Flows of {', '.join(blocked)} do nothing (not licensed).")
+    return OK
+
+
 # ---- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The admin commands' parser (``./hausflow status|quarantine|run``)."""
+    """The admin commands' parser (``./hausflow status|quarantine|run|mail-test|licence``)."""
     parser = argparse.ArgumentParser(
         prog="./hausflow",
         description="hausflow's admin commands.",
@@ -696,6 +765,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     run.set_defaults(handler=command_run)
+
+    mail = commands.add_parser(
+        "mail-test",
+        help="send a test mail with the [mail] settings; exit 0 when the server accepted it",
+        description="Connect to the [mail] server as configured (TLS, basic or OAuth2 login), send a test "
+        "mail to ADDRESS and print each step with the server's answers: exit code 0 when the server "
+        "accepted the mail, 1 when a step failed.",
+    )
+    mail.add_argument("address", metavar="ADDRESS", help="where the test mail goes")
+    mail.add_argument("--profile", choices=profiles, help="settings profile (default: HAUSFLOW_PROFILE)")
+    mail.set_defaults(handler=command_mail_test)
+
+    licence = commands.add_parser(
+        "licence",
+        help="the licence in force: modules, users, end date, signature",
+        description="Show the licence of the profile (licences.file, its signature checked with the "
+        "vendor's key; or the [licences] settings without a file) and which flows it allows today. "
+        "Exit code 1 when the licence file cannot be used.",
+    )
+    licence.add_argument("--profile", choices=profiles, help="settings profile (default: HAUSFLOW_PROFILE)")
+    licence.set_defaults(handler=command_licence)
     return parser
 
 

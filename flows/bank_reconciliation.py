@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow
 
 from config.settings import load_settings
+from tasks.licensing import licensed
 from tasks.sepa_run import DryRunCarry, ReconciliationResult, StatementFilesRejected, describe_file
 from tasks.sepa_tasks import publish_reconciliation_report, reconcile_bank_statement
 
@@ -44,7 +45,9 @@ def import_bank_statement(paths: list[str] | str, dry_run: bool = False) -> dict
         StatementFilesRejected: at the end, after every other file was imported, when any file
             was refused (the run ends Failed); its ``summary`` is this return value.
     """
-    settings = load_settings()
+    settings, stop = licensed(load_settings(), "sepa")
+    if stop is not None:
+        return stop
     files = [paths] if isinstance(paths, str) else list(paths)
     results: list[ReconciliationResult] = []
     carry = DryRunCarry() if dry_run else None  # a dry run carries what earlier files would book
@@ -133,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 0
     except StatementFilesRejected as exc:
         summary, code = exc.summary, 1
-    for record in summary["files"]:
+    for record in summary.get("files", []):
         print(record["line"])
     print(json.dumps(summary, default=str))
     return code

@@ -40,6 +40,7 @@ from tasks.deposit_tasks import (
     plan_deposit_bookings,
     resolve_refusals,
 )
+from tasks.licensing import licensed
 from tasks.payout_tasks import Payout, write_payout_file
 from tasks.sync.load import BatchOutcome, check_partner, load_partner_batch, recover_pending_writes
 from tasks.sync.plan import Plan
@@ -148,8 +149,8 @@ async def deposit_master_data(
     Returns:
         A summary: planned, confirmed, failed, held back (skipped), quarantined, unchanged, counts.
     """
-    settings = load_settings(profile)
-    stop = _gate(settings, "master-data")
+    settings, stop = licensed(load_settings(profile), "deposit")
+    stop = stop or _gate(settings, "master-data")
     if stop is not None:
         return stop
     run_id = str(flow_run.get_id() or "local")
@@ -210,8 +211,8 @@ async def deposit_bookings(
         dry_run: decide and show what would be sent, send nothing.
         profile: settings profile; default ``HAUSFLOW_PROFILE``.
     """
-    settings = load_settings(profile)
-    stop = _gate(settings, "bookings")
+    settings, stop = licensed(load_settings(profile), "deposit")
+    stop = stop or _gate(settings, "bookings")
     if stop is not None:
         return stop
     logger = get_run_logger()

@@ -40,6 +40,7 @@ from prefect.utilities.annotations import quote
 from config.settings import HausflowSettings, ProfileName, load_settings
 from connectors.erp.extract import TableRows
 from connectors.state_store import StateStore
+from tasks.licensing import licensed
 from tasks.portal_exchange import (
     EXCHANGE_ENTITIES,
     MAIL,
@@ -154,7 +155,9 @@ async def _sync(
 ) -> dict[str, Any]:
     """The body of :func:`portal_sync` (in its flow run)."""
     logger = get_run_logger()
-    settings = load_settings(profile)
+    settings, stop = licensed(load_settings(profile), "portal")
+    if stop is not None:
+        return stop
     if not settings.portal.enabled:
         logger.warning(
             "The portal interface is switched off in profile %r (portal.enabled = false): nothing is read or sent. "

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow
 
 from config.settings import load_settings
+from tasks.licensing import licensed
 from tasks.sepa_tasks import (
     finish_sepa_debit_run,
     plan_sepa_debits,
@@ -40,7 +41,9 @@ def sepa_debit_run(
     Returns:
         A small summary: dates, counts, sum, listing path, files written.
     """
-    settings = load_settings()
+    settings, stop = licensed(load_settings(), "sepa")
+    if stop is not None:
+        return stop
     run = start_sepa_debit_run(settings, collection_date, batch_booking, dry_run)
     try:
         plan = plan_sepa_debits(run)

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import httpx
 import psutil
@@ -39,6 +40,8 @@ LOG_TAIL_LINES = 20
 # How long the served runner may take to stop cleanly after a server died, before everything is
 # stopped without it (see ServerWatch).
 RUNNER_STOP_GRACE_S = 15.0
+# The daily credential-expiry check (Europe/Berlin, as in prefect.yaml).
+EXPIRY_CRON = "0 7 * * *"
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         env[key] = absolute_sqlite_url(url)  # the same file for every process
     os.environ.update(env)
     settings = load_settings(env["HAUSFLOW_PROFILE"])
+    licence_text = _demo_licence(env, settings)
+    os.environ.update(env)
+    settings = load_settings(env["HAUSFLOW_PROFILE"])
     servers: list[Server] = []
 
     def stop_now(died: Server) -> None:
@@ -455,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
                 "sandbox": sandbox_url,
                 "deposit_sandbox": deposit_url,
                 "logs": str(VAR / "logs"),
+                "licence_file": env.get("HAUSFLOW_LICENCES__FILE"),
+                "licence_public_key_file": env.get("HAUSFLOW_LICENCES__PUBLIC_KEY_FILE"),
                 # the admin commands read the same state store; a URL with a password stays out
                 "state_url": None if _has_password(settings.state_url) else settings.state_url,
             },
@@ -508,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  Deposit partner's sandbox (API spec):            {deposit_url}/docs\n"
             f"  E-mails to contacts not in the portal:           {_shown(VAR / 'demo' / 'mail')}/new/\n"
             f"  Logs of the servers:                             {_shown(VAR / 'logs')}/\n"
+            f"  Licence:                                         {licence_text}\n"
             "Ctrl-C stops everything; ./hausflow status shows what runs.\n",
             flush=True,
         )
@@ -533,6 +542,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if died is None else 1
 
 
+def _demo_licence(env: dict[str, str], settings: Any) -> str:
+    """Make (or keep) the demo licence in ``var/demo/licence`` and point ``env`` at it, unless the
+    profile or the environment names a licence file already. Returns a line for the start message."""
+    if settings.licences.file:
+        return f"{settings.licences.file} (licences.file; ./hausflow licence shows it)"
+    from connectors.licence import demo_licence
+
+    today = settings.business_date or datetime.now(ZoneInfo("Europe/Berlin")).date()
+    path, public, made = demo_licence(VAR / "demo" / "licence", today)
+    env["HAUSFLOW_LICENCES__FILE"] = str(path)
+    env["HAUSFLOW_LICENCES__PUBLIC_KEY_FILE"] = str(public)
+    print(
+        f"{'Made' if made else 'Using'} the demo licence {_shown(path)} (every module, signed).", flush=True
+    )
+    return f"{_shown(path)} (demo: every module; ./hausflow licence shows it)"
+
+
 DEPOSIT_TIMEZONE = "Europe/Berlin"
 """The deposit jobs' crons are business times (``deposit.master_data_cron``/``bookings_cron``):
 Europe/Berlin, not the server's UTC."""
@@ -551,6 +577,7 @@ def build_deployments(profile: str) -> list[Any]:
 
     from config.settings import load_settings
     from flows.bank_reconciliation import import_bank_statement
+    from flows.credential_expiry import credential_expiry
     from flows.deposit_sync import deposit_bookings, deposit_master_data
     from flows.portal_sync import portal_sync
     from flows.sepa_debit import sepa_debit_run
@@ -586,6 +613,14 @@ def build_deployments(profile: str) -> list[Any]:
             parameters={"profile": profile},
             tags=["deposit"],
             description="Deposit partner, daily job 2 of 2: every booking since the last confirmed one.",
+        ),
+        credential_expiry.to_deployment(
+            name="daily",
+            schedule=Cron(EXPIRY_CRON, timezone="Europe/Berlin"),
+            concurrency_limit=once,
+            parameters={"profile": profile},
+            tags=["operations"],
+            description="E-mails the admins 30, 7 and 1 days before a secret, token or the licence expires.",
         ),
     ]
 

@@ -38,6 +38,7 @@ def test_served_deployments_have_valid_parameters_and_no_overlap() -> None:
         "on-demand@import-bank-statement",
         "daily@deposit-master-data",
         "daily@deposit-bookings",
+        "daily@credential-expiry",
     }
     for deployment in deployments.values():
         flow = _flow(deployment.entrypoint)
@@ -49,6 +50,10 @@ def test_served_deployments_have_valid_parameters_and_no_overlap() -> None:
     master, bookings = deployments["daily@deposit-master-data"], deployments["daily@deposit-bookings"]
     assert [s.schedule.cron for s in master.schedules] == ["0 5 * * *"]
     assert [s.schedule.cron for s in bookings.schedules] == ["30 5 * * *"]  # after the master data
+    expiry = deployments["daily@credential-expiry"]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in expiry.schedules] == [
+        ("0 7 * * *", "Europe/Berlin")
+    ]
 
 
 def test_one_setting_turns_the_deposit_schedules_off(monkeypatch: pytest.MonkeyPatch) -> None:

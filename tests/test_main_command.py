@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from connectors.licence import MODULES, load_public_key, read_licence
 from flows.serve import RUNNER_STOP_GRACE_S
 from sandbox.portal.server import free_port
 
@@ -98,6 +99,22 @@ def _leftovers(*ports: int) -> list[psutil.Process]:
 
 def test_sigterm_stops_the_main_command_and_what_it_started(tmp_path: Path) -> None:
     with main_command(tmp_path) as main:
+        # the demo licence: every module, signed with the demo vendor key, shown by ./hausflow licence
+        folder = tmp_path / "var" / "demo" / "licence"
+        licence = read_licence(
+            folder / "hausflow-demo.lic.toml", load_public_key((folder / "demo-vendor.pub").read_text())
+        )
+        assert licence.modules == set(MODULES) and licence.signature.startswith("valid")
+        assert "Made the demo licence" in main.output
+        shown = subprocess.run(
+            [sys.executable, "-m", "flows.admin", "licence"],
+            cwd=ROOT,
+            env=main.env,
+            capture_output=True,
+            text=True,
+        )
+        assert shown.returncode == 0 and licence.number in shown.stdout, shown.stdout + shown.stderr
+        assert "valid (Ed25519" in shown.stdout and "yes  sepa" in shown.stdout
         main.proc.send_signal(signal.SIGTERM)
         assert main.proc.wait(timeout=90) == 0
     output = main.output
