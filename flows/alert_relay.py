@@ -142,7 +142,9 @@ def compose(alert: Alert, quarantined: QuarantineCount | None) -> tuple[str, str
         lines.append(f"Reported:    {_when(alert.occurred)}")
     if alert.kind == "failed":
         if quarantined is None:
-            lines.append("Quarantine:  not known (this flow records no quarantine, or the state store is elsewhere)")
+            lines.append(
+                "Quarantine:  not known (this flow records no quarantine, or the state store is elsewhere)"
+            )
         elif quarantined.source == "summary":
             lines.append(
                 f"Quarantine:  {_records(quarantined.count)} quarantined in this run (./hausflow quarantine lists them)"
@@ -157,7 +159,12 @@ def compose(alert: Alert, quarantined: QuarantineCount | None) -> tuple[str, str
         if alert.ui_url
         else f"Link:        not known (set PREFECT_UI_URL for the Prefect server); the run's id is {alert.flow_run_id}"
     )
-    lines += ["", f"What to do: {todo}", "", "-- hausflow's failure alerts (docs/operations.md, Failure alerts)"]
+    lines += [
+        "",
+        f"What to do: {todo}",
+        "",
+        "-- hausflow's failure alerts (docs/operations.md, Failure alerts)",
+    ]
     return subject, "\n".join(lines) + "\n"
 
 
@@ -288,7 +295,9 @@ class AlertRelay:
                 retriable = is_retriable(exc)
             else:
                 failed = {r.op.ref_id for r in results if not r.ok}
-                errors = [f"{r.op.payload['to'] if r.op.payload else '?'}: {r.error}" for r in results if not r.ok]
+                errors = [
+                    f"{r.op.payload['to'] if r.op.payload else '?'}: {r.error}" for r in results if not r.ok
+                ]
                 retriable = any(r.retriable for r in results if not r.ok)
                 todo = [(n, to) for n, to in todo if f"alert-{alert.event_id}-{n}" in failed]
             if not todo or not errors:

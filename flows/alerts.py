@@ -99,7 +99,7 @@ def payload_template(kind: str, threshold_s: int | None) -> str:
     )
 
 
-def _of_deployment(flow: str, deployment: str) -> list[dict[str, str]]:
+def _of_deployment(flow: str, deployment: str) -> list[Any]:
     """``match_related`` for the runs of one deployment: its flow's name and its own (both must match)."""
     return [
         {"prefect.resource.role": "flow", "prefect.resource.name": flow},
@@ -127,7 +127,10 @@ def desired_automations(
             name=FAILED_NAME,
             description="hausflow: e-mail when any flow run fails or crashes (flows/alerts.py).",
             trigger=EventTrigger(
-                match={"prefect.resource.id": "prefect.flow-run.*", "prefect.state-type": ["FAILED", "CRASHED"]},
+                match={
+                    "prefect.resource.id": "prefect.flow-run.*",
+                    "prefect.state-type": ["FAILED", "CRASHED"],
+                },
                 expect={"prefect.flow-run.*"},
                 for_each={"prefect.resource.id"},
                 posture=Posture.Reactive,

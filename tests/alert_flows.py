@@ -22,4 +22,6 @@ def sleepy(seconds: float = 60.0) -> None:
 
 if __name__ == "__main__":
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
-    serve(sleepy.to_deployment(name="alert-test", parameters={"seconds": seconds}), print_starting_message=False)
+    serve(
+        sleepy.to_deployment(name="alert-test", parameters={"seconds": seconds}), print_starting_message=False
+    )
