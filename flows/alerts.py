@@ -192,6 +192,7 @@ class InstallReport:
     block_id: str
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     deployments: list[str] = field(default_factory=list)
 
@@ -200,11 +201,42 @@ class InstallReport:
         return [
             f"Webhook block {RELAY_BLOCK} -> {self.relay_url}",
             f"Deployments watched: {', '.join(self.deployments) or 'none (failures of every run are watched)'}",
-            f"Automations: {len(self.created)} created, {len(self.updated)} updated, {len(self.deleted)} deleted",
+            f"Automations: {len(self.created)} created, {len(self.updated)} updated, "
+            f"{len(self.unchanged)} unchanged, {len(self.deleted)} deleted",
             *(f"  created  {n}" for n in self.created),
             *(f"  updated  {n}" for n in self.updated),
             *(f"  deleted  {n}" for n in self.deleted),
         ]
+
+
+def _same(existing: Any, wanted: Any) -> bool:
+    """Whether an automation on the server already is what the settings ask for.
+
+    An unchanged automation is left alone: an update gives its trigger a new id on the server,
+    and the open windows of a proactive trigger (a run late or running right now) belong to the
+    old id, so updating it for nothing would lose an alert that is due.
+    """
+    return _comparable(existing) == _comparable(wanted)
+
+
+def _comparable(automation: Any) -> dict[str, Any]:
+    """An automation's settings as JSON, its event sets sorted (their order means nothing)."""
+    fields = {
+        "name",
+        "description",
+        "enabled",
+        "tags",
+        "trigger",
+        "actions",
+        "actions_on_trigger",
+        "actions_on_resolve",
+    }
+    dumped: dict[str, Any] = automation.model_dump(mode="json", include=fields)
+    trigger = dumped.get("trigger") or {}
+    for key in ("after", "expect", "for_each"):
+        if isinstance(trigger.get(key), list):
+            trigger[key] = sorted(trigger[key])
+    return dumped
 
 
 async def save_relay_block(alerts: AlertSettings) -> str:
@@ -253,7 +285,9 @@ async def install_alerts(
                 existing.setdefault(automation.name, []).append(automation)
         for name, automation in wanted.items():
             found = existing.pop(name, [])
-            if found:
+            if found and _same(found[0], automation):
+                report.unchanged.append(name)
+            elif found:
                 await client.update_automation(found[0].id, automation)
                 report.updated.append(name)
                 for extra in found[1:]:
