@@ -194,13 +194,35 @@ class MailSettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
-    """Who is told when something needs an admin (seed 002: two global recipients).
+    """Failure alerts by e-mail (docs/operations.md, *Failure alerts*; seed 002).
 
-    Failure alerts and credential-expiry warnings go to ``recipients`` through ``[mail]``.
+    Prefect automations watch every flow run (Failed or Crashed) and each deployment's runs ("not
+    started", "blocked") and call hausflow's alert relay (``python -m flows.alert_relay``), which
+    mails the recipients through ``[mail]``. Thresholds are per deployment, keyed
+    ``flow/deployment`` as ``./hausflow status`` lists them, with ``default`` for the rest; 0 switches
+    that alert off for a deployment. Prefect evaluates them no finer than 10 s.
     """
 
     recipients: list[str] = Field(
-        default_factory=list, max_length=2, description="one or two e-mail addresses of the admins"
+        default_factory=list,
+        max_length=2,
+        description="the (two) addresses failure alerts and expiry warnings go to (Scheduler E-Mailempfänger)",
+    )
+    not_started_after_s: dict[str, int] = Field(
+        default_factory=lambda: {"default": 900, "portal-sync/every-5-minutes": 600},
+        description="a run that is late (Prefect: 15 s past its time) and has not started running this "
+        "long after is reported 'not started'; per flow/deployment, 'default' for the others",
+    )
+    blocked_after_s: dict[str, int] = Field(
+        default_factory=lambda: {"default": 3600, "portal-sync/every-5-minutes": 1800},
+        description="a run still running this long after it started is reported 'blocked'; per "
+        "flow/deployment, 'default' for the others",
+    )
+    relay_host: str = Field(default="127.0.0.1", description="where the alert relay listens")
+    relay_port: int = Field(default=8790, description="the alert relay's port")
+    relay_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="a shared secret the Prefect webhook sends and the relay requires (empty: none, loopback only)",
     )
 
     @field_validator("recipients")
@@ -213,6 +235,22 @@ class AlertSettings(BaseModel):
             if not (local and at and "." in domain) or any(c.isspace() or c in "<>,;" for c in address):
                 raise ValueError(f"alerts.recipients: {address!r} is not one e-mail address (name@domain)")
         return cleaned
+
+    def thresholds(self, deployment: str) -> tuple[int, int]:
+        """``(not_started_after_s, blocked_after_s)`` of ``flow/deployment`` (0: that alert off)."""
+        return (
+            self.not_started_after_s.get(deployment, self.not_started_after_s.get("default", 0)),
+            self.blocked_after_s.get(deployment, self.blocked_after_s.get("default", 0)),
+        )
+
+    @field_validator("not_started_after_s", "blocked_after_s")
+    @classmethod
+    def _at_least_ten_seconds(cls, value: dict[str, int]) -> dict[str, int]:
+        """Prefect's proactive triggers take a window of 10 s or more."""
+        for key, seconds in value.items():
+            if seconds != 0 and seconds < 10:
+                raise ValueError(f"{key} = {seconds}: a threshold is 0 (off) or at least 10 seconds")
+        return value
 
 
 class Licences(BaseModel):

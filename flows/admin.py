@@ -1,9 +1,11 @@
-"""The admin commands of ``./hausflow``: ``status``, ``quarantine``, ``run``, ``mail-test`` and ``licence``.
+"""The admin commands of ``./hausflow``: ``status``, ``quarantine``, ``run``, ``mail-test``, ``licence``
+and ``alerts install``.
 
 What an operator reaches for without opening the UI: what is running and how the last runs went
 (``status``), which records are held back and why (``quarantine``), starting a deployment's
 run while reading its log lines as they arrive (``run``), whether the mail settings work
-(``mail-test ADDRESS``) and which modules the licence covers until when (``licence``).
+(``mail-test ADDRESS``), which modules the licence covers until when (``licence``), and putting
+the failure alerts on a Prefect server (``alerts install``).
 
 Where they look: the Prefect API of ``PREFECT_API_URL``, else the one a running ``./hausflow up``
 started (its record ``var/up.json``), else the API of Prefect's own profile; the state store of
@@ -711,6 +713,60 @@ def command_licence(args: argparse.Namespace) -> int:
     return OK
 
 
+# ---- alerts install ----------------------------------------------------------------------------
+def parse_deployment(text: str) -> tuple[str, str]:
+    """``FLOW/DEPLOYMENT`` as a pair (argparse type)."""
+    flow, _, deployment = text.partition("/")
+    if not flow or not deployment:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not FLOW/DEPLOYMENT (e.g. portal-sync/every-5-minutes)"
+        )
+    return flow, deployment
+
+
+def command_alerts_install(args: argparse.Namespace) -> int:
+    """``./hausflow alerts install``: the relay's Webhook block and the alert automations, created or updated."""
+    up = read_up_record()
+    api = find_prefect_api(up)
+    if not api.url:
+        print(
+            "No Prefect API: set PREFECT_API_URL to the Prefect server the alerts belong on, or start ./hausflow up.",
+            file=sys.stderr,
+        )
+        return FAILED
+    profile = args.profile or os.environ.get("HAUSFLOW_PROFILE") or (up or {}).get("profile")
+    try:
+        settings = load_settings(profile)
+    except FileNotFoundError as exc:
+        print(f"{exc}; use one of {', '.join(get_args(ProfileName))}.", file=sys.stderr)
+        return USAGE
+    from flows.alerts import install_alerts, relay_url
+
+    try:
+        report = asyncio.run(install_alerts(settings, args.deployment or None))
+    except Exception as exc:  # the API refused or is gone: say which and what to check
+        print(
+            f"The alerts could not be installed on {api.url} ({api.source}): {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return FAILED
+    print(f"Prefect API {api.url} ({api.source}), profile {settings.profile}")
+    for line in report.lines():
+        print(line)
+    recipients = settings.alerts.recipients
+    print(f"Recipients (alerts.recipients, read by the relay): {', '.join(recipients) or 'none set'}")
+    health = relay_url(settings.alerts).removesuffix("/alerts") + "/health"
+    if not _answers(health):
+        print(
+            f"The alert relay does not answer at {health}: start it (python -m flows.alert_relay --profile "
+            f"{settings.profile}) on that host; until then Prefect's calls fail and no alert is mailed.",
+            file=sys.stderr,
+        )
+    if not recipients:
+        print("alerts.recipients is empty: set the two addresses, else no alert is mailed.", file=sys.stderr)
+    return OK
+
+
 # ---- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The admin commands' parser (``./hausflow status|quarantine|run|mail-test|licence``)."""
@@ -786,6 +842,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     licence.add_argument("--profile", choices=profiles, help="settings profile (default: HAUSFLOW_PROFILE)")
     licence.set_defaults(handler=command_licence)
+
+    alerts = commands.add_parser(
+        "alerts",
+        help="failure alerts by e-mail: install them on the Prefect server",
+        description="Failure alerts by e-mail (docs/operations.md, Failure alerts).",
+    )
+    alert_commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    install = alert_commands.add_parser(
+        "install",
+        help="create or update the relay's Webhook block and the alert automations (idempotent)",
+        description="Create or update, on the Prefect API of PREFECT_API_URL (else the running ./hausflow "
+        "up's), the Webhook block hausflow-alert-relay and the automations 'hausflow alert: ...': failed or "
+        "crashed runs of any flow, and per deployment 'not started' and 'blocked' with the thresholds of "
+        "alerts.not_started_after_s and alerts.blocked_after_s. Running it again updates them; alerts of "
+        "deployments that are gone are deleted.",
+    )
+    install.add_argument("--profile", choices=profiles, help="settings profile (default: HAUSFLOW_PROFILE)")
+    install.add_argument(
+        "--deployment",
+        action="append",
+        type=parse_deployment,
+        metavar="FLOW/DEPLOYMENT",
+        help="watch only these deployments (repeatable; default: every deployment on the server)",
+    )
+    install.set_defaults(handler=command_alerts_install)
     return parser
 
 

@@ -1,9 +1,10 @@
 """The main command (``./hausflow up``): everything on embedded defaults, on one machine.
 
 Starts a local Prefect server (SQLite, UI at http://127.0.0.1:4200), the portal sandbox, an SMTP
-server whose mails land in var/demo/mail, seeds
-a SQLite ERP with deterministic demo data (once), serves the deployments (portal sync every
-5 minutes, concurrency 1, an overlapping run is cancelled) and triggers a first portal sync.
+server whose mails land in var/demo/mail, the alert relay (failure alerts by e-mail), seeds
+a SQLite ERP with deterministic demo data (once), creates the failure alerts (Prefect automations, flows/alerts.py), serves the
+deployments (portal sync every 5 minutes, concurrency 1, an overlapping run is cancelled) and
+triggers a first portal sync.
 Ctrl-C stops everything cleanly; so does SIGTERM. When one of the servers dies, the command says
 which, shows the end of its log and stops everything else with exit code 1.
 """
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,6 +39,9 @@ VAR = Path(os.environ.get("HAUSFLOW_VAR_DIR") or ROOT / "var").resolve()
 # What a running main command started, for ``./hausflow status`` and the other admin commands.
 UP_RECORD = "up.json"
 LOG_TAIL_LINES = 20
+# Where the demo's failure alerts go (the demo SMTP server keeps them in var/demo/mail) when the
+# profile names no recipients.
+DEMO_ALERT_RECIPIENTS = '["betrieb@hausverwaltung.localhost", "bereitschaft@hausverwaltung.localhost"]'
 # How long the served runner may take to stop cleanly after a server died, before everything is
 # stopped without it (see ServerWatch).
 RUNNER_STOP_GRACE_S = 15.0
@@ -317,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         default=8025,
         help="port of the demo's SMTP server on 127.0.0.1; its mails land in var/demo/mail (default: %(default)s)",
     )
+    parser.add_argument(
+        "--alert-port",
+        type=int,
+        default=8790,
+        help="port of the alert relay on 127.0.0.1, which Prefect's failure alerts call (default: %(default)s)",
+    )
     parser.add_argument("--no-first-run", action="store_true", help="do not trigger a portal sync at start")
     args = parser.parse_args(argv)
 
@@ -337,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     from config.settings import load_settings
 
     settings = load_settings(env["HAUSFLOW_PROFILE"])
+    env["HAUSFLOW_ALERTS__RELAY_HOST"] = "127.0.0.1"
+    env["HAUSFLOW_ALERTS__RELAY_PORT"] = str(args.alert_port)
+    # a new shared secret per start: the relay requires it, the Webhook block sends it
+    env.setdefault("HAUSFLOW_ALERTS__RELAY_TOKEN", secrets.token_urlsafe(24))
+    if not settings.alerts.recipients:
+        env["HAUSFLOW_ALERTS__RECIPIENTS"] = DEMO_ALERT_RECIPIENTS
     for key, url in (("HAUSFLOW_ERP_URL", settings.erp_url), ("HAUSFLOW_STATE_URL", settings.state_url)):
         env[key] = absolute_sqlite_url(url)  # the same file for every process
     os.environ.update(env)
@@ -363,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     prefect_ui = f"http://127.0.0.1:{args.prefect_port}"
     sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
     deposit_url = f"http://127.0.0.1:{args.deposit_port}"
+    relay_url = f"http://127.0.0.1:{args.alert_port}"
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -449,6 +467,24 @@ def main(argv: list[str] | None = None) -> int:
             env,
         )
         servers.append(mail)
+        print(f"Starting the alert relay on port {args.alert_port} ...", flush=True)
+        relay = _start(
+            "The alert relay",
+            [
+                sys.executable,
+                "-m",
+                "flows.alert_relay",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(args.alert_port),
+                "--profile",
+                env["HAUSFLOW_PROFILE"],
+            ],
+            "alert-relay.log",
+            env,
+        )
+        servers.append(relay)
         write_up_record(
             VAR,
             {
@@ -460,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prefect_api": env["PREFECT_API_URL"],
                 "sandbox": sandbox_url,
                 "deposit_sandbox": deposit_url,
+                "alert_relay": relay_url,
                 "logs": str(VAR / "logs"),
                 "licence_file": env.get("HAUSFLOW_LICENCES__FILE"),
                 "licence_public_key_file": env.get("HAUSFLOW_LICENCES__PUBLIC_KEY_FILE"),
@@ -486,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _wait_http(f"{sandbox_url}/openapi.json", "The portal sandbox", 60, servers)
         _wait_http(f"{deposit_url}/openapi.json", "The deposit sandbox", 60, servers)
+        _wait_http(f"{relay_url}/health", "The alert relay", 60, servers)
         _wait_http(f"{prefect_ui}/api/health", "The Prefect server", 180, servers)
         watch.start()
 
@@ -494,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         from prefect.runner import Runner
 
         deployments = build_deployments(env["HAUSFLOW_PROFILE"])
+        alerts_line = _install_alerts(settings, [(d.flow_name, d.name) for d in deployments])
 
         if not args.no_first_run:
 
@@ -517,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  E-mails to contacts not in the portal:           {_shown(VAR / 'demo' / 'mail')}/new/\n"
             f"  Logs of the servers:                             {_shown(VAR / 'logs')}/\n"
             f"  Licence:                                         {licence_text}\n"
+            f"  {alerts_line}\n"
             "Ctrl-C stops everything; ./hausflow status shows what runs.\n",
             flush=True,
         )
@@ -562,6 +602,28 @@ def _demo_licence(env: dict[str, str], settings: Any) -> str:
 DEPOSIT_TIMEZONE = "Europe/Berlin"
 """The deposit jobs' crons are business times (``deposit.master_data_cron``/``bookings_cron``):
 Europe/Berlin, not the server's UTC."""
+
+
+def _install_alerts(settings: Any, deployments: list[tuple[str, str]]) -> str:
+    """Create or update the failure alerts for the served deployments; one line saying so.
+
+    A failure here does not stop the main command (the flows run without alerts); the line says
+    what went wrong and how to install them later.
+    """
+    import asyncio
+
+    from flows.alerts import install_alerts
+
+    try:
+        report = asyncio.run(install_alerts(settings, deployments))
+    except Exception as exc:
+        return (
+            f"Failure alerts NOT installed ({type(exc).__name__}: {exc}); "
+            "./hausflow alerts install tries again."
+        )
+    recipients = ", ".join(settings.alerts.recipients)
+    total = len(report.created) + len(report.updated)
+    return f"Failure alerts (mailed to {recipients}): {total} Prefect automations, relay {report.relay_url}"
 
 
 def build_deployments(profile: str) -> list[Any]:

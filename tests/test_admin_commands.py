@@ -70,7 +70,10 @@ def test_the_script_prints_its_usage_for_help_and_refuses_an_unknown_command() -
     assert wrong.returncode == 2
     assert wrong.stdout == ""
     assert "unknown command 'stauts'" in wrong.stderr
-    assert "usage: ./hausflow {up|test|check|status|quarantine|run|mail-test|licence|help}" in wrong.stderr
+    assert (
+        "usage: ./hausflow {up|test|check|status|quarantine|run|mail-test|licence|alerts|help}"
+        in wrong.stderr
+    )
 
 
 # ---- quarantine ----------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class MainCommand:
 def main_command(tmp_path: Path) -> Iterator[MainCommand]:
     """Start the main command (no first run, 100 persons) on free ports; yield it once it is up."""
     prefect_port, sandbox_port, deposit_port, mail_port = free_port(), free_port(), free_port(), free_port()
+    alert_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HAUSFLOW_"))}
     env.update(
         {
@@ -63,7 +64,14 @@ def main_command(tmp_path: Path) -> Iterator[MainCommand]:
     )
     command = [sys.executable, "-m", "flows.serve", "--no-first-run", "--persons", "100"]
     command += ["--prefect-port", str(prefect_port), "--sandbox-port", str(sandbox_port)]
-    command += ["--deposit-port", str(deposit_port), "--mail-port", str(mail_port)]
+    command += [
+        "--deposit-port",
+        str(deposit_port),
+        "--mail-port",
+        str(mail_port),
+        "--alert-port",
+        str(alert_port),
+    ]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -83,7 +91,7 @@ def main_command(tmp_path: Path) -> Iterator[MainCommand]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for child in _leftovers(prefect_port, sandbox_port, deposit_port, mail_port):
+        for child in _leftovers(prefect_port, sandbox_port, deposit_port, mail_port, alert_port):
             child.kill()
         reader.join(timeout=10)
 
@@ -119,6 +127,12 @@ def test_sigterm_stops_the_main_command_and_what_it_started(tmp_path: Path) -> N
         assert main.proc.wait(timeout=90) == 0
     output = main.output
     assert "Stopped." in output, output
+    # the failure alerts are on the Prefect server: one for failures, two per served deployment
+    assert (
+        "Failure alerts (mailed to betrieb@hausverwaltung.localhost, bereitschaft@hausverwaltung.localhost): "
+        in output
+    )
+    assert "11 Prefect automations, relay http://127.0.0.1:" in output, output
     assert "never awaited" not in output, output
     assert "stopped unexpectedly" not in output, output
     assert not _listening(main.prefect_port) and not _listening(main.sandbox_port)
