@@ -212,8 +212,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory, sandbox: SandboxServer) -> I
                 else:
                     os.environ[key] = value
     finally:
+        _drain_prefect_workers()  # while this server still answers: else a later harness waits on it
         _stop(procs)
         smtp.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Send what Prefect's log and event workers still hold for this module's server, now.
+
+    The flows run here in-process against this server's API; their workers keep the events. Left
+    for the session's end, the test harness would drain them against a server that is gone and
+    wait for ever.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30, at_exit=False)
+    EventsWorker.drain_all(timeout=30, at_exit=False)
 
 
 def _deployment_id(api_url: str, name: str, timeout_s: float = 90) -> str:
