@@ -26,6 +26,7 @@ from connectors.sepa.writing import (
     check_amount,
     check_bic,
     check_iban,
+    compact_account,
     fit_text,
     is_valid_sepa_id,
     sanitize_id,
@@ -550,7 +551,7 @@ def decide_claim(
             "a new mandate is needed",
             **kw,
         )
-    iban = mandate.iban.replace(" ", "").upper()
+    iban = compact_account(mandate.iban)
     iban_error = check_iban(iban)
     if iban_error:
         return _quarantine(
@@ -561,7 +562,7 @@ def decide_claim(
             "correct the IBAN of the mandate",
             **kw,
         )
-    bic = (mandate.bic or "").replace(" ", "").upper() or None
+    bic = compact_account(mandate.bic) or None
     bic_error = check_bic(bic, iban)
     if bic_error:
         return _quarantine(

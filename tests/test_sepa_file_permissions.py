@@ -75,7 +75,7 @@ def test_next_debit_run_deletes_a_spool_left_by_a_crash(tmp_path: Path) -> None:
     left = s.output_dir / ".work-deadbeef"
     left.mkdir(parents=True)
     (left / "0000_2026-03-04_RCUR.csv").write_text(
-        "C1;1;P1;O1;E;100;M;2024-01-01;Name;DE45120300001234567890\n"
+        "C1;1;P1;O1;E;100;M;2024-01-01;Name;DE50120300001234567897\n"
     )
     with sepa_env(s.erp_url, s.state_url, str(s.output_dir)):
         debit_run()

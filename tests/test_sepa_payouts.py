@@ -53,7 +53,7 @@ def _mode(path: Path) -> int:
     ("changes", "outcome", "rule", "text"),
     [
         ({}, "pay", None, None),
-        ({"creditor_iban": "de45 1203 0000 1234 5678 90", "creditor_bic": "byladem1001"}, "pay", None, None),
+        ({"creditor_iban": "de50 1203 0000 1234 5678 97", "creditor_bic": "byladem1001"}, "pay", None, None),
         ({"payout_id": "BK_1001"}, "skip", "payout.id", "EndToEndId"),
         ({"payout_id": "B" * 36}, "skip", "payout.id", "1-35 characters"),
         ({"payout_id": "BK-Ü1"}, "skip", "payout.id", "never changed"),
@@ -72,6 +72,43 @@ def _mode(path: Path) -> int:
         ({"creditor_name": "☺ ☺"}, "skip", "payout.creditor_name", "empty"),
         ({"creditor_name": UMLAUT_NAME}, "skip", "payout.creditor_name", "77 characters"),
         ({"debtor_name": "T" * 71}, "skip", "payout.debtor_name", "shorten it in the ERP"),
+        # any whitespace (no-break space, tab) is taken out of IBAN and BIC, not sent to the bank
+        (
+            {"creditor_iban": IBAN_BYLA[:4] + "\u00a0" + IBAN_BYLA[4:], "creditor_bic": "BYLA\tDEM1001"},
+            "pay",
+            None,
+            None,
+        ),
+        # the German account check digit (IBAN check digits alone are right)
+        ({"creditor_iban": "DE08700901001234567890"}, "skip", "payout.creditor_iban", "national checksum"),
+        ({"debtor_iban": "DE08700901001234567890"}, "skip", "payout.debtor_iban", "national checksum"),
+        # valid IBANs outside the SEPA zone
+        (
+            {"creditor_iban": "BR1500000000000010932840814P2"},
+            "skip",
+            "payout.creditor_iban",
+            "outside the SEPA zone",
+        ),
+        (
+            {"creditor_iban": "SA0380000000608010167519"},
+            "skip",
+            "payout.creditor_iban",
+            "outside the SEPA zone",
+        ),
+        # SEPA but outside the EEA: the BIC is required
+        (
+            {"creditor_iban": "CH9300762011623852957", "creditor_bic": None},
+            "skip",
+            "payout.creditor_bic",
+            "outside the EEA",
+        ),
+        (
+            {"creditor_iban": "GB33BUKB20201555555555", "creditor_bic": None},
+            "skip",
+            "payout.creditor_bic",
+            "add it",
+        ),
+        ({"creditor_iban": "GB33BUKB20201555555555", "creditor_bic": "BUKBGB22"}, "pay", None, None),
     ],
 )
 def test_payout_rules(changes: dict[str, object], outcome: str, rule: str | None, text: str | None) -> None:

@@ -41,9 +41,9 @@ from tasks.sepa_rules import (
     transliterate,
 )
 
-IBAN_BYLA = "DE45120300001234567890"
+IBAN_BYLA = "DE50120300001234567897"
 IBAN_BYLA_2 = "DE23120300000532013000"
-IBAN_PBNK = "DE09100100101234567890"
+IBAN_PBNK = "DE84100100101234567898"
 
 
 # ---- selection (seed 004: three ways) ------------------------------------------------------
@@ -340,7 +340,16 @@ def test_creditor_id(value: str, ok: bool) -> None:
 
 @pytest.mark.parametrize(
     ("iban", "ok"),
-    [(IBAN_BYLA, True), ("DE45120300001234567891", False), ("DE4512030000123456789", False), ("XX00", False)],
+    [
+        (IBAN_BYLA, True),
+        ("DE45120300001234567891", False),
+        ("DE4512030000123456789", False),
+        ("XX00", False),
+        ("DE08700901001234567890", False),  # IBAN check digits right, account check digit wrong
+        ("BR1500000000000010932840814P2", False),  # valid, outside the SEPA zone
+        ("SA0380000000608010167519", False),
+        ("CH9300762011623852957", True),  # SEPA zone (its BIC is required: see test_bic)
+    ],
 )
 def test_iban(iban: str, ok: bool) -> None:
     assert (check_iban(iban) is None) is ok
@@ -355,6 +364,10 @@ def test_iban(iban: str, ok: bool) -> None:
         ("COBADEFFXXX", IBAN_BYLA, False),  # another bank
         ("BYLAATM1", IBAN_BYLA, False),  # another country
         ("BYLA", IBAN_BYLA, False),  # malformed
+        (None, "CH9300762011623852957", False),  # outside the EEA: BIC required
+        (None, "MC5811222000010123456789030", False),
+        (None, "GB33BUKB20201555555555", False),
+        ("BUKBGB22", "GB33BUKB20201555555555", True),
     ],
 )
 def test_bic(bic: str | None, iban: str, ok: bool) -> None:
@@ -417,6 +430,15 @@ DAY = date(2026, 3, 4)
         (_claim(), _mandate(signed_on=date(2020, 1, 1)), "quarantine", "sepa.mandate.lapsed"),
         (_claim(), _mandate(iban="DE45120300001234567891"), "quarantine", "sepa.iban"),
         (_claim(), _mandate(bic="COBADEFFXXX"), "quarantine", "sepa.bic"),
+        (
+            _claim(),
+            _mandate(iban=IBAN_BYLA[:4] + "\u00a0" + IBAN_BYLA[4:], bic="BYLA\tDEM1001"),
+            "debit",
+            None,
+        ),
+        (_claim(), _mandate(iban="DE08700901001234567890"), "quarantine", "sepa.iban"),  # account check digit
+        (_claim(), _mandate(iban="BR1500000000000010932840814P2"), "quarantine", "sepa.iban"),  # not SEPA
+        (_claim(), _mandate(iban="CH9300762011623852957"), "quarantine", "sepa.bic"),  # outside EEA, no BIC
         (_claim(open_amount=Decimal("10.001")), _mandate(), "quarantine", "sepa.amount"),
         (_claim(open_amount=Decimal("2000000000")), _mandate(), "quarantine", "sepa.amount"),
     ],
@@ -440,7 +462,7 @@ def test_single_mandate_can_be_used_once() -> None:
 
 
 def test_debit_decision_carries_transaction_fields() -> None:
-    m = _mandate(account_holder="Jürgen Müller", iban="de45 1203 0000 1234 5678 90", bic="byladem1001")
+    m = _mandate(account_holder="Jürgen Müller", iban="de50 1203 0000 1234 5678 97", bic="byladem1001")
     d = decide_claim(_claim(booking_text="Miete März"), Way.AUTO_DEBIT, m, MandateHistory(), CTX, DAY)
     assert d.outcome == "debit"
     assert d.end_to_end_id == "O1-P1/C1"

@@ -200,24 +200,48 @@ def format_cents(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
+#: Countries of the European Economic Area (EU, Iceland, Liechtenstein, Norway). A payment to or
+#: from an account in another SEPA country (Switzerland, the United Kingdom, Monaco, ...) needs
+#: the BIC of its bank (EPC rulebooks); inside the EEA the IBAN alone is enough.
+EEA_COUNTRIES = frozenset(
+    "AT BE BG CY CZ DE DK EE ES FI FR GR HR HU IE IT LT LU LV MT NL PL PT RO SE SI SK IS LI NO".split()
+)
+
+
 @lru_cache(maxsize=8192)
 def check_iban(iban: str) -> str | None:
-    """None when the IBAN is valid (length, check digits, German account check digit)."""
+    """None when the IBAN can go into a SEPA file; else the reason, naming the rule.
+
+    Checked (schwifty): length, format, check digits, the bank's own account check digit
+    (``validate_bban``, the German "Pruefziffer" included), and membership of the SEPA zone: an
+    account in Brazil or Saudi Arabia has a valid IBAN but cannot be paid or debited by SEPA.
+    ``iban`` is the compact form (``compact_account``).
+    """
     try:
-        IBAN(iban)
+        account = IBAN(iban, validate_bban=True)
     except ValueError as exc:
         return f"IBAN {iban!r} is not valid: {exc}"
+    if not account.in_sepa_zone:
+        return f"IBAN {iban} is from {account.country_code}, which is outside the SEPA zone: pay it another way"
     return None
 
 
 @lru_cache(maxsize=8192)
 def check_bic(bic: str | None, iban: str) -> str | None:
-    """None when the BIC is empty (IBAN-only is allowed) or valid and belongs to the IBAN's bank.
+    """None when the BIC may go with the IBAN; else the reason.
 
-    Belonging: same country; and where the bank registry knows the IBAN's bank, the same
-    institution code (first four letters) as one of that bank's BICs.
+    Empty is fine for an IBAN of the EEA (IBAN-only); an IBAN of a SEPA country outside the EEA
+    (CH, GB, MC, SM, ...) needs the BIC. A BIC given must be valid and belong to the IBAN's bank:
+    same country; and where the bank registry knows the IBAN's bank, the same institution code
+    (first four letters) as one of that bank's BICs.
     """
     if not bic:
+        try:
+            country = IBAN(iban).country_code
+        except ValueError:
+            return None  # the IBAN check reports it
+        if country not in EEA_COUNTRIES:
+            return f"IBAN {iban} is from {country}, outside the EEA: SEPA needs the bank's BIC there; add it"
         return None
     try:
         parsed = BIC(bic)
@@ -235,9 +259,21 @@ def check_bic(bic: str | None, iban: str) -> str | None:
     return None
 
 
+#: Whitespace of any kind (tab, no-break space U+00A0, narrow no-break space, ...) and the
+#: invisible format characters copy and paste brings along (zero-width space, word joiner, BOM).
+_ACCOUNT_NOISE = re.compile(r"[\s\u200b-\u200d\u2060\ufeff]+")
+
+
 def compact_account(value: str | None) -> str:
-    """IBAN or BIC as the file wants it: no spaces, upper case ('' for None)."""
-    return (value or "").replace(" ", "").upper()
+    """IBAN or BIC as the file wants it: no whitespace of any kind, upper case ('' for None).
+
+    Why every kind: schwifty accepts an IBAN with a no-break space or a tab in it, but the bank's
+    schema does not; a value compacted only of plain spaces passed the checks and then failed the
+    whole file.
+    """
+    if not value:
+        return ""
+    return _ACCOUNT_NOISE.sub("", value).upper()
 
 
 # ---------------------------------------------------------------------------------------------
