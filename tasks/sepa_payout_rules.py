@@ -27,7 +27,7 @@ from connectors.sepa.writing import (
     compact_account,
     fault_point,
     fit_text,
-    is_valid_sepa_id,
+    sepa_id_problem,
     transliterate,
     transliterate_many,
 )
@@ -134,11 +134,11 @@ def check_payout(payout: Payout, spelled: tuple[str, str, str] | None = None) ->
     def skip(rule: str, reason: str) -> PayoutDecision:
         return PayoutDecision(payout, "skip", rule=rule, reason=f"payout {payout.payout_id!r}: {reason}")
 
-    if not is_valid_sepa_id(payout.payout_id):
+    if (problem := sepa_id_problem(payout.payout_id)) is not None:
         return skip(
             "payout.id",
-            "the booking id is the EndToEndId and must be 1-35 characters of A-Z a-z 0-9 space + ? / - : ( ) . , ' "
-            "(it is never changed, or the bank statement could not be matched): correct the booking id in the ERP",
+            f"the booking id is the EndToEndId and {problem} (it is never changed, or the bank "
+            "statement could not be matched): correct the booking id in the ERP",
         )
     cents, error = amount_cents(payout.amount)
     if cents is None:

@@ -9,6 +9,7 @@ import pytest
 
 from connectors.sepa.writing import (
     ID_ALLOWED,
+    is_valid_sepa_id,
     transliterate_many,
 )
 from tasks.sepa_rules import (
@@ -85,6 +86,9 @@ def test_release_budget_takes_oldest_claims_and_stops_at_first_that_does_not_fit
         ("", "O100", "P001", "C1", NOTPROVIDED, False),  # empty -> NOTPROVIDED
         ("   ", "O100", "P001", "C1", NOTPROVIDED, False),
         ("Grün_[OBJEKTNUMMER]", "Ö1", "P1", "C1", "Gruen-Oe1/C1", False),  # transliterated, _ -> -
+        # EPC: no '//', no '/' or space at either end, whatever the template and numbers hold
+        ("/[OBJEKTNUMMER]/", "O100", "P001", "C1", "O100/C1", False),
+        ("[OBJEKTNUMMER]//[MIETERNUMMER]", "O100", "P001", "/C1/", "O100/P001/C1", False),
         (
             "[OBJEKTNUMMER]-[MIETERNUMMER]",
             "OBJ-0000000000001",
@@ -100,7 +104,7 @@ def test_end_to_end_id(
 ) -> None:
     value, warnings = end_to_end_id(template, object_no, person_no, claim_no)
     assert value == expected
-    assert len(value) <= 35 and ID_ALLOWED.match(value)
+    assert len(value) <= 35 and is_valid_sepa_id(value)
     assert bool(warnings) == warns
 
 
@@ -425,6 +429,8 @@ DAY = date(2026, 3, 4)
         (_claim(), None, "quarantine", "sepa.mandate.missing"),
         (_claim(), _mandate(person_no="P2"), "quarantine", "sepa.mandate.person"),
         (_claim(), _mandate(mandate_id="M_1"), "quarantine", "sepa.mandate.id"),
+        (_claim(), _mandate(mandate_id="M//1"), "quarantine", "sepa.mandate.id"),
+        (_claim(), _mandate(mandate_id="M1 "), "quarantine", "sepa.mandate.id"),
         (_claim(), _mandate(revoked_on=date(2026, 3, 4)), "quarantine", "sepa.mandate.revoked"),
         (_claim(), _mandate(signed_on=date(2026, 3, 5)), "quarantine", "sepa.mandate.not_signed"),
         (_claim(), _mandate(signed_on=date(2020, 1, 1)), "quarantine", "sepa.mandate.lapsed"),

@@ -25,6 +25,7 @@ file), at each row's relative ``content_path``.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -182,14 +183,18 @@ _TRUST_BANK_CODE = "20050550"  # deposit partner's bank for the trust pooled acc
 
 
 def _german_iban(bank_code: str, account: int) -> str:
-    """The IBAN of the first account number from ``account`` on that passes the bank's own check
-    digit (the German account check schwifty applies with ``validate_bban``).
+    """A German IBAN near ``account`` whose account number passes the bank's own check digit (the
+    German account check schwifty applies with ``validate_bban``).
 
     Why: a random account number fails it about nine times in ten, and the SEPA checks refuse
-    such an IBAN; the demo's accounts must be ones a bank could really hold. Deterministic (no
-    random draw), so the generator's other values stay as they were.
+    such an IBAN; the demo's accounts must be ones a bank could really hold. Tried in order: the
+    ten last digits (most banks' methods check the last digit), then numbers spread over the
+    range with a prime stride (some methods check other places, some banks use 9 digits).
+    Deterministic (no random draw), so the generator's other values stay as they were.
     """
-    for candidate in range(account, account + 1000):
+    base = account - account % 10
+    strided = ((account * 7 + k * 1_000_003) % 10**digits for digits in (10, 9) for k in range(1, 2000))
+    for candidate in itertools.chain(range(base, base + 10), strided):
         iban = IBAN.generate("DE", bank_code=bank_code, account_code=f"{candidate % 10**10:010d}")
         try:
             IBAN(str(iban), validate_bban=True)
@@ -197,6 +202,7 @@ def _german_iban(bank_code: str, account: int) -> str:
             continue
         return str(iban)
     raise ValueError(f"no valid account number at bank {bank_code} from {account}")
+
 
 _EMAIL_DOMAINS = ("web.de", "gmx.de", "t-online.de", "gmail.com", "posteo.de", "mail.de", "outlook.de")
 _MOBILE_PREFIXES = ("0151", "0152", "0160", "0162", "0170", "0171", "0172", "0176", "0177", "0157")
