@@ -24,6 +24,7 @@ from connectors.sepa.writing import (
     MAX_NAME,
     MAX_REMITTANCE,
     NOTPROVIDED,
+    blanked_warning,
     check_amount,
     check_bic,
     check_iban,
@@ -113,13 +114,19 @@ def remittance_text(
     parts = [transliterate(line) for line in lines]
     text = " ".join(p for p in parts if p)
     fitted, warning = fit_text(text, limit)
-    return fitted, ([f"remittance {warning}"] if warning else [])
+    warnings = [f"remittance {warning}"] if warning else []
+    if blanked := blanked_warning("remittance", "\n".join(lines)):
+        warnings.append(blanked)
+    return fitted, warnings
 
 
 def debtor_name(account_holder: str) -> tuple[str, list[str]]:
     """The debtor name (at most 70 characters), transliterated; warns when shortened."""
     name, warning = fit_text(transliterate(account_holder), MAX_NAME)
-    return name, ([f"debtor name {warning}"] if warning else [])
+    warnings = [f"debtor name {warning}"] if warning else []
+    if blanked := blanked_warning("debtor name", account_holder):
+        warnings.append(blanked)
+    return name, warnings
 
 
 # ---------------------------------------------------------------------------------------------

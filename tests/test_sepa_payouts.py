@@ -161,6 +161,20 @@ def test_transliteration_and_lengths(field: str, given: str, in_file: str | None
         assert value == in_file and decision.warnings == ()
 
 
+def test_a_character_left_out_is_a_warning_naming_the_payout_and_the_field() -> None:
+    given = replace(payout("BK-1001"), creditor_name="Hans ☺ Meier", remittance="Kaution 100€ Nr ✓")
+    decision = check_payout(given)
+    assert decision.outcome == "pay" and decision.transfer is not None
+    assert decision.transfer.creditor_name == "Hans Meier"
+    assert decision.transfer.remittance == "Kaution 100 EUR Nr"
+    creditor, remittance = decision.warnings
+    assert creditor.startswith("payout BK-1001 (V-4711/O100): creditor name") and "U+263A" in creditor
+    assert remittance.startswith("payout BK-1001 (V-4711/O100): remittance") and "U+2713" in remittance
+    # through the plan (texts transliterated a batch at a time): the same warnings, none for the others
+    plan = plan_payouts([payout("BK-1002"), given], {}, EXECUTION)
+    assert plan.warnings == list(decision.warnings)
+
+
 def test_plan_groups_by_trust_account_and_reports_duplicates_and_paid() -> None:
     paid = PaidPayout("BK-1002", "written", "HP20260301090000-old00000-001", "/x.xml", date(2026, 3, 1))
     other_name = payout("BK-1004", debtor_name="Treuhand Musterstr. 1")

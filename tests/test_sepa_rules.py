@@ -9,6 +9,7 @@ import pytest
 
 from connectors.sepa.writing import (
     ID_ALLOWED,
+    blanked_characters,
     is_valid_sepa_id,
     transliterate_many,
 )
@@ -29,6 +30,7 @@ from tasks.sepa_rules import (
     check_iban,
     choose_recurrent_mandate,
     claim_collection_date,
+    debtor_name,
     decide_claim,
     earliest_collection_date,
     effective_collection_date,
@@ -137,7 +139,14 @@ TRANSLITERATIONS = [
     ("Café Crème", "Cafe Creme"),
     ("Schmidt & Söhne", "Schmidt + Soehne"),
     ("Miete_März", "Miete-Maerz"),
-    ("Preis: 5€ ; *Rabatt*", "Preis: 5 , Rabatt"),
+    ("Preis: 5€ ; *Rabatt*", "Preis: 5 EUR , Rabatt"),
+    ("Mu\u0308ller", "Mueller"),  # decomposed umlaut: composed first, then spelt out
+    ("STRAẞE 5", "STRASSE 5"),
+    ("Einbehalt 50% = 500€", "Einbehalt 50 Prozent gleich 500 EUR"),
+    ("info@muster.de", "info(at)muster.de"),
+    ("Rechnung #12", "Rechnung Nr. 12"),
+    ("„Zitat“ – Ende", "'Zitat' - Ende"),
+    ("a+b/c-d?e:f(g).h,i'j", "a+b/c-d?e:f(g).h,i'j"),  # the SEPA set stays as it is
     ("Zeile1\nZeile2", "Zeile1 Zeile2"),
     ("  Ørsted  æ ł  ", "Orsted ae l"),
     ("", ""),
@@ -147,6 +156,28 @@ TRANSLITERATIONS = [
 @pytest.mark.parametrize(("raw", "expected"), TRANSLITERATIONS)
 def test_transliterate(raw: str, expected: str) -> None:
     assert transliterate(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "blanked"),
+    [
+        ("Müller & Söhne 50%", ""),
+        ("Hans ☺ Meier", "☺"),
+        ("*Rabatt*", "*"),
+        ("Иван", "Иавн"),
+        ("a\tb\u00a0c", ""),
+    ],
+)
+def test_blanked_characters_are_named(raw: str, blanked: str) -> None:
+    assert blanked_characters(raw) == blanked
+
+
+def test_debit_texts_warn_when_a_character_is_left_out() -> None:
+    _text, warnings = remittance_text((), "1", date(2026, 3, 1), "Miete ☺ März")
+    assert any("remittance" in w and "U+263A" in w for w in warnings)
+    name, warnings = debtor_name("Hans ☺ Meier")
+    assert name == "Hans Meier" and len(warnings) == 1 and "debtor name" in warnings[0]
+    assert debtor_name("Jürgen Müller")[1] == []
 
 
 def test_transliterating_many_texts_at_once_gives_each_its_own_result() -> None:

@@ -59,6 +59,10 @@ _SPELLED: dict[str, str] = {
     **{"Ø": "O", "ø": "o", "Æ": "Ae", "æ": "ae", "Œ": "Oe", "œ": "oe", "Ł": "L", "ł": "l"},
     **{"Đ": "D", "đ": "d", "Ð": "D", "ð": "d", "Þ": "Th", "þ": "th", "ı": "i"},
     **{"&": "+", "_": "-", "\t": " ", "\n": " ", "\r": " ", ";": ",", "!": "."},
+    # signs the set lacks, spelt out (runs of spaces collapse afterwards): 5% -> 5 Prozent
+    **{"ẞ": "SS", "€": " EUR ", "%": " Prozent ", "=": " gleich ", "@": "(at)", "#": " Nr. "},
+    **{"\u201c": "'", "\u201d": "'", "\u201e": "'", "\u00ab": "'", "\u00bb": "'", '"': "'"},
+    **{"\u2018": "'", "\u2019": "'", "\u201a": "'", "`": "'", "\u2013": "-", "\u2014": "-", "\u00d7": "x"},
 }
 _SPACES = re.compile(r" {2,}")
 #: The characters German texts carry most, replaced by ``str.replace`` (fast, in C) before the
@@ -92,13 +96,17 @@ NOTPROVIDED = "NOTPROVIDED"
 def transliterate(text: str) -> str:
     """Turn any text into the SEPA basic Latin set without losing meaning.
 
-    German umlauts become two letters (ä -> ae, ß -> ss), other accents lose their mark (é -> e),
-    letters without a separable mark are spelt out (ø -> o, æ -> ae, ł -> l), ``&``
-    becomes ``+`` and ``_`` becomes ``-``; anything else outside the set becomes a space, and runs
-    of spaces collapse. Nothing is cut here; length is the caller's business. One regular
+    The text is first composed (NFC: ``u`` + combining diaeresis is ``ü``). German umlauts become
+    two letters (ä -> ae, ß -> ss, ẞ -> SS), other accents lose their mark (é -> e), letters
+    without a separable mark are spelt out (ø -> o, æ -> ae, ł -> l), signs the set lacks are
+    spelt out (``&`` -> ``+``, ``_`` -> ``-``, € -> EUR, % -> Prozent, = -> gleich, @ -> (at),
+    # -> Nr., typographic quotes -> ', dashes -> -); anything else outside the set becomes a space
+    (``blanked_characters`` says which, for a warning), and runs of spaces collapse. Nothing is cut here; length is the caller's business. One regular
     expression pass that touches only the characters outside the set (a few microseconds);
     recent texts are remembered (a trust account's or an owner's name recurs).
     """
+    if not text.isascii():  # "Mu" + combining diaeresis is "Mü" (NFC), so it becomes "Mue"
+        text = unicodedata.normalize("NFC", text)
     for char, spelled in _COMMON:
         if char in text:
             text = text.replace(char, spelled)
@@ -124,6 +132,8 @@ def transliterate_many(texts: Sequence[str]) -> list[str]:
     by one.
     """
     joined = "\x00".join(texts)
+    if not joined.isascii():
+        joined = unicodedata.normalize("NFC", joined)
     for char, spelled in _COMMON:
         if char in joined:
             joined = joined.replace(char, spelled)
@@ -135,6 +145,35 @@ def transliterate_many(texts: Sequence[str]) -> list[str]:
     if len(parts) != len(texts):  # a text held a NUL
         return [transliterate(text) for text in texts]
     return [part.strip() for part in parts]
+
+
+def _is_blanked(char: str) -> bool:
+    """True when ``transliterate`` has no spelling for ``char`` and leaves a space (or nothing)."""
+    return not char.isspace() and char != "\x00" and not _spell(char).strip()
+
+
+def blanked_characters(text: str) -> str:
+    """The characters of ``text`` that ``transliterate`` cannot spell and blanks ('' for none).
+
+    Why: a symbol or a letter of another script turned into a space changes the text without a
+    trace; callers warn with the record's name when this is not empty, so the control listing
+    and the log show it. Whitespace is not reported (it stays a space). A pass in C over the
+    characters outside the SEPA set; only those are looked at.
+    """
+    if text.isascii() and _TEXT_FORBIDDEN_BUT_NUL.search(text) is None:
+        return ""
+    text = unicodedata.normalize("NFC", text)
+    found = {char for char in _TEXT_FORBIDDEN_BUT_NUL.findall(text) if _is_blanked(char)}
+    return "".join(sorted(found))
+
+
+def blanked_warning(what: str, text: str) -> str | None:
+    """A warning that ``what`` (e.g. ``creditor name``) lost characters, or None when none was blanked."""
+    blanked = blanked_characters(text)
+    if not blanked:
+        return None
+    shown = " ".join(f"'{c}' (U+{ord(c):04X})" for c in blanked)
+    return f"{what}: {shown} has no SEPA spelling and was left out; check the text ({text!r})"
 
 
 def sanitize_id(text: str) -> str:
