@@ -382,3 +382,16 @@ def test_write_payout_file_task_in_a_flow_and_its_summary_masks_ibans(
     ]
     assert "BK-9001" in markdown and "payout.creditor_iban" in markdown and "2015.55" in markdown
     assert "DE45120300001234567891" not in markdown and TRUST_A not in markdown  # masked for the UI
+
+
+def test_the_run_log_shows_no_full_iban(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = payout("BK-7001", creditor_iban="DE45120300001234567891")  # check digits wrong: skipped
+    renamed = payout("BK-7002", debtor_name="Treuhand anders")  # same trust account, other name: warned
+    caplog.set_level("INFO", logger="hausflow.sepa")
+    with payout_env(tmp_path):
+        summary = run_payouts([*PAYOUTS, bad, renamed])
+    assert summary["number"] == len(PAYOUTS) + 1
+    log = caplog.text
+    assert "BK-7001" in log and "DE45**************7891" in log and "DE45120300001234567891" not in log
+    assert "BK-7002" in log and TRUST_A not in log and f"{TRUST_A[:4]}**************{TRUST_A[-4:]}" in log
+    assert summary["file"] and Path(summary["file"]).stem in log  # the message id stays readable
