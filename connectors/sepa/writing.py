@@ -377,7 +377,9 @@ DIR_MODE = 0o700
 def make_private_dir(folder: Path) -> Path:
     """Create ``folder`` (and missing parents) readable by the owner only (0700); returns it.
 
-    Folders that already exist keep their permissions: an operator may have chosen them.
+    ``folder`` itself, when it exists already and is ours, is tightened to 0700 too: files written
+    there before the owner-only change may still be world-readable, and a closed folder keeps
+    them from others. Its existing parents keep their permissions (an operator chose them).
     """
     missing = []
     current = folder
@@ -392,6 +394,10 @@ def make_private_dir(folder: Path) -> Path:
         except FileExistsError:
             continue
         os.chmod(path, DIR_MODE)  # mkdir's mode is reduced by the umask, never widened: set it
+    if not missing:
+        info = folder.stat()
+        if info.st_mode & 0o077 and info.st_uid == os.getuid():
+            os.chmod(folder, DIR_MODE)
     return folder
 
 
