@@ -22,12 +22,14 @@ from connectors.sepa.writing import (
     MAX_NAME,
     MAX_REMITTANCE,
     amount_cents,
+    blanked_characters,
+    blanked_warning,
     check_bic,
     check_iban,
     compact_account,
     fault_point,
     fit_text,
-    is_valid_sepa_id,
+    sepa_id_problem,
     transliterate,
     transliterate_many,
 )
@@ -114,11 +116,16 @@ def _name(text: str, role: str, spelled: str | None = None) -> tuple[str | None,
     return name, None
 
 
-def check_payout(payout: Payout, spelled: tuple[str, str, str] | None = None) -> PayoutDecision:
+def check_payout(
+    payout: Payout, spelled: tuple[str, str, str] | None = None, may_blank: bool = True
+) -> PayoutDecision:
     """Check one payout rule by rule; the first broken rule skips it with a reason naming it.
 
     ``spelled``: creditor name, debtor name and remittance already transliterated (``plan_payouts``
     does it per batch, see ``transliterate_many``); else they are transliterated here.
+    ``may_blank``: False when the caller knows no text of this payout has a character without a
+    SEPA spelling (``plan_payouts`` looks per batch); else each text is looked at, and a
+    character left out becomes a warning naming the payout and the field.
 
     Rules: ``payout.id`` (the booking id is the EndToEndId: 1-35 characters of the SEPA id set,
     never altered, or the bank statement could not be matched), ``payout.amount`` (0.01 to
@@ -134,11 +141,11 @@ def check_payout(payout: Payout, spelled: tuple[str, str, str] | None = None) ->
     def skip(rule: str, reason: str) -> PayoutDecision:
         return PayoutDecision(payout, "skip", rule=rule, reason=f"payout {payout.payout_id!r}: {reason}")
 
-    if not is_valid_sepa_id(payout.payout_id):
+    if (problem := sepa_id_problem(payout.payout_id)) is not None:
         return skip(
             "payout.id",
-            "the booking id is the EndToEndId and must be 1-35 characters of A-Z a-z 0-9 space + ? / - : ( ) . , ' "
-            "(it is never changed, or the bank statement could not be matched): correct the booking id in the ERP",
+            f"the booking id is the EndToEndId and {problem} (it is never changed, or the bank "
+            "statement could not be matched): correct the booking id in the ERP",
         )
     cents, error = amount_cents(payout.amount)
     if cents is None:
@@ -167,7 +174,18 @@ def check_payout(payout: Payout, spelled: tuple[str, str, str] | None = None) ->
     if remittance_spelled is None:
         remittance_spelled = transliterate(payout.remittance)
     remittance, warning = fit_text(_same_or(payout.remittance, remittance_spelled), MAX_REMITTANCE)
-    warnings = (f"payout {payout.payout_id} ({payout.reference}): remittance {warning}",) if warning else ()
+    label = f"payout {payout.payout_id} ({payout.reference})"
+    warnings = (f"{label}: remittance {warning}",) if warning else ()
+    if may_blank:
+        blanked = (
+            blanked_warning(f"{label}: {what}", text)
+            for what, text in (
+                ("creditor name", payout.creditor_name),
+                ("debtor name", payout.debtor_name),
+                ("remittance", payout.remittance),
+            )
+        )
+        warnings = (*warnings, *(w for w in blanked if w))
     transfer = CreditTransfer(
         payout.payout_id,
         cents,
@@ -242,7 +260,7 @@ def plan_payouts(
     not_paid: list[PayoutDecision] = []
     warnings: list[str] = []
     seen: set[str] = set()
-    for payout, spelled in _spelled_in_batches(payouts):
+    for payout, spelled, may_blank in _spelled_in_batches(payouts):
         paid = already.get(payout.payout_id)
         block: PayoutBlockPlan | None = None
         if paid is not None:
@@ -263,7 +281,7 @@ def plan_payouts(
             )
         else:
             seen.add(payout.payout_id)
-            decision = check_payout(payout, spelled)
+            decision = check_payout(payout, spelled, may_blank)
         transfer = decision.transfer
         if transfer is not None:
             block = blocks.get(decision.debtor_iban)
@@ -305,14 +323,21 @@ def plan_payouts(
 SPELLING_BATCH = 2_000
 
 
-def _spelled_in_batches(payouts: Iterable[Payout]) -> Iterator[tuple[Payout, tuple[str, str, str]]]:
-    """Each payout with its creditor name, debtor name and remittance transliterated, a batch at a time."""
+def _spelled_in_batches(payouts: Iterable[Payout]) -> Iterator[tuple[Payout, tuple[str, str, str], bool]]:
+    """Each payout with its creditor name, debtor name and remittance transliterated, a batch at a
+    time, and whether any text of its batch has a character that is blanked (then each payout's
+    texts are looked at one by one; in the usual batch none is, and none is looked at again)."""
     it = iter(payouts)
     while batch := list(itertools.islice(it, SPELLING_BATCH)):
-        creditors = transliterate_many([p.creditor_name for p in batch])
-        debtors = transliterate_many([p.debtor_name for p in batch])
-        remittances = transliterate_many([p.remittance for p in batch])
-        yield from zip(batch, zip(creditors, debtors, remittances, strict=True), strict=True)
+        creditor_texts = [p.creditor_name for p in batch]
+        debtor_texts = [p.debtor_name for p in batch]
+        remittance_texts = [p.remittance for p in batch]
+        may_blank = bool(blanked_characters("\n".join((*creditor_texts, *debtor_texts, *remittance_texts))))
+        creditors = transliterate_many(creditor_texts)
+        debtors = transliterate_many(debtor_texts)
+        remittances = transliterate_many(remittance_texts)
+        for payout, spelled in zip(batch, zip(creditors, debtors, remittances, strict=True), strict=True):
+            yield payout, spelled, may_blank
 
 
 def pmt_inf_id(msg_id: str, block: PayoutBlockPlan) -> str:

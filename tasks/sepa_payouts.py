@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from config.settings import HausflowSettings
+from connectors.sepa.errors import SepaValidationError
 from connectors.sepa.pain001 import Payout
 from connectors.sepa.payout_ledger import PayoutLedger, PayoutRow
 from connectors.sepa.writing import (
@@ -49,7 +50,7 @@ from tasks.sepa_payout_rules import (
     write_payout_xml,
 )
 from tasks.sepa_rules import make_msg_id
-from tasks.sepa_run import run_logger
+from tasks.sepa_run import mask_ibans, run_logger
 
 BERLIN = ZoneInfo("Europe/Berlin")
 LOCK_NAME = "sepa-payout-run"
@@ -157,10 +158,11 @@ def write_payouts(
             listing_path,
             {"completed": completed, "abandoned": abandoned, "unverified": unverified},
         )
+        # the log is read more widely than the owner-only listing: no full IBAN in it
         for note in (*summary["skipped"], *summary["already_paid"]):
-            log.warning("%s [%s] (reference %s)", note["reason"], note["rule"], note["reference"])
+            log.warning("%s [%s] (reference %s)", mask_ibans(note["reason"]), note["rule"], note["reference"])
         for warning in plan.warnings:
-            log.warning("%s", warning)
+            log.warning("%s", mask_ibans(warning))
         log.info(
             "Payout control listing %s: %d to pay (%s EUR), %d skipped, %d already paid",
             listing_path,
@@ -186,13 +188,25 @@ def write_payouts(
             _ledger_rows(plan, msg_id),
         )
         fault_point("after_begin")
-        totals = ledger.write_and_publish(
-            msg_id,
-            path,
-            "pain.001",
-            lambda fh: write_payout_xml(fh, plan, blocks, msg_id, created, initiating),
-            scan,
-        )
+        try:
+            totals = ledger.write_and_publish(
+                msg_id,
+                path,
+                "pain.001",
+                lambda fh: write_payout_xml(fh, plan, blocks, msg_id, created, initiating),
+                scan,
+            )
+        except SepaValidationError as exc:
+            # a schema error quotes the offending value, an IBAN say: it reaches the log masked
+            masked = mask_ibans(str(exc))
+            log.error(
+                "Payout file %s was not published: %s; its payouts are released for the next run, "
+                "see the control listing %s",
+                msg_id,
+                masked,
+                listing_path,
+            )
+            raise SepaValidationError(masked) from None
         log.info(
             "Payout file %s is complete, valid (GBIC_5) and recorded: %d payouts, %s EUR; hand it to the bank",
             path,

@@ -8,6 +8,7 @@ tested with a table of cases. ``decide_claim`` combines them into one decision p
 from __future__ import annotations
 
 import calendar
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -23,12 +24,15 @@ from connectors.sepa.writing import (
     MAX_NAME,
     MAX_REMITTANCE,
     NOTPROVIDED,
+    blanked_warning,
     check_amount,
     check_bic,
     check_iban,
+    compact_account,
     fit_text,
     is_valid_sepa_id,
     sanitize_id,
+    sepa_id_problem,
     to_cents,
     transliterate,
 )
@@ -44,6 +48,10 @@ from connectors.sepa.writing import (
 # ---------------------------------------------------------------------------------------------
 # EndToEndId and remittance (seed 003: Kundenreferenz; seed 004: Ueberweisungstexte)
 # ---------------------------------------------------------------------------------------------
+
+
+#: Runs of ``/``: the EPC rules forbid ``//`` in an id, and a leading or trailing ``/``.
+_SLASHES = re.compile(r"/{2,}")
 
 
 def end_to_end_id(template: str, object_no: str, person_no: str, claim_no: str) -> tuple[str, list[str]]:
@@ -62,8 +70,8 @@ def end_to_end_id(template: str, object_no: str, person_no: str, claim_no: str) 
     if not template.strip():
         return NOTPROVIDED, []
     base = template.replace("[OBJEKTNUMMER]", object_no).replace("[MIETERNUMMER]", person_no)
-    base = sanitize_id(base).strip()
-    suffix = sanitize_id(claim_no).replace(" ", "")
+    base = _SLASHES.sub("/", sanitize_id(base)).strip(" /")
+    suffix = _SLASHES.sub("/", sanitize_id(claim_no).replace(" ", "")).strip("/")
     warnings: list[str] = []
     if not suffix:
         raise ValueError(f"claim number {claim_no!r} has no character allowed in a SEPA id")
@@ -72,7 +80,7 @@ def end_to_end_id(template: str, object_no: str, person_no: str, claim_no: str) 
         return suffix[-MAX_ID:], [f"EndToEndId is the claim number only ({claim_no} is long)"]
     if len(base) > room:
         warnings.append(f"EndToEndId prefix '{base}' shortened to '{base[:room]}' to keep the claim number")
-        base = base[:room].rstrip()
+        base = base[:room].rstrip(" /")
     value = f"{base}/{suffix}" if base else suffix
     return value, warnings
 
@@ -106,13 +114,19 @@ def remittance_text(
     parts = [transliterate(line) for line in lines]
     text = " ".join(p for p in parts if p)
     fitted, warning = fit_text(text, limit)
-    return fitted, ([f"remittance {warning}"] if warning else [])
+    warnings = [f"remittance {warning}"] if warning else []
+    if blanked := blanked_warning("remittance", "\n".join(lines)):
+        warnings.append(blanked)
+    return fitted, warnings
 
 
 def debtor_name(account_holder: str) -> tuple[str, list[str]]:
     """The debtor name (at most 70 characters), transliterated; warns when shortened."""
     name, warning = fit_text(transliterate(account_holder), MAX_NAME)
-    return name, ([f"debtor name {warning}"] if warning else [])
+    warnings = [f"debtor name {warning}"] if warning else []
+    if blanked := blanked_warning("debtor name", account_holder):
+        warnings.append(blanked)
+    return name, warnings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,12 +511,12 @@ def decide_claim(
             "attach the debtor's own mandate",
             **kw,
         )
-    if not is_valid_sepa_id(mandate.mandate_id):
+    if (id_problem := sepa_id_problem(mandate.mandate_id)) is not None:
         return _quarantine(
             claim,
             way,
             "sepa.mandate.id",
-            f"mandate id {mandate.mandate_id!r} has characters SEPA does not allow",
+            f"mandate id {mandate.mandate_id!r} {id_problem}",
             "renumber the mandate (A-Z, 0-9, + ? / - : ( ) . , ' and space, at most 35)",
             **kw,
         )
@@ -550,7 +564,7 @@ def decide_claim(
             "a new mandate is needed",
             **kw,
         )
-    iban = mandate.iban.replace(" ", "").upper()
+    iban = compact_account(mandate.iban)
     iban_error = check_iban(iban)
     if iban_error:
         return _quarantine(
@@ -561,7 +575,7 @@ def decide_claim(
             "correct the IBAN of the mandate",
             **kw,
         )
-    bic = (mandate.bic or "").replace(" ", "").upper() or None
+    bic = compact_account(mandate.bic) or None
     bic_error = check_bic(bic, iban)
     if bic_error:
         return _quarantine(

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from schwifty.exceptions import InvalidCountryCode
+from schwifty.registry import get_iban_spec
+
 from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
 from connectors.sepa.camt import (
@@ -281,9 +284,21 @@ class DebitPlan:
 IBAN_IN_TEXT = re.compile(r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b")
 
 
+def _mask_if_iban(match: re.Match[str]) -> str:
+    """The match masked when it starts with an IBAN country code; a message id such as
+    ``HP20260302090000`` has the same shape and stays readable."""
+    candidate = match.group(0)
+    try:
+        get_iban_spec(candidate[:2])
+    except InvalidCountryCode:
+        return candidate
+    return mask_iban(candidate)
+
+
 def mask_ibans(text: str) -> str:
-    """``text`` with every IBAN in it masked (an amendment's original IBAN, say), for the UI."""
-    return IBAN_IN_TEXT.sub(lambda m: mask_iban(m.group(0)), text)
+    """``text`` with every IBAN in it masked (an amendment's original IBAN, a skipped payout's
+    account, a schema error quoting one), for logs and the UI; valid or not, it is masked."""
+    return IBAN_IN_TEXT.sub(_mask_if_iban, text)
 
 
 def claim_note(decision: Decision, text: str) -> dict[str, str]:

@@ -47,7 +47,7 @@ SINGLE_ENTRY = Entry(
             pmt_inf_id="HF20260302090000-testrun0-001-001",
             mandate_id="M-P002",
             debtor="Mieterin Zwei",
-            debtor_iban="DE45120300001234567890",
+            debtor_iban="DE50120300001234567897",
             remittance="Miete Maerz",
         )
     ],
@@ -221,7 +221,7 @@ def test_every_version_reads_to_the_same_records(tmp_path: Path) -> None:
         "M-P002",
         Decimal("620.00"),
         "Mieterin Zwei",
-        "DE45120300001234567890",
+        "DE50120300001234567897",
         "Miete Maerz",
     )
     assert (ret.credit_debit, ret.bank_code, ret.transactions[0].return_reason) == (

@@ -229,7 +229,7 @@ def test_claim_taken_by_another_run_between_plan_and_write_publishes_nothing(sce
                 "OTHER-001",
                 "X",
                 "M-P002",
-                "DE09100100101234567890",
+                "DE84100100101234567898",
                 "P002",
                 "O100",
                 Decimal("620.00"),

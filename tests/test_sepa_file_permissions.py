@@ -52,6 +52,19 @@ def test_existing_folders_keep_their_mode_but_files_in_them_do_not(tmp_path: Pat
     assert _mode(old) == 0o600 and old.read_text() == "new"
 
 
+def test_an_existing_output_folder_is_closed_when_used(tmp_path: Path, open_umask: None) -> None:
+    """Files written before the owner-only change stay 0644; the folder they are in is closed (0700)."""
+    parent = tmp_path / "srv"
+    out = parent / "sepa-out"
+    out.mkdir(parents=True, mode=0o755)
+    parent.chmod(0o755)
+    old = out / "HF20250101000000-old00000-001.xml"
+    old.write_text("<old/>")
+    old.chmod(0o644)
+    assert make_private_dir(out) == out
+    assert _mode(out) == 0o700 and _mode(parent) == 0o755  # the folder used, not its parents
+
+
 def test_spool_is_owner_only_and_a_crashed_runs_spool_is_deleted(tmp_path: Path, open_umask: None) -> None:
     out = tmp_path / "out"
     spool = SpoolWriter(out / ".work-crashed", max_per_file=10)
@@ -75,7 +88,7 @@ def test_next_debit_run_deletes_a_spool_left_by_a_crash(tmp_path: Path) -> None:
     left = s.output_dir / ".work-deadbeef"
     left.mkdir(parents=True)
     (left / "0000_2026-03-04_RCUR.csv").write_text(
-        "C1;1;P1;O1;E;100;M;2024-01-01;Name;DE45120300001234567890\n"
+        "C1;1;P1;O1;E;100;M;2024-01-01;Name;DE50120300001234567897\n"
     )
     with sepa_env(s.erp_url, s.state_url, str(s.output_dir)):
         debit_run()

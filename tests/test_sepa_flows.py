@@ -36,7 +36,7 @@ def test_debit_flow_dry_run_then_run(prefect_harness: None, tmp_path: Path) -> N
         assert dry["batch_booking"] is False  # stored default from the settings
         assert Path(dry["control_listing"]).exists() and not list(s.output_dir.glob("*.xml"))
         table = asyncio.run(_artifact("sepa-control-listing"))
-        assert isinstance(table, str) and "C1001" in table and "DE45120300001234567890" not in table  # masked
+        assert isinstance(table, str) and "C1001" in table and "DE50120300001234567897" not in table  # masked
 
         real = sepa_debit_run(collection_date=date(2026, 3, 2), batch_booking=True)
     assert real["collection_date"] == "2026-03-03"  # too early: moved to the next possible day

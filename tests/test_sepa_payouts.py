@@ -53,10 +53,18 @@ def _mode(path: Path) -> int:
     ("changes", "outcome", "rule", "text"),
     [
         ({}, "pay", None, None),
-        ({"creditor_iban": "de45 1203 0000 1234 5678 90", "creditor_bic": "byladem1001"}, "pay", None, None),
+        ({"creditor_iban": "de50 1203 0000 1234 5678 97", "creditor_bic": "byladem1001"}, "pay", None, None),
         ({"payout_id": "BK_1001"}, "skip", "payout.id", "EndToEndId"),
         ({"payout_id": "B" * 36}, "skip", "payout.id", "1-35 characters"),
         ({"payout_id": "BK-Ü1"}, "skip", "payout.id", "never changed"),
+        # EPC id rules the schema does not check
+        ({"payout_id": " BK-1001"}, "skip", "payout.id", "must not start or end with a space"),
+        ({"payout_id": "BK-1001 "}, "skip", "payout.id", "must not start or end with a space"),
+        ({"payout_id": "   "}, "skip", "payout.id", "spaces only"),
+        ({"payout_id": "/BK-1001"}, "skip", "payout.id", "must not start or end with '/'"),
+        ({"payout_id": "BK-1001/"}, "skip", "payout.id", "must not start or end with '/'"),
+        ({"payout_id": "BK//1001"}, "skip", "payout.id", "must not contain '//'"),
+        ({"payout_id": "BK/1001 A"}, "pay", None, None),
         ({"amount": Decimal("0")}, "skip", "payout.amount", "outside 0.01"),
         ({"amount": Decimal("-5.00")}, "skip", "payout.amount", "outside 0.01"),
         ({"amount": Decimal("1.005")}, "skip", "payout.amount", "more than two decimals"),
@@ -72,6 +80,43 @@ def _mode(path: Path) -> int:
         ({"creditor_name": "☺ ☺"}, "skip", "payout.creditor_name", "empty"),
         ({"creditor_name": UMLAUT_NAME}, "skip", "payout.creditor_name", "77 characters"),
         ({"debtor_name": "T" * 71}, "skip", "payout.debtor_name", "shorten it in the ERP"),
+        # any whitespace (no-break space, tab) is taken out of IBAN and BIC, not sent to the bank
+        (
+            {"creditor_iban": IBAN_BYLA[:4] + "\u00a0" + IBAN_BYLA[4:], "creditor_bic": "BYLA\tDEM1001"},
+            "pay",
+            None,
+            None,
+        ),
+        # the German account check digit (IBAN check digits alone are right)
+        ({"creditor_iban": "DE08700901001234567890"}, "skip", "payout.creditor_iban", "national checksum"),
+        ({"debtor_iban": "DE08700901001234567890"}, "skip", "payout.debtor_iban", "national checksum"),
+        # valid IBANs outside the SEPA zone
+        (
+            {"creditor_iban": "BR1500000000000010932840814P2"},
+            "skip",
+            "payout.creditor_iban",
+            "outside the SEPA zone",
+        ),
+        (
+            {"creditor_iban": "SA0380000000608010167519"},
+            "skip",
+            "payout.creditor_iban",
+            "outside the SEPA zone",
+        ),
+        # SEPA but outside the EEA: the BIC is required
+        (
+            {"creditor_iban": "CH9300762011623852957", "creditor_bic": None},
+            "skip",
+            "payout.creditor_bic",
+            "outside the EEA",
+        ),
+        (
+            {"creditor_iban": "GB33BUKB20201555555555", "creditor_bic": None},
+            "skip",
+            "payout.creditor_bic",
+            "add it",
+        ),
+        ({"creditor_iban": "GB33BUKB20201555555555", "creditor_bic": "BUKBGB22"}, "pay", None, None),
     ],
 )
 def test_payout_rules(changes: dict[str, object], outcome: str, rule: str | None, text: str | None) -> None:
@@ -114,6 +159,20 @@ def test_transliteration_and_lengths(field: str, given: str, in_file: str | None
         assert "BK-1001" in warning and "V-4711/O100" in warning and "dropped: 'Schadensersatz'" in warning
     else:
         assert value == in_file and decision.warnings == ()
+
+
+def test_a_character_left_out_is_a_warning_naming_the_payout_and_the_field() -> None:
+    given = replace(payout("BK-1001"), creditor_name="Hans ☺ Meier", remittance="Kaution 100€ Nr ✓")
+    decision = check_payout(given)
+    assert decision.outcome == "pay" and decision.transfer is not None
+    assert decision.transfer.creditor_name == "Hans Meier"
+    assert decision.transfer.remittance == "Kaution 100 EUR Nr"
+    creditor, remittance = decision.warnings
+    assert creditor.startswith("payout BK-1001 (V-4711/O100): creditor name") and "U+263A" in creditor
+    assert remittance.startswith("payout BK-1001 (V-4711/O100): remittance") and "U+2713" in remittance
+    # through the plan (texts transliterated a batch at a time): the same warnings, none for the others
+    plan = plan_payouts([payout("BK-1002"), given], {}, EXECUTION)
+    assert plan.warnings == list(decision.warnings)
 
 
 def test_plan_groups_by_trust_account_and_reports_duplicates_and_paid() -> None:
@@ -323,3 +382,16 @@ def test_write_payout_file_task_in_a_flow_and_its_summary_masks_ibans(
     ]
     assert "BK-9001" in markdown and "payout.creditor_iban" in markdown and "2015.55" in markdown
     assert "DE45120300001234567891" not in markdown and TRUST_A not in markdown  # masked for the UI
+
+
+def test_the_run_log_shows_no_full_iban(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = payout("BK-7001", creditor_iban="DE45120300001234567891")  # check digits wrong: skipped
+    renamed = payout("BK-7002", debtor_name="Treuhand anders")  # same trust account, other name: warned
+    caplog.set_level("INFO", logger="hausflow.sepa")
+    with payout_env(tmp_path):
+        summary = run_payouts([*PAYOUTS, bad, renamed])
+    assert summary["number"] == len(PAYOUTS) + 1
+    log = caplog.text
+    assert "BK-7001" in log and "DE45**************7891" in log and "DE45120300001234567891" not in log
+    assert "BK-7002" in log and TRUST_A not in log and f"{TRUST_A[:4]}**************{TRUST_A[-4:]}" in log
+    assert summary["file"] and Path(summary["file"]).stem in log  # the message id stays readable

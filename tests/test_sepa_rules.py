@@ -9,6 +9,8 @@ import pytest
 
 from connectors.sepa.writing import (
     ID_ALLOWED,
+    blanked_characters,
+    is_valid_sepa_id,
     transliterate_many,
 )
 from tasks.sepa_rules import (
@@ -28,6 +30,7 @@ from tasks.sepa_rules import (
     check_iban,
     choose_recurrent_mandate,
     claim_collection_date,
+    debtor_name,
     decide_claim,
     earliest_collection_date,
     effective_collection_date,
@@ -41,9 +44,9 @@ from tasks.sepa_rules import (
     transliterate,
 )
 
-IBAN_BYLA = "DE45120300001234567890"
+IBAN_BYLA = "DE50120300001234567897"
 IBAN_BYLA_2 = "DE23120300000532013000"
-IBAN_PBNK = "DE09100100101234567890"
+IBAN_PBNK = "DE84100100101234567898"
 
 
 # ---- selection (seed 004: three ways) ------------------------------------------------------
@@ -85,6 +88,9 @@ def test_release_budget_takes_oldest_claims_and_stops_at_first_that_does_not_fit
         ("", "O100", "P001", "C1", NOTPROVIDED, False),  # empty -> NOTPROVIDED
         ("   ", "O100", "P001", "C1", NOTPROVIDED, False),
         ("Grün_[OBJEKTNUMMER]", "Ö1", "P1", "C1", "Gruen-Oe1/C1", False),  # transliterated, _ -> -
+        # EPC: no '//', no '/' or space at either end, whatever the template and numbers hold
+        ("/[OBJEKTNUMMER]/", "O100", "P001", "C1", "O100/C1", False),
+        ("[OBJEKTNUMMER]//[MIETERNUMMER]", "O100", "P001", "/C1/", "O100/P001/C1", False),
         (
             "[OBJEKTNUMMER]-[MIETERNUMMER]",
             "OBJ-0000000000001",
@@ -100,7 +106,7 @@ def test_end_to_end_id(
 ) -> None:
     value, warnings = end_to_end_id(template, object_no, person_no, claim_no)
     assert value == expected
-    assert len(value) <= 35 and ID_ALLOWED.match(value)
+    assert len(value) <= 35 and is_valid_sepa_id(value)
     assert bool(warnings) == warns
 
 
@@ -133,7 +139,14 @@ TRANSLITERATIONS = [
     ("Café Crème", "Cafe Creme"),
     ("Schmidt & Söhne", "Schmidt + Soehne"),
     ("Miete_März", "Miete-Maerz"),
-    ("Preis: 5€ ; *Rabatt*", "Preis: 5 , Rabatt"),
+    ("Preis: 5€ ; *Rabatt*", "Preis: 5 EUR , Rabatt"),
+    ("Mu\u0308ller", "Mueller"),  # decomposed umlaut: composed first, then spelt out
+    ("STRAẞE 5", "STRASSE 5"),
+    ("Einbehalt 50% = 500€", "Einbehalt 50 Prozent gleich 500 EUR"),
+    ("info@muster.de", "info(at)muster.de"),
+    ("Rechnung #12", "Rechnung Nr. 12"),
+    ("„Zitat“ – Ende", "'Zitat' - Ende"),
+    ("a+b/c-d?e:f(g).h,i'j", "a+b/c-d?e:f(g).h,i'j"),  # the SEPA set stays as it is
     ("Zeile1\nZeile2", "Zeile1 Zeile2"),
     ("  Ørsted  æ ł  ", "Orsted ae l"),
     ("", ""),
@@ -143,6 +156,28 @@ TRANSLITERATIONS = [
 @pytest.mark.parametrize(("raw", "expected"), TRANSLITERATIONS)
 def test_transliterate(raw: str, expected: str) -> None:
     assert transliterate(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "blanked"),
+    [
+        ("Müller & Söhne 50%", ""),
+        ("Hans ☺ Meier", "☺"),
+        ("*Rabatt*", "*"),
+        ("Иван", "Иавн"),
+        ("a\tb\u00a0c", ""),
+    ],
+)
+def test_blanked_characters_are_named(raw: str, blanked: str) -> None:
+    assert blanked_characters(raw) == blanked
+
+
+def test_debit_texts_warn_when_a_character_is_left_out() -> None:
+    _text, warnings = remittance_text((), "1", date(2026, 3, 1), "Miete ☺ März")
+    assert any("remittance" in w and "U+263A" in w for w in warnings)
+    name, warnings = debtor_name("Hans ☺ Meier")
+    assert name == "Hans Meier" and len(warnings) == 1 and "debtor name" in warnings[0]
+    assert debtor_name("Jürgen Müller")[1] == []
 
 
 def test_transliterating_many_texts_at_once_gives_each_its_own_result() -> None:
@@ -340,7 +375,16 @@ def test_creditor_id(value: str, ok: bool) -> None:
 
 @pytest.mark.parametrize(
     ("iban", "ok"),
-    [(IBAN_BYLA, True), ("DE45120300001234567891", False), ("DE4512030000123456789", False), ("XX00", False)],
+    [
+        (IBAN_BYLA, True),
+        ("DE45120300001234567891", False),
+        ("DE4512030000123456789", False),
+        ("XX00", False),
+        ("DE08700901001234567890", False),  # IBAN check digits right, account check digit wrong
+        ("BR1500000000000010932840814P2", False),  # valid, outside the SEPA zone
+        ("SA0380000000608010167519", False),
+        ("CH9300762011623852957", True),  # SEPA zone (its BIC is required: see test_bic)
+    ],
 )
 def test_iban(iban: str, ok: bool) -> None:
     assert (check_iban(iban) is None) is ok
@@ -355,6 +399,10 @@ def test_iban(iban: str, ok: bool) -> None:
         ("COBADEFFXXX", IBAN_BYLA, False),  # another bank
         ("BYLAATM1", IBAN_BYLA, False),  # another country
         ("BYLA", IBAN_BYLA, False),  # malformed
+        (None, "CH9300762011623852957", False),  # outside the EEA: BIC required
+        (None, "MC5811222000010123456789030", False),
+        (None, "GB33BUKB20201555555555", False),
+        ("BUKBGB22", "GB33BUKB20201555555555", True),
     ],
 )
 def test_bic(bic: str | None, iban: str, ok: bool) -> None:
@@ -412,11 +460,22 @@ DAY = date(2026, 3, 4)
         (_claim(), None, "quarantine", "sepa.mandate.missing"),
         (_claim(), _mandate(person_no="P2"), "quarantine", "sepa.mandate.person"),
         (_claim(), _mandate(mandate_id="M_1"), "quarantine", "sepa.mandate.id"),
+        (_claim(), _mandate(mandate_id="M//1"), "quarantine", "sepa.mandate.id"),
+        (_claim(), _mandate(mandate_id="M1 "), "quarantine", "sepa.mandate.id"),
         (_claim(), _mandate(revoked_on=date(2026, 3, 4)), "quarantine", "sepa.mandate.revoked"),
         (_claim(), _mandate(signed_on=date(2026, 3, 5)), "quarantine", "sepa.mandate.not_signed"),
         (_claim(), _mandate(signed_on=date(2020, 1, 1)), "quarantine", "sepa.mandate.lapsed"),
         (_claim(), _mandate(iban="DE45120300001234567891"), "quarantine", "sepa.iban"),
         (_claim(), _mandate(bic="COBADEFFXXX"), "quarantine", "sepa.bic"),
+        (
+            _claim(),
+            _mandate(iban=IBAN_BYLA[:4] + "\u00a0" + IBAN_BYLA[4:], bic="BYLA\tDEM1001"),
+            "debit",
+            None,
+        ),
+        (_claim(), _mandate(iban="DE08700901001234567890"), "quarantine", "sepa.iban"),  # account check digit
+        (_claim(), _mandate(iban="BR1500000000000010932840814P2"), "quarantine", "sepa.iban"),  # not SEPA
+        (_claim(), _mandate(iban="CH9300762011623852957"), "quarantine", "sepa.bic"),  # outside EEA, no BIC
         (_claim(open_amount=Decimal("10.001")), _mandate(), "quarantine", "sepa.amount"),
         (_claim(open_amount=Decimal("2000000000")), _mandate(), "quarantine", "sepa.amount"),
     ],
@@ -440,7 +499,7 @@ def test_single_mandate_can_be_used_once() -> None:
 
 
 def test_debit_decision_carries_transaction_fields() -> None:
-    m = _mandate(account_holder="Jürgen Müller", iban="de45 1203 0000 1234 5678 90", bic="byladem1001")
+    m = _mandate(account_holder="Jürgen Müller", iban="de50 1203 0000 1234 5678 97", bic="byladem1001")
     d = decide_claim(_claim(booking_text="Miete März"), Way.AUTO_DEBIT, m, MandateHistory(), CTX, DAY)
     assert d.outcome == "debit"
     assert d.end_to_end_id == "O1-P1/C1"

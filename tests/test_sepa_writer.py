@@ -31,7 +31,7 @@ def _tx(i: int, **kw: object) -> DebitTransaction:
         "mandate_id": f"M{i}",
         "mandate_signed_on": date(2024, 1, 1),
         "debtor_name": "Max Mustermann",
-        "debtor_iban": "DE45120300001234567890",
+        "debtor_iban": "DE50120300001234567897",
         "debtor_bic": "BYLADEM1001",
         "remittance": "RECHNUNG 1 VOM 01.03.26",
     }
@@ -129,7 +129,7 @@ def test_spool_splits_files_and_plan_orders_blocks(tmp_path: Path) -> None:
         "mandate_id": "M",
         "mandate_signed_on": "2024-01-01",
         "debtor_name": "N",
-        "debtor_iban": "DE45120300001234567890",
+        "debtor_iban": "DE50120300001234567897",
         "debtor_bic": None,
         "remittance": 'R, with comma; and "quotes"',
         "original_debtor_iban": None,

@@ -59,6 +59,10 @@ _SPELLED: dict[str, str] = {
     **{"Ø": "O", "ø": "o", "Æ": "Ae", "æ": "ae", "Œ": "Oe", "œ": "oe", "Ł": "L", "ł": "l"},
     **{"Đ": "D", "đ": "d", "Ð": "D", "ð": "d", "Þ": "Th", "þ": "th", "ı": "i"},
     **{"&": "+", "_": "-", "\t": " ", "\n": " ", "\r": " ", ";": ",", "!": "."},
+    # signs the set lacks, spelt out (runs of spaces collapse afterwards): 5% -> 5 Prozent
+    **{"ẞ": "SS", "€": " EUR ", "%": " Prozent ", "=": " gleich ", "@": "(at)", "#": " Nr. "},
+    **{"\u201c": "'", "\u201d": "'", "\u201e": "'", "\u00ab": "'", "\u00bb": "'", '"': "'"},
+    **{"\u2018": "'", "\u2019": "'", "\u201a": "'", "`": "'", "\u2013": "-", "\u2014": "-", "\u00d7": "x"},
 }
 _SPACES = re.compile(r" {2,}")
 #: The characters German texts carry most, replaced by ``str.replace`` (fast, in C) before the
@@ -92,13 +96,17 @@ NOTPROVIDED = "NOTPROVIDED"
 def transliterate(text: str) -> str:
     """Turn any text into the SEPA basic Latin set without losing meaning.
 
-    German umlauts become two letters (ä -> ae, ß -> ss), other accents lose their mark (é -> e),
-    letters without a separable mark are spelt out (ø -> o, æ -> ae, ł -> l), ``&``
-    becomes ``+`` and ``_`` becomes ``-``; anything else outside the set becomes a space, and runs
-    of spaces collapse. Nothing is cut here; length is the caller's business. One regular
+    The text is first composed (NFC: ``u`` + combining diaeresis is ``ü``). German umlauts become
+    two letters (ä -> ae, ß -> ss, ẞ -> SS), other accents lose their mark (é -> e), letters
+    without a separable mark are spelt out (ø -> o, æ -> ae, ł -> l), signs the set lacks are
+    spelt out (``&`` -> ``+``, ``_`` -> ``-``, € -> EUR, % -> Prozent, = -> gleich, @ -> (at),
+    # -> Nr., typographic quotes -> ', dashes -> -); anything else outside the set becomes a space
+    (``blanked_characters`` says which, for a warning), and runs of spaces collapse. Nothing is cut here; length is the caller's business. One regular
     expression pass that touches only the characters outside the set (a few microseconds);
     recent texts are remembered (a trust account's or an owner's name recurs).
     """
+    if not text.isascii():  # "Mu" + combining diaeresis is "Mü" (NFC), so it becomes "Mue"
+        text = unicodedata.normalize("NFC", text)
     for char, spelled in _COMMON:
         if char in text:
             text = text.replace(char, spelled)
@@ -124,6 +132,8 @@ def transliterate_many(texts: Sequence[str]) -> list[str]:
     by one.
     """
     joined = "\x00".join(texts)
+    if not joined.isascii():
+        joined = unicodedata.normalize("NFC", joined)
     for char, spelled in _COMMON:
         if char in joined:
             joined = joined.replace(char, spelled)
@@ -137,14 +147,61 @@ def transliterate_many(texts: Sequence[str]) -> list[str]:
     return [part.strip() for part in parts]
 
 
+def _is_blanked(char: str) -> bool:
+    """True when ``transliterate`` has no spelling for ``char`` and leaves a space (or nothing)."""
+    return not char.isspace() and char != "\x00" and not _spell(char).strip()
+
+
+def blanked_characters(text: str) -> str:
+    """The characters of ``text`` that ``transliterate`` cannot spell and blanks ('' for none).
+
+    Why: a symbol or a letter of another script turned into a space changes the text without a
+    trace; callers warn with the record's name when this is not empty, so the control listing
+    and the log show it. Whitespace is not reported (it stays a space). A pass in C over the
+    characters outside the SEPA set; only those are looked at.
+    """
+    if text.isascii() and _TEXT_FORBIDDEN_BUT_NUL.search(text) is None:
+        return ""
+    text = unicodedata.normalize("NFC", text)
+    found = {char for char in _TEXT_FORBIDDEN_BUT_NUL.findall(text) if _is_blanked(char)}
+    return "".join(sorted(found))
+
+
+def blanked_warning(what: str, text: str) -> str | None:
+    """A warning that ``what`` (e.g. ``creditor name``) lost characters, or None when none was blanked."""
+    blanked = blanked_characters(text)
+    if not blanked:
+        return None
+    shown = " ".join(f"'{c}' (U+{ord(c):04X})" for c in blanked)
+    return f"{what}: {shown} has no SEPA spelling and was left out; check the text ({text!r})"
+
+
 def sanitize_id(text: str) -> str:
     """Transliterate an id part and drop characters the id charset forbids (spaces kept)."""
     return _ID_FORBIDDEN.sub("", transliterate(text))
 
 
+def sepa_id_problem(value: str) -> str | None:
+    """None when ``value`` may be a SEPA id (MsgId, PmtInfId, EndToEndId, MndtId); else what is wrong.
+
+    The DK schema asks for 1-35 characters of ``A-Z a-z 0-9 space + ? / - : ( ) . , '``; the EPC
+    rules add what the schema does not check and banks refuse: no space at the start or end (nor
+    spaces only), no ``/`` at the start or end, and no ``//`` inside.
+    """
+    if not ID_ALLOWED.match(value):
+        return "must be 1-35 characters of A-Z a-z 0-9 space + ? / - : ( ) . , '"
+    if value != value.strip(" "):
+        return "must not start or end with a space" if value.strip(" ") else "must not be spaces only"
+    if value.startswith("/") or value.endswith("/"):
+        return "must not start or end with '/'"
+    if "//" in value:
+        return "must not contain '//'"
+    return None
+
+
 def is_valid_sepa_id(value: str) -> bool:
-    """True when ``value`` is 1-35 characters of the DK id charset (what the bank's XSD requires)."""
-    return bool(ID_ALLOWED.match(value))
+    """True when ``value`` is a SEPA id the bank takes (see ``sepa_id_problem``)."""
+    return sepa_id_problem(value) is None
 
 
 def fit_text(text: str, limit: int) -> tuple[str, str | None]:
@@ -200,24 +257,81 @@ def format_cents(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
+#: Countries of the European Economic Area (EU, Iceland, Liechtenstein, Norway). A payment to or
+#: from an account in another SEPA country (Switzerland, the United Kingdom, Monaco, ...) needs
+#: the BIC of its bank (EPC rulebooks); inside the EEA the IBAN alone is enough.
+EEA_COUNTRIES = frozenset(
+    [
+        "AT",
+        "BE",
+        "BG",
+        "CY",
+        "CZ",
+        "DE",
+        "DK",
+        "EE",
+        "ES",
+        "FI",
+        "FR",
+        "GR",
+        "HR",
+        "HU",
+        "IE",
+        "IT",
+        "LT",
+        "LU",
+        "LV",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SE",
+        "SI",
+        "SK",
+        "IS",
+        "LI",
+        "NO",
+    ]
+)
+
+
 @lru_cache(maxsize=8192)
 def check_iban(iban: str) -> str | None:
-    """None when the IBAN is valid (length, check digits, German account check digit)."""
+    """None when the IBAN can go into a SEPA file; else the reason, naming the rule.
+
+    Checked (schwifty): length, format, check digits, the bank's own account check digit
+    (``validate_bban``, the German "Pruefziffer" included), and membership of the SEPA zone: an
+    account in Brazil or Saudi Arabia has a valid IBAN but cannot be paid or debited by SEPA.
+    ``iban`` is the compact form (``compact_account``).
+    """
     try:
-        IBAN(iban)
+        account = IBAN(iban, validate_bban=True)
     except ValueError as exc:
         return f"IBAN {iban!r} is not valid: {exc}"
+    if not account.in_sepa_zone:
+        return (
+            f"IBAN {iban} is from {account.country_code}, which is outside the SEPA zone: pay it another way"
+        )
     return None
 
 
 @lru_cache(maxsize=8192)
 def check_bic(bic: str | None, iban: str) -> str | None:
-    """None when the BIC is empty (IBAN-only is allowed) or valid and belongs to the IBAN's bank.
+    """None when the BIC may go with the IBAN; else the reason.
 
-    Belonging: same country; and where the bank registry knows the IBAN's bank, the same
-    institution code (first four letters) as one of that bank's BICs.
+    Empty is fine for an IBAN of the EEA (IBAN-only); an IBAN of a SEPA country outside the EEA
+    (CH, GB, MC, SM, ...) needs the BIC. A BIC given must be valid and belong to the IBAN's bank:
+    same country; and where the bank registry knows the IBAN's bank, the same institution code
+    (first four letters) as one of that bank's BICs.
     """
     if not bic:
+        try:
+            country = IBAN(iban).country_code
+        except ValueError:
+            return None  # the IBAN check reports it
+        if country not in EEA_COUNTRIES:
+            return f"IBAN {iban} is from {country}, outside the EEA: SEPA needs the bank's BIC there; add it"
         return None
     try:
         parsed = BIC(bic)
@@ -235,9 +349,21 @@ def check_bic(bic: str | None, iban: str) -> str | None:
     return None
 
 
+#: Whitespace of any kind (tab, no-break space U+00A0, narrow no-break space, ...) and the
+#: invisible format characters copy and paste brings along (zero-width space, word joiner, BOM).
+_ACCOUNT_NOISE = re.compile(r"[\s\u200b-\u200d\u2060\ufeff]+")
+
+
 def compact_account(value: str | None) -> str:
-    """IBAN or BIC as the file wants it: no spaces, upper case ('' for None)."""
-    return (value or "").replace(" ", "").upper()
+    """IBAN or BIC as the file wants it: no whitespace of any kind, upper case ('' for None).
+
+    Why every kind: schwifty accepts an IBAN with a no-break space or a tab in it, but the bank's
+    schema does not; a value compacted only of plain spaces passed the checks and then failed the
+    whole file.
+    """
+    if not value:
+        return ""
+    return _ACCOUNT_NOISE.sub("", value).upper()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +377,9 @@ DIR_MODE = 0o700
 def make_private_dir(folder: Path) -> Path:
     """Create ``folder`` (and missing parents) readable by the owner only (0700); returns it.
 
-    Folders that already exist keep their permissions: an operator may have chosen them.
+    ``folder`` itself, when it exists already and is ours, is tightened to 0700 too: files written
+    there before the owner-only change may still be world-readable, and a closed folder keeps
+    them from others. Its existing parents keep their permissions (an operator chose them).
     """
     missing = []
     current = folder
@@ -266,6 +394,10 @@ def make_private_dir(folder: Path) -> Path:
         except FileExistsError:
             continue
         os.chmod(path, DIR_MODE)  # mkdir's mode is reduced by the umask, never widened: set it
+    if not missing:
+        info = folder.stat()
+        if info.st_mode & 0o077 and info.st_uid == os.getuid():
+            os.chmod(folder, DIR_MODE)
     return folder
 
 
