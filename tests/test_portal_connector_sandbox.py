@@ -357,3 +357,49 @@ def test_a_file_changed_after_the_plan_read_it_is_refused_not_sent_as_that_versi
     assert not second.ok
     assert second.error is not None and "file upload" in second.error and "digest" in second.error.lower()
     assert client.read_many("documents", ["D1"])["D1"]["contentSha256"] == planned  # type: ignore[index]
+
+
+def test_a_document_whose_fields_arrived_without_its_file_gets_the_file_alone(
+    client: PortalClient, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A run stopped between a document's two requests (fields, then file): the next run settles
+    the pending write by reading it back and sends the file alone, not the fields a second time."""
+    from connectors.documents import file_digest
+    from connectors.state_store import PendingWrite, StateStore
+    from tasks.portal_tasks import PORTAL
+    from tasks.sync.load import load_batch, recover_pending
+    from tasks.sync.plan import PlannedWrite
+
+    assert client.write_many([WriteOp("properties", "upsert", "1001", PROPERTY)])[0].ok
+    path = tmp_path / "nk2025.pdf"
+    path.write_bytes(b"%PDF-1.7\nstatement\n%%EOF\n")
+    digest = file_digest(path)
+    document = {
+        "id": "D1", "title": "Abrechnung", "documentType": "ABRECHNUNG", "fileName": path.name,
+        "mimeType": "application/pdf", "date": "2026-03-01", "propertyId": "1001", "unitId": None,
+        "contactIds": [], "version": digest, "size": path.stat().st_size, "deleted": False,
+        "_content": {"path": str(path), "mimeType": "application/pdf", "sha256": digest},
+    }  # fmt: skip
+    digest_of_fields = payload_hash(STREAMS["documents"], document)
+    store = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
+    store.mark_pending("portal", [PendingWrite("documents", "D1", "upsert", digest_of_fields, "run-1")])
+    hidden = path.rename(tmp_path / "away.pdf")  # the first run gets the fields there, not the file
+    assert not client.write_many([WriteOp("documents", "upsert", "D1", document, digest_of_fields)])[0].ok
+    hidden.rename(path)
+    before = sandbox.counters()
+
+    pending, confirmed, again = asyncio.run(recover_pending(store, client, PORTAL, "run-2"))
+    assert (pending, confirmed, again) == (1, 0, 1)
+    assert [p.op for p in store.load_pending("portal")] == ["upload"]
+    write = PlannedWrite("documents", "upsert", "D1", "created", document, digest_of_fields)
+    outcome = asyncio.run(load_batch(store, client, PORTAL, "run-2", [write]))
+
+    assert outcome.confirmed == 1, outcome
+    after = sandbox.counters()
+    assert after["duplicate_writes"] == before["duplicate_writes"] == 0, after["duplicate_writes_by_entity"]
+    assert after["writes_by_entity"]["documents"] == before["writes_by_entity"]["documents"] + 1  # the file
+    assert after["uploads_by_document"] == {"D1": 1}
+    held = client.read_many("documents", ["D1"])["D1"]
+    assert held is not None and held["contentSha256"] == digest and held["contentVersion"] == digest
+    assert not store.load_pending("portal")
+    assert store.load_state("portal", "documents")["D1"].status == "active"

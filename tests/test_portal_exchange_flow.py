@@ -456,7 +456,7 @@ def test_sigkill_mid_exchange_neither_loses_nor_duplicates(
         sandbox.clear_faults()
     assert final["planned_writes"] == 0, results
     counters = sandbox.counters()
-    assert counters["duplicate_writes"] == 0
+    assert counters["duplicate_writes"] == 0, counters["duplicate_writes_by_entity"]
     assert max(counters["uploads_by_document"].values()) == 1
     for doc in view(sandbox, "documents").values():
         assert doc.get("deleted") or doc["contentVersion"] == doc["version"]

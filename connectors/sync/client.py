@@ -14,7 +14,11 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class WriteOp:
-    """One write: ``upsert`` (payload required), ``archive`` or ``anonymize``."""
+    """One write: ``upsert`` (payload required), ``archive`` or ``anonymize``.
+
+    ``upload``: the file alone of an upsert whose fields the partner already holds (an earlier
+    attempt stopped between the two requests); its state is confirmed as the upsert's.
+    """
 
     entity: str
     op: str

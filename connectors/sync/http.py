@@ -394,6 +394,9 @@ class HttpPartnerClient:
                 return record is not None and payload_hash(stream, record) == expected
             return write_applied(stream, record, op.op, expected)
 
+        if op.op == "upload":  # the fields are at the partner already: the file alone
+            failed = await self._upload_or_error(http, limiter, stream, op, attempts)
+            return failed or WriteResult(op, True, attempts=len(attempts))
         method, target, body = self.write_request(stream, op)
         try:
             response = await self._request(
@@ -421,25 +424,34 @@ class HttpPartnerClient:
             except ValueError:
                 internal_id = None
         if stream.complete is not None and op.op == "upsert" and not stream.complete(answer or {}):
-            try:
-                await self._upload(http, limiter, stream, op)
-            except (PartnerCredentialsError, PartnerAuthError):
-                raise
-            except PartnerApiError as exc:
-                return WriteResult(
-                    op, False, error=f"file upload: {exc.describe()}", error_status=exc.status,
-                    retriable=exc.retriable, attempts=len(attempts),
-                )  # fmt: skip
-            except (PartnerError, OSError) as exc:
-                retriable = isinstance(exc, PartnerError) and exc.retriable
-                return WriteResult(
-                    op, False, error=f"file upload: {exc}", retriable=retriable, attempts=len(attempts)
-                )
+            failed = await self._upload_or_error(http, limiter, stream, op, attempts)
+            if failed is not None:
+                return failed
         if response is None:
             return WriteResult(op, True, verified_by_read=True, attempts=len(attempts))
         return WriteResult(
             op, True, created=response.status_code == 201, internal_id=internal_id, attempts=len(attempts)
         )
+
+    async def _upload_or_error(
+        self, http: httpx.AsyncClient, limiter: RateLimiter, stream: Stream, op: WriteOp, attempts: list[int]
+    ) -> WriteResult | None:
+        """Upload the record's file: ``None`` when the partner holds it, else the failed result."""
+        try:
+            await self._upload(http, limiter, stream, op)
+        except (PartnerCredentialsError, PartnerAuthError):
+            raise
+        except PartnerApiError as exc:
+            return WriteResult(
+                op, False, error=f"file upload: {exc.describe()}", error_status=exc.status,
+                retriable=exc.retriable, attempts=len(attempts),
+            )  # fmt: skip
+        except (PartnerError, OSError) as exc:
+            retriable = isinstance(exc, PartnerError) and exc.retriable
+            return WriteResult(
+                op, False, error=f"file upload: {exc}", retriable=retriable, attempts=len(attempts)
+            )
+        return None
 
     async def _upload(
         self, http: httpx.AsyncClient, limiter: RateLimiter, stream: Stream, op: WriteOp

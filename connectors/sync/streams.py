@@ -124,3 +124,19 @@ def write_applied(stream: Stream, record: dict[str, Any] | None, op: str, expect
     if op == "anonymize":
         return bool(record.get(stream.anonymised_field))
     return False
+
+
+def file_missing(stream: Stream, record: dict[str, Any] | None, expected_hash: str | None) -> bool:
+    """Whether a record with a file holds the fields of an upsert but not its file yet.
+
+    Such an upsert is two requests (the fields, then the file); a run that stopped between them
+    left this. What is left to send is the file alone: sending the fields again would write
+    them twice.
+    """
+    return (
+        stream.complete is not None
+        and record is not None
+        and payload_hash(stream, record) == expected_hash
+        and not record.get(stream.archived_field, False)
+        and not stream.complete(record)
+    )

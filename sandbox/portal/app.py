@@ -350,6 +350,7 @@ class Counters:
     requests: int = 0
     writes: int = 0
     duplicate_writes: int = 0
+    duplicate_writes_by_entity: dict[str, int] = field(default_factory=dict)
     writes_by_entity: dict[str, int] = field(default_factory=dict)
     writes_by_op: dict[str, int] = field(default_factory=dict)
     logins: int = 0  # POST /v2/authenticate calls, accepted or refused
@@ -373,6 +374,7 @@ class Counters:
             self.writes_by_op[op] = self.writes_by_op.get(op, 0) + 1
         else:
             self.duplicate_writes += 1
+            self.duplicate_writes_by_entity[entity] = self.duplicate_writes_by_entity.get(entity, 0) + 1
 
 
 @dataclass
@@ -1067,6 +1069,7 @@ def create_app(
             "writes_by_entity": c.writes_by_entity,
             "writes_by_op": c.writes_by_op,
             "duplicate_writes": c.duplicate_writes,
+            "duplicate_writes_by_entity": c.duplicate_writes_by_entity,
             "logins": c.logins,
             "logins_refused": c.logins_refused,
             "uploads": c.uploads,

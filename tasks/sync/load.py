@@ -37,7 +37,7 @@ from connectors.state_store import (
 )
 from connectors.sync.client import PartnerClient, WriteOp
 from connectors.sync.errors import PartnerCredentialsError, PartnerError, is_retriable
-from connectors.sync.streams import write_applied
+from connectors.sync.streams import file_missing, write_applied
 from tasks.sync.partner import Partner
 from tasks.sync.plan import PlannedWrite
 
@@ -110,8 +110,9 @@ async def recover_pending(
     """Settle the writes an earlier run sent but never saw confirmed (it crashed or gave up).
 
     Each pending write is read back: applied ones are confirmed (under ``run_id``, the run that
-    found them) without being sent again; the others are forgotten and planned afresh. Returns
-    (pending, confirmed, dropped).
+    found them) without being sent again; the others are planned afresh. A record whose fields
+    arrived but whose file did not stays pending as an ``upload``: the next write of it sends the
+    file alone (:func:`load_batch`). Returns (pending, confirmed, planned again).
     """
     pending = store.load_pending(partner.name)
     if not pending:
@@ -119,6 +120,7 @@ async def recover_pending(
     streams = partner.by_name
     confirmed: list[Confirmation] = []
     dropped: dict[str, list[str]] = {}
+    files_missing: list[PendingWrite] = []
     by_entity: dict[str, list[PendingWrite]] = {}
     for p in pending:
         by_entity.setdefault(p.entity, []).append(p)
@@ -126,14 +128,38 @@ async def recover_pending(
         records = await client.aread_many(entity, [p.ref_id for p in items])
         for p in items:
             record = records.get(p.ref_id)
-            if write_applied(streams[entity], record, p.op, p.payload_hash):
-                confirmed.append(_confirmation(client, entity, p.ref_id, p.op, p.payload_hash, record))
+            op = "upsert" if p.op == "upload" else p.op
+            if write_applied(streams[entity], record, op, p.payload_hash):
+                confirmed.append(_confirmation(client, entity, p.ref_id, op, p.payload_hash, record))
+            elif op == "upsert" and file_missing(streams[entity], record, p.payload_hash):
+                files_missing.append(PendingWrite(entity, p.ref_id, "upload", p.payload_hash, p.run_id))
             else:
                 dropped.setdefault(entity, []).append(p.ref_id)
     store.confirm(partner.name, confirmed, run_id)
+    store.mark_pending(partner.name, files_missing)
     for entity, ids in dropped.items():
         store.clear_pending(partner.name, entity, ids)
-    return len(pending), len(confirmed), sum(len(v) for v in dropped.values())
+    return len(pending), len(confirmed), len(files_missing) + sum(len(v) for v in dropped.values())
+
+
+def files_to_send_alone(
+    store: StateStore, target: str, writes: Sequence[PlannedWrite]
+) -> set[tuple[str, str]]:
+    """The upserts of ``writes`` whose fields the partner holds already: only their file is sent.
+
+    These are the pending ``upload`` entries (:func:`recover_pending`) of the same payload; a
+    changed payload is sent whole.
+    """
+    if not any(w.op == "upsert" and "_content" in (w.payload or {}) for w in writes):
+        return set()
+    fields_held = {
+        (p.entity, p.ref_id): p.payload_hash for p in store.load_pending(target) if p.op == "upload"
+    }
+    return {
+        (w.entity, w.ref_id)
+        for w in writes
+        if w.op == "upsert" and fields_held.get((w.entity, w.ref_id), "") == w.payload_hash
+    }
 
 
 async def load_batch(
@@ -162,11 +188,21 @@ async def load_batch(
     to_send = list(writes)
     if retried:
         to_send = await settle_earlier_attempt(store, client, partner, run_id, since_seq, writes, outcome)
+    alone = files_to_send_alone(store, target, to_send)
     store.mark_pending(
         target, [PendingWrite(w.entity, w.ref_id, w.op, w.payload_hash, run_id) for w in to_send]
     )
     results = await client.awrite_many(
-        [WriteOp(w.entity, w.op, w.ref_id, w.payload, w.payload_hash) for w in to_send]
+        [
+            WriteOp(
+                w.entity,
+                "upload" if (w.entity, w.ref_id) in alone else w.op,
+                w.ref_id,
+                w.payload,
+                w.payload_hash,
+            )
+            for w in to_send
+        ]
     )
     confirmations: list[Confirmation] = []
     protocol: list[ProtocolRow] = []
@@ -244,6 +280,7 @@ async def settle_earlier_attempt(
     for w in writes:
         by_entity.setdefault(w.entity, []).append(w)
     left: list[PlannedWrite] = []
+    files_missing: list[PendingWrite] = []
     confirmations: list[Confirmation] = []
     rows: list[ProtocolRow] = []
     for entity, items in by_entity.items():
@@ -272,7 +309,10 @@ async def settle_earlier_attempt(
                 outcome.count(w.outcome)
                 outcome.seqs.append(confirmed[1])
             else:
+                if w.op == "upsert" and file_missing(streams[entity], held.get(w.ref_id), w.payload_hash):
+                    files_missing.append(PendingWrite(entity, w.ref_id, "upload", w.payload_hash, run_id))
                 left.append(w)
+    store.mark_pending(target, files_missing)  # their file alone is sent (files_to_send_alone)
     seq = store.confirm(target, confirmations, run_id, rows)
     if seq is not None:
         outcome.seqs.append(seq)
@@ -364,7 +404,7 @@ async def recover_pending_writes(partner: Partner, settings: HausflowSettings, r
     pending, confirmed, dropped = await recover_pending(store, partner.connect(settings), partner, run_id)
     logger.info(
         "Found %d unconfirmed writes of an interrupted run: %d had reached the %s and are now confirmed "
-        "(not sent again), %d had not and will be planned again.",
+        "(not sent again), %d had not (or only their fields, not their file) and are planned again.",
         pending,
         confirmed,
         partner.name,
