@@ -163,7 +163,7 @@ def blanked_characters(text: str) -> str:
     if text.isascii() and _TEXT_FORBIDDEN_BUT_NUL.search(text) is None:
         return ""
     text = unicodedata.normalize("NFC", text)
-    found = {char for char in _TEXT_FORBIDDEN_BUT_NUL.findall(text) if _is_blanked(char)}
+    found = {char for char in set(_TEXT_FORBIDDEN_BUT_NUL.findall(text)) if _is_blanked(char)}
     return "".join(sorted(found))
 
 
