@@ -218,8 +218,10 @@ async def load_batch(
             outcome.count(write.outcome)
             continue
         reason = result.error or "unknown error"
-        if result.retriable:
+        if result.retriable and result.attempts:
             reason = f"{reason} (gave up after {result.attempts} attempts; read back and retried next run)"
+        elif result.retriable:  # never sent (held behind an earlier failure)
+            reason = f"{reason} (planned again next run)"
         else:
             rejected.append(
                 QuarantineItem(write.entity, write.ref_id, f"{target}_rejected", reason, write.payload)
