@@ -1,10 +1,15 @@
-"""Typed settings for hausflow, one profile per system (production, test).
+"""Typed settings for hausflow, one profile per system (production, test, demo).
 
 The seeds keep separate configurations for the production and the test system and switch the
-portal interface off in the test system by default. A profile is a TOML file in
-``config/profiles/``; every value can be overridden by an environment variable with the prefix
-``HAUSFLOW_`` and ``__`` as the nesting separator (``HAUSFLOW_PORTAL__BASE_URL``). Secrets are
+interfaces off in the test system by default. A profile is a TOML file in ``config/profiles/``;
+every value can be overridden by an environment variable with the prefix ``HAUSFLOW_`` and ``__``
+as the nesting separator (``HAUSFLOW_PORTAL__BASE_URL``), and for one system alone with the
+system's prefix (``HAUSFLOW_PRODUCTION__PORTAL__API_SECRET``), which wins. Secrets are
 ``SecretStr`` and never appear in ``repr`` or logs.
+
+The systems never mix: :func:`load_settings` refuses settings that share a database, an output
+folder or a credential with another system (:class:`SystemMixError`; docs/operations.md,
+*Production and test systems*).
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import os
 from contextvars import ContextVar
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -25,9 +31,11 @@ from pydantic_settings import (
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 ProfileName = Literal["production", "test", "demo"]
-# The profile whose TOML the settings being built in this thread (or asyncio task) read; set by
-# load_settings for the one call, so flows of two profiles in one worker never see each other's.
-_LOADING_PROFILE: ContextVar[str | None] = ContextVar("hausflow_loading_profile", default=None)
+SYSTEMS: tuple[str, ...] = get_args(ProfileName)
+# The profile whose TOML the settings being built in this thread (or asyncio task) read, and
+# whether the process-wide HAUSFLOW_... variables count; set by load_settings for the one call,
+# so flows of two profiles in one worker never see each other's.
+_LOADING: ContextVar[tuple[str, bool] | None] = ContextVar("hausflow_loading_profile", default=None)
 
 
 class PortalSettings(BaseModel):
@@ -316,6 +324,11 @@ class SepaSettings(BaseModel):
     )
     listing_preview_rows: int = Field(default=200, description="rows of the control listing shown in the UI")
     payouts: PayoutSettings = Field(default_factory=PayoutSettings)
+    enabled: bool = Field(
+        default=True,
+        description="the bank interface: direct-debit and payout files, bank-statement imports; off: those "
+        "runs write nothing and say so (off on the test system)",
+    )
 
 
 class HausflowSettings(BaseSettings):
@@ -347,15 +360,42 @@ class HausflowSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Sources by precedence: init values, environment, the profile's TOML, secrets.
+        """Sources by precedence: init values, the system's environment (``HAUSFLOW_TEST__...``), the
+        process environment (``HAUSFLOW_...``), the profile's TOML, secrets.
 
         The profile is the one :func:`load_settings` is loading in this thread or task, else
         ``HAUSFLOW_PROFILE``, else ``test``.
         """
-        profile = _LOADING_PROFILE.get() or os.environ.get("HAUSFLOW_PROFILE", "test")
-        toml_file = PROFILE_DIR / f"{profile}.toml"
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
-        return (init_settings, env_settings, toml, file_secret_settings)
+        profile, process_env = _LOADING.get() or (os.environ.get("HAUSFLOW_PROFILE", "test"), True)
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=PROFILE_DIR / f"{profile}.toml")
+        system_env = EnvSettingsSource(
+            settings_cls, env_prefix=system_env_prefix(profile), env_nested_delimiter="__"
+        )
+        if not process_env:
+            return (init_settings, system_env, toml, file_secret_settings)
+        return (init_settings, system_env, env_settings, toml, file_secret_settings)
+
+
+class SystemMixError(RuntimeError):
+    """Two systems (profiles) would share a database, an output folder or a credential.
+
+    Raised when settings are loaded (the run fails at its start, before anything is read or sent)
+    and by the state store and output folders, which remember the system they belong to.
+    """
+
+
+def system_env_prefix(profile: str) -> str:
+    """The environment prefix of one system alone: ``HAUSFLOW_PRODUCTION__``."""
+    return f"HAUSFLOW_{profile.upper()}__"
+
+
+def home_system() -> str:
+    """The system this process is set up for: ``HAUSFLOW_PROFILE``, else ``test``.
+
+    The process-wide ``HAUSFLOW_...`` variables are this system's: another system loaded in the
+    same process that takes a separated setting from them is refused (see :func:`load_settings`).
+    """
+    return os.environ.get("HAUSFLOW_PROFILE") or "test"
 
 
 def load_settings(profile: str | None = None, **overrides: Any) -> HausflowSettings:
@@ -368,15 +408,154 @@ def load_settings(profile: str | None = None, **overrides: Any) -> HausflowSetti
     The profile reaches the settings sources through a context variable, never through
     ``os.environ``: flows of two profiles may load their settings at once in one worker.
 
+    The settings are then compared with each other system's, built the same way from its TOML
+    and its own ``HAUSFLOW_<SYSTEM>__...`` variables (and the process-wide ``HAUSFLOW_...`` ones
+    where it is :func:`home_system`). Production is compared with test and demo; test and demo,
+    which both work against sandboxes, are not compared with each other.
+
     Raises:
         FileNotFoundError: the profile has no TOML file.
+        SystemMixError: the settings share a database (state store, ERP), an output folder or a
+            credential of an interface on in both with another system; the message names both
+            systems and the settings, never a secret.
     """
     name = profile or os.environ.get("HAUSFLOW_PROFILE", "test")
     path = PROFILE_DIR / f"{name}.toml"
     if not path.exists():
         raise FileNotFoundError(f"unknown profile {name!r}: {path.name} is missing in config/profiles")
-    token = _LOADING_PROFILE.set(name)
+    settings = _build(name, process_env=True, **overrides)
+    home = home_system()
+    for other in SYSTEMS:
+        if other == name or {name, other} == {"test", "demo"} or not (PROFILE_DIR / f"{other}.toml").exists():
+            continue
+        try:
+            theirs = _build(other, process_env=other == home)
+        except ValidationError:
+            continue  # the other system's own runs fail on its settings; they cannot mix with these
+        shared = shared_places(settings, theirs)
+        if shared:
+            raise SystemMixError(_mix_message(name, other, home, shared))
+    return settings
+
+
+def _build(profile: str, process_env: bool, **overrides: Any) -> HausflowSettings:
+    token = _LOADING.set((profile, process_env))
     try:
-        return HausflowSettings(profile=name, **overrides)  # type: ignore[arg-type]
+        return HausflowSettings(profile=profile, **overrides)  # type: ignore[arg-type]
     finally:
-        _LOADING_PROFILE.reset(token)
+        _LOADING.reset(token)
+
+
+# ---- what the systems must not share ------------------------------------------------------------
+DATABASES = ("state_url", "erp_url")
+FOLDERS = ("sepa.output_dir", "sepa.payouts.output_dir", "cache_dir")
+# credential -> the switch of its interface (None: in use whenever it is set)
+CREDENTIALS: dict[str, str | None] = {
+    "portal.api_key": "portal.enabled",
+    "portal.api_secret": "portal.enabled",
+    "deposit.password": "deposit.enabled",
+    "mail.password": None,
+    "mail.oauth2_client_secret": None,
+}
+
+
+def _value(settings: HausflowSettings, dotted: str) -> Any:
+    value: Any = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def database_identity(url: str) -> str | None:
+    """Which database a URL names, whatever the driver, user or password (``None``: in memory).
+
+    ``postgresql+psycopg://a@localhost/erp`` and ``postgresql://b@127.0.0.1:5432/erp`` are one.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        file = parsed.database or ""
+        return None if file in ("", ":memory:") else f"sqlite:{Path(file).expanduser().resolve()}"
+    host = (parsed.host or "localhost").lower()
+    host = "localhost" if host in ("127.0.0.1", "::1") else host
+    port = parsed.port or {"postgresql": 5432, "oracle": 1521, "mysql": 3306, "mssql": 1433}.get(backend)
+    return f"{backend}://{host}:{port}/{parsed.database or ''}"
+
+
+def shown_url(url: str) -> str:
+    """A database URL for a message: without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unreadable URL)"
+
+
+def shared_places(mine: HausflowSettings, theirs: HausflowSettings) -> list[tuple[str, str]]:
+    """What ``mine`` shares with ``theirs``: ``(my setting, how)`` per item, secrets never shown.
+
+    Databases and folders are compared across settings (a state store in the other's ERP counts;
+    so does an output folder inside the other's); a credential only with the same credential, and
+    only where its interface is on in both.
+    """
+    found: list[tuple[str, str]] = []
+    for my_key in DATABASES:
+        ident = database_identity(_value(mine, my_key))
+        for their_key in DATABASES:
+            if ident is not None and ident == database_identity(_value(theirs, their_key)):
+                found.append((my_key, f"{my_key} {shown_url(_value(mine, my_key))} is its {their_key}"))
+    for my_key in FOLDERS:
+        if not (my_folder := _value(mine, my_key)):
+            continue
+        a = Path(my_folder).expanduser().resolve()
+        overlaps: list[str] = []
+        for their_key in FOLDERS:
+            if not (their_folder := _value(theirs, their_key)):
+                continue
+            b = Path(their_folder).expanduser().resolve()
+            if a == b:
+                overlaps.insert(0, f"{my_key} {my_folder} is its {their_key}")
+            elif a.is_relative_to(b):
+                overlaps.append(f"{my_key} {my_folder} lies inside its {their_key} {their_folder}")
+            elif b.is_relative_to(a):
+                overlaps.append(f"{my_key} {my_folder} holds its {their_key} {their_folder}")
+        if overlaps:
+            found.append((my_key, overlaps[0]))
+    for key, switch in CREDENTIALS.items():
+        on = switch is None or (_value(mine, switch) and _value(theirs, switch))
+        secret = _value(mine, key)
+        if on and secret and secret == _value(theirs, key):
+            found.append((key, f"{key} is its {key} (the same value)"))
+    return found
+
+
+def _mix_message(name: str, other: str, home: str, shared: list[tuple[str, str]]) -> str:
+    """One line: both systems, each shared setting, and where to give this system its own."""
+    prefix = system_env_prefix(name)
+    process_wide = [
+        env
+        for env in dict.fromkeys("HAUSFLOW_" + key.upper().replace(".", "__") for key, _ in shared)
+        if env in os.environ and prefix + env.removeprefix("HAUSFLOW_") not in os.environ
+    ]
+    setup = f"HAUSFLOW_PROFILE={home}" if os.environ.get("HAUSFLOW_PROFILE") else "HAUSFLOW_PROFILE unset"
+    why = (
+        f" {' and '.join(process_wide)} {'is' if len(process_wide) == 1 else 'are'} set for the whole process, "
+        f"which is set up for the {home} system ({setup}), and so {'reaches' if len(process_wide) == 1 else 'reach'} "
+        "every system run in it."
+        if process_wide and name != home
+        else ""
+    )
+    return (
+        f"The {name} system's settings share with the {other} system: {'; '.join(how for _, how in shared)}. "
+        f"A run of one system never uses the other's state store, ERP, output folders or credentials, so "
+        f"hausflow refuses these settings.{why} Give the {name} system its own in config/profiles/{name}.toml "
+        f"or as {prefix}<SETTING> (e.g. {prefix}{shared[0][0].upper().replace('.', '__')})."
+    )

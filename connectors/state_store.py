@@ -49,6 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
+from config.settings import SystemMixError
 from connectors.erp.database import make_engine
 from connectors.sqlutil import as_utc, chunks, driver_value, execute_many, sqlite_file, utcnow
 from connectors.state_migrations import migrate
@@ -167,6 +168,16 @@ file_digests = Table(
     Column("size", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
     Column("digest", String(64), nullable=False),
+)
+
+OWNER_ROW = 1
+state_system = Table(
+    "state_system",
+    state_metadata,
+    # one row: the system (settings profile) whose runs use this store, recorded by its first run
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("system", String(20), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
 )
 
 partner_credentials = Table(
@@ -813,6 +824,47 @@ class StateStore:
         )
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    # ---- the system it belongs to -----------------------------------------------------------
+    def claim_system(self, system: str) -> None:
+        """Record that this store belongs to ``system`` on its first run; refuse a run of another.
+
+        Why: the settings refuse a state store shared with another system only where both
+        systems' settings can be seen (one process, one set of profiles); the store itself
+        remembers whose it is, whatever host or configuration a run comes from.
+
+        Raises:
+            SystemMixError: the store belongs to another system (nothing was read or written).
+        """
+        query = select(state_system.c.system).where(state_system.c.id == OWNER_ROW)
+        with self.engine.connect() as conn:
+            owner = conn.execute(query).scalar()
+        if owner is None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        insert(state_system).values(id=OWNER_ROW, system=system, claimed_at=utcnow())
+                    )
+                return
+            except IntegrityError:  # another run recorded its system at the same moment: take that
+                with self.engine.connect() as conn:
+                    owner = conn.execute(query).scalar_one()
+        if owner != system:
+            url = self.engine.url.render_as_string(hide_password=True)
+            raise SystemMixError(
+                f"The state store {url} belongs to the {owner} system; this run is the {system} system's "
+                f"and uses nothing of it. Point the {system} system at its own state store (state_url); if "
+                f"this database was copied from the {owner} system on purpose, empty its table "
+                "state_system and the next run records it for its system (docs/operations.md)."
+            )
+
+    def system(self) -> str | None:
+        """The system this store belongs to (``None`` before its first run)."""
+        with self.engine.connect() as conn:
+            owner: str | None = conn.execute(
+                select(state_system.c.system).where(state_system.c.id == OWNER_ROW)
+            ).scalar()
+        return owner
 
     # ---- partner credentials ---------------------------------------------------------------
     def key(self, name: str) -> bytes:

@@ -22,6 +22,7 @@ from config.settings import load_settings
 from tasks.licensing import licensed
 from tasks.sepa_run import DryRunCarry, ReconciliationResult, StatementFilesRejected, describe_file
 from tasks.sepa_tasks import publish_reconciliation_report, reconcile_bank_statement
+from tasks.systems import claim_system, switched_off
 
 
 @flow(name="import-bank-statement")
@@ -46,8 +47,11 @@ def import_bank_statement(paths: list[str] | str, dry_run: bool = False) -> dict
             was refused (the run ends Failed); its ``summary`` is this return value.
     """
     settings, stop = licensed(load_settings(), "sepa")
+    stop = stop or switched_off(settings, "sepa")
     if stop is not None:
         return stop
+    if not dry_run:  # a dry run writes neither the state nor the output folder
+        claim_system(settings, [settings.sepa.output_dir])
     files = [paths] if isinstance(paths, str) else list(paths)
     results: list[ReconciliationResult] = []
     carry = DryRunCarry() if dry_run else None  # a dry run carries what earlier files would book

@@ -25,6 +25,7 @@ from tasks.credential_expiry import (
     plan_expiry_warnings,
     send_expiry_warnings,
 )
+from tasks.systems import claim_system
 
 
 @flow(name="credential-expiry", log_prints=False)
@@ -43,6 +44,7 @@ def credential_expiry(profile: str | None = None) -> dict[str, Any]:
     """
     logger = get_run_logger()
     settings = load_settings(profile)
+    claim_system(settings)  # it records the warnings sent in the state store
     today = business_today(settings)
     expiries, problems = collect_expiries(settings, today)
     warnings = plan_expiry_warnings(settings, expiries, today)

@@ -45,6 +45,7 @@ from tasks.payout_tasks import Payout, write_payout_file
 from tasks.sync.load import BatchOutcome, check_partner, load_partner_batch, recover_pending_writes
 from tasks.sync.plan import Plan
 from tasks.sync.protocol import record_protocol
+from tasks.systems import claim_system, switched_off
 
 T = TypeVar("T")
 
@@ -64,14 +65,9 @@ def _gate(settings: HausflowSettings, what: str) -> dict[str, Any] | None:
             settings.profile,
         )
         return {"status": "not licensed", "profile": settings.profile}
-    if not settings.deposit.enabled:
-        logger.warning(
-            "The deposit interface is switched off in profile %r (deposit.enabled = false): nothing is read or sent. "
-            "Switch it on in config/profiles/%s.toml or with HAUSFLOW_DEPOSIT__ENABLED=true.",
-            settings.profile,
-            settings.profile,
-        )
-        return {"status": "disabled", "profile": settings.profile}
+    off = switched_off(settings, "deposit")
+    if off is not None:
+        return off
     context = FlowRunContext.get()
     scheduled = bool(context and context.flow_run and context.flow_run.auto_scheduled)
     if scheduled and not settings.deposit.daily_schedules:
@@ -154,6 +150,7 @@ async def deposit_master_data(
     if stop is not None:
         return stop
     run_id = str(flow_run.get_id() or "local")
+    claim_system(settings)
     store = StateStore(settings.state_url)
     store.start_run(run_id, "deposit-master-data", DEPOSIT.name, dry_run)
     get_run_logger().info(
@@ -217,6 +214,7 @@ async def deposit_bookings(
         return stop
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "local")
+    claim_system(settings)
     store = StateStore(settings.state_url)
     store.start_run(run_id, "deposit-bookings", DEPOSIT.name, dry_run)
     logger.info("Deposit bookings (profile %s) to %s.", settings.profile, settings.deposit.base_url)
@@ -270,7 +268,16 @@ def pay_out(settings: HausflowSettings, payouts: list[Payout], run_id: str, due:
     if not payouts:
         return {"due": due, "paid": 0, "file": None}
     logger = get_run_logger()
+    if not settings.sepa.enabled:
+        logger.warning(
+            "%d kept deposits are due for payout, but the SEPA interface is switched off in profile %r "
+            "(sepa.enabled = false): no payout file is written; they stay due.",
+            len(payouts),
+            settings.profile,
+        )
+        return {"due": due, "paid": 0, "file": None, "status": "disabled"}
     try:
+        claim_system(settings, [settings.sepa.payouts.output_dir], state_store=False)
         result = write_payout_file(settings, payouts, run_id, False)
     except Exception as exc:  # the file is all or nothing; the ledger releases what it held
         logger.error(

@@ -80,6 +80,7 @@ from tasks.sync.load import BatchOutcome, check_partner, load_partner_batch, rec
 from tasks.sync.partner import Partner
 from tasks.sync.plan import Plan, held_records, without_failed_parents
 from tasks.sync.protocol import record_protocol
+from tasks.systems import claim_system, switched_off
 
 T = TypeVar("T")
 ALL_ENTITIES = (*PORTAL.entities, *STEPS)
@@ -156,16 +157,10 @@ async def _sync(
     """The body of :func:`portal_sync` (in its flow run)."""
     logger = get_run_logger()
     settings, stop = licensed(load_settings(profile), "portal")
+    stop = stop or switched_off(settings, "portal")
     if stop is not None:
         return stop
-    if not settings.portal.enabled:
-        logger.warning(
-            "The portal interface is switched off in profile %r (portal.enabled = false): nothing is read or sent. "
-            "Switch it on in config/profiles/%s.toml or with HAUSFLOW_PORTAL__ENABLED=true.",
-            settings.profile,
-            settings.profile,
-        )
-        return {"status": "disabled", "profile": settings.profile}
+    claim_system(settings)
     run_id = str(flow_run.get_id() or "local")
     store = StateStore(settings.state_url)
     store.start_run(run_id, "portal-sync", PORTAL.name, dry_run)

@@ -23,6 +23,7 @@ from tasks.sepa_tasks import (
     start_sepa_debit_run,
     write_sepa_files,
 )
+from tasks.systems import claim_system, switched_off
 
 
 @flow(name="sepa-debit-run", log_prints=False)
@@ -42,8 +43,10 @@ def sepa_debit_run(
         A small summary: dates, counts, sum, listing path, files written.
     """
     settings, stop = licensed(load_settings(), "sepa")
+    stop = stop or switched_off(settings, "sepa")
     if stop is not None:
         return stop
+    claim_system(settings, [settings.sepa.output_dir])  # a dry run too: its listing goes there
     run = start_sepa_debit_run(settings, collection_date, batch_booking, dry_run)
     try:
         plan = plan_sepa_debits(run)

@@ -516,6 +516,11 @@ async def plan_emails(
     logger = get_run_logger()
     plan = Plan()
     if not settings.portal.notify_unregistered_by_email:
+        logger.info(
+            "E-mails to contacts not registered in the portal are switched off in profile %r "
+            "(portal.notify_unregistered_by_email = false): none is sent.",
+            settings.profile,
+        )
         return plan, []
     store = StateStore(settings.state_url)
     settled = store.load_state(MAIL.name, "emails")

@@ -35,6 +35,7 @@ def deposit_env(sandbox: Any, erp_url: str, state_url: str, **extra: str) -> Ite
         "HAUSFLOW_DEPOSIT__BACKOFF_BASE_S": "0.05",
         "HAUSFLOW_DEPOSIT__BACKOFF_MAX_S": "1",
         "HAUSFLOW_DEPOSIT__BATCH_SIZE": "200",
+        "HAUSFLOW_SEPA__ENABLED": "true",  # the payout files; off on the test system until switched on
     }
     if state_url.startswith("sqlite:///"):  # payout files beside the state database, never in the work tree
         values["HAUSFLOW_SEPA__PAYOUTS__OUTPUT_DIR"] = str(

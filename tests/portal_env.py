@@ -16,13 +16,15 @@ BUSINESS_DATE = date(2026, 11, 21)
 
 @contextmanager
 def portal_env(sandbox: Any, erp_url: str, state_url: str, **extra: str) -> Iterator[dict[str, str]]:
-    """Environment of the test profile with the interface on and pointed at ``sandbox``."""
+    """Environment of the test profile with the interface on (e-mails to contacts too) and pointed at
+    ``sandbox``."""
     values = {
         "HAUSFLOW_PROFILE": "test",
         "HAUSFLOW_ERP_URL": erp_url,
         "HAUSFLOW_STATE_URL": state_url,
         "HAUSFLOW_BUSINESS_DATE": BUSINESS_DATE.isoformat(),
         "HAUSFLOW_PORTAL__ENABLED": "true",
+        "HAUSFLOW_PORTAL__NOTIFY_UNREGISTERED_BY_EMAIL": "true",  # e-mails to contacts: off until switched on
         "HAUSFLOW_PORTAL__BASE_URL": sandbox.base_url,
         "HAUSFLOW_PORTAL__API_KEY": sandbox.key,
         "HAUSFLOW_PORTAL__API_SECRET": sandbox.secret,

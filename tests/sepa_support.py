@@ -197,6 +197,7 @@ def sepa_env(erp_url: str, state_url: str, output_dir: str, **sepa: Any) -> Iter
         "HAUSFLOW_STATE_URL": state_url,
         "HAUSFLOW_BUSINESS_DATE": TODAY.isoformat(),
         "HAUSFLOW_SEPA__OUTPUT_DIR": output_dir,
+        "HAUSFLOW_SEPA__ENABLED": "true",  # off on the test system until switched on
         **{f"HAUSFLOW_SEPA__{k.upper()}": str(v) for k, v in sepa.items()},
     }
     old = {k: os.environ.get(k) for k in env}

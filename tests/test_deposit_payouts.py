@@ -134,6 +134,25 @@ def test_per_transfer_pays_the_managers_retention_account(
     assert {r["creditor_iban"] for r in paid.values()} == {MANAGER_IBAN}
 
 
+def test_with_the_bank_files_off_kept_deposits_stay_due_until_they_are_switched_on(
+    deposit_sandbox: DepositSandboxServer, tmp_path: Path
+) -> None:
+    engine, erp_url, state_url = _world(tmp_path)
+    deposit_sandbox.reset()
+    with deposit_env(deposit_sandbox, erp_url, state_url, HAUSFLOW_SEPA__ENABLED="false"):
+        run_deposit_master_data(profile="test")
+        off = run_deposit_bookings(profile="test")
+        claims = _claims(engine, deposit_sandbox)
+    assert claims and off["confirmed"] > 0  # the bookings went to the partner all the same
+    assert off["payouts"] == {"due": off["payouts"]["due"], "paid": 0, "file": None, "status": "disabled"}
+    assert off["payouts"]["due"] >= len(claims) and _paid(state_url, sorted(claims)) == {}
+    assert not (tmp_path / "payouts").exists()
+    with deposit_env(deposit_sandbox, erp_url, state_url):
+        on = run_deposit_bookings(profile="test")
+    assert on["payouts"]["paid"] == len(claims) and set(_paid(state_url, sorted(claims))) == set(claims)
+    assert (tmp_path / "payouts" / ".hausflow-system").read_text() == "test\n"
+
+
 def test_a_crash_while_paying_out_neither_loses_nor_doubles_a_payout(
     deposit_sandbox: DepositSandboxServer, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ def _toml_erp_url(profile: str) -> str:
 
 def test_two_profiles_load_at_once_each_with_its_own_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HAUSFLOW_ERP_URL", raising=False)
+    monkeypatch.delenv("HAUSFLOW_CACHE_DIR", raising=False)  # one for every system would be refused
     expected = {profile: _toml_erp_url(profile) for profile in ("test", "demo", "production")}
     assert len(set(expected.values())) == 3
     environ_before = os.environ.copy()
@@ -56,6 +57,7 @@ def test_environment_overrides_the_profile_and_init_values_override_both(
 
 
 def test_chosen_profile_wins_over_the_environments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HAUSFLOW_CACHE_DIR", raising=False)  # the production system's in this process
     monkeypatch.setenv("HAUSFLOW_PROFILE", "production")
     demo = load_settings("demo")
     assert (demo.profile, demo.erp_url) == ("demo", _toml_erp_url("demo"))

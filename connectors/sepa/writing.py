@@ -401,6 +401,40 @@ def make_private_dir(folder: Path) -> Path:
     return folder
 
 
+SYSTEM_MARKER = ".hausflow-system"
+
+
+def claim_output_dir(folder: Path, system: str) -> Path:
+    """Create ``folder`` owner-only as :func:`make_private_dir` does and mark it as ``system``'s.
+
+    Why: bank files of the test system in the production system's folder would reach the bank.
+    The first run that writes there leaves ``.hausflow-system`` with its system's name; a run of
+    another system is refused before it writes anything. Returns ``folder``.
+
+    Raises:
+        SystemMixError: the folder belongs to another system.
+    """
+    from config.settings import SystemMixError  # here: the validating child needs no settings
+
+    make_private_dir(folder)
+    marker = folder / SYSTEM_MARKER
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        owner = marker.read_text(encoding="utf-8").strip()
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(f"{system}\n")
+        return folder
+    if owner and owner != system:
+        raise SystemMixError(
+            f"The folder {folder} belongs to the {owner} system ({marker}); this run is the {system} "
+            f"system's and writes nothing there. Give the {system} system its own folder; if the folder "
+            f"is meant to be the {system} system's now, delete {marker.name} in it."
+        )
+    return folder
+
+
 def open_private(path: Path, mode: str = "wb", **kwargs: Any) -> IO[Any]:
     """Open ``path`` for writing (truncating), readable and writable by the owner only (0600).
 

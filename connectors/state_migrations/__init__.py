@@ -11,7 +11,9 @@ the revisions are how a database gets there. Revisions so far:
 - ``0001`` the schema of the release before migrations, without the change sequence;
 - ``0002`` the change sequence: ``sync_state.seq``, its index and the ``state_seq`` counter row;
 - ``0003`` ``partner_credentials``: when each partner's credentials expire (never the secret);
-- ``0004`` ``sync_keys``: random keys made once per database (the memo's digest key).
+- ``0004`` ``sync_keys``: random keys made once per database (the memo's digest key);
+- ``0005`` ``sync_cursors`` and ``file_digests`` (the portal exchange's incremental reads);
+- ``0006`` ``state_system``: the system (production, test, demo) the store belongs to.
 
 Databases created before there were migrations have the tables but no ``alembic_version``;
 :func:`migrate` recognises them by their tables and records the revision they match (``0002`` if
@@ -57,7 +59,7 @@ FOLDER = Path(__file__).resolve().parent
 
 #: The newest revision. Why written here: comparing with it needs no Alembic, whose import costs
 #: a process 75-170 ms; Alembic is imported only to migrate. A test checks it against ``versions/``.
-HEAD = "0005"
+HEAD = "0006"
 #: The revision of the release before migrations, and the one that added the change sequence.
 BASELINE = "0001"
 CHANGE_SEQUENCE = "0002"
