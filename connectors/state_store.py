@@ -449,6 +449,15 @@ class StateStore:
                 seqs.add(int(position))
         return changed, seqs
 
+    def entity_position(self, target: str, entity: str) -> tuple[int, int]:
+        """How many records of ``entity`` are confirmed, and the newest position among them."""
+        query = select(func.count(), func.max(sync_state.c.seq)).where(
+            and_(sync_state.c.target == target, sync_state.c.entity == entity)
+        )
+        with self.engine.connect() as conn:
+            count, newest = conn.execute(query).one()
+        return int(count or 0), int(newest or 0)
+
     def positions_since(self, target: str, seq: int) -> set[int]:
         """The positions of the change sequence confirmed after ``seq`` (read from the index alone)."""
         query = (
@@ -1021,6 +1030,12 @@ class StateStore:
                 .where(sync_runs.c.run_id == run_id)
                 .values(finished_at=utcnow(), status=status, summary_json=json.dumps(summary, default=str))
             )
+
+    def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The summary a finished run recorded (``None``: unknown run, or not finished)."""
+        with self.engine.connect() as conn:
+            text = conn.execute(select(sync_runs.c.summary_json).where(sync_runs.c.run_id == run_id)).scalar()
+        return json.loads(text) if text else None
 
     def add_protocol(self, run_id: str, rows: Sequence[ProtocolRow]) -> None:
         """Append protocol lines of a run."""

@@ -29,10 +29,19 @@ from prefect.utilities.annotations import quote
 
 from config.settings import HausflowSettings, ProfileName, load_settings
 from connectors.state_store import StateStore
+from tasks.deposit_quiet import (
+    fingerprint,
+    held_before,
+    quiet_since,
+    read_bookings_inputs,
+    remember_quiet,
+    tables_digest,
+)
 from tasks.deposit_rules import ACCOUNTS, BOOKINGS, Held
 from tasks.deposit_tasks import (
     DEPOSIT,
     apply_deposit_rules,
+    business_date,
     due_deposit_payouts,
     extract_deposit_master,
     hold_after_failures,
@@ -107,6 +116,32 @@ async def _load(
     return held
 
 
+def _quiet(settings: HausflowSettings, run_id: str, what: str, earlier: str) -> dict[str, Any]:
+    """A run whose inputs are as the complete, clean run ``earlier`` of today left them
+    (:mod:`tasks.deposit_quiet`): nothing is read or sent; that run's held-back records are
+    reported again, as a run that compared everything would report them."""
+    skipped, quarantined = held_before(settings, earlier)
+    before = StateStore(settings.state_url).run_summary(earlier) or {}
+    plan = Plan()
+    entity = ACCOUNTS if what == "master-data" else BOOKINGS
+    compared = int(before.get("unchanged") or 0) + (
+        int(before.get("confirmed") or 0) if entity == ACCOUNTS else 0
+    )
+    plan.unchanged[entity] = compared
+    get_run_logger().info(
+        "Nothing changed since the complete run %s of today (the ERP's deposit tables, the confirmed state, the "
+        "settings): nothing to read or send; its %d records held back are reported again.",
+        earlier,
+        len(skipped) + len(quarantined),
+    )
+    extra: dict[str, Any] = {"quiet_since": earlier}
+    if what == "bookings":
+        extra |= {"waiting": int(before.get("waiting") or 0), "payouts": {"due": 0, "paid": 0, "file": None}}
+    return record_protocol(
+        DEPOSIT, settings, run_id, whole(plan), whole(skipped), whole(quarantined), [], False, extra
+    )
+
+
 def _finish(summary: dict[str, Any], what: str) -> dict[str, Any]:
     get_run_logger().info(
         "Deposit %s done: %d writes confirmed, %d failed, %d unchanged, %d held back with a reason, %d quarantined.",
@@ -164,7 +199,14 @@ async def deposit_master_data(
         if not dry_run:
             await recover_pending_writes(DEPOSIT, settings, run_id)
         seq = store.current_seq()
+        today = business_date(settings).isoformat()
         tables = extract_deposit_master(settings)
+        read = tables_digest(tables)
+        if not (dry_run or full_resync):
+            earlier = quiet_since(settings, "master-data", fingerprint(settings, "master-data", today, read))
+            if earlier is not None:
+                return _finish(_quiet(settings, run_id, "master-data", earlier), "master-data")
+            remember_quiet(settings, "master-data", None, run_id)
         master = apply_deposit_rules(settings, whole(tables), run_id)
         del tables
         planned = plan_deposit_accounts(settings, whole(master), full_resync)
@@ -184,6 +226,8 @@ async def deposit_master_data(
             whole(outcomes),
             dry_run,
         )
+        if not (dry_run or summary["failed"]):
+            remember_quiet(settings, "master-data", fingerprint(settings, "master-data", today, read), run_id)
     except Exception:
         store.finish_run(run_id, "FAILED", {})
         raise
@@ -223,11 +267,19 @@ async def deposit_bookings(
         if not dry_run:
             await recover_pending_writes(DEPOSIT, settings, run_id)
         seq = store.current_seq()
+        today = business_date(settings).isoformat()
+        aggregates = read_bookings_inputs(settings)
+        if not (dry_run or full_resync):
+            earlier = quiet_since(settings, "bookings", fingerprint(settings, "bookings", today, aggregates))
+            if earlier is not None:
+                return _finish(_quiet(settings, run_id, "bookings", earlier), "bookings")
+            remember_quiet(settings, "bookings", None, run_id)
         run = plan_deposit_bookings(settings, full_resync, run_id)
         decided = run.decided
         outcomes: list[BatchOutcome] = []
         skips: list[Held] = [*decided.waiting, *decided.refused, *decided.changed]
         payout_summary: dict[str, Any] = {}
+        due_problems = 0
         if dry_run:
             logger.info(
                 "Dry run: %d bookings would be sent, nothing sent, no payout written.", len(run.plan.writes)
@@ -237,6 +289,7 @@ async def deposit_bookings(
             failed = [ref for o in outcomes for (e, ref) in o.failed_keys if e == BOOKINGS]
             resolve_refusals(settings, BOOKINGS, [h.ref_id for h in decided.refused], failed)
             due = await due_deposit_payouts(settings)
+            due_problems = len(due.problems)
             skips += due.problems
             payout_summary = pay_out(settings, due.payouts, run_id, due.due)
         summary = record_protocol(
@@ -248,9 +301,15 @@ async def deposit_bookings(
             whole(decided.invalid),
             whole(outcomes),
             dry_run,
+            {"waiting": len(decided.waiting), "payouts": payout_summary},
         )
-        summary["waiting"] = len(decided.waiting)
-        summary["payouts"] = payout_summary
+        clean = not (dry_run or summary["failed"] or due_problems or payout_summary.get("error"))
+        if (
+            clean
+            and not payout_summary.get("skipped")
+            and payout_summary.get("paid", 0) == payout_summary.get("due", 0)
+        ):
+            remember_quiet(settings, "bookings", fingerprint(settings, "bookings", today, aggregates), run_id)
     except Exception:
         store.finish_run(run_id, "FAILED", {})
         raise

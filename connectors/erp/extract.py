@@ -18,6 +18,7 @@ from sqlalchemy import (
     TypeDecorator,
     case,
     func,
+    literal,
     null,
     select,
     type_coerce,
@@ -470,6 +471,44 @@ def extract_deposit_booking_index(engine: Engine, object_group: str) -> dict[str
                 if contract is not None:
                     out.setdefault(contract, []).append(int(booking_id))
     return out
+
+
+def deposit_signature(engine: Engine, bookings: bool = True) -> list[str]:
+    """Aggregates of the tables that decide what the deposit bookings run sends.
+
+    The bookings (ids: count, sum, highest; amounts; text lengths; newest date), which the ERP
+    appends; and what puts an account in scope (object groups, units, contracts, deposit
+    accounts: counts, newest ``modified_at``, key lengths). A few aggregate queries instead of
+    reading 500,000 booking ids. What they cannot see (a text retyped to one of the same length,
+    a row changed without its ``modified_at``) the first run of each business day compares in
+    full: the business date is part of the fingerprint (``tasks/deposit_quiet.py``).
+    """
+    s = schema
+
+    def lengths(*columns: Any) -> Any:
+        return sum((func.coalesce(func.length(c), 0) for c in columns), start=literal(0))
+
+    u, c, a, og = s.units, s.contracts, s.deposit_accounts, s.object_groups
+    queries: list[Select[Any]] = [
+        select(func.count(), func.sum(lengths(og.c.group_name, og.c.object_no)), func.max(og.c.object_no)),
+        select(func.count(), func.max(u.c.modified_at), func.sum(lengths(u.c.unit_no, u.c.object_no))),
+        select(func.count(), func.max(c.c.modified_at), func.sum(lengths(c.c.contract_no, c.c.unit_no))),
+        select(func.count(), func.max(a.c.modified_at), func.sum(lengths(a.c.account_no, a.c.contract_no))),
+    ]
+    if bookings:
+        b = s.deposit_bookings
+        queries.append(
+            select(
+                func.count(),
+                func.max(b.c.booking_id),
+                func.sum(b.c.booking_id),
+                func.sum(b.c.amount),
+                func.sum(lengths(b.c.account_no, b.c.booking_type, b.c.text)),
+                func.max(b.c.booking_date),
+            )
+        )
+    with engine.connect() as conn:
+        return ["|".join(str(v) for v in row) for query in queries for row in conn.execute(query)]
 
 
 def extract_deposit_counterclaim_ids(engine: Engine) -> list[int]:

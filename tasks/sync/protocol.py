@@ -3,7 +3,7 @@ published as artifacts, the run record closed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from prefect import task
@@ -55,8 +55,11 @@ def record_protocol(
     quarantined: Sequence[Reasoned],
     outcomes: list[BatchOutcome],
     dry_run: bool,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write skips to the protocol, publish the protocol table artifact, close the run record.
+
+    ``extra``: more figures of the run for its summary (returned and recorded with the run).
 
     Artifacts: ``<partner>-sync-protocol`` (counts per entity and outcome) and
     ``<partner>-sync-details`` (:func:`details_markdown`: the run's writes, or a dry run's
@@ -119,6 +122,7 @@ def record_protocol(
         "quarantined": len(quarantined),
         "unchanged": sum(plan.unchanged.values()),
         "counts": {f"{e}.{o}": n for (e, o), n in sorted(counts.items())},
+        **(extra or {}),
     }
     store.finish_run(
         run_id, "DRY_RUN" if dry_run else ("COMPLETED_WITH_FAILURES" if failed else "COMPLETED"), summary
