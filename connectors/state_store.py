@@ -40,9 +40,11 @@ from sqlalchemy import (
     bindparam,
     delete,
     event,
+    exists,
     func,
     insert,
     null,
+    or_,
     select,
     update,
 )
@@ -314,6 +316,8 @@ def credential_hint(key: str) -> str:
 
 
 STATUS_BY_OP = {"upsert": "active", "archive": "archived", "anonymize": "anonymised"}
+WRITTEN_OUTCOMES = ("created", "updated", "restored", "archived", "anonymised")
+"""The protocol's outcomes of a write the partner confirmed."""
 
 
 _ENGINES: dict[str, tuple[tuple[int, Any], Engine]] = {}
@@ -630,6 +634,14 @@ class StateStore:
                 _insert_protocol(conn, run_id, protocol_rows, now)
         checkpoint_soon(self.engine)
         return seq
+
+    def forget(self, target: str, entity: str, ref_ids: Sequence[str]) -> None:
+        """Drop the confirmed entries of records the partner does not hold (a repair found them
+        missing there): the next run plans them as new and sends them."""
+        if not ref_ids:
+            return
+        with self.engine.begin() as conn:
+            _delete_ids(conn, sync_state, target, entity, ref_ids)
 
     # ---- pending writes --------------------------------------------------------------------
     def mark_pending(self, target: str, writes: Sequence[PendingWrite]) -> None:
@@ -1008,8 +1020,29 @@ class StateStore:
 
     # ---- runs and protocol -----------------------------------------------------------------
     def start_run(self, run_id: str, flow: str, target: str, dry_run: bool) -> None:
-        """Record the start of a run (a re-used run id, e.g. a retried flow run, is restarted)."""
+        """Record the start of a run.
+
+        A re-used run id (a flow run retried from the Prefect UI) is restarted: the writes of
+        its earlier attempt stay in its protocol; what that attempt failed, skipped, held or
+        noted without writing it is decided again by this one, so those lines go.
+        """
+        written = protocol.alias("written")
+        noted_and_written = exists().where(
+            written.c.run_id == run_id,
+            written.c.entity == protocol.c.entity,
+            written.c.ref_id == protocol.c.ref_id,
+            written.c.outcome.in_(WRITTEN_OUTCOMES),
+        )
         with self.engine.begin() as conn:
+            conn.execute(
+                delete(protocol).where(
+                    protocol.c.run_id == run_id,
+                    or_(
+                        protocol.c.outcome.in_(("failed", "skipped", "quarantined")),
+                        and_(protocol.c.outcome == "note", ~noted_and_written),
+                    ),
+                )
+            )
             conn.execute(delete(sync_runs).where(sync_runs.c.run_id == run_id))
             conn.execute(
                 insert(sync_runs).values(

@@ -627,8 +627,9 @@ def _install_alerts(settings: Any, deployments: list[tuple[str, str]]) -> str:
 
 
 def build_deployments(profile: str) -> list[Any]:
-    """The served deployments: the portal sync every 5 minutes, the SEPA flows on demand, the deposit
-    partner's two daily jobs (scheduled unless ``deposit.daily_schedules`` is off in ``profile``).
+    """The served deployments: the portal sync every 5 minutes, the SEPA flows and the resync on
+    demand, the deposit partner's two daily jobs (scheduled unless ``deposit.daily_schedules`` is
+    off in ``profile``), the credential-expiry check daily.
 
     Each has a concurrency limit of 1 that cancels a run overlapping a running one. The SEPA
     flows take their profile from ``HAUSFLOW_PROFILE``; a debit run defaults to a dry run, which
@@ -642,6 +643,7 @@ def build_deployments(profile: str) -> list[Any]:
     from flows.credential_expiry import credential_expiry
     from flows.deposit_sync import deposit_bookings, deposit_master_data
     from flows.portal_sync import portal_sync
+    from flows.resync import resync
     from flows.sepa_debit import sepa_debit_run
 
     once = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
@@ -675,6 +677,14 @@ def build_deployments(profile: str) -> list[Any]:
             parameters={"profile": profile},
             tags=["deposit"],
             description="Deposit partner, daily job 2 of 2: every booking since the last confirmed one.",
+        ),
+        resync.to_deployment(
+            name="on-demand",
+            concurrency_limit=once,
+            parameters={"profile": profile},
+            tags=["portal", "deposit"],
+            description="Repairs the state store's record of a partner from what it holds, then syncs it "
+            "(partner, objects, entities, full, dry_run).",
         ),
         credential_expiry.to_deployment(
             name="daily",

@@ -19,6 +19,7 @@ from connectors.deposit.streams import BOOKINGS, DEPOSIT_ACCOUNTS
 from connectors.erp.database import make_engine
 from connectors.erp.extract import (
     TableRows,
+    deposit_scope_accounts_query,
     extract_deposit_booking_index,
     extract_deposit_bookings,
     extract_deposit_counterclaim_ids,
@@ -172,6 +173,25 @@ def _release_fixed(store: StateStore, failing: set[tuple[str, str, str]], rules:
         if q["rule"] in rules and (q["entity"], q["ref_id"], q["rule"]) not in failing
     }
     return store.resolve_quarantine_entries(TARGET, fixed)
+
+
+@task(name="find-deposit-records", cache_policy=NO_CACHE)
+def deposit_records_named(settings: HausflowSettings) -> dict[str, set[str]]:
+    """The deposit accounts and bookings the ERP names for the partner (the object group's).
+
+    A repair (:mod:`tasks.sync.repair`) records a record the partner holds and the state store
+    does not know only if the ERP names it.
+    """
+    engine = make_engine(settings.erp_url)
+    try:
+        with engine.connect() as conn:
+            accounts = {
+                str(c) for _, c in conn.execute(deposit_scope_accounts_query(settings.deposit.object_group))
+            }
+        index = extract_deposit_booking_index(engine, settings.deposit.object_group)
+    finally:
+        engine.dispose()
+    return {ACCOUNTS: accounts, BOOKINGS.name: {str(b) for ids in index.values() for b in ids}}
 
 
 @dataclass

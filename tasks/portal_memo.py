@@ -354,6 +354,12 @@ class MemoStore:
         for key in [k for k in _WARM_ROWS if k[0] == self.folder]:
             del _WARM_ROWS[key]
 
+    def forget(self) -> None:
+        """Drop the memo: the next run is a full one (and writes a new memo, dropping the old
+        table files). Why: after a repair of the confirmed state nothing may be taken as it was."""
+        (self.folder / MEMO_FILE).unlink(missing_ok=True)
+        self.drop_warm()
+
     def _folder_refused(self) -> str | None:
         """Why the memo folder may not be written to, or ``None``. Raises ``FileNotFoundError``."""
         st = os.lstat(self.folder)

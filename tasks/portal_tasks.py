@@ -361,6 +361,20 @@ def apply_portal_rules(
     return desired, released
 
 
+def portal_records_named(desired: DesiredState) -> dict[str, set[str]]:
+    """The master-data records the ERP names for the portal: to hold, to withdraw or to anonymise.
+
+    A repair (:mod:`tasks.sync.repair`) records a record the portal holds and the state store
+    does not know only if the ERP names it: any other may be the portal's own.
+    """
+    named = {e: set(desired.present(e)) for e in ("properties", "units", "contacts")}
+    for entity, ref_id in desired.withdraw_reasons:
+        named.setdefault(entity, set()).add(ref_id)
+    named["contacts"] |= desired.anonymise
+    named["responsibilities"] = set(build_responsibilities(desired, named["contacts"])[0])
+    return named
+
+
 @dataclass
 class Comparison:
     """The confirmed portal state, the desired records' hashes and the records that differ."""

@@ -39,6 +39,7 @@ def test_served_deployments_have_valid_parameters_and_no_overlap() -> None:
         "daily@deposit-master-data",
         "daily@deposit-bookings",
         "daily@credential-expiry",
+        "on-demand@resync",
     }
     for deployment in deployments.values():
         flow = _flow(deployment.entrypoint)

@@ -16,13 +16,14 @@ from uuid import UUID
 
 import pytest
 
-from flows import bank_reconciliation, portal_sync, sepa_debit, serve
+from flows import bank_reconciliation, portal_sync, resync, sepa_debit, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # module -> the options its --help must describe
 MODULES = {
     "flows.portal_sync": ["--dry-run", "--full-resync", "--objects", "--entities", "--profile"],
+    "flows.resync": ["portal", "deposit", "--objects", "--entities", "--full", "--dry-run", "--profile"],
     "flows.sepa_debit": ["--collection-date", "--batch-booking", "--no-batch-booking", "--dry-run"],
     "flows.bank_reconciliation": ["FILE", "--dry-run"],
     "flows.serve": ["--persons", "--prefect-port", "--sandbox-port", "--no-first-run"],
@@ -65,7 +66,13 @@ def test_every_flow_module_has_help_and_refuses_unknown_arguments_with_exit_code
 
 @pytest.mark.parametrize(
     "command_line",
-    [portal_sync.command_line, sepa_debit.command_line, bank_reconciliation.command_line, serve.main],
+    [
+        portal_sync.command_line,
+        resync.command_line,
+        sepa_debit.command_line,
+        bank_reconciliation.command_line,
+        serve.main,
+    ],
 )
 def test_an_unknown_argument_ends_with_exit_code_2(command_line: Any) -> None:
     with pytest.raises(SystemExit) as stop:
@@ -82,6 +89,21 @@ def test_an_unknown_argument_ends_with_exit_code_2(command_line: Any) -> None:
             [
                 *("--dry-run", "--full-resync", "--objects", "1001,1002", "--objects", "1003"),
                 *("--entities", "units", "contacts", "--profile", "demo"),
+            ],
+        ),
+        (
+            resync.resync,
+            resync.command_line,
+            [
+                "portal",
+                "--objects",
+                "1001",
+                "--entities",
+                "contacts",
+                "--full",
+                "--dry-run",
+                "--profile",
+                "demo",
             ],
         ),
         (
@@ -108,6 +130,14 @@ def test_the_options_mean_what_they_say() -> None:
         "objects": ["1001", "1002", "1003"],
         "entities": ["units"],
     }
+    assert resync.command_line(["deposit"]) == {"partner": "deposit", "full": False, "dry_run": False}
+    assert resync.command_line(["portal", "--objects", "1001,1002", "--entities", "units", "--dry-run"]) == {
+        "partner": "portal",
+        "full": False,
+        "dry_run": True,
+        "objects": ["1001", "1002"],
+        "entities": ["units"],
+    }
     assert sepa_debit.command_line([]) == {"dry_run": False}
     assert sepa_debit.command_line(["--collection-date", "2026-12-01", "--batch-booking"]) == {
         "dry_run": False,
@@ -127,6 +157,9 @@ def test_the_options_mean_what_they_say() -> None:
         ),  # no object would mean all of them, archiving included
         (portal_sync.command_line, ["--entities", "owners"]),
         (portal_sync.command_line, ["--profile", "staging"]),
+        (resync.command_line, []),  # which partner: no default
+        (resync.command_line, ["casavi"]),
+        (resync.command_line, ["portal", "--objects", ","]),
         (sepa_debit.command_line, ["--collection-date", "01.12.2026"]),
         (bank_reconciliation.command_line, []),
     ],

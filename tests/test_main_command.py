@@ -131,7 +131,7 @@ def test_sigterm_stops_the_main_command_and_what_it_started(tmp_path: Path) -> N
     assert (
         "Failure alerts (mailed to admin@hv-demo.de, vertretung@hv-demo.de): " in output  # the demo profile's
     ), output
-    assert "13 Prefect automations, relay http://127.0.0.1:" in output, output  # six served deployments
+    assert "15 Prefect automations, relay http://127.0.0.1:" in output, output  # seven served deployments
     assert "never awaited" not in output, output
     assert "stopped unexpectedly" not in output, output
     assert not _listening(main.prefect_port) and not _listening(main.sandbox_port)

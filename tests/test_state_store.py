@@ -153,6 +153,32 @@ def test_a_confirmation_and_its_protocol_rows_land_together_or_not_at_all(state_
     assert store.protocol_counts("r1") == {}
 
 
+def test_a_restarted_run_keeps_its_writes_and_leaves_the_rest_to_be_decided_again(state_url: str) -> None:
+    """A flow run retried from the Prefect UI runs under its own id again: what its earlier attempt
+    wrote stays in its protocol; what that attempt failed, skipped, held or noted without writing
+    it, the new attempt decides again (else the protocol would count it twice, or as failed)."""
+    store = StateStore(state_url)
+    store.start_run("r1", "portal-sync", "portal", False)
+    store.add_protocol(
+        "r1",
+        [
+            ProtocolRow("contacts", "P1", "created"),
+            ProtocolRow("contacts", "P1", "note", "spaces around the last name removed"),
+            ProtocolRow("contacts", "P2", "note", "a tab in the street replaced by a space"),
+            ProtocolRow("contacts", "P2", "failed", "503 (gave up after 1 attempts)"),
+            ProtocolRow("contacts", "P3", "skipped", "waits for its access date"),
+            ProtocolRow("contacts", "P4", "quarantined", "invalid e-mail [email]"),
+        ],
+    )
+    store.add_protocol("r2", [ProtocolRow("contacts", "P2", "failed", "503")])
+    store.start_run("r1", "portal-sync", "portal", False)
+    assert sorted((r.ref_id, r.outcome) for r in store.protocol_rows("r1")) == [
+        ("P1", "created"),
+        ("P1", "note"),
+    ]
+    assert store.protocol_counts("r2") == {("contacts", "failed"): 1}  # another run's stays as it was
+
+
 def test_sqlite_keeps_commits_short_and_copies_its_log_back_in_the_background(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     store = StateStore(f"sqlite:///{path}")

@@ -72,7 +72,7 @@ def run(
     client = partner.connect(HausflowSettings())
 
     async def go() -> Plan:
-        await recover_pending(store, client, partner)
+        await recover_pending(store, client, partner, run_id)
         plan = plan_for(partner, store, wanted)
         for batch in plan.batches(7):
             await load_batch(store, client, partner, run_id, batch)
@@ -114,6 +114,23 @@ def test_a_crash_between_sending_and_confirming_loses_nothing_and_sends_nothing_
 
     third = run(partner, store, "run-3", wanted)  # in step: nothing to do
     assert third.writes == [] and sum(third.unchanged.values()) == 60
+
+
+def test_a_crashed_run_run_again_under_its_own_id_has_the_protocol_of_one_clean_run(
+    store: CrashingStore,
+) -> None:
+    """The Prefect UI's Retry runs the same flow run again: the writes its first attempt sent but
+    never saw confirmed are read back, confirmed and written to the run's protocol, once each."""
+    fake = FakePartnerClient("toy", {"accounts": ACCOUNTS, "bookings": BOOKINGS})
+    partner = toy_partner(fake)
+    store.start_run("run-1", "toy-sync", "toy", False)
+    store.crash_next_confirm = True
+    with pytest.raises(Crash):
+        run(partner, store, "run-1", desired())
+    store.start_run("run-1", "toy-sync", "toy", False)  # the same flow run, again
+    run(partner, store, "run-1", desired())
+    assert set(fake.writes.values()) == {1} and fake.duplicates == 0
+    assert store.protocol_counts("run-1") == {("accounts", "created"): 30, ("bookings", "created"): 30}
 
 
 def test_a_crash_before_sending_sends_each_record_once_in_the_next_run(store: CrashingStore) -> None:

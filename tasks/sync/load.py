@@ -112,7 +112,9 @@ async def recover_pending(
     Each pending write is read back: applied ones are confirmed (under ``run_id``, the run that
     found them) without being sent again; the others are planned afresh. A record whose fields
     arrived but whose file did not stays pending as an ``upload``: the next write of it sends the
-    file alone (:func:`load_batch`). Returns (pending, confirmed, planned again).
+    file alone (:func:`load_batch`). Writes of ``run_id`` itself (a flow run retried from the
+    Prefect UI) get their protocol line, as written in this run. Returns (pending, confirmed,
+    planned again).
     """
     pending = store.load_pending(partner.name)
     if not pending:
@@ -124,22 +126,36 @@ async def recover_pending(
     by_entity: dict[str, list[PendingWrite]] = {}
     for p in pending:
         by_entity.setdefault(p.entity, []).append(p)
+    rows: list[ProtocolRow] = []
     for entity, items in by_entity.items():
         records = await client.aread_many(entity, [p.ref_id for p in items])
+        ours = [p.ref_id for p in items if run_id is not None and p.run_id == run_id]
+        before = store.load_state_for(partner.name, entity, ours) if ours else {}
         for p in items:
             record = records.get(p.ref_id)
             op = "upsert" if p.op == "upload" else p.op
             if write_applied(streams[entity], record, op, p.payload_hash):
                 confirmed.append(_confirmation(client, entity, p.ref_id, op, p.payload_hash, record))
+                if p.ref_id in ours:
+                    rows.append(ProtocolRow(entity, p.ref_id, written_outcome(op, before.get(p.ref_id))))
             elif op == "upsert" and file_missing(streams[entity], record, p.payload_hash):
                 files_missing.append(PendingWrite(entity, p.ref_id, "upload", p.payload_hash, p.run_id))
             else:
                 dropped.setdefault(entity, []).append(p.ref_id)
-    store.confirm(partner.name, confirmed, run_id)
+    store.confirm(partner.name, confirmed, run_id, rows)
     store.mark_pending(partner.name, files_missing)
     for entity, ids in dropped.items():
         store.clear_pending(partner.name, entity, ids)
     return len(pending), len(confirmed), len(files_missing) + sum(len(v) for v in dropped.values())
+
+
+def written_outcome(op: str, before: StateEntry | None) -> str:
+    """The protocol's outcome of a confirmed write, by what the partner held before."""
+    if op != "upsert":
+        return STATUS_BY_OP[op]  # archived, anonymised
+    if before is None:
+        return "created"
+    return "restored" if before.status == "archived" else "updated"
 
 
 def files_to_send_alone(
