@@ -28,6 +28,7 @@ from prefect.runtime import flow_run
 from config.settings import HausflowSettings, ProfileName, load_settings
 from flows.deposit_sync import deposit_bookings, deposit_master_data
 from flows.portal_sync import ALL_ENTITIES, exchange_wanted, portal_sync, whole
+from tasks.deposit_quiet import remember_quiet as remember_deposit_quiet
 from tasks.deposit_tasks import DEPOSIT, deposit_records_named
 from tasks.licensing import licensed
 from tasks.portal_exchange import EXCHANGE_ENTITIES, remember_quiet
@@ -119,7 +120,9 @@ async def resync(
         summary["sync"]["portal-sync"] = await portal_sync(
             objects=objects, entities=entities, full_resync=full, profile=profile
         )
-    else:  # bookings are planned by difference, without a cursor: nothing to forget
+    else:  # bookings are planned by difference, without a cursor; the quiet marks go
+        for what in ("master-data", "bookings"):
+            remember_deposit_quiet(settings, what, None, run_id)
         if not entities or "deposit_accounts" in entities:
             summary["sync"]["deposit-master-data"] = await deposit_master_data(
                 full_resync=full, profile=profile

@@ -37,7 +37,7 @@ from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
 from connectors.erp.extract import TableRows, deposit_signature
 from connectors.state_store import StateStore
-from tasks.deposit_rules import ACCOUNTS, Held
+from tasks.deposit_rules import ACCOUNTS, BOOKINGS, Held
 
 TARGET = "deposit"
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +80,12 @@ def fingerprint(settings: HausflowSettings, what: str, today: str, erp: list[str
     if what == "master-data":  # the accounts' side alone: a bookings run between changes nothing here
         confirmed: Any = store.entity_position(TARGET, ACCOUNTS)
         held = [q for q in held if q["entity"] == ACCOUNTS]
-    else:
-        confirmed = store.current_seq()
+    else:  # a record dropped from the store (a resync) moves no position: the counts tell
+        confirmed = (
+            store.current_seq(),
+            store.entity_position(TARGET, ACCOUNTS),
+            store.entity_position(TARGET, BOOKINGS),
+        )
     parts: list[Any] = [
         what,
         today,
