@@ -379,6 +379,8 @@ async def _exchange(
         since, why = quiet_since(settings, fingerprint, inputs, portal)
         if not since:
             get_run_logger().info("Exchange compared in full: %s.", why)
+            # a run that stops halfway (file digests saved, nothing sent) must leave no quiet mark
+            remember_quiet(settings, None, "")
         else:
             skips, held = earlier_skips(settings, since)
             get_run_logger().info(

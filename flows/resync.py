@@ -44,6 +44,7 @@ from tasks.portal_tasks import (
 from tasks.sync.load import check_partner
 from tasks.sync.partner import Partner
 from tasks.sync.repair import Repair, repair_partner_state
+from tasks.systems import claim_system
 
 PartnerName = Literal["portal", "deposit"]
 PARTNERS: dict[str, Partner] = {"portal": PORTAL, "deposit": DEPOSIT}
@@ -87,6 +88,7 @@ async def resync(
     if stop is not None:
         return stop
     chosen = entities_to_repair(settings, partner, objects, entities)
+    claim_system(settings, state_store=not dry_run)  # before the repair touches the store
     target = PARTNERS[partner]
     run_id = str(flow_run.get_id() or "local")
     logger.info(

@@ -199,6 +199,8 @@ def fingerprint_exchange(
         store.current_seq(),
         len(store.open_quarantine(TARGET)),
         len(store.open_quarantine(MAIL.name)),
+        len(store.load_pending(TARGET)),  # e.g. a document's file still to send after its fields
+        len(store.load_pending(MAIL.name)),
         sorted(portal.ticket_types.items()),
     ]
     for part in parts:
