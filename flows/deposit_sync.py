@@ -30,6 +30,7 @@ from prefect.utilities.annotations import quote
 from config.settings import HausflowSettings, ProfileName, load_settings
 from connectors.state_store import StateStore
 from tasks.deposit_quiet import (
+    confirmed_state,
     fingerprint,
     held_before,
     quiet_since,
@@ -202,8 +203,10 @@ async def deposit_master_data(
         today = business_date(settings).isoformat()
         tables = extract_deposit_master(settings)
         read = tables_digest(tables)
+        state = confirmed_state(settings, "master-data")
+        digest = fingerprint(settings, "master-data", today, read, state)
         if not (dry_run or full_resync):
-            earlier = quiet_since(settings, "master-data", fingerprint(settings, "master-data", today, read))
+            earlier = quiet_since(settings, "master-data", digest, run_id)
             if earlier is not None:
                 return _finish(_quiet(settings, run_id, "master-data", earlier), "master-data")
             remember_quiet(settings, "master-data", None, run_id)
@@ -226,8 +229,8 @@ async def deposit_master_data(
             whole(outcomes),
             dry_run,
         )
-        if not (dry_run or summary["failed"]):
-            remember_quiet(settings, "master-data", fingerprint(settings, "master-data", today, read), run_id)
+        if not (dry_run or summary["failed"]) and confirmed_state(settings, "master-data") == state:
+            remember_quiet(settings, "master-data", digest, run_id)  # nothing changed while it ran
     except Exception:
         store.finish_run(run_id, "FAILED", {})
         raise
@@ -269,8 +272,10 @@ async def deposit_bookings(
         seq = store.current_seq()
         today = business_date(settings).isoformat()
         aggregates = read_bookings_inputs(settings)
+        state = confirmed_state(settings, "bookings")
+        digest = fingerprint(settings, "bookings", today, aggregates, state)
         if not (dry_run or full_resync):
-            earlier = quiet_since(settings, "bookings", fingerprint(settings, "bookings", today, aggregates))
+            earlier = quiet_since(settings, "bookings", digest, run_id)
             if earlier is not None:
                 return _finish(_quiet(settings, run_id, "bookings", earlier), "bookings")
             remember_quiet(settings, "bookings", None, run_id)
@@ -304,12 +309,11 @@ async def deposit_bookings(
             {"waiting": len(decided.waiting), "payouts": payout_summary},
         )
         clean = not (dry_run or summary["failed"] or due_problems or payout_summary.get("error"))
-        if (
-            clean
-            and not payout_summary.get("skipped")
-            and payout_summary.get("paid", 0) == payout_summary.get("due", 0)
-        ):
-            remember_quiet(settings, "bookings", fingerprint(settings, "bookings", today, aggregates), run_id)
+        paid = not payout_summary.get("skipped") and payout_summary.get("paid", 0) == payout_summary.get(
+            "due", 0
+        )
+        if clean and paid and confirmed_state(settings, "bookings") == state:
+            remember_quiet(settings, "bookings", digest, run_id)  # nothing changed while it ran
     except Exception:
         store.finish_run(run_id, "FAILED", {})
         raise

@@ -10,8 +10,11 @@ The fingerprint of a run: what it read of the ERP, the business date (the rules 
 time-driven: each day's first run compares in full), the settings and licences, the code of the
 rules, and the state store's confirmed records (for the master data: the accounts'), open
 quarantine and pending writes. A complete,
-clean run (nothing failed, no payout left due, not a dry run) records it with its run id; a run
-that finds the same fingerprint reports that run's held-back records again and sends nothing.
+clean run (nothing failed, no payout left due, not a dry run) in which the state store did not
+change records it with its run id; a run that finds the same fingerprint reports that run's
+held-back records again and sends nothing. A run that wrote leaves no mark: the state it planned
+from is no longer the store's, and another run (a resync, the other deposit flow) may have
+changed the store meanwhile; the next run compares in full and, finding nothing, leaves one.
 
 - The master-data run reads its tables as always (about a second) and digests their rows: any
   change to a row of the scope is seen, whether or not the ERP stamped ``modified_at``. The
@@ -35,7 +38,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.settings import HausflowSettings
 from connectors.erp.database import make_engine
-from connectors.erp.extract import TableRows, deposit_signature
+from connectors.erp.extract import TableRows, deposit_signature, extract_deposit_bookings
 from connectors.state_store import StateStore
 from tasks.deposit_rules import ACCOUNTS, BOOKINGS, Held
 
@@ -55,12 +58,23 @@ CODE = tuple(
 
 @task(name="check-deposit-bookings-inputs", cache_policy=NO_CACHE)
 def read_bookings_inputs(settings: HausflowSettings) -> list[str]:
-    """The ERP's bookings and the tables of their scope, by aggregates."""
+    """The ERP's bookings and the tables of their scope, by aggregates; the bookings held in
+    quarantine in full (a few rows: a booking type corrected to one of the same length is seen)."""
+    held = [
+        int(q["ref_id"])
+        for q in StateStore(settings.state_url).open_quarantine(TARGET)
+        if q["entity"] == BOOKINGS and str(q["ref_id"]).isdigit()
+    ]
     engine = make_engine(settings.erp_url)
     try:
-        return deposit_signature(engine, bookings=True)
+        aggregates = deposit_signature(engine, bookings=True)
+        if held:
+            aggregates += tables_digest(
+                {"held": extract_deposit_bookings(engine, settings.deposit.object_group, held)}
+            )
     finally:
         engine.dispose()
+    return aggregates
 
 
 def tables_digest(tables: Mapping[str, TableRows]) -> list[str]:
@@ -72,20 +86,25 @@ def tables_digest(tables: Mapping[str, TableRows]) -> list[str]:
     return [digest.hexdigest()]
 
 
-def fingerprint(settings: HausflowSettings, what: str, today: str, erp: list[str]) -> str:
-    """A digest of everything the ``what`` run (``master-data`` or ``bookings``) depends on; ``erp``
-    is what it read of the ERP (:func:`tables_digest`, :func:`read_bookings_inputs`)."""
+def confirmed_state(settings: HausflowSettings, what: str) -> str:
+    """What the ``what`` run depends on in the state store: the confirmed records (counts and
+    newest positions; for the master data the accounts' alone, so a bookings run between changes
+    nothing here), the open quarantine and the pending writes."""
     store = StateStore(settings.state_url)
     held = store.open_quarantine(TARGET)
-    if what == "master-data":  # the accounts' side alone: a bookings run between changes nothing here
-        confirmed: Any = store.entity_position(TARGET, ACCOUNTS)
+    confirmed = [store.entity_position(TARGET, ACCOUNTS)]
+    if what == "master-data":
         held = [q for q in held if q["entity"] == ACCOUNTS]
-    else:  # a record dropped from the store (a resync) moves no position: the counts tell
-        confirmed = (
-            store.current_seq(),
-            store.entity_position(TARGET, ACCOUNTS),
-            store.entity_position(TARGET, BOOKINGS),
-        )
+    else:
+        confirmed.append(store.entity_position(TARGET, BOOKINGS))
+    keys = sorted((q["entity"], q["ref_id"], q["rule"]) for q in held)
+    return repr((confirmed, keys, len(store.load_pending(TARGET))))
+
+
+def fingerprint(settings: HausflowSettings, what: str, today: str, erp: list[str], state: str) -> str:
+    """A digest of everything the ``what`` run (``master-data`` or ``bookings``) depends on: ``erp``
+    is what it read of the ERP (:func:`tables_digest`, :func:`read_bookings_inputs`), ``state``
+    the state store's side (:func:`confirmed_state`)."""
     parts: list[Any] = [
         what,
         today,
@@ -94,9 +113,7 @@ def fingerprint(settings: HausflowSettings, what: str, today: str, erp: list[str
         settings.licences.model_dump_json(),
         settings.sepa.model_dump_json() if what == "bookings" else "",
         erp,
-        confirmed,
-        sorted((q["entity"], q["ref_id"], q["rule"]) for q in held),
-        len(store.load_pending(TARGET)),
+        state,
     ]
     digest = hashlib.blake2b(digest_size=16)
     for part in parts:
@@ -106,11 +123,12 @@ def fingerprint(settings: HausflowSettings, what: str, today: str, erp: list[str
     return digest.hexdigest()
 
 
-def quiet_since(settings: HausflowSettings, what: str, digest: str) -> str | None:
-    """The run whose complete, clean ``what`` run left this fingerprint, or ``None``."""
+def quiet_since(settings: HausflowSettings, what: str, digest: str, run_id: str) -> str | None:
+    """The run whose complete, clean ``what`` run left this fingerprint, or ``None`` (also when
+    that is this very run, retried: its protocol lines of the first attempt are gone)."""
     recorded = StateStore(settings.state_url).cursor(TARGET, f"quiet-{what}") or ""
-    found, _, run_id = recorded.partition(":")
-    return run_id if run_id and found == digest else None
+    found, _, earlier = recorded.partition(":")
+    return earlier if earlier and found == digest and earlier != run_id else None
 
 
 def remember_quiet(settings: HausflowSettings, what: str, digest: str | None, run_id: str) -> None:
