@@ -4,7 +4,7 @@ the pure rules (:mod:`tasks.deposit_rules`). Plain data in, clients built inside
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -248,37 +248,40 @@ class BookingRun:
     read: int = 0
 
 
-@task(name="plan-deposit-bookings", cache_policy=NO_CACHE)
-def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id: str) -> BookingRun:
-    """Decide for every booking of the scope the partner has not confirmed: send, wait, or hold.
+BOOKINGS_PER_SLICE = 50_000
+"""The bookings a run reads and decides at a time (whole accounts): the rows of one slice are
+dropped before the next is read, so memory holds what is sent, not what is read."""
 
-    By difference, not by a cursor: every booking id of the scope's accounts (ERP) minus the
-    bookings the partner confirmed (state store); only those are read in full. So a booking of an
-    account that joined the group later, or one committed late with a lower id, is sent like any
-    other, and a held account pins nothing. A booking waits while its account is not at the
-    partner or is held back, and so do the later bookings of that account; one that breaks a
-    booking rule is quarantined (released when fixed); one the partner refused is held while its
-    payload is the one refused. ``full_resync`` reads every booking and reports the posted ones
-    changed in the ERP since.
-    """
-    logger = get_run_logger()
-    store = StateStore(settings.state_url)
-    engine = make_engine(settings.erp_url)
-    try:
-        index = extract_deposit_booking_index(engine, settings.deposit.object_group)
-        confirmed = store.confirmed_ids(TARGET, BOOKINGS.name)
-        if full_resync:
-            table = extract_deposit_bookings(engine, settings.deposit.object_group)
-        else:
-            missing = [b for ids in index.values() for b in ids if str(b) not in confirmed]
-            table = extract_deposit_bookings(engine, settings.deposit.object_group, missing)
-    finally:
-        engine.dispose()
-    booking_rows = rows(table)
+
+def _slices(wanted: dict[str, list[int]], size: int) -> Iterator[list[str]]:
+    """The accounts (contract references) with bookings to read, in slices of about ``size``
+    bookings; an account's bookings are never split (their order is decided together)."""
+    chunk: list[str] = []
+    count = 0
+    for contract in sorted(wanted):
+        if not wanted[contract]:
+            continue
+        chunk.append(contract)
+        count += len(wanted[contract])
+        if count >= size:
+            yield chunk
+            chunk, count = [], 0
+    if chunk:
+        yield chunk
+
+
+def _decide_bookings(
+    store: StateStore,
+    booking_rows: list[dict[str, Any]],
+    open_entries: list[dict[str, Any]],
+    full_resync: bool,
+    run_id: str,
+) -> BookingPlan:
+    """Decide the bookings of one slice of accounts (:func:`plan_deposit_bookings`); the ones that
+    break a booking rule are quarantined with their payload."""
     refs = {str(r["contract_no"]) for r in booking_rows}
     accounts = store.load_state_for(TARGET, ACCOUNTS, refs)
     at_partner = {ref for ref, entry in accounts.items() if entry.status == "active"}
-    open_entries = store.open_quarantine(TARGET)
     held_accounts: dict[str, str] = {}
     for q in open_entries:
         if q["entity"] == ACCOUNTS and q["rule"] in HOLD_RULES and q["ref_id"] in refs:
@@ -307,23 +310,74 @@ def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id:
     decided = plan_bookings(
         booking_rows, at_partner, held_accounts, posted, lambda p: payload_hash(BOOKINGS, p), refused
     )
-    payloads = {str(r["booking_id"]): r for r in booking_rows}
-    store.quarantine(
-        TARGET,
-        [
-            QuarantineItem(h.entity, h.ref_id, h.rule, h.reason, _booking_record(payloads.get(h.ref_id)))
-            for h in decided.invalid
-        ],
-        run_id,
-    )
+    if decided.invalid:
+        payloads = {str(r["booking_id"]): r for r in booking_rows}
+        store.quarantine(
+            TARGET,
+            [
+                QuarantineItem(h.entity, h.ref_id, h.rule, h.reason, _booking_record(payloads.get(h.ref_id)))
+                for h in decided.invalid
+            ],
+            run_id,
+        )
+    return decided
+
+
+def _merge(into: BookingPlan, part: BookingPlan) -> None:
+    """Add one slice's decisions to the run's."""
+    into.send.update(part.send)
+    for name in ("waiting", "invalid", "refused", "changed", "posted", "notes"):
+        getattr(into, name).extend(getattr(part, name))
+
+
+@task(name="plan-deposit-bookings", cache_policy=NO_CACHE)
+def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id: str) -> BookingRun:
+    """Decide for every booking of the scope the partner has not confirmed: send, wait, or hold.
+
+    By difference, not by a cursor: every booking id of the scope's accounts (ERP) minus the
+    bookings the partner confirmed (state store); only those are read in full. So a booking of an
+    account that joined the group later, or one committed late with a lower id, is sent like any
+    other, and a held account pins nothing. A booking waits while its account is not at the
+    partner or is held back, and so do the later bookings of that account; one that breaks a
+    booking rule is quarantined (released when fixed); one the partner refused is held while its
+    payload is the one refused. ``full_resync`` reads every booking and reports the posted ones
+    changed in the ERP since.
+    """
+    logger = get_run_logger()
+    store = StateStore(settings.state_url)
+    engine = make_engine(settings.erp_url)
+    open_entries = store.open_quarantine(TARGET)
+    decided = BookingPlan()
+    read = 0
+    try:
+        index = extract_deposit_booking_index(engine, settings.deposit.object_group)
+        confirmed = store.confirmed_ids(TARGET, BOOKINGS.name)
+        wanted = {
+            contract: ids if full_resync else [b for b in ids if str(b) not in confirmed]
+            for contract, ids in index.items()
+        }
+        total = sum(len(ids) for ids in index.values())
+        del confirmed, index
+        for contracts in _slices(wanted, BOOKINGS_PER_SLICE):
+            table = extract_deposit_bookings(
+                engine, settings.deposit.object_group, [b for c in contracts for b in wanted[c]]
+            )
+            booking_rows = rows(table)
+            del table
+            read += len(booking_rows)
+            part = _decide_bookings(store, booking_rows, open_entries, full_resync, run_id)
+            del booking_rows
+            _merge(decided, part)
+    finally:
+        engine.dispose()
     _release_fixed(store, {(h.entity, h.ref_id, h.rule) for h in decided.invalid}, BOOKING_RULES)
     plan = plan_changes([BOOKINGS], {BOOKINGS.name: decided.send}, {BOOKINGS.name: {}})
     plan.notes.extend(decided.notes)
     logger.info(
         "Bookings of the scope: %d of %d not confirmed by the partner, %d to send, %d wait for their account or "
         "an earlier booking, %d break a booking rule, %d held as refused, %d changed after posting (not sent).",
-        len(booking_rows) - len(decided.posted) - len(decided.changed),
-        sum(len(v) for v in index.values()),
+        read - len(decided.posted) - len(decided.changed),
+        total,
         len(decided.send),
         len(decided.waiting),
         len(decided.invalid),
@@ -336,7 +390,7 @@ def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id:
         logger.info("Waits: booking %s [%s]: %s.", held.ref_id, held.rule, held.reason)
     for note in decided.notes[:20]:
         logger.warning("Shortened: %s.", note)
-    return BookingRun(plan, decided, len(booking_rows))
+    return BookingRun(plan, decided, read)
 
 
 def _booking_record(row: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -128,7 +128,7 @@ def test_a_quarantined_booking_corrected_to_a_type_of_the_same_length_goes(
     """Aggregates cannot see ``PAYMNET_IN`` corrected to ``PAYMENT_IN``; the quarantined bookings
     are read in full for the fingerprint, so the admin's re-run sends it."""
     engine = world["engine"]
-    account = sorted(deposit_view(deposit_sandbox)["deposit_accounts"].values())[0]
+    account = sorted(deposit_view(deposit_sandbox)["deposit_accounts"].items())[0][1]
     booking_id = _add_booking(engine, account["accountNo"], "PAYMNET_IN")
     _, held = _both(world, deposit_sandbox)
     assert held["quarantined"] >= 1
