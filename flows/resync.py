@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 
 from config.settings import HausflowSettings, ProfileName, load_settings
@@ -107,8 +107,9 @@ async def resync(
         )
         for entity in chosen
     ]
-    publish_repairs(partner, repairs, dry_run)
+    await publish_repairs(partner, repairs, dry_run)
     summary: dict[str, Any] = {
+        "run_id": run_id,
         "partner": partner,
         "dry_run": dry_run,
         "repair": {r.entity: r.counts() for r in repairs},
@@ -182,9 +183,9 @@ def records_named(
     return portal_records_named(desired)
 
 
-def publish_repairs(partner: str, repairs: list[Repair], dry_run: bool) -> None:
+async def publish_repairs(partner: str, repairs: list[Repair], dry_run: bool) -> None:
     """The artifact ``<partner>-resync``: what the repair found, per entity."""
-    create_table_artifact(
+    await acreate_table_artifact(
         key=f"{partner}-resync",
         table=[r.counts() for r in repairs],
         description=(

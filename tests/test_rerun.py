@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -45,6 +46,7 @@ from tasks.portal_tasks import ENTITIES as MASTER
 from tasks.sync.protocol import WRITTEN
 from tests.deposit_env import deposit_env, deposit_view
 from tests.portal_env import BUSINESS_DATE, portal_env, portal_view, run_log
+from tests.test_portal_sync_reports import artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,6 +379,8 @@ def test_a_dry_run_resync_reports_what_differs_and_changes_nothing(
     assert result["sync"] == {}
     assert delta(before, after, "writes") == 0
     assert {e: store.load_state("portal", e) for e in state} == state
+    published = json.loads(artifact(result["run_id"], "portal-resync"))
+    assert published == [result["repair"]["units"]]
 
 
 def test_resync_of_the_deposit_partner_after_the_state_store_was_restored_from_an_old_backup(
