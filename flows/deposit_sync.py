@@ -117,6 +117,24 @@ async def _load(
     return held
 
 
+def _quiet_check(
+    settings: HausflowSettings, what: str, erp: list[str], run_id: str, compare: bool
+) -> tuple[str, str, dict[str, Any] | None]:
+    """The run's state and fingerprint (:mod:`tasks.deposit_quiet`), and the summary of a quiet
+    run when its inputs are as a complete, clean run of today left them (``None`` otherwise, and
+    always when ``compare``: a dry run or a full resync). A run that compares drops the mark
+    first, so one that stops halfway leaves none."""
+    state = confirmed_state(settings, what)
+    digest = fingerprint(settings, what, business_date(settings).isoformat(), erp, state)
+    if compare:
+        return state, digest, None
+    earlier = quiet_since(settings, what, digest, run_id)
+    if earlier is not None:
+        return state, digest, _finish(_quiet(settings, run_id, what, earlier), what)
+    remember_quiet(settings, what, None, run_id)
+    return state, digest, None
+
+
 def _quiet(settings: HausflowSettings, run_id: str, what: str, earlier: str) -> dict[str, Any]:
     """A run whose inputs are as the complete, clean run ``earlier`` of today left them
     (:mod:`tasks.deposit_quiet`): nothing is read or sent; that run's held-back records are
@@ -200,16 +218,12 @@ async def deposit_master_data(
         if not dry_run:
             await recover_pending_writes(DEPOSIT, settings, run_id)
         seq = store.current_seq()
-        today = business_date(settings).isoformat()
         tables = extract_deposit_master(settings)
-        read = tables_digest(tables)
-        state = confirmed_state(settings, "master-data")
-        digest = fingerprint(settings, "master-data", today, read, state)
-        if not (dry_run or full_resync):
-            earlier = quiet_since(settings, "master-data", digest, run_id)
-            if earlier is not None:
-                return _finish(_quiet(settings, run_id, "master-data", earlier), "master-data")
-            remember_quiet(settings, "master-data", None, run_id)
+        state, digest, quiet = _quiet_check(
+            settings, "master-data", tables_digest(tables), run_id, dry_run or full_resync
+        )
+        if quiet is not None:
+            return quiet
         master = apply_deposit_rules(settings, whole(tables), run_id)
         del tables
         planned = plan_deposit_accounts(settings, whole(master), full_resync)
@@ -270,15 +284,10 @@ async def deposit_bookings(
         if not dry_run:
             await recover_pending_writes(DEPOSIT, settings, run_id)
         seq = store.current_seq()
-        today = business_date(settings).isoformat()
-        aggregates = read_bookings_inputs(settings)
-        state = confirmed_state(settings, "bookings")
-        digest = fingerprint(settings, "bookings", today, aggregates, state)
-        if not (dry_run or full_resync):
-            earlier = quiet_since(settings, "bookings", digest, run_id)
-            if earlier is not None:
-                return _finish(_quiet(settings, run_id, "bookings", earlier), "bookings")
-            remember_quiet(settings, "bookings", None, run_id)
+        erp = read_bookings_inputs(settings)
+        state, digest, quiet = _quiet_check(settings, "bookings", erp, run_id, dry_run or full_resync)
+        if quiet is not None:
+            return quiet
         run = plan_deposit_bookings(settings, full_resync, run_id)
         decided = run.decided
         outcomes: list[BatchOutcome] = []
