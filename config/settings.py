@@ -61,6 +61,11 @@ class PortalSettings(BaseModel):
     backoff_base_s: float = 0.2
     backoff_max_s: float = 20.0
     rate_limit_per_s: float | None = None
+    shared_rate_limit: str | None = Field(
+        default=None,
+        description="name of the Prefect global concurrency limit that every worker's requests to this "
+        "partner take a slot of (several workers: ./hausflow cluster up creates it from rate_limit_per_s)",
+    )
     concurrency: int = 16
     batch_size: int = 2000
     incremental: bool = Field(
@@ -137,6 +142,11 @@ class DepositSettings(BaseModel):
     backoff_base_s: float = 0.2
     backoff_max_s: float = 20.0
     rate_limit_per_s: float | None = None
+    shared_rate_limit: str | None = Field(
+        default=None,
+        description="name of the Prefect global concurrency limit that every worker's requests to this "
+        "partner take a slot of (several workers: ./hausflow cluster up creates it from rate_limit_per_s)",
+    )
     concurrency: int = 16
     batch_size: int = 2000
     object_group: str = Field(default="KM_Kautionen", description="the objects of this group go over")
