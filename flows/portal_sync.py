@@ -26,7 +26,7 @@ import asyncio
 import gc
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from typing import Any, TypeVar, cast, get_args
@@ -41,6 +41,7 @@ from config.settings import HausflowSettings, ProfileName, load_settings
 from connectors.erp.extract import TableRows
 from connectors.state_store import StateStore
 from tasks.licensing import licensed
+from tasks.partitions import Partition
 from tasks.portal_exchange import (
     EXCHANGE_ENTITIES,
     MAIL,
@@ -123,6 +124,7 @@ async def portal_sync(
     full_resync: bool = False,
     dry_run: bool = False,
     profile: str | None = None,
+    partition: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Bring the tenant portal in line with the ERP.
 
@@ -134,6 +136,10 @@ async def portal_sync(
         full_resync: send every record again, even if unchanged since the last confirmation.
         dry_run: compute and show the plan (artifacts portal-sync-protocol and -details), send nothing.
         profile: settings profile (production, test, demo); default ``HAUSFLOW_PROFILE``.
+        partition: this run is one partition of a partitioned sync (flows/scale_out.py):
+            ``{"index", "count", "first", "last"}``. The rules see the whole ERP; the run writes
+            only the records the partition owns (:mod:`tasks.partitions`), archives and withdraws
+            nothing and leaves the writes earlier runs left pending to the parent run.
 
     Returns:
         A summary: planned, confirmed, failed, skipped, quarantined, unchanged, counts per outcome,
@@ -144,7 +150,7 @@ async def portal_sync(
     # One Prefect API client for the run's synchronous tasks: without a client in the context each
     # task builds its own, and with it a TLS context (about 25 ms, nine times per run).
     with collect_run_objects_only(), SyncClientContext.get_or_create():
-        return await _sync(objects, entities, full_resync, dry_run, profile)
+        return await _sync(objects, entities, full_resync, dry_run, profile, partition)
 
 
 async def _sync(
@@ -153,9 +159,13 @@ async def _sync(
     full_resync: bool,
     dry_run: bool,
     profile: str | None,
+    partition: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The body of :func:`portal_sync` (in its flow run)."""
     logger = get_run_logger()
+    part = Partition.of(partition) if partition else None
+    if part is not None and objects:
+        raise ValueError("a partition run takes its objects from the partition, not from 'objects'")
     settings, stop = licensed(load_settings(profile), "portal")
     stop = stop or switched_off(settings, "portal")
     if stop is not None:
@@ -173,29 +183,42 @@ async def _sync(
     early: dict[str, PrefectFuture[Any]] = {}
     try:
         await check_partner(PORTAL, settings)
-        if not dry_run:
+        if not dry_run and part is None:  # a partition's parent settled them before it started
             await recover_pending_writes(PORTAL, settings, run_id)
-        early = _start_exchange_reads(settings, objects, entities, full_resync, dry_run)
+        partial = bool(objects) or part is not None  # nothing is archived or withdrawn
+        early = _start_exchange_reads(settings, partial, entities, full_resync, dry_run)
         tables = extract_erp(settings)
         basis = find_portal_changes(
             settings,
             whole(tables),
             today,
-            partial=bool(objects or entities),
+            partial=partial or bool(entities),
             full_resync=full_resync,
             dry_run=dry_run,
         )
         desired, released = apply_portal_rules(settings, whole(tables), objects, today, whole(basis.scope))
         persons_table = tables["persons"]  # whom the exchange may e-mail, when it is not quiet
         del tables
+        view = desired  # what the exchange may name
+        decides = None
+        elsewhere: set[str] = set()
+        if part is not None:
+            view, decides, elsewhere = _partition_view(settings, part, desired, entities)
+            desired = part.narrow(desired)
+            released = part.objects(released)
         comparison = compare_with_portal_state(
             settings, whole(desired), entities, full_resync, whole(basis.scope)
         )
         quarantined = validate_portal_records(
-            settings, whole(comparison), run_id, incremental=basis.scope is not None, desired=whole(desired)
+            settings,
+            whole(comparison),
+            run_id,
+            incremental=basis.scope is not None,
+            desired=whole(desired),
+            decides=decides,
         )
         plan, resp_skips = plan_portal_changes(
-            whole(desired), whole(comparison), whole(quarantined), full_resync, bool(objects)
+            whole(desired), whole(comparison), whole(quarantined), full_resync, partial, whole(elsewhere)
         )
         outcomes: list[BatchOutcome] = []
         deferred: list[Skip] = []
@@ -215,10 +238,10 @@ async def _sync(
                 settings,
                 early,
                 released,
-                desired,
+                view,
                 held_back,
                 today,
-                objects,
+                partial,
                 entities,
                 full_resync,
                 dry_run,
@@ -234,7 +257,7 @@ async def _sync(
                     if exchange.workdir:
                         shutil.rmtree(exchange.workdir, ignore_errors=True)
                 problems += await _notify_and_enter(
-                    settings, run_id, exchange, persons_table, objects, entities, outcomes
+                    settings, run_id, exchange, persons_table, partial, entities, outcomes
                 )
                 if (
                     exchange.basis is not None and exchange.portal is not None
@@ -332,7 +355,7 @@ async def _load(
 
 def _start_exchange_reads(
     settings: HausflowSettings,
-    objects: list[str] | None,
+    partial: bool,
     entities: list[str] | None,
     full_resync: bool,
     dry_run: bool,
@@ -345,7 +368,7 @@ def _start_exchange_reads(
     early: dict[str, PrefectFuture[Any]] = {
         "portal": read_portal_exchange.submit(settings, inbound=not dry_run and wanted(entities, "inbound"))
     }
-    if not (dry_run or objects or entities or full_resync):
+    if not (dry_run or partial or entities or full_resync):
         early["inputs"] = check_exchange_inputs.submit(settings)
     return early
 
@@ -357,7 +380,7 @@ async def _exchange(
     desired: DesiredState,
     held_back: set[tuple[str, str]],
     today: date,
-    objects: list[str] | None,
+    partial: bool,
     entities: list[str] | None,
     full_resync: bool,
     dry_run: bool,
@@ -404,7 +427,7 @@ async def _exchange(
         today,
         entities,
         full_resync,
-        bool(objects),
+        partial,
     )
     exchange.rows = rows
     exchange.portal = portal
@@ -422,7 +445,7 @@ async def _notify_and_enter(
     run_id: str,
     exchange: ExchangePlan,
     persons: TableRows,
-    objects: list[str] | None,
+    partial: bool,
     entities: list[str] | None,
     outcomes: list[BatchOutcome],
 ) -> list[str]:
@@ -460,7 +483,7 @@ async def _notify_and_enter(
             problems.append(f"portal tickets not entered into the ERP: {exc}")
     # the status says what this run decided for every message: only a run over all objects and
     # all tickets and posts may say it
-    if not objects and (not entities or {"tickets", "bulletin_posts"} <= set(entities)):
+    if not partial and (not entities or {"tickets", "bulletin_posts"} <= set(entities)):
         failed = {key for o in outcomes for key in o.failed_keys}
         not_sent = [
             mid
@@ -469,6 +492,40 @@ async def _notify_and_enter(
         ]
         record_portal_status_task(settings, whole(exchange.status), whole(exchange.rows), whole(not_sent))
     return problems
+
+
+def _partition_view(
+    settings: HausflowSettings, part: Partition, desired: DesiredState, entities: list[str] | None
+) -> tuple[DesiredState, Callable[[str, str], bool], set[str]]:
+    """For a partition run: the contacts and units its documents may name (its own, and those of
+    other partitions the portal holds), which records it decides on (their quarantine entries are
+    its to resolve), and the caretakers of other partitions the portal holds (its
+    responsibilities may name them)."""
+    store = StateStore(settings.state_url)
+    units = desired.records.get("units", {})
+    covered = set(entities) if entities else None
+
+    def decides(entity: str, ref_id: str) -> bool:
+        if covered is not None and entity not in covered:
+            return False
+        if entity == "units":
+            return ref_id in units and part.owns(entity, ref_id, units[ref_id])
+        return entity in ("properties", "contacts", "responsibilities") and part.owns(entity, ref_id)
+
+    view = desired
+    if exchange_wanted(settings, entities):
+        keys: dict[str, set[str]] = {}
+        for entity in ("contacts", "units"):
+            active = {r for r, e in store.load_state(PORTAL.name, entity).items() if e.status == "active"}
+            keys[entity] = {r for r in desired.present(entity) if decides(entity, r) or r in active}
+        view = DesiredState(keys=keys)
+    elsewhere: set[str] = set()
+    if covered is None or "responsibilities" in covered:
+        caretakers = {e["contactId"] for c in desired.caretakers.values() for e in c}
+        others = [c for c in caretakers if not part.holds_contact(c)]
+        state = store.load_state_for(PORTAL.name, "contacts", others)
+        elsewhere = {c for c, e in state.items() if e.status == "active"}
+    return view, decides, elsewhere
 
 
 def exchange_wanted(settings: HausflowSettings, entities: list[str] | None) -> bool:

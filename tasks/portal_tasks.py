@@ -6,7 +6,7 @@ one task per batch, never per row. Large inputs are not hashed for caching (``NO
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -467,8 +467,12 @@ def validate_portal_records(
     run_id: str,
     incremental: bool = False,
     desired: DesiredState | None = None,
+    decides: Callable[[str, str], bool] | None = None,
 ) -> list[Skip]:
     """Validate the records about to be written; quarantine the failing ones and what the rules held.
+
+    ``decides``: which records this run decides on (a partition of a partitioned sync, see
+    :mod:`tasks.partitions`); the open quarantine entries of the others stay as they are.
 
     Records equal to their confirmed version passed when they were sent and are not checked
     again. A record the portal refused is held, unchecked, while its payload is the one refused
@@ -484,7 +488,8 @@ def validate_portal_records(
     logger = get_run_logger()
     store = StateStore(settings.state_url)
     candidates = comparison.candidates
-    failures, covered = known_failures(store.open_quarantine(TARGET), candidates, incremental)
+    open_entries = store.open_quarantine(TARGET)
+    failures, covered = known_failures(open_entries, candidates, incremental)
     if desired is not None:
         failures.extend(q for q in desired.quarantine if q.entity in comparison.entities)
     for entity in ("properties", "units", "contacts"):
@@ -526,7 +531,12 @@ def validate_portal_records(
         run_id,
     )
     held = {(f.entity, f.ref_id) for f in failures}
-    resolved = store.resolve_quarantine(TARGET, held)
+    keep = held
+    if decides is not None:  # another partition's entries are not this run's to resolve
+        keep = held | {
+            (q["entity"], q["ref_id"]) for q in open_entries if not decides(q["entity"], q["ref_id"])
+        }
+    resolved = store.resolve_quarantine(TARGET, keep)
     fresh = {(i.entity, i.ref_id, i.rule) for i in opened}
     new_failures = [f for f in failures if (f.entity, f.ref_id, f.rule) in fresh]
     for f in new_failures[:20]:
@@ -577,8 +587,12 @@ def plan_portal_changes(
     quarantined: list[Skip],
     full_resync: bool,
     partial: bool,
+    contacts_elsewhere: Collection[str] = (),
 ) -> tuple[Plan, list[Skip]]:
-    """The writes of this run: desired minus confirmed, without what is held; plus extra skips."""
+    """The writes of this run: desired minus confirmed, without what is held; plus extra skips.
+
+    ``contacts_elsewhere``: contacts another partition writes that the portal holds (a partition's
+    responsibilities may name them, see :mod:`tasks.partitions`)."""
     logger = get_run_logger()
     held = held_records(quarantined)
     confirmed_contacts = comparison.state.get("contacts", {})
@@ -586,7 +600,7 @@ def plan_portal_changes(
         rid
         for rid in desired.present("contacts")
         if ("contacts", rid) not in held or getattr(confirmed_contacts.get(rid), "status", None) == "active"
-    }
+    } | set(contacts_elsewhere)
     responsibilities, resp_skips = build_responsibilities(desired, sendable)
     records = dict(desired.records)
     records["responsibilities"] = responsibilities

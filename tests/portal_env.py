@@ -10,6 +10,7 @@ from typing import Any
 
 from connectors.portal import PortalClient
 from connectors.portal.auth import TokenCache
+from connectors.portal.streams import STREAMS
 
 BUSINESS_DATE = date(2026, 11, 21)
 
@@ -54,6 +55,21 @@ def portal_view(sandbox: Any, include_archived: bool = True) -> dict[str, dict[s
     return {
         entity: {r["id"]: r for r in client.list_records(entity, include_archived=include_archived)}
         for entity in ("properties", "units", "contacts")
+    }
+
+
+def portal_content(sandbox: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """What the portal holds, as hausflow writes it: each record's written fields and whether it is
+    archived, read over the portal's API."""
+    view: dict[str, Any] = portal_view(sandbox)
+    client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret)
+    view["responsibilities"] = client.read_many("responsibilities", sorted(view["properties"]))
+    return {
+        entity: {
+            ref: {**STREAMS[entity].project(record), "archived": bool(record.get("archived"))}
+            for ref, record in records.items()
+        }
+        for entity, records in view.items()
     }
 
 

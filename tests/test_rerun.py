@@ -35,8 +35,6 @@ from config.settings import load_settings
 from connectors.deposit.streams import DEPOSIT_ACCOUNTS
 from connectors.erp import demo
 from connectors.erp.database import make_engine
-from connectors.portal import PortalClient
-from connectors.portal.streams import STREAMS
 from connectors.state_store import StateStore, sync_state
 from flows.deposit_sync import run_deposit_bookings, run_deposit_master_data
 from flows.portal_sync import run_portal_sync
@@ -45,7 +43,7 @@ from tasks.portal_exchange import EXCHANGE_ENTITIES
 from tasks.portal_tasks import ENTITIES as MASTER
 from tasks.sync.protocol import WRITTEN
 from tests.deposit_env import deposit_env, deposit_view
-from tests.portal_env import BUSINESS_DATE, portal_env, portal_view, run_log
+from tests.portal_env import BUSINESS_DATE, portal_content, portal_env, run_log
 from tests.test_portal_sync_reports import artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -62,21 +60,6 @@ client reads them back)."""
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def portal_content(sandbox: Any) -> dict[str, dict[str, dict[str, Any]]]:
-    """What the portal holds, as hausflow writes it: each record's written fields and whether it is
-    archived, read over the portal's API."""
-    view: dict[str, Any] = portal_view(sandbox)
-    client = PortalClient(sandbox.base_url, sandbox.key, sandbox.secret)
-    view["responsibilities"] = client.read_many("responsibilities", sorted(view["properties"]))
-    return {
-        entity: {
-            ref: {**STREAMS[entity].project(record), "archived": bool(record.get("archived"))}
-            for ref, record in records.items()
-        }
-        for entity, records in view.items()
-    }
-
-
 def api(sandbox: Any) -> httpx.Client:
     """The sandbox's API with a token, for what a person does at the partner by hand."""
     return httpx.Client(base_url=sandbox.base_url, headers={"token": sandbox.token()}, timeout=30)

@@ -54,7 +54,7 @@ class DepositClient(HttpPartnerClient):
             account = (op.payload or {}).get("accountId") if op.entity == "bookings" else None
             groups.setdefault(f"account:{account}" if account else f"op:{i}", []).append(i)
         results: list[WriteResult | None] = [None] * len(ops)
-        limiter = RateLimiter(self._rate)
+        limiter = RateLimiter(self._rate, self._shared)
 
         async def send_group(http: httpx.AsyncClient, indices: list[int]) -> None:
             failed: WriteOp | None = None
@@ -90,6 +90,7 @@ class DepositClient(HttpPartnerClient):
             connect_timeout_s=deposit.connect_timeout_s,
             concurrency=deposit.concurrency,
             rate_limit_per_s=deposit.rate_limit_per_s,
+            shared_rate_limit=deposit.shared_rate_limit,
             max_retries=deposit.max_retries,
             backoff_base_s=deposit.backoff_base_s,
             backoff_max_s=deposit.backoff_max_s,

@@ -52,6 +52,7 @@ class PortalClient(HttpPartnerClient):
             connect_timeout_s=portal.connect_timeout_s,
             concurrency=portal.concurrency,
             rate_limit_per_s=portal.rate_limit_per_s,
+            shared_rate_limit=portal.shared_rate_limit,
             max_retries=portal.max_retries,
             backoff_base_s=portal.backoff_base_s,
             backoff_max_s=portal.backoff_max_s,

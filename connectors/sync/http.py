@@ -61,12 +61,19 @@ def default_tls_context() -> ssl.SSLContext:
 
 class RateLimiter:
     """At most ``rate`` requests per second across a client's concurrent requests, and a pause
-    for all of them when the partner asks for one (``Retry-After``). httpx has neither."""
+    for all of them when the partner asks for one (``Retry-After``). httpx has neither.
 
-    def __init__(self, rate: float | None) -> None:
+    ``shared``: the name of a Prefect global concurrency limit with a slot decay (Prefect's
+    rate-limit form) that every request also takes a slot of. Several workers, each with its
+    own client, then keep their sum within the partner's rate limit: the limit lives on the
+    Prefect server they share (``./hausflow cluster up`` creates it from the settings).
+    """
+
+    def __init__(self, rate: float | None, shared: str | None = None) -> None:
         self._interval = 1.0 / rate if rate else 0.0
         self._next = 0.0
         self._lock = asyncio.Lock()
+        self._shared = shared
 
     async def wait(self) -> None:
         """Return when the next request may go out."""
@@ -76,6 +83,11 @@ class RateLimiter:
             self._next = max(now, self._next) + self._interval
         if delay > 0:
             await asyncio.sleep(delay)
+        if self._shared:
+            from prefect.concurrency.asyncio import rate_limit  # only where a shared limit is set
+
+            # strict: a limit that is not on the server must not pass unlimited requests
+            await rate_limit(self._shared, occupy=1, strict=True)
 
     def hold(self, seconds: float) -> None:
         """No request goes out for ``seconds`` from now."""
@@ -93,6 +105,8 @@ class HttpPartnerClient:
         check_path: a cheap authenticated read that shows the partner answers (:meth:`acheck`).
         concurrency: requests in flight at once, each worker over a connection of its own.
         rate_limit_per_s: upper bound of requests per second, ``None`` for none.
+        shared_rate_limit: a Prefect global concurrency limit all workers' requests share
+            (:class:`RateLimiter`), ``None`` for none.
         max_retries: retries per request for retriable failures.
         retry_after_max_s: the longest pause a ``Retry-After`` gets (a longer one fails the request).
         verify: TLS verification (an ``ssl.SSLContext``; ``False`` only for tests).
@@ -111,6 +125,7 @@ class HttpPartnerClient:
         connect_timeout_s: float = 10.0,
         concurrency: int = 16,
         rate_limit_per_s: float | None = None,
+        shared_rate_limit: str | None = None,
         max_retries: int = 6,
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 20.0,
@@ -128,6 +143,7 @@ class HttpPartnerClient:
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._concurrency = max(1, concurrency)
         self._rate = rate_limit_per_s
+        self._shared = shared_rate_limit
         self._max_retries = max_retries
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
@@ -143,13 +159,13 @@ class HttpPartnerClient:
         Raises only for what concerns every record: refused credentials
         (:class:`PartnerCredentialsError`) or a token refused right after the login.
         """
-        limiter = RateLimiter(self._rate)
+        limiter = RateLimiter(self._rate, self._shared)
         return await self._each(ops, lambda http, op: self._write_one(http, limiter, op))
 
     async def aread_many(self, entity: str, ref_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         """Read records by reference id (``None`` for unknown ones)."""
         stream = self.streams[entity]
-        limiter = RateLimiter(self._rate)
+        limiter = RateLimiter(self._rate, self._shared)
         records = await self._each(ref_ids, lambda http, ref_id: self._get_one(http, limiter, stream, ref_id))
         return dict(zip(ref_ids, records, strict=True))
 
@@ -164,7 +180,7 @@ class HttpPartnerClient:
 
         ``filters``: further query parameters of the first page (``origin=portal``)."""
         stream = self.streams[entity]
-        limiter = RateLimiter(self._rate)
+        limiter = RateLimiter(self._rate, self._shared)
         params: dict[str, Any] | None = {
             **self.page_params(modified_after, include_archived),
             **(filters or {}),
@@ -186,7 +202,11 @@ class HttpPartnerClient:
         """One cheap authenticated read: raises unless the partner answers and takes the credentials."""
         async with self._http() as http:
             await self._request(
-                http, RateLimiter(self._rate), "GET", self._check_path, params=self.page_params(None, False)
+                http,
+                RateLimiter(self._rate, self._shared),
+                "GET",
+                self._check_path,
+                params=self.page_params(None, False),
             )
 
     def credentials_expire(self) -> float | None:

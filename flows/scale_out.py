@@ -1,0 +1,296 @@
+"""The portal sync spread over several workers, on Prefect's own distribution.
+
+A parent run (this flow) splits the released objects into ranges and starts one run of the
+deployment ``portal-sync/partition`` per range with ``run_deployment``; the workers of the
+``process`` work pool take them, one each (docs/scale-out.md). Each run applies the rules to the
+whole ERP and writes only the records its partition owns (:mod:`tasks.partitions`), so no two
+partitions write the same record. The writes go in three phases, each waiting for the one before:
+a contact names units of any range, a responsibility or a document names contacts of any range.
+
+1. properties and units;
+2. contacts;
+3. responsibilities and documents (documents only with ``licences.documents_messages``).
+
+Then one closing run of the same deployment over everything: the run that sees the whole desired
+state archives, withdraws and anonymises, runs the rest of the exchange (messages, e-mails, the
+portal's tickets) and finds nothing else to do when the partitions did their share.
+
+A partition run whose worker died (its flow-run heartbeats stop: the automation that
+``./hausflow cluster up`` installs marks it Crashed) is run again, after this run has settled
+the writes it left pending: the exactly-once load reads them back, so nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, get_args
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_table_artifact
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+from sqlalchemy import func, select
+
+from config.settings import HausflowSettings, ProfileName, load_settings
+from connectors.erp import schema
+from connectors.erp.database import make_engine
+from connectors.state_store import StateStore
+from tasks.licensing import licensed
+from tasks.partitions import Partition, split_objects
+from tasks.portal_rules import released_objects
+from tasks.portal_tasks import PORTAL
+from tasks.sync.load import check_partner, recover_pending_writes
+from tasks.systems import claim_system, switched_off
+
+PARTITION_DEPLOYMENT = "portal-sync/partition"
+MASTER_PHASES: tuple[tuple[str, ...], ...] = (("properties", "units"), ("contacts",), ("responsibilities",))
+SUMMED = ("planned", "confirmed", "failed")
+"""Counts that add up over the runs; skipped, quarantined and unchanged are the closing run's,
+which sees every record."""
+
+
+class PartitionLostError(RuntimeError):
+    """A partition run crashed again and again (or was cancelled): the sync stops before the next
+    phase, whose records would name what that partition did not write."""
+
+
+@dataclass
+class ChildRun:
+    """One run the parent started, and what it reported."""
+
+    phase: str
+    partition: str
+    run: FlowRun
+    summary: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        """Its line in the combined protocol."""
+        state = self.run.state
+        return {
+            "run": self.run.name,
+            "phase": self.phase,
+            "objects": self.partition,
+            "state": state.name if state else "unknown",
+            **{k: self.summary.get(k, 0) for k in (*SUMMED, "skipped", "quarantined", "unchanged")},
+        }
+
+
+@flow(name="portal-sync-partitioned", log_prints=False)
+async def portal_sync_partitioned(
+    partitions: int = 2,
+    full_resync: bool = False,
+    profile: str | None = None,
+    deployment: str = PARTITION_DEPLOYMENT,
+    attempts: int = 2,
+) -> dict[str, Any]:
+    """The portal sync in ``partitions`` runs at once, on the work pool's workers.
+
+    Args:
+        partitions: how many runs share the objects (one per worker that takes partition runs).
+        full_resync: send every record again, even if unchanged since the last confirmation.
+        profile: settings profile; default ``HAUSFLOW_PROFILE``.
+        deployment: the deployment of ``portal-sync`` that the partition runs are runs of.
+        attempts: how often a partition run whose worker died is started (1: never again).
+
+    Returns:
+        The combined protocol: the summed writes of every run, the closing run's skipped,
+        quarantined and unchanged counts, and one line per run (``runs``).
+    """
+    logger = get_run_logger()
+    settings, stop = licensed(load_settings(profile), "portal")
+    stop = stop or switched_off(settings, "portal")
+    if stop is not None:
+        return stop
+    if partitions < 1 or attempts < 1:
+        raise ValueError("partitions and attempts must be at least 1")
+    claim_system(settings)
+    run_id = str(flow_run.get_id() or "local")
+    store = StateStore(settings.state_url)
+    store.start_run(run_id, "portal-sync-partitioned", PORTAL.name, False)
+    children: list[ChildRun] = []
+    try:
+        await check_partner(PORTAL, settings)
+        await recover_pending_writes(PORTAL, settings, run_id)
+        ranges = split_objects(object_weights(settings), partitions)
+        parts = [Partition(i, len(ranges), first, last) for i, (first, last) in enumerate(ranges)]
+        logger.info(
+            "Portal sync in %d partitions (%s), three phases, then one closing run over everything.",
+            len(parts),
+            "; ".join(f"{p.first}..{p.last}" for p in parts),
+        )
+        phases = list(MASTER_PHASES)
+        if settings.licences.documents_messages:
+            phases[-1] = (*phases[-1], "documents")
+        common = {"profile": profile, "full_resync": full_resync}
+        for phase in phases:
+            children += await _phase(settings, run_id, deployment, parts, phase, common, attempts)
+        closing = await _start(deployment, {"profile": profile}, "closing")
+        children.append(ChildRun("closing", "all", closing, _summary(store, closing)))
+        summary = combined(children)
+    except Exception:
+        store.finish_run(run_id, "FAILED", {"runs": [c.row() for c in children]})
+        raise
+    store.finish_run(
+        run_id, "FAILED" if summary["failed"] or summary["not_completed"] else "COMPLETED", summary
+    )
+    await acreate_table_artifact(
+        key="portal-sync-partitioned",
+        table=summary["runs"],
+        description=(
+            f"Partitioned portal sync: {summary['confirmed']} writes confirmed, {summary['failed']} failed over "
+            f"{len(children)} runs; each run's own protocol lists its records (artifacts portal-sync-protocol "
+            "and portal-sync-details of that run)."
+        ),
+    )
+    logger.info(
+        "Partitioned portal sync done: %d writes confirmed, %d failed, %d unchanged, %d skipped, %d quarantined.",
+        summary["confirmed"],
+        summary["failed"],
+        summary["unchanged"],
+        summary["skipped"],
+        summary["quarantined"],
+    )
+    if summary["not_completed"]:
+        raise RuntimeError(
+            f"{summary['not_completed']} of the {len(children)} runs did not complete (listed in the artifact "
+            "portal-sync-partitioned, each with its own protocol); the next run retries what they left."
+        )
+    return summary
+
+
+async def _phase(
+    settings: HausflowSettings,
+    run_id: str,
+    deployment: str,
+    parts: Sequence[Partition],
+    entities: tuple[str, ...],
+    common: dict[str, Any],
+    attempts: int,
+) -> list[ChildRun]:
+    """Run one phase: a run per partition, all at once; a run that crashed runs again."""
+    logger = get_run_logger()
+    store = StateStore(settings.state_url)
+    phase = "+".join(entities)
+    done: list[ChildRun] = []
+    todo = list(parts)
+    for attempt in range(1, attempts + 1):
+        runs = await asyncio.gather(
+            *[
+                _start(
+                    deployment,
+                    {**common, "partition": p.parameter(), "entities": list(entities)},
+                    f"{phase}-{p.index + 1}of{p.count}",
+                )
+                for p in todo
+            ]
+        )
+        lost = []
+        for part, run in zip(todo, runs, strict=True):
+            done.append(ChildRun(phase, f"{part.first}..{part.last}", run, _summary(store, run)))
+            if run.state is None or run.state.is_crashed():
+                lost.append(part)
+            elif run.state.is_cancelled():
+                raise PartitionLostError(f"partition run {run.name} was cancelled: the sync stops here")
+        if not lost:
+            return done
+        names = ", ".join(f"{p.first}..{p.last}" for p in lost)
+        if attempt == attempts:
+            raise PartitionLostError(
+                f"phase {phase}: the run of objects {names} crashed {attempts} times (see its worker's log); "
+                "the sync stops before the next phase. What was confirmed stays; the next run goes on from there."
+            )
+        logger.warning(
+            "Phase %s: the run of objects %s crashed (its worker or host stopped). Its writes left pending are "
+            "read back at the partner, then it runs again (attempt %d of %d).",
+            phase,
+            names,
+            attempt + 1,
+            attempts,
+        )
+        await recover_pending_writes(PORTAL, settings, run_id)
+        todo = lost
+    return done
+
+
+async def _start(deployment: str, parameters: dict[str, Any], label: str) -> FlowRun:
+    """One run of the deployment, awaited until it ends (in the Prefect UI: a subflow of this run)."""
+    parent = flow_run.get_name() or "portal-sync-partitioned"
+    run: FlowRun = await run_deployment(  # type: ignore[misc]
+        deployment,
+        parameters=parameters,
+        flow_run_name=f"{parent}-{label}",
+        poll_interval=1,
+        as_subflow=True,
+    )
+    return run
+
+
+def _summary(store: StateStore, run: FlowRun) -> dict[str, Any]:
+    return store.run_summary(str(run.id)) or {}
+
+
+def combined(children: Sequence[ChildRun]) -> dict[str, Any]:
+    """The parent's protocol: writes summed over the runs, the closing run's other counts."""
+    closing = children[-1].summary if children and children[-1].phase == "closing" else {}
+    summary: dict[str, Any] = {k: sum(int(c.summary.get(k, 0) or 0) for c in children) for k in SUMMED}
+    for key in ("skipped", "quarantined", "unchanged"):
+        summary[key] = closing.get(key, 0)
+    summary["not_completed"] = sum(
+        1 for c in children if c.run.state is None or not c.run.state.is_completed()
+    )
+    summary["runs"] = [c.row() for c in children]
+    return summary
+
+
+def object_weights(settings: HausflowSettings) -> dict[str, int]:
+    """The objects released for the portal, each with its number of units (two small queries)."""
+    o, g, u = schema.objects, schema.object_groups, schema.units
+    engine = make_engine(settings.erp_url)
+    try:
+        with engine.connect() as conn:
+            objects = [str(r[0]) for r in conn.execute(select(o.c.object_no))]
+            groups = [(str(r[0]), str(r[1])) for r in conn.execute(select(g.c.group_name, g.c.object_no))]
+            units = {
+                str(r[0]): int(r[1])
+                for r in conn.execute(select(u.c.object_no, func.count()).group_by(u.c.object_no))
+            }
+    finally:
+        engine.dispose()
+    import pandas as pd
+
+    frame = pd.DataFrame(groups, columns=["group_name", "object_no"])
+    released = released_objects(objects, frame, settings.portal.object_range, settings.portal.object_group)
+    return {obj: units.get(obj, 0) for obj in released}
+
+
+def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The flow's parameters from ``python -m flows.scale_out [...]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.scale_out",
+        description="The portal sync in partitions, each run on a worker of the work pool "
+        "(./hausflow cluster up starts one on this machine); its summary printed as one JSON line last.",
+    )
+    parser.add_argument("--partitions", type=int, default=2, help="runs at once (default 2)")
+    parser.add_argument("--full-resync", action="store_true", help="send every record again")
+    parser.add_argument("--deployment", default=PARTITION_DEPLOYMENT, help="the partition runs' deployment")
+    parser.add_argument("--profile", choices=get_args(ProfileName), help="settings profile")
+    args = parser.parse_args(argv)
+    parameters: dict[str, Any] = {
+        "partitions": args.partitions,
+        "full_resync": args.full_resync,
+        "deployment": args.deployment,
+    }
+    if args.profile:
+        parameters["profile"] = args.profile
+    return parameters
+
+
+if __name__ == "__main__":
+    import json
+
+    result = asyncio.run(portal_sync_partitioned(**command_line()))
+    print(json.dumps(result, default=str))

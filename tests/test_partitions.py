@@ -1,0 +1,98 @@
+"""Partitions of a scaled-out sync (tasks/partitions.py): object ranges, who owns which record,
+and partition runs in one process giving the portal exactly what one run over everything gives.
+
+The same on the real setup (a Prefect server on PostgreSQL, a process work pool, workers) is in
+tests/test_scale_out.py.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from connectors.erp import demo
+from connectors.erp.database import make_engine
+from flows.portal_sync import run_portal_sync
+from flows.scale_out import MASTER_PHASES, object_weights
+from sandbox.portal.server import SandboxServer
+from tasks.partitions import Partition, object_key, split_objects
+from tests.portal_env import BUSINESS_DATE, portal_content, portal_env
+
+
+def test_object_numbers_sort_as_numbers_then_text() -> None:
+    assert sorted(["10", "9", "A-2", "100", "A-10"], key=object_key) == ["9", "10", "100", "A-2", "A-10"]
+
+
+def test_ranges_are_contiguous_cover_every_object_and_share_the_units() -> None:
+    weights = {str(n): (50 if n < 10 else 1) for n in range(1, 101)}  # ten big objects first
+    ranges = split_objects(weights, 3)
+    assert len(ranges) == 3
+    parts = [Partition(i, 3, a, b) for i, (a, b) in enumerate(ranges)]
+    owners = Counter(next(i for i, p in enumerate(parts) if p.holds_object(o)) for o in weights)
+    assert sum(owners.values()) == 100
+    assert all(sum(p.holds_object(o) for p in parts) == 1 for o in weights)  # each object once
+    load = [sum(weights[o] + 1 for o in weights if p.holds_object(o)) for p in parts]
+    assert max(load) - min(load) <= 52  # within one big object of each other
+    assert split_objects({"1": 3}, 4) == [("1", "1")]  # never more ranges than objects
+    assert split_objects({}, 2) == []
+
+
+def test_every_contact_has_exactly_one_owner() -> None:
+    parts = [Partition(i, 3, "1", "9") for i in range(3)]
+    for person in (f"P{n:05d}" for n in range(500)):
+        owners = [p.index for p in parts if p.owns("contacts", person)]
+        assert owners == [zlib.crc32(person.encode()) % 3]
+
+
+def test_a_partition_parameter_is_checked() -> None:
+    with pytest.raises(ValueError, match="lacks first, last"):
+        Partition.of({"index": 0, "count": 2})
+    with pytest.raises(ValueError, match=r"index must lie in 0\.\.1"):
+        Partition.of({"index": 2, "count": 2, "first": "1", "last": "2"})
+    with pytest.raises(ValueError, match="is empty"):
+        Partition(0, 1, "9", "1")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_partition_runs_give_the_portal_what_one_run_gives(
+    sandbox: SandboxServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two partitions, the three phases in turn, then the closing run: the portal holds exactly
+    what a single run over everything leaves, no record was written twice, and every record the
+    single run wrote was written by exactly one partition run before the closing run."""
+    folder = tmp_path_factory.mktemp("partitions")
+    erp_url = f"sqlite:///{folder}/erp.sqlite"
+    demo.generate_erp(make_engine(erp_url), persons=300, seed=7, business_date=BUSINESS_DATE)
+    single = SandboxServer(db_url=f"sqlite:///{folder}/single.sqlite").start()
+    try:
+        with portal_env(single, erp_url, f"sqlite:///{folder}/single-state.sqlite"):
+            alone = run_portal_sync(profile="test")
+        expected = portal_content(single)
+        single_writes = single.counters()["writes"]
+    finally:
+        single.stop()
+    sandbox.reset()
+    with portal_env(sandbox, erp_url, f"sqlite:///{folder}/state.sqlite"):
+        from config.settings import load_settings
+
+        ranges = split_objects(object_weights(load_settings("test")), 2)
+        parts = [Partition(i, 2, a, b) for i, (a, b) in enumerate(ranges)]
+        summaries: list[dict[str, Any]] = []
+        for phase in MASTER_PHASES:
+            for part in parts:
+                summaries.append(
+                    run_portal_sync(profile="test", partition=part.parameter(), entities=list(phase))
+                )
+        before_closing = sandbox.counters()
+        closing = run_portal_sync(profile="test")
+    assert portal_content(sandbox) == expected
+    counters = sandbox.counters()
+    assert counters["duplicate_writes"] == 0
+    # the partitions wrote everything the single run wrote (nothing archived there: a first sync)
+    assert before_closing["writes"] == single_writes == alone["confirmed"]
+    assert sum(s["confirmed"] for s in summaries) == alone["confirmed"]
+    assert closing["confirmed"] == 0 and closing["failed"] == 0
+    assert closing["quarantined"] == alone["quarantined"] and closing["skipped"] == alone["skipped"]
