@@ -44,6 +44,7 @@ from tasks.partitions import Partition, split_objects
 from tasks.portal_rules import released_objects
 from tasks.portal_tasks import PORTAL
 from tasks.sync.load import check_partner, recover_pending_writes
+from tasks.sync.partner import Partner
 from tasks.systems import claim_system, switched_off
 
 PARTITION_DEPLOYMENT = "portal-sync/partition"
@@ -126,10 +127,9 @@ async def portal_sync_partitioned(
         if settings.licences.documents_messages:
             phases[-1] = (*phases[-1], "documents")
         common = {"profile": profile, "full_resync": full_resync}
-        for phase in phases:
-            children += await _phase(settings, run_id, deployment, parts, phase, common, attempts)
-        closing = await _start(deployment, {"profile": profile}, "closing")
-        children.append(ChildRun("closing", "all", closing, _summary(store, closing)))
+        steps = [Step(deployment, {**common, "entities": list(p)}, "+".join(p)) for p in phases]
+        closing = [Step(deployment, {"profile": profile}, "closing")]
+        children = await run_partitioned(PORTAL, settings, run_id, parts, steps, closing, attempts)
         summary = combined(children)
     except Exception:
         store.finish_run(run_id, "FAILED", {"runs": [c.row() for c in children]})
@@ -162,27 +162,60 @@ async def portal_sync_partitioned(
     return summary
 
 
-async def _phase(
+@dataclass(frozen=True)
+class Step:
+    """Runs of one deployment with these parameters: one per partition (a phase), or one over
+    everything (a closing run)."""
+
+    deployment: str
+    parameters: dict[str, Any]
+    label: str
+
+
+async def run_partitioned(
+    partner: Partner,
     settings: HausflowSettings,
     run_id: str,
-    deployment: str,
     parts: Sequence[Partition],
-    entities: tuple[str, ...],
-    common: dict[str, Any],
+    phases: Sequence[Step],
+    closing: Sequence[Step],
+    attempts: int,
+) -> list[ChildRun]:
+    """The phases in turn, each a run per partition at once, then the closing runs one by one.
+
+    A partition run that crashed runs again once the parent settled what it left pending
+    (``attempts`` in all); a closing run is not repeated: the next scheduled run does its work.
+    """
+    store = StateStore(settings.state_url)
+    children: list[ChildRun] = []
+    for step in phases:
+        children += await _phase(partner, settings, run_id, parts, step, attempts)
+    for step in closing:
+        run = await _start(step.deployment, step.parameters, step.label)
+        children.append(ChildRun(step.label, "all", run, _summary(store, run)))
+    return children
+
+
+async def _phase(
+    partner: Partner,
+    settings: HausflowSettings,
+    run_id: str,
+    parts: Sequence[Partition],
+    step: Step,
     attempts: int,
 ) -> list[ChildRun]:
     """Run one phase: a run per partition, all at once; a run that crashed runs again."""
     logger = get_run_logger()
     store = StateStore(settings.state_url)
-    phase = "+".join(entities)
+    phase = step.label
     done: list[ChildRun] = []
     todo = list(parts)
     for attempt in range(1, attempts + 1):
         runs = await asyncio.gather(
             *[
                 _start(
-                    deployment,
-                    {**common, "partition": p.parameter(), "entities": list(entities)},
+                    step.deployment,
+                    {**step.parameters, "partition": p.parameter()},
                     f"{phase}-{p.index + 1}of{p.count}",
                 )
                 for p in todo
@@ -211,7 +244,7 @@ async def _phase(
             attempt + 1,
             attempts,
         )
-        await recover_pending_writes(PORTAL, settings, run_id)
+        await recover_pending_writes(partner, settings, run_id)
         todo = lost
     return done
 
@@ -234,8 +267,8 @@ def _summary(store: StateStore, run: FlowRun) -> dict[str, Any]:
 
 
 def combined(children: Sequence[ChildRun]) -> dict[str, Any]:
-    """The parent's protocol: writes summed over the runs, the closing run's other counts."""
-    closing = children[-1].summary if children and children[-1].phase == "closing" else {}
+    """The parent's protocol: writes summed over the runs, the last closing run's other counts."""
+    closing = next((c.summary for c in reversed(children) if c.partition == "all"), {})
     summary: dict[str, Any] = {k: sum(int(c.summary.get(k, 0) or 0) for c in children) for k in SUMMED}
     for key in ("skipped", "quarantined", "unchanged"):
         summary[key] = closing.get(key, 0)
