@@ -84,14 +84,30 @@ class RateLimiter:
         if delay > 0:
             await asyncio.sleep(delay)
         if self._shared:
-            from prefect.concurrency.asyncio import rate_limit  # only where a shared limit is set
-
-            # strict: a limit that is not on the server must not pass unlimited requests
-            await rate_limit(self._shared, occupy=1, strict=True)
+            await _shared_slot(self._shared)
 
     def hold(self, seconds: float) -> None:
         """No request goes out for ``seconds`` from now."""
         self._next = max(self._next, time.monotonic() + seconds)
+
+
+class SharedLimitMissingError(RuntimeError):
+    """The shared rate limit a partner's settings name is not on the Prefect server. It concerns
+    every request, not a record: the run stops (at its first request, the partner check)."""
+
+
+async def _shared_slot(name: str) -> None:
+    """One slot of the Prefect global concurrency limit ``name`` (strict: a limit that is not on
+    the Prefect server must not let requests pass unlimited)."""
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
+
+    try:
+        await rate_limit(name, occupy=1, strict=True)
+    except ConcurrencySlotAcquisitionError as exc:
+        raise SharedLimitMissingError(
+            f"the shared rate limit {name!r} (setting shared_rate_limit) is not on the Prefect server: create it "
+            "as a global concurrency limit with a slot decay (./hausflow cluster up does so from rate_limit_per_s)"
+        ) from exc
 
 
 class HttpPartnerClient:
