@@ -64,14 +64,21 @@ def test_the_script_prints_its_usage_for_help_and_refuses_an_unknown_command() -
     for args in ([], ["help"], ["--help"]):
         done = subprocess.run(["./hausflow", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, (args, done.stderr)
-        for command in ("up", "test", "status", "quarantine", "run FLOW/DEPLOYMENT"):
+        for command in (
+            "up",
+            "test",
+            "status",
+            "quarantine",
+            "run FLOW/DEPLOYMENT",
+            "cluster up|down|status",
+        ):
             assert f"./hausflow {command}" in done.stdout, (args, done.stdout)
     wrong = subprocess.run(["./hausflow", "stauts"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert wrong.returncode == 2
     assert wrong.stdout == ""
     assert "unknown command 'stauts'" in wrong.stderr
     assert (
-        "usage: ./hausflow {up|test|check|status|quarantine|run|mail-test|licence|alerts|help}"
+        "usage: ./hausflow {up|test|check|status|quarantine|run|mail-test|licence|alerts|cluster|help}"
         in wrong.stderr
     )
 
