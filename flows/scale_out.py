@@ -67,6 +67,7 @@ class ChildRun:
     partition: str
     run: FlowRun
     summary: dict[str, Any]
+    replaced: bool = False  # crashed, and run again
 
     def row(self) -> dict[str, Any]:
         """Its line in the combined protocol."""
@@ -75,7 +76,7 @@ class ChildRun:
             "run": self.run.name,
             "phase": self.phase,
             "objects": self.partition,
-            "state": state.name if state else "unknown",
+            "state": f"{state.name if state else 'unknown'}{' (run again)' if self.replaced else ''}",
             **{k: self.summary.get(k, 0) for k in (*SUMMED, "skipped", "quarantined", "unchanged")},
         }
 
@@ -222,10 +223,12 @@ async def _phase(
             ]
         )
         lost = []
+        crashed: list[ChildRun] = []
         for part, run in zip(todo, runs, strict=True):
             done.append(ChildRun(phase, f"{part.first}..{part.last}", run, _summary(store, run)))
             if run.state is None or run.state.is_crashed():
                 lost.append(part)
+                crashed.append(done[-1])
             elif run.state.is_cancelled():
                 raise PartitionLostError(f"partition run {run.name} was cancelled: the sync stops here")
         if not lost:
@@ -245,6 +248,8 @@ async def _phase(
             attempts,
         )
         await recover_pending_writes(partner, settings, run_id)
+        for child in crashed:
+            child.replaced = True
         todo = lost
     return done
 
@@ -273,7 +278,7 @@ def combined(children: Sequence[ChildRun]) -> dict[str, Any]:
     for key in ("skipped", "quarantined", "unchanged"):
         summary[key] = closing.get(key, 0)
     summary["not_completed"] = sum(
-        1 for c in children if c.run.state is None or not c.run.state.is_completed()
+        1 for c in children if not c.replaced and (c.run.state is None or not c.run.state.is_completed())
     )
     summary["runs"] = [c.row() for c in children]
     return summary
