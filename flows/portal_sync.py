@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -597,8 +598,25 @@ def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
         choices=get_args(ProfileName),
         help="settings profile (default: HAUSFLOW_PROFILE, else test)",
     )
+    parser.add_argument(
+        "--partition",
+        metavar="K/N:FIRST..LAST",
+        help="run partition K of N, objects FIRST..LAST, as a partitioned sync's runs do (docs/scale-out.md)",
+    )
     args = parser.parse_args(argv)
     parameters: dict[str, Any] = {"dry_run": args.dry_run, "full_resync": args.full_resync}
+    if args.partition is not None:
+        found = re.fullmatch(r"(\d+)/(\d+):(.+?)\.\.(.+)", args.partition.strip())
+        if not found or not 1 <= int(found[1]) <= int(found[2]):
+            parser.error(
+                f"--partition {args.partition!r}: expected K/N:FIRST..LAST with 1 <= K <= N, e.g. 1/2:1001..1050"
+            )
+        parameters["partition"] = {
+            "index": int(found[1]) - 1,
+            "count": int(found[2]),
+            "first": found[3],
+            "last": found[4],
+        }
     if args.objects is not None:
         objects = [n.strip() for arg in args.objects for n in arg.split(",") if n.strip()]
         if not objects:  # an empty list would mean every object, archiving included

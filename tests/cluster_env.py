@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from flows.cluster import (
     drop_prefect_database,
     start_cluster,
 )
+from sandbox.portal.server import free_port
 
 PG_URL = os.environ.get("HAUSFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("HAUSFLOW_REQUIRE_POSTGRES") == "1"
@@ -56,14 +56,6 @@ def require_postgres() -> str:
             pytest.fail(f"HAUSFLOW_REQUIRE_POSTGRES=1 but {reason}")
         pytest.skip(reason)
     return PG_URL
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @contextmanager

@@ -88,7 +88,7 @@ def test_an_unknown_argument_ends_with_exit_code_2(command_line: Any) -> None:
             portal_sync.command_line,
             [
                 *("--dry-run", "--full-resync", "--objects", "1001,1002", "--objects", "1003"),
-                *("--entities", "units", "contacts", "--profile", "demo"),
+                *("--entities", "units", "contacts", "--profile", "demo", "--partition", "2/3:1001..1050"),
             ],
         ),
         (
@@ -130,6 +130,12 @@ def test_the_options_mean_what_they_say() -> None:
         "objects": ["1001", "1002", "1003"],
         "entities": ["units"],
     }
+    assert portal_sync.command_line(["--partition", "2/3:1001..1050"])["partition"] == {
+        "index": 1, "count": 3, "first": "1001", "last": "1050"
+    }  # fmt: skip
+    for wrong in ("3/2:1..9", "0/2:1..9", "1/2:1001"):
+        with pytest.raises(SystemExit):
+            portal_sync.command_line(["--partition", wrong])
     assert resync.command_line(["deposit"]) == {"partner": "deposit", "full": False, "dry_run": False}
     assert resync.command_line(["portal", "--objects", "1001,1002", "--entities", "units", "--dry-run"]) == {
         "partner": "portal",
@@ -212,4 +218,5 @@ def test_the_portal_sync_command_line_runs_the_flow_with_those_parameters(
         "objects": ["1001"],
         "entities": ["units", "contacts"],
         "profile": "test",
+        "partition": None,
     }

@@ -81,7 +81,9 @@ def test_two_processes_share_one_limit(sandbox: SandboxServer) -> None:
     assert len(times) == 2 * EACH
     assert times[0] >= start
     took = times[-1] - start
-    assert took >= (2 * EACH - RATE) / RATE - 0.5, f"{2 * EACH} requests in {took:.2f} s: the limit did not hold"
+    assert took >= (2 * EACH - RATE) / RATE - 0.5, (
+        f"{2 * EACH} requests in {took:.2f} s: the limit did not hold"
+    )
     busiest = max(sum(1 for t in times if s <= t < s + 1) for s in times)
     assert busiest <= 2 * RATE + 1, f"{busiest} requests within one second"
 
