@@ -503,15 +503,14 @@ def _partition_view(
     its to resolve), and the caretakers of other partitions the portal holds (its
     responsibilities may name them)."""
     store = StateStore(settings.state_url)
-    units = desired.records.get("units", {})
     covered = set(entities) if entities else None
 
     def decides(entity: str, ref_id: str) -> bool:
         if covered is not None and entity not in covered:
             return False
-        if entity == "units":
-            return ref_id in units and part.owns(entity, ref_id, units[ref_id])
-        return entity in ("properties", "contacts", "responsibilities") and part.owns(entity, ref_id)
+        if entity in ("units", "contacts"):
+            return part.owns(entity, ref_id, desired.records.get(entity, {}).get(ref_id))
+        return entity in ("properties", "responsibilities") and part.owns(entity, ref_id)
 
     view = desired
     if exchange_wanted(settings, entities):
@@ -523,7 +522,7 @@ def _partition_view(
     elsewhere: set[str] = set()
     if covered is None or "responsibilities" in covered:
         caretakers = {e["contactId"] for c in desired.caretakers.values() for e in c}
-        others = [c for c in caretakers if not part.holds_contact(c)]
+        others = [c for c in caretakers if not decides("contacts", c)]
         state = store.load_state_for(PORTAL.name, "contacts", others)
         elsewhere = {c for c, e in state.items() if e.status == "active"}
     return view, decides, elsewhere

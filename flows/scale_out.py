@@ -3,17 +3,18 @@
 A parent run (this flow) splits the released objects into ranges and starts one run of the
 deployment ``portal-sync/partition`` per range with ``run_deployment``; the workers of the
 ``process`` work pool take them, one each (docs/scale-out.md). Each run applies the rules to the
-whole ERP and writes only the records its partition owns (:mod:`tasks.partitions`), so no two
-partitions write the same record. The writes go in three phases, each waiting for the one before:
-a contact names units of any range, a responsibility or a document names contacts of any range.
+whole ERP and writes only the records its partition owns (:mod:`tasks.partitions`): the
+properties and units of its objects, and the contacts whose contracts all lie there. No two
+partitions write the same record, and a partition's records name only records it wrote itself
+or the portal holds. The partition runs go in phases, each waiting for the one before:
 
-1. properties and units;
-2. contacts;
-3. responsibilities and documents (documents only with ``licences.documents_messages``).
+1. properties, units and contacts;
+2. documents (only with ``licences.documents_messages``): they name contacts of any partition.
 
 Then one closing run of the same deployment over everything: the run that sees the whole desired
-state archives, withdraws and anonymises, runs the rest of the exchange (messages, e-mails, the
-portal's tickets) and finds nothing else to do when the partitions did their share.
+state writes what names records of several partitions (contacts with contracts in two ranges,
+the responsibilities, documents for such contacts), archives, withdraws and anonymises, runs the
+rest of the exchange (messages, e-mails, the portal's tickets) and otherwise finds nothing to do.
 
 A partition run whose worker died (its flow-run heartbeats stop: the automation that
 ``./hausflow cluster up`` installs marks it Crashed) is run again, after this run has settled
@@ -48,7 +49,10 @@ from tasks.sync.partner import Partner
 from tasks.systems import claim_system, switched_off
 
 PARTITION_DEPLOYMENT = "portal-sync/partition"
-MASTER_PHASES: tuple[tuple[str, ...], ...] = (("properties", "units"), ("contacts",), ("responsibilities",))
+MASTER_PHASES: tuple[tuple[str, ...], ...] = (("properties", "units", "contacts"),)
+"""What the partition runs write, phase by phase; documents follow in a phase of their own where
+licensed (they name contacts of other partitions). The responsibilities go with the closing run:
+they name caretakers of any partition."""
 SUMMED = ("planned", "confirmed", "failed")
 """Counts that add up over the runs; skipped, quarantined and unchanged are the closing run's,
 which sees every record."""
@@ -120,13 +124,14 @@ async def portal_sync_partitioned(
         ranges = split_objects(object_weights(settings), partitions)
         parts = [Partition(i, len(ranges), first, last) for i, (first, last) in enumerate(ranges)]
         logger.info(
-            "Portal sync in %d partitions (%s), three phases, then one closing run over everything.",
+            "Portal sync in %d partitions (%s), %d phase(s), then one closing run over everything.",
             len(parts),
             "; ".join(f"{p.first}..{p.last}" for p in parts),
+            len(MASTER_PHASES) + settings.licences.documents_messages,
         )
         phases = list(MASTER_PHASES)
         if settings.licences.documents_messages:
-            phases[-1] = (*phases[-1], "documents")
+            phases.append(("documents",))
         common = {"profile": profile, "full_resync": full_resync}
         steps = [Step(deployment, {**common, "entities": list(p)}, "+".join(p)) for p in phases]
         closing = [Step(deployment, {"profile": profile}, "closing")]

@@ -6,17 +6,20 @@ contact's contracts can lie in several ranges, and its payload names them all), 
 the records its partition *owns*:
 
 - properties, units, responsibilities and documents: those of the objects in its range;
-- contacts: by a stable digest of the person number (``crc32 % count``), since a contact belongs
-  to no single object. Every contact is owned by exactly one partition.
+- contacts: those whose contracts all lie in its range. A contact with contracts in two ranges
+  (a flat in one, a garage in another) names units of both, so it waits for the closing run,
+  when every partition's units are at the portal; so does a contact without contracts.
 
-So two partitions never write the same partner record. Archiving, withdrawals and anonymisations
-are left to the run that sees the whole desired state (the parent's closing run).
+So two partitions never write the same partner record, and a partition's records name only
+records it wrote itself (a contact its units, a unit its property, in write order) or that the
+portal already holds. What names records of other partitions (the responsibilities: caretakers
+of any range), archiving, withdrawals and anonymisations are left to the run that sees the whole
+desired state (the parent's closing run).
 """
 
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,7 +66,7 @@ def split_objects(weights: Mapping[str, int], count: int) -> list[tuple[str, str
 
 @dataclass(frozen=True)
 class Partition:
-    """One partition of a partitioned run: its object range and its share of the contacts."""
+    """One partition of a partitioned run: its object range."""
 
     index: int
     count: int
@@ -104,18 +107,16 @@ class Partition:
         """The released objects of this partition."""
         return {o for o in released if self.holds_object(o)}
 
-    def holds_contact(self, person_no: str) -> bool:
-        """Whether this partition writes the contact (a stable digest of the person number)."""
-        return zlib.crc32(str(person_no).encode()) % self.count == self.index
-
     def owns(self, entity: str, ref_id: str, payload: Mapping[str, Any] | None = None) -> bool:
-        """Whether this partition writes the record (see the module's docstring)."""
+        """Whether this partition writes the record (see the module's docstring); a contact or a
+        unit needs its payload (``None``: not this partition's)."""
         if entity == "contacts":
-            return self.holds_contact(ref_id)
+            contracts = (payload or {}).get("contracts") or ()
+            return bool(contracts) and all(self.holds_object(str(c["propertyId"])) for c in contracts)
         if entity in ("properties", "responsibilities"):
             return self.holds_object(ref_id)
-        if entity == "units" and payload is not None:
-            return self.holds_object(str(payload["propertyId"]))
+        if entity == "units":
+            return payload is not None and self.holds_object(str(payload["propertyId"]))
         raise ValueError(f"{entity} {ref_id}: no owner rule for this entity")
 
     def narrow(self, desired: DesiredState) -> DesiredState:

@@ -128,18 +128,13 @@ def test_two_workers_leave_the_portal_as_one_run_does(world: dict[str, Any], san
     started = asyncio.run(_start(cluster))
     run = asyncio.run(_wait(cluster, started.id, 240))
     summary = _assert_as_a_single_run(world, sandbox, run)
-    # three phases of two partition runs, then the closing run, on the two partition workers
+    # two partition runs, then the closing run (what names both partitions), on the two workers
     rows = summary["runs"]
-    assert [r["phase"] for r in rows] == [
-        *["properties+units"] * 2,
-        *["contacts"] * 2,
-        *["responsibilities"] * 2,
-        "closing",
-    ]
+    assert [r["phase"] for r in rows] == [*["properties+units+contacts"] * 2, "closing"]
     assert summary["confirmed"] == world["alone"]["confirmed"]
-    assert rows[-1]["confirmed"] == 0  # the partitions wrote everything
+    assert rows[-1]["confirmed"] < 0.1 * summary["confirmed"]  # the partitions did nearly all
     children = asyncio.run(_children(cluster, run.id))
-    assert len(children) == 7 and all(c.state.is_completed() for c in children)
+    assert len(children) == 3 and all(c.state.is_completed() for c in children)
 
 
 def test_a_worker_killed_mid_phase_costs_a_rerun_not_a_record(
@@ -168,5 +163,5 @@ def test_a_worker_killed_mid_phase_costs_a_rerun_not_a_record(
     crashed = [c for c in children if c.state.is_crashed()]
     assert len(crashed) == 1, [(c.name, c.state.name) for c in children]
     assert "heartbeats stopped" in (crashed[0].state.message or "")
-    assert len(children) == 8  # the crashed partition ran again
+    assert len(children) == 4  # the crashed partition ran again
     assert writes_at_kill < sandbox.counters()["writes"]
