@@ -9,6 +9,13 @@ confirmed (by difference, no cursor) -> send / wait / hold -> load per batch, an
 in order and none after its first failure -> payouts of every kept deposit not yet in the payout
 ledger -> protocol
 
+A partition run (``partition``: one object range of a partitioned deposit sync, flows/scale_out.py)
+applies the rules to the whole scope and writes only the accounts, and bookings, of its objects
+(an account's bookings all lie in one partition and go in order there). It leaves to the parent
+and its closing runs whatever needs the whole picture: the writes earlier runs left pending,
+archives, the refusals and quarantine entries of other accounts, the payouts (one pain.001 file
+over everything), and the quiet check and mark.
+
 Both are deployed daily (``prefect.yaml``, ``flows/serve.py``); with ``deposit.daily_schedules =
 false`` an outside scheduler triggers them instead and a scheduled run ends at once, saying so.
 Licensed: ``licences.deposit``. Asynchronous like the portal sync, for the same reason (a synchronous
@@ -19,7 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast, get_args
 
 from prefect import flow, get_run_logger
@@ -51,6 +59,7 @@ from tasks.deposit_tasks import (
     resolve_refusals,
 )
 from tasks.licensing import licensed
+from tasks.partitions import Partition
 from tasks.payout_tasks import Payout, write_payout_file
 from tasks.sync.load import BatchOutcome, check_partner, load_partner_batch, recover_pending_writes
 from tasks.sync.plan import Plan
@@ -65,7 +74,7 @@ def whole(value: T) -> T:
     return cast(T, quote(value))
 
 
-def _gate(settings: HausflowSettings, what: str) -> dict[str, Any] | None:
+def deposit_gate(settings: HausflowSettings, what: str) -> dict[str, Any] | None:
     """Why this run does nothing (licence, interface off, a scheduled run with the daily schedules
     off), logged in one line; ``None`` when it goes ahead."""
     logger = get_run_logger()
@@ -118,14 +127,23 @@ async def _load(
 
 
 def _quiet_check(
-    settings: HausflowSettings, what: str, erp: list[str], run_id: str, compare: bool
+    settings: HausflowSettings,
+    what: str,
+    erp: Callable[[], list[str]],
+    run_id: str,
+    compare: bool,
+    part: Partition | None,
 ) -> tuple[str, str, dict[str, Any] | None]:
-    """The run's state and fingerprint (:mod:`tasks.deposit_quiet`), and the summary of a quiet
-    run when its inputs are as a complete, clean run of today left them (``None`` otherwise, and
-    always when ``compare``: a dry run or a full resync). A run that compares drops the mark
-    first, so one that stops halfway leaves none."""
+    """The run's state and fingerprint (:mod:`tasks.deposit_quiet`; ``erp`` reads its ERP side),
+    and the summary of a quiet run when its inputs are as a complete, clean run of today left
+    them (``None`` otherwise, and always when ``compare``: a dry run or a full resync). A run that
+    compares drops the mark first, so one that stops halfway leaves none. A partition run
+    (``part``) neither reads, checks nor marks (empty state and fingerprint): it sees a part of
+    the scope; the closing run over everything does."""
+    if part is not None:
+        return "", "", None
     state = confirmed_state(settings, what)
-    digest = fingerprint(settings, what, business_date(settings).isoformat(), erp, state)
+    digest = fingerprint(settings, what, business_date(settings).isoformat(), erp(), state)
     if compare:
         return state, digest, None
     earlier = quiet_since(settings, what, digest, run_id)
@@ -187,7 +205,10 @@ def _finish(summary: dict[str, Any], what: str) -> dict[str, Any]:
 
 @flow(name="deposit-master-data", log_prints=False)
 async def deposit_master_data(
-    full_resync: bool = False, dry_run: bool = False, profile: str | None = None
+    full_resync: bool = False,
+    dry_run: bool = False,
+    profile: str | None = None,
+    partition: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Bring the deposit partner's accounts in line with the ERP (the first daily job).
 
@@ -195,12 +216,17 @@ async def deposit_master_data(
         full_resync: send every account again, even if unchanged since the last confirmation.
         dry_run: compute and show the plan (artifacts deposit-sync-protocol and -details), send nothing.
         profile: settings profile (production, test, demo); default ``HAUSFLOW_PROFILE``.
+        partition: this run is one partition of a partitioned deposit sync (flows/scale_out.py):
+            ``{"index", "count", "first", "last"}``; it writes the accounts of its objects only,
+            archives nothing and leaves pending writes, other accounts' refusals and the quiet
+            mark to the parent and its closing run.
 
     Returns:
         A summary: planned, confirmed, failed, held back (skipped), quarantined, unchanged, counts.
     """
+    part = Partition.of(partition) if partition else None
     settings, stop = licensed(load_settings(profile), "deposit")
-    stop = stop or _gate(settings, "master-data")
+    stop = stop or deposit_gate(settings, "master-data")
     if stop is not None:
         return stop
     run_id = str(flow_run.get_id() or "local")
@@ -208,31 +234,33 @@ async def deposit_master_data(
     store = StateStore(settings.state_url)
     store.start_run(run_id, "deposit-master-data", DEPOSIT.name, dry_run)
     get_run_logger().info(
-        "Deposit master data (profile %s, object group %s) to %s.",
+        "Deposit master data (profile %s, object group %s%s) to %s.",
         settings.profile,
         settings.deposit.object_group,
+        _range(part),
         settings.deposit.base_url,
     )
     try:
         await check_partner(DEPOSIT, settings)
-        if not dry_run:
+        if not dry_run and part is None:  # a partition's parent settled them before it started
             await recover_pending_writes(DEPOSIT, settings, run_id)
         seq = store.current_seq()
         tables = extract_deposit_master(settings)
         state, digest, quiet = _quiet_check(
-            settings, "master-data", tables_digest(tables), run_id, dry_run or full_resync
+            settings, "master-data", partial(tables_digest, tables), run_id, dry_run or full_resync, part
         )
         if quiet is not None:
             return quiet
-        master = apply_deposit_rules(settings, whole(tables), run_id)
+        master = apply_deposit_rules(settings, whole(tables), run_id, part)
         del tables
-        planned = plan_deposit_accounts(settings, whole(master), full_resync)
+        planned = plan_deposit_accounts(settings, whole(master), full_resync, archive=part is None)
         plan = planned.plan
         outcomes: list[BatchOutcome] = []
         if not dry_run:
             await _load(settings, run_id, plan, seq, outcomes)
             failed = [ref for o in outcomes for (e, ref) in o.failed_keys if e == ACCOUNTS]
-            resolve_refusals(settings, ACCOUNTS, [h.ref_id for h in planned.refused], failed)
+            among = set(master.account_refs.values()) if part is not None else None
+            resolve_refusals(settings, ACCOUNTS, [h.ref_id for h in planned.refused], failed, among)
         summary = record_protocol(
             DEPOSIT,
             settings,
@@ -242,8 +270,10 @@ async def deposit_master_data(
             whole(master.held),
             whole(outcomes),
             dry_run,
+            _partition_extra(part),
         )
-        if not (dry_run or summary["failed"]) and confirmed_state(settings, "master-data") == state:
+        clean = bool(digest) and not (dry_run or summary["failed"])  # a partition run leaves no mark
+        if clean and confirmed_state(settings, "master-data") == state:
             remember_quiet(settings, "master-data", digest, run_id)  # nothing changed while it ran
     except Exception:
         store.finish_run(run_id, "FAILED", {})
@@ -253,7 +283,10 @@ async def deposit_master_data(
 
 @flow(name="deposit-bookings", log_prints=False)
 async def deposit_bookings(
-    full_resync: bool = False, dry_run: bool = False, profile: str | None = None
+    full_resync: bool = False,
+    dry_run: bool = False,
+    profile: str | None = None,
+    partition: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Send every deposit booking of the scope the partner has not confirmed, exactly once (the
     second daily job).
@@ -268,9 +301,13 @@ async def deposit_bookings(
             confirmed (a changed posted booking is reported, never sent again).
         dry_run: decide and show what would be sent, send nothing.
         profile: settings profile; default ``HAUSFLOW_PROFILE``.
+        partition: this run is one partition of a partitioned deposit sync (flows/scale_out.py):
+            it sends the bookings of its objects' accounts only and pays nothing out (the closing
+            bookings run over everything writes the one payout file).
     """
+    part = Partition.of(partition) if partition else None
     settings, stop = licensed(load_settings(profile), "deposit")
-    stop = stop or _gate(settings, "bookings")
+    stop = stop or deposit_gate(settings, "bookings")
     if stop is not None:
         return stop
     logger = get_run_logger()
@@ -278,17 +315,25 @@ async def deposit_bookings(
     claim_system(settings)
     store = StateStore(settings.state_url)
     store.start_run(run_id, "deposit-bookings", DEPOSIT.name, dry_run)
-    logger.info("Deposit bookings (profile %s) to %s.", settings.profile, settings.deposit.base_url)
+    logger.info(
+        "Deposit bookings (profile %s%s) to %s.", settings.profile, _range(part), settings.deposit.base_url
+    )
     try:
         await check_partner(DEPOSIT, settings)
-        if not dry_run:
+        if not dry_run and part is None:  # a partition's parent settled them before it started
             await recover_pending_writes(DEPOSIT, settings, run_id)
         seq = store.current_seq()
-        erp = read_bookings_inputs(settings)
-        state, digest, quiet = _quiet_check(settings, "bookings", erp, run_id, dry_run or full_resync)
+        state, digest, quiet = _quiet_check(
+            settings,
+            "bookings",
+            partial(read_bookings_inputs, settings),
+            run_id,
+            dry_run or full_resync,
+            part,
+        )
         if quiet is not None:
             return quiet
-        run = plan_deposit_bookings(settings, full_resync, run_id)
+        run = plan_deposit_bookings(settings, full_resync, run_id, part)
         decided = run.decided
         outcomes: list[BatchOutcome] = []
         skips: list[Held] = [*decided.waiting, *decided.refused, *decided.changed]
@@ -301,11 +346,12 @@ async def deposit_bookings(
         else:
             skips += await _load(settings, run_id, run.plan, seq, outcomes)
             failed = [ref for o in outcomes for (e, ref) in o.failed_keys if e == BOOKINGS]
-            resolve_refusals(settings, BOOKINGS, [h.ref_id for h in decided.refused], failed)
-            due = await due_deposit_payouts(settings)
-            due_problems = len(due.problems)
-            skips += due.problems
-            payout_summary = pay_out(settings, due.payouts, run_id, due.due)
+            resolve_refusals(settings, BOOKINGS, [h.ref_id for h in decided.refused], failed, run.decides)
+            if part is None:  # one payout file over everything: the closing run's
+                due = await due_deposit_payouts(settings)
+                due_problems = len(due.problems)
+                skips += due.problems
+                payout_summary = pay_out(settings, due.payouts, run_id, due.due)
         summary = record_protocol(
             DEPOSIT,
             settings,
@@ -315,9 +361,11 @@ async def deposit_bookings(
             whole(decided.invalid),
             whole(outcomes),
             dry_run,
-            {"waiting": len(decided.waiting), "payouts": payout_summary},
+            {"waiting": len(decided.waiting), "payouts": payout_summary, **_partition_extra(part)},
         )
-        clean = not (dry_run or summary["failed"] or due_problems or payout_summary.get("error"))
+        clean = bool(digest) and not (
+            dry_run or summary["failed"] or due_problems or payout_summary.get("error")
+        )
         paid = not payout_summary.get("skipped") and payout_summary.get("paid", 0) == payout_summary.get(
             "due", 0
         )
@@ -327,6 +375,16 @@ async def deposit_bookings(
         store.finish_run(run_id, "FAILED", {})
         raise
     return _finish(summary, "bookings")
+
+
+def _range(part: Partition | None) -> str:
+    """The partition in the run's first log line ("" for a run over the whole scope)."""
+    return f", partition {part.index + 1} of {part.count}: objects {part.first}..{part.last}" if part else ""
+
+
+def _partition_extra(part: Partition | None) -> dict[str, Any]:
+    """The partition in the run's summary (nothing for a run over the whole scope)."""
+    return {"partition": part.parameter()} if part else {}
 
 
 def pay_out(settings: HausflowSettings, payouts: list[Payout], run_id: str, due: int) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, get_args
 
 from prefect import flow, get_run_logger
@@ -40,6 +41,8 @@ from config.settings import HausflowSettings, ProfileName, load_settings
 from connectors.erp import schema
 from connectors.erp.database import make_engine
 from connectors.state_store import StateStore
+from flows.deposit_sync import deposit_gate
+from tasks.deposit_tasks import DEPOSIT, deposit_object_weights
 from tasks.licensing import licensed
 from tasks.partitions import Partition, split_objects
 from tasks.portal_rules import released_objects
@@ -330,6 +333,158 @@ def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.profile:
         parameters["profile"] = args.profile
     return parameters
+
+
+# ---- the deposit partner: master data, then bookings, by object range --------------------------
+DEPOSIT_MASTER_DEPLOYMENT = "deposit-master-data/partition"
+DEPOSIT_BOOKINGS_DEPLOYMENT = "deposit-bookings/partition"
+DEPOSIT_CLOSING = ("closing-master-data", "closing-bookings")
+"""The labels of the deposit parent's two closing runs, in the order they run."""
+
+
+@flow(name="deposit-sync-partitioned", log_prints=False)
+async def deposit_sync_partitioned(
+    partitions: int = 2,
+    full_resync: bool = False,
+    profile: str | None = None,
+    attempts: int = 2,
+    master_deployment: str = DEPOSIT_MASTER_DEPLOYMENT,
+    bookings_deployment: str = DEPOSIT_BOOKINGS_DEPLOYMENT,
+) -> dict[str, Any]:
+    """The deposit partner's two jobs in ``partitions`` runs each, on the work pool's workers.
+
+    The objects of ``deposit.object_group`` split into ranges of about as many deposit accounts
+    each. First the master data of every range at once, then its bookings (a booking waits for
+    its account; an account's bookings all lie in its object's range and go in order there).
+    Then two closing runs over everything: the master data (archives what left the scope, settles
+    what no range decided) and the bookings (the payouts of kept deposits: one pain.001 file).
+
+    Args:
+        partitions: how many runs share the objects (one per worker that takes partition runs).
+        full_resync: the partition runs send every account again and read every booking in full.
+        profile: settings profile; default ``HAUSFLOW_PROFILE``.
+        attempts: how often a partition run whose worker died is started (1: never again).
+        master_deployment: the deployment of ``deposit-master-data`` the partition runs are runs of.
+        bookings_deployment: the deployment of ``deposit-bookings`` the partition runs are runs of.
+
+    Returns:
+        The combined protocol (:func:`deposit_combined`), one line per run in ``runs``.
+    """
+    settings, stop = licensed(load_settings(profile), "deposit")
+    stop = stop or deposit_gate(settings, "partitioned sync")
+    if stop is not None:
+        return stop
+    common = {"profile": profile, "full_resync": full_resync}
+    once = {"profile": profile}  # the partitions resent what a full resync sends: the closing runs do not
+    phases = [Step(master_deployment, common, "master-data"), Step(bookings_deployment, common, "bookings")]
+    closing = [
+        Step(master_deployment, once, DEPOSIT_CLOSING[0]),
+        Step(bookings_deployment, once, DEPOSIT_CLOSING[1]),
+    ]
+    return await partitioned_sync(
+        DEPOSIT,
+        settings,
+        "deposit-sync-partitioned",
+        partial(deposit_object_weights, settings),
+        partitions,
+        phases,
+        closing,
+        attempts,
+        deposit_combined,
+    )
+
+
+def deposit_combined(children: Sequence[ChildRun]) -> dict[str, Any]:
+    """The deposit parent's protocol: :func:`combined`, but held-back and unchanged counts of both
+    closing runs (one counts the accounts, the other the bookings), and the closing bookings
+    run's waiting bookings and payouts."""
+    summary = combined(children)
+    closing = {c.phase: c.summary for c in children if c.partition == "all"}
+    for key in ("skipped", "quarantined", "unchanged"):
+        summary[key] = sum(int(s.get(key, 0) or 0) for s in closing.values())
+    bookings = closing.get(DEPOSIT_CLOSING[1], {})
+    summary["waiting"] = bookings.get("waiting", 0)
+    summary["payouts"] = bookings.get("payouts") or {}
+    return summary
+
+
+async def partitioned_sync(
+    partner: Partner,
+    settings: HausflowSettings,
+    name: str,
+    weights: Callable[[], Mapping[str, int]],
+    partitions: int,
+    phases: Sequence[Step],
+    closing: Sequence[Step],
+    attempts: int,
+    combine: Callable[[Sequence[ChildRun]], dict[str, Any]] = combined,
+) -> dict[str, Any]:
+    """The body of a parent run of any partner, once its licence and switch let it go ahead.
+
+    It records itself as run ``name``, settles the writes earlier runs left pending (its
+    partition runs do not: they run at once and must not read back each other's), splits the
+    objects by ``weights`` into ``partitions`` ranges, runs the phases and closing runs
+    (:func:`run_partitioned`), and reports ``combine`` of what they reported: recorded, as the
+    table artifact ``name``, and in one log line.
+
+    Raises:
+        ValueError: ``partitions`` or ``attempts`` below 1.
+        PartitionLostError: a partition run crashed ``attempts`` times, or was cancelled.
+        RuntimeError: some runs did not complete (each has its own protocol).
+    """
+    logger = get_run_logger()
+    if partitions < 1 or attempts < 1:
+        raise ValueError("partitions and attempts must be at least 1")
+    claim_system(settings)
+    run_id = str(flow_run.get_id() or "local")
+    store = StateStore(settings.state_url)
+    store.start_run(run_id, name, partner.name, False)
+    children: list[ChildRun] = []
+    try:
+        await check_partner(partner, settings)
+        await recover_pending_writes(partner, settings, run_id)
+        ranges = split_objects(weights(), partitions)
+        parts = [Partition(i, len(ranges), first, last) for i, (first, last) in enumerate(ranges)]
+        logger.info(
+            "%s in %d partitions (%s): %s, each at once over the partitions; then %s over everything.",
+            name,
+            len(parts),
+            "; ".join(f"{p.first}..{p.last}" for p in parts),
+            ", ".join(step.label for step in phases),
+            ", ".join(step.label for step in closing),
+        )
+        children = await run_partitioned(partner, settings, run_id, parts, phases, closing, attempts)
+        summary = combine(children)
+    except Exception:
+        store.finish_run(run_id, "FAILED", {"runs": [c.row() for c in children]})
+        raise
+    store.finish_run(
+        run_id, "FAILED" if summary["failed"] or summary["not_completed"] else "COMPLETED", summary
+    )
+    await acreate_table_artifact(
+        key=name,
+        table=summary["runs"],
+        description=(
+            f"{name}: {summary['confirmed']} writes confirmed, {summary['failed']} failed over {len(children)} "
+            f"runs; each run's own protocol lists its records (artifacts {partner.name}-sync-protocol and "
+            f"{partner.name}-sync-details of that run)."
+        ),
+    )
+    logger.info(
+        "%s done: %d writes confirmed, %d failed, %d unchanged, %d skipped, %d quarantined.",
+        name,
+        summary["confirmed"],
+        summary["failed"],
+        summary["unchanged"],
+        summary["skipped"],
+        summary["quarantined"],
+    )
+    if summary["not_completed"]:
+        raise RuntimeError(
+            f"{summary['not_completed']} of the {len(children)} runs did not complete (listed in the artifact "
+            f"{name}, each with its own protocol); the next run retries what they left."
+        )
+    return summary
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ failure holds back that tenant's accounts and bookings. The rest of the run goes
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -104,6 +104,20 @@ class DepositMaster:
     def held_refs(self) -> set[str]:
         """Contract references of the accounts held back."""
         return {h.ref_id for h in self.held}
+
+    def only(self, refs: Collection[str]) -> DepositMaster:
+        """The part naming the accounts ``refs`` (a partition's), sent or held back.
+
+        Why the rules ran over every account first: the one-account-per-tenant rule compares a
+        tenant's accounts across objects, so a partition holds back what a run over everything
+        would hold back, no more and no less.
+        """
+        wanted = set(refs)
+        return DepositMaster(
+            records={r: p for r, p in self.records.items() if r in wanted},
+            held=[h for h in self.held if h.ref_id in wanted],
+            account_refs={a: r for a, r in self.account_refs.items() if r in wanted},
+        )
 
 
 def money(value: Any) -> str:

@@ -4,7 +4,7 @@ the pure rules (:mod:`tasks.deposit_rules`). Plain data in, clients built inside
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -19,6 +19,7 @@ from connectors.deposit.streams import BOOKINGS, DEPOSIT_ACCOUNTS
 from connectors.erp.database import make_engine
 from connectors.erp.extract import (
     TableRows,
+    deposit_account_counts,
     deposit_scope_accounts_query,
     extract_deposit_booking_index,
     extract_deposit_bookings,
@@ -47,6 +48,7 @@ from tasks.deposit_rules import (
     plan_bookings,
     route_payouts,
 )
+from tasks.partitions import Partition
 from tasks.sync.partner import Partner
 from tasks.sync.plan import Plan, PlannedWrite, plan_changes
 
@@ -98,17 +100,28 @@ def refused_unchanged(
 
 
 def resolve_refusals(
-    settings: HausflowSettings, entity: str, still_held: Iterable[str], failed: Iterable[str]
+    settings: HausflowSettings,
+    entity: str,
+    still_held: Iterable[str],
+    failed: Iterable[str],
+    among: Collection[str] | None = None,
 ) -> int:
     """Resolve the partner's refusals (``deposit_rejected``) of ``entity`` that no longer hold:
     every open one except the records still held with the refused payload and those that failed
-    again in this run (a confirmed write, a changed record, a record no longer to be sent)."""
+    again in this run (a confirmed write, a changed record, a record no longer to be sent).
+
+    ``among``: only these records (a partition run's: the others are another partition's to
+    decide, or the closing run's); ``None``: every record (a run over the whole scope).
+    """
     store = StateStore(settings.state_url)
     keep = set(still_held) | set(failed)
     done = {
         (q["entity"], q["ref_id"], q["rule"])
         for q in store.open_quarantine(TARGET)
-        if q["rule"] == REFUSED and q["entity"] == entity and q["ref_id"] not in keep
+        if q["rule"] == REFUSED
+        and q["entity"] == entity
+        and q["ref_id"] not in keep
+        and (among is None or q["ref_id"] in among)
     }
     return store.resolve_quarantine_entries(TARGET, done)
 
@@ -131,23 +144,36 @@ def extract_deposit_master(settings: HausflowSettings) -> dict[str, TableRows]:
 
 @task(name="check-deposit-preconditions", cache_policy=NO_CACHE)
 def apply_deposit_rules(
-    settings: HausflowSettings, tables: dict[str, TableRows], run_id: str
+    settings: HausflowSettings,
+    tables: dict[str, TableRows],
+    run_id: str,
+    partition: Partition | None = None,
 ) -> DepositMaster:
     """Build the desired accounts; quarantine what a precondition holds back (and release what was
-    fixed), with one log line per failure (the first 20) and a count."""
+    fixed), with one log line per failure (the first 20) and a count.
+
+    A partition run (``partition``) checks every account of the scope (a tenant's accounts may lie
+    in several ranges) and keeps, quarantines and releases only the accounts of its objects.
+    """
     logger = get_run_logger()
+    accounts = rows(tables["accounts"])
     master = build_master(
-        rows(tables["accounts"]),
+        accounts,
         rows(tables["objects"]),
         rows(tables["persons"]),
         rows(tables["joint_tenants"]),
         business_date(settings),
     )
+    among: set[str] | None = None
+    if partition is not None:
+        among = {str(a["contract_no"]) for a in accounts if partition.holds_object(str(a["object_no"]))}
+        master = master.only(among)
+    del accounts
     store = StateStore(settings.state_url)
     store.quarantine(
         TARGET, [QuarantineItem(h.entity, h.ref_id, h.rule, h.reason, None) for h in master.held], run_id
     )
-    _release_fixed(store, {(h.entity, h.ref_id, h.rule) for h in master.held}, HOLD_RULES)
+    _release_fixed(store, {(h.entity, h.ref_id, h.rule) for h in master.held}, HOLD_RULES, among)
     for held in master.held[:20]:
         logger.warning("Held back: deposit account %s [%s]: %s.", held.ref_id, held.rule, held.reason)
     if len(master.held) > 20:
@@ -163,14 +189,21 @@ def apply_deposit_rules(
     return master
 
 
-def _release_fixed(store: StateStore, failing: set[tuple[str, str, str]], rules: Sequence[str]) -> int:
+def _release_fixed(
+    store: StateStore,
+    failing: set[tuple[str, str, str]],
+    rules: Sequence[str],
+    among: Collection[str] | None = None,
+) -> int:
     """Resolve the entries of ``rules`` no longer failing, each (record, rule) on its own: another
     rule's entry on the same record (a refusal by the partner) neither keeps a fixed one open nor
-    is touched."""
+    is touched. ``among``: only entries of these records (a partition run's)."""
     fixed = {
         (q["entity"], q["ref_id"], q["rule"])
         for q in store.open_quarantine(TARGET)
-        if q["rule"] in rules and (q["entity"], q["ref_id"], q["rule"]) not in failing
+        if q["rule"] in rules
+        and (q["entity"], q["ref_id"], q["rule"]) not in failing
+        and (among is None or q["ref_id"] in among)
     }
     return store.resolve_quarantine_entries(TARGET, fixed)
 
@@ -186,7 +219,8 @@ def deposit_records_named(settings: HausflowSettings) -> dict[str, set[str]]:
     try:
         with engine.connect() as conn:
             accounts = {
-                str(c) for _, c in conn.execute(deposit_scope_accounts_query(settings.deposit.object_group))
+                str(r.contract_no)
+                for r in conn.execute(deposit_scope_accounts_query(settings.deposit.object_group))
             }
         index = extract_deposit_booking_index(engine, settings.deposit.object_group)
     finally:
@@ -204,11 +238,12 @@ class AccountPlan:
 
 @task(name="plan-deposit-accounts", cache_policy=NO_CACHE)
 def plan_deposit_accounts(
-    settings: HausflowSettings, master: DepositMaster, full_resync: bool
+    settings: HausflowSettings, master: DepositMaster, full_resync: bool, archive: bool = True
 ) -> AccountPlan:
     """Plan by difference against what the partner confirmed: creates, updates, and archives of
     accounts no longer in the scope (an account held back is neither written nor archived; one the
-    partner refused is held while its payload is the one refused)."""
+    partner refused is held while its payload is the one refused). ``archive=False`` (a partition
+    run, which sees only its accounts): nothing is archived; the closing run over everything does it."""
     store = StateStore(settings.state_url)
     state = {ACCOUNTS: store.load_state(TARGET, ACCOUNTS)}
     refused = refused_unchanged(store.open_quarantine(TARGET), ACCOUNTS, master.records)
@@ -228,6 +263,7 @@ def plan_deposit_accounts(
         state,
         held={(h.entity, h.ref_id) for h in master.held} | {(ACCOUNTS, ref) for ref in refused},
         full_resync=full_resync,
+        allow_archive=archive,
     )
     counts = ", ".join(f"{n} {o}" for (_, o), n in sorted(plan.counts().items())) or "nothing to send"
     get_run_logger().info(
@@ -241,11 +277,17 @@ def plan_deposit_accounts(
 
 @dataclass
 class BookingRun:
-    """What the bookings run read and decided: the plan, and the decisions with their reasons."""
+    """What the bookings run read and decided: the plan, and the decisions with their reasons.
+
+    ``decides``: in a partition run, the bookings with an open quarantine entry (when the run
+    began) that are of the partition's accounts, the only entries the run may resolve; ``None``
+    in a run over the whole scope.
+    """
 
     plan: Plan
     decided: BookingPlan
     read: int = 0
+    decides: set[str] | None = None
 
 
 BOOKINGS_PER_SLICE = 50_000
@@ -331,7 +373,9 @@ def _merge(into: BookingPlan, part: BookingPlan) -> None:
 
 
 @task(name="plan-deposit-bookings", cache_policy=NO_CACHE)
-def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id: str) -> BookingRun:
+def plan_deposit_bookings(
+    settings: HausflowSettings, full_resync: bool, run_id: str, partition: Partition | None = None
+) -> BookingRun:
     """Decide for every booking of the scope the partner has not confirmed: send, wait, or hold.
 
     By difference, not by a cursor: every booking id of the scope's accounts (ERP) minus the
@@ -341,7 +385,8 @@ def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id:
     partner or is held back, and so do the later bookings of that account; one that breaks a
     booking rule is quarantined (released when fixed); one the partner refused is held while its
     payload is the one refused. ``full_resync`` reads every booking and reports the posted ones
-    changed in the ERP since.
+    changed in the ERP since. A partition run (``partition``) decides the bookings of the accounts
+    of its objects only: an account's bookings all lie in one partition and go in order there.
     """
     logger = get_run_logger()
     store = StateStore(settings.state_url)
@@ -349,8 +394,15 @@ def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id:
     open_entries = store.open_quarantine(TARGET)
     decided = BookingPlan()
     read = 0
+    decides: set[str] | None = None
     try:
-        index = extract_deposit_booking_index(engine, settings.deposit.object_group)
+        index = extract_deposit_booking_index(
+            engine, settings.deposit.object_group, partition.holds_object if partition else None
+        )
+        if partition is not None:
+            entries = {str(q["ref_id"]) for q in open_entries if q["entity"] == BOOKINGS.name}
+            numbers = {int(ref) for ref in entries if ref.isdigit()}
+            decides = {str(b) for ids in index.values() for b in ids if b in numbers}
         confirmed = store.confirmed_ids(TARGET, BOOKINGS.name)
         wanted = {
             contract: ids if full_resync else [b for b in ids if str(b) not in confirmed]
@@ -370,7 +422,7 @@ def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id:
             _merge(decided, part)
     finally:
         engine.dispose()
-    _release_fixed(store, {(h.entity, h.ref_id, h.rule) for h in decided.invalid}, BOOKING_RULES)
+    _release_fixed(store, {(h.entity, h.ref_id, h.rule) for h in decided.invalid}, BOOKING_RULES, decides)
     plan = plan_changes([BOOKINGS], {BOOKINGS.name: decided.send}, {BOOKINGS.name: {}})
     plan.notes.extend(decided.notes)
     logger.info(
@@ -390,7 +442,17 @@ def plan_deposit_bookings(settings: HausflowSettings, full_resync: bool, run_id:
         logger.info("Waits: booking %s [%s]: %s.", held.ref_id, held.rule, held.reason)
     for note in decided.notes[:20]:
         logger.warning("Shortened: %s.", note)
-    return BookingRun(plan, decided, read)
+    return BookingRun(plan, decided, read, decides)
+
+
+def deposit_object_weights(settings: HausflowSettings) -> dict[str, int]:
+    """The objects of ``deposit.object_group``, each with its number of deposit accounts: what a
+    partitioned deposit sync splits into ranges of about equal work."""
+    engine = make_engine(settings.erp_url)
+    try:
+        return deposit_account_counts(engine, settings.deposit.object_group)
+    finally:
+        engine.dispose()
 
 
 def _booking_record(row: dict[str, Any] | None) -> dict[str, Any] | None:

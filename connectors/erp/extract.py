@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -438,18 +438,22 @@ def deposit_booking_query(object_group: str, booking_ids: Sequence[int] | None =
 
 
 def deposit_scope_accounts_query(object_group: str) -> Select[Any]:
-    """The deposit accounts of the group's objects: account number and contract reference."""
+    """The deposit accounts of the group's objects: account number, contract reference and the
+    object (of the tenancy's unit), which places an account in a partition of a partitioned run."""
     g, u, c, a = schema.object_groups, schema.units, schema.contracts, schema.deposit_accounts
     return (
-        select(a.c.account_no, a.c.contract_no)
+        select(a.c.account_no, a.c.contract_no, u.c.object_no)
         .join(c, c.c.contract_no == a.c.contract_no)
         .join(u, u.c.unit_no == c.c.unit_no)
         .where(u.c.object_no.in_(select(g.c.object_no).where(g.c.group_name == object_group)))
     )
 
 
-def extract_deposit_booking_index(engine: Engine, object_group: str) -> dict[str, list[int]]:
-    """Every booking id of the group's deposit accounts, by contract reference (ids ascending).
+def extract_deposit_booking_index(
+    engine: Engine, object_group: str, holds_object: Callable[[str], bool] | None = None
+) -> dict[str, list[int]]:
+    """Every booking id of the group's deposit accounts, by contract reference (ids ascending);
+    with ``holds_object``, only of the accounts whose object it holds (a partition's).
 
     Why two plain reads and no join: the bookings run compares every booking of the scope with
     what the partner confirmed, each run (a booking committed late with a lower id, or of an
@@ -460,7 +464,11 @@ def extract_deposit_booking_index(engine: Engine, object_group: str) -> dict[str
     """
     b = schema.deposit_bookings
     with engine.connect() as conn:
-        scope = {str(a): str(c) for a, c in conn.execute(deposit_scope_accounts_query(object_group))}
+        scope = {
+            str(a): str(c)
+            for a, c, o in conn.execute(deposit_scope_accounts_query(object_group))
+            if holds_object is None or holds_object(str(o))
+        }
         out: dict[str, list[int]] = {}
         result = conn.execution_options(stream_results=True, yield_per=50_000).execute(
             select(b.c.booking_id, b.c.account_no).order_by(b.c.booking_id)
@@ -471,6 +479,23 @@ def extract_deposit_booking_index(engine: Engine, object_group: str) -> dict[str
                 if contract is not None:
                     out.setdefault(contract, []).append(int(booking_id))
     return out
+
+
+def deposit_account_counts(engine: Engine, object_group: str) -> dict[str, int]:
+    """The group's objects, each with its number of deposit accounts (0 for one without): the
+    weights a partitioned deposit sync splits the objects by."""
+    g = schema.object_groups
+    scope = deposit_scope_accounts_query(object_group).subquery()
+    with engine.connect() as conn:
+        counts = {
+            str(o): 0
+            for o in conn.execute(select(g.c.object_no).where(g.c.group_name == object_group)).scalars()
+        }
+        for object_no, accounts in conn.execute(
+            select(scope.c.object_no, func.count()).group_by(scope.c.object_no)
+        ):
+            counts[str(object_no)] = int(accounts)
+    return counts
 
 
 def deposit_signature(engine: Engine, bookings: bool = True) -> list[str]:
