@@ -116,6 +116,27 @@ DEPLOYMENTS: tuple[ClusterDeployment, ...] = (
         queue=CONTROL_QUEUE,
         description="The portal sync split into partitions, each a run of portal-sync/partition on a worker.",
     ),
+    ClusterDeployment(
+        flow="deposit-master-data",
+        name="partition",
+        entrypoint="flows/deposit_sync.py:deposit_master_data",
+        queue=PARTITION_QUEUE,
+        description="One partition of a partitioned deposit sync's master data, or its closing run.",
+    ),
+    ClusterDeployment(
+        flow="deposit-bookings",
+        name="partition",
+        entrypoint="flows/deposit_sync.py:deposit_bookings",
+        queue=PARTITION_QUEUE,
+        description="One partition of a partitioned deposit sync's bookings, or its closing run (payouts).",
+    ),
+    ClusterDeployment(
+        flow="deposit-sync-partitioned",
+        name="on-demand",
+        entrypoint="flows/scale_out.py:deposit_sync_partitioned",
+        queue=CONTROL_QUEUE,
+        description="The deposit partner's master data and bookings split into partitions, then closing runs.",
+    ),
 )
 
 

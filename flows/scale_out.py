@@ -56,7 +56,7 @@ MASTER_PHASES: tuple[tuple[str, ...], ...] = (("properties", "units", "contacts"
 """What the partition runs write, phase by phase; documents follow in a phase of their own where
 licensed (they name contacts of other partitions). The responsibilities go with the closing run:
 they name caretakers of any partition."""
-SUMMED = ("planned", "confirmed", "failed")
+SUMMED = ("planned_writes", "confirmed", "failed")
 """Counts that add up over the runs; skipped, quarantined and unchanged are the closing run's,
 which sees every record."""
 
@@ -109,66 +109,26 @@ async def portal_sync_partitioned(
         The combined protocol: the summed writes of every run, the closing run's skipped,
         quarantined and unchanged counts, and one line per run (``runs``).
     """
-    logger = get_run_logger()
     settings, stop = licensed(load_settings(profile), "portal")
     stop = stop or switched_off(settings, "portal")
     if stop is not None:
         return stop
-    if partitions < 1 or attempts < 1:
-        raise ValueError("partitions and attempts must be at least 1")
-    claim_system(settings)
-    run_id = str(flow_run.get_id() or "local")
-    store = StateStore(settings.state_url)
-    store.start_run(run_id, "portal-sync-partitioned", PORTAL.name, False)
-    children: list[ChildRun] = []
-    try:
-        await check_partner(PORTAL, settings)
-        await recover_pending_writes(PORTAL, settings, run_id)
-        ranges = split_objects(object_weights(settings), partitions)
-        parts = [Partition(i, len(ranges), first, last) for i, (first, last) in enumerate(ranges)]
-        logger.info(
-            "Portal sync in %d partitions (%s), %d phase(s), then one closing run over everything.",
-            len(parts),
-            "; ".join(f"{p.first}..{p.last}" for p in parts),
-            len(MASTER_PHASES) + settings.licences.documents_messages,
-        )
-        phases = list(MASTER_PHASES)
-        if settings.licences.documents_messages:
-            phases.append(("documents",))
-        common = {"profile": profile, "full_resync": full_resync}
-        steps = [Step(deployment, {**common, "entities": list(p)}, "+".join(p)) for p in phases]
-        closing = [Step(deployment, {"profile": profile}, "closing")]
-        children = await run_partitioned(PORTAL, settings, run_id, parts, steps, closing, attempts)
-        summary = combined(children)
-    except Exception:
-        store.finish_run(run_id, "FAILED", {"runs": [c.row() for c in children]})
-        raise
-    store.finish_run(
-        run_id, "FAILED" if summary["failed"] or summary["not_completed"] else "COMPLETED", summary
+    phases = list(MASTER_PHASES)
+    if settings.licences.documents_messages:
+        phases.append(("documents",))
+    common = {"profile": profile, "full_resync": full_resync}
+    steps = [Step(deployment, {**common, "entities": list(p)}, "+".join(p)) for p in phases]
+    closing = [Step(deployment, {"profile": profile}, "closing")]
+    return await partitioned_sync(
+        PORTAL,
+        settings,
+        "portal-sync-partitioned",
+        partial(object_weights, settings),
+        partitions,
+        steps,
+        closing,
+        attempts,
     )
-    await acreate_table_artifact(
-        key="portal-sync-partitioned",
-        table=summary["runs"],
-        description=(
-            f"Partitioned portal sync: {summary['confirmed']} writes confirmed, {summary['failed']} failed over "
-            f"{len(children)} runs; each run's own protocol lists its records (artifacts portal-sync-protocol "
-            "and portal-sync-details of that run)."
-        ),
-    )
-    logger.info(
-        "Partitioned portal sync done: %d writes confirmed, %d failed, %d unchanged, %d skipped, %d quarantined.",
-        summary["confirmed"],
-        summary["failed"],
-        summary["unchanged"],
-        summary["skipped"],
-        summary["quarantined"],
-    )
-    if summary["not_completed"]:
-        raise RuntimeError(
-            f"{summary['not_completed']} of the {len(children)} runs did not complete (listed in the artifact "
-            "portal-sync-partitioned, each with its own protocol); the next run retries what they left."
-        )
-    return summary
 
 
 @dataclass(frozen=True)
@@ -313,26 +273,29 @@ def object_weights(settings: HausflowSettings) -> dict[str, int]:
     return {obj: units.get(obj, 0) for obj in released}
 
 
-def command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The flow's parameters from ``python -m flows.scale_out [...]``."""
+def command_line(argv: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The partner and the parent flow's parameters from ``python -m flows.scale_out [...]``."""
     parser = argparse.ArgumentParser(
         prog="python -m flows.scale_out",
-        description="The portal sync in partitions, each run on a worker of the work pool "
+        description="A partner's sync in partitions, each run on a worker of the work pool "
         "(./hausflow cluster up starts one on this machine); its summary printed as one JSON line last.",
     )
+    parser.add_argument("partner", nargs="?", choices=("portal", "deposit"), default="portal")
     parser.add_argument("--partitions", type=int, default=2, help="runs at once (default 2)")
     parser.add_argument("--full-resync", action="store_true", help="send every record again")
-    parser.add_argument("--deployment", default=PARTITION_DEPLOYMENT, help="the partition runs' deployment")
+    parser.add_argument("--attempts", type=int, default=2, help="starts of a partition run whose worker died")
     parser.add_argument("--profile", choices=get_args(ProfileName), help="settings profile")
     args = parser.parse_args(argv)
+    if args.partitions < 1 or args.attempts < 1:
+        parser.error("--partitions and --attempts must be at least 1")
     parameters: dict[str, Any] = {
         "partitions": args.partitions,
         "full_resync": args.full_resync,
-        "deployment": args.deployment,
+        "attempts": args.attempts,
     }
     if args.profile:
         parameters["profile"] = args.profile
-    return parameters
+    return args.partner, parameters
 
 
 # ---- the deposit partner: master data, then bookings, by object range --------------------------
@@ -490,5 +453,7 @@ async def partitioned_sync(
 if __name__ == "__main__":
     import json
 
-    result = asyncio.run(portal_sync_partitioned(**command_line()))
+    partner, parameters = command_line()
+    parent = portal_sync_partitioned if partner == "portal" else deposit_sync_partitioned
+    result = asyncio.run(parent(**parameters))
     print(json.dumps(result, default=str))

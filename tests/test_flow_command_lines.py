@@ -16,13 +16,21 @@ from uuid import UUID
 
 import pytest
 
-from flows import bank_reconciliation, portal_sync, resync, sepa_debit, serve
+from flows import bank_reconciliation, portal_sync, resync, scale_out, sepa_debit, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # module -> the options its --help must describe
 MODULES = {
-    "flows.portal_sync": ["--dry-run", "--full-resync", "--objects", "--entities", "--profile"],
+    "flows.portal_sync": [
+        "--dry-run",
+        "--full-resync",
+        "--objects",
+        "--entities",
+        "--profile",
+        "--partition",
+    ],
+    "flows.scale_out": ["portal", "deposit", "--partitions", "--full-resync", "--attempts", "--profile"],
     "flows.resync": ["portal", "deposit", "--objects", "--entities", "--full", "--dry-run", "--profile"],
     "flows.sepa_debit": ["--collection-date", "--batch-booking", "--no-batch-booking", "--dry-run"],
     "flows.bank_reconciliation": ["FILE", "--dry-run"],
@@ -136,6 +144,16 @@ def test_the_options_mean_what_they_say() -> None:
     for wrong in ("3/2:1..9", "0/2:1..9", "1/2:1001"):
         with pytest.raises(SystemExit):
             portal_sync.command_line(["--partition", wrong])
+    for partner, parent in (
+        ("portal", scale_out.portal_sync_partitioned),
+        ("deposit", scale_out.deposit_sync_partitioned),
+    ):
+        chosen, parameters = scale_out.command_line([partner, "--partitions", "3", "--profile", "demo"])
+        assert chosen == partner and parameters["partitions"] == 3 and parameters["profile"] == "demo"
+        parent.validate_parameters(parameters)
+    assert scale_out.command_line([])[0] == "portal"
+    with pytest.raises(SystemExit):
+        scale_out.command_line(["--partitions", "0"])
     assert resync.command_line(["deposit"]) == {"partner": "deposit", "full": False, "dry_run": False}
     assert resync.command_line(["portal", "--objects", "1001,1002", "--entities", "units", "--dry-run"]) == {
         "partner": "portal",
