@@ -85,6 +85,8 @@ from tasks.sync.protocol import record_protocol
 from tasks.systems import claim_system, switched_off
 
 T = TypeVar("T")
+PARTITIONED = frozenset({"properties", "units", "contacts", "documents"})
+"""What a partition run writes (docs/scale-out.md); everything else goes with the closing run."""
 ALL_ENTITIES = (*PORTAL.entities, *STEPS)
 """What ``entities`` takes: the portal's entities (master data and exchange) and the exchange's
 steps ``emails`` and ``inbound``."""
@@ -167,6 +169,11 @@ async def _sync(
     part = Partition.of(partition) if partition else None
     if part is not None and objects:
         raise ValueError("a partition run takes its objects from the partition, not from 'objects'")
+    if part is not None and not (entities and set(entities) <= PARTITIONED):
+        raise ValueError(
+            f"a partition run writes only {', '.join(sorted(PARTITIONED))} (entities: {entities}); the rest "
+            "names records of several partitions and is the closing run's"
+        )
     settings, stop = licensed(load_settings(profile), "portal")
     stop = stop or switched_off(settings, "portal")
     if stop is not None:
@@ -416,7 +423,9 @@ async def _exchange(
             )
             return ExchangePlan(Plan(), skips, held, {}, {}, {}, quiet=True, portal=portal)
     rows = extract_exchange(settings)
-    files, unsettled = read_document_files(settings, whole(rows["documents"]), today)
+    files, unsettled = read_document_files(
+        settings, whole(rows["documents"]), today, released_ids if partial else None
+    )
     exchange = plan_exchange(
         settings,
         whole(rows),
@@ -514,10 +523,16 @@ def _partition_view(
 
     view = desired
     if exchange_wanted(settings, entities):
+        # what a single run's exchange may name: at the portal, and not held in quarantine
+        held = {(q["entity"], q["ref_id"]) for q in store.open_quarantine(PORTAL.name)}
         keys: dict[str, set[str]] = {}
         for entity in ("contacts", "units"):
             active = {r for r, e in store.load_state(PORTAL.name, entity).items() if e.status == "active"}
-            keys[entity] = {r for r in desired.present(entity) if decides(entity, r) or r in active}
+            keys[entity] = {
+                r
+                for r in desired.present(entity)
+                if (decides(entity, r) or r in active) and (entity, r) not in held
+            }
         view = DesiredState(keys=keys)
     elsewhere: set[str] = set()
     if covered is None or "responsibilities" in covered:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, get_args
 
@@ -95,6 +97,7 @@ async def portal_sync_partitioned(
     profile: str | None = None,
     deployment: str = PARTITION_DEPLOYMENT,
     attempts: int = 2,
+    start_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """The portal sync in ``partitions`` runs at once, on the work pool's workers.
 
@@ -104,6 +107,8 @@ async def portal_sync_partitioned(
         profile: settings profile; default ``HAUSFLOW_PROFILE``.
         deployment: the deployment of ``portal-sync`` that the partition runs are runs of.
         attempts: how often a partition run whose worker died is started (1: never again).
+        start_timeout_s: how long a run may wait for a worker before the sync stops (and how long
+            this run waits for runs of the same flows still under way before it starts).
 
     Returns:
         The combined protocol: the summed writes of every run, the closing run's skipped,
@@ -117,8 +122,8 @@ async def portal_sync_partitioned(
     if settings.licences.documents_messages:
         phases.append(("documents",))
     common = {"profile": profile, "full_resync": full_resync}
-    steps = [Step(deployment, {**common, "entities": list(p)}, "+".join(p)) for p in phases]
-    closing = [Step(deployment, {"profile": profile}, "closing")]
+    steps = [Step(deployment, {**common, "entities": list(p)}, "+".join(p), start_timeout_s) for p in phases]
+    closing = [Step(deployment, {"profile": profile}, "closing", start_timeout_s)]
     return await partitioned_sync(
         PORTAL,
         settings,
@@ -139,6 +144,7 @@ class Step:
     deployment: str
     parameters: dict[str, Any]
     label: str
+    start_timeout_s: float = 600.0  # a run no worker took by then is cancelled, and the parent stops
 
 
 async def run_partitioned(
@@ -149,20 +155,21 @@ async def run_partitioned(
     phases: Sequence[Step],
     closing: Sequence[Step],
     attempts: int,
-) -> list[ChildRun]:
-    """The phases in turn, each a run per partition at once, then the closing runs one by one.
+    children: list[ChildRun],
+) -> None:
+    """The phases in turn, each a run per partition at once, then the closing runs one by one;
+    each run the parent started goes into ``children`` as soon as it ended (a parent that stops
+    halfway still reports what ran).
 
     A partition run that crashed runs again once the parent settled what it left pending
     (``attempts`` in all); a closing run is not repeated: the next scheduled run does its work.
     """
     store = StateStore(settings.state_url)
-    children: list[ChildRun] = []
     for step in phases:
-        children += await _phase(partner, settings, run_id, parts, step, attempts)
+        await _phase(partner, settings, run_id, parts, step, attempts, children)
     for step in closing:
-        run = await _start(step.deployment, step.parameters, step.label)
+        run = await _start(step, step.parameters, step.label)
         children.append(ChildRun(step.label, "all", run, _summary(store, run)))
-    return children
 
 
 async def _phase(
@@ -172,18 +179,18 @@ async def _phase(
     parts: Sequence[Partition],
     step: Step,
     attempts: int,
-) -> list[ChildRun]:
+    done: list[ChildRun],
+) -> None:
     """Run one phase: a run per partition, all at once; a run that crashed runs again."""
     logger = get_run_logger()
     store = StateStore(settings.state_url)
     phase = step.label
-    done: list[ChildRun] = []
     todo = list(parts)
     for attempt in range(1, attempts + 1):
         runs = await asyncio.gather(
             *[
                 _start(
-                    step.deployment,
+                    step,
                     {**step.parameters, "partition": p.parameter()},
                     f"{phase}-{p.index + 1}of{p.count}",
                 )
@@ -200,7 +207,7 @@ async def _phase(
             elif run.state.is_cancelled():
                 raise PartitionLostError(f"partition run {run.name} was cancelled: the sync stops here")
         if not lost:
-            return done
+            return
         names = ", ".join(f"{p.first}..{p.last}" for p in lost)
         if attempt == attempts:
             raise PartitionLostError(
@@ -219,20 +226,95 @@ async def _phase(
         for child in crashed:
             child.replaced = True
         todo = lost
-    return done
 
 
-async def _start(deployment: str, parameters: dict[str, Any], label: str) -> FlowRun:
-    """One run of the deployment, awaited until it ends (in the Prefect UI: a subflow of this run)."""
-    parent = flow_run.get_name() or "portal-sync-partitioned"
-    run: FlowRun = await run_deployment(  # type: ignore[misc]
-        deployment,
-        parameters=parameters,
-        flow_run_name=f"{parent}-{label}",
-        poll_interval=1,
-        as_subflow=True,
-    )
+async def _start(step: Step, parameters: dict[str, Any], label: str) -> FlowRun:
+    """One run of the step's deployment, awaited until it ends (in the Prefect UI: a subflow of
+    this run).
+
+    Why not ``run_deployment`` alone, which waits too: a run that never starts (no worker of its
+    queue online) sends no heartbeat, so nothing marks it Crashed, and the parent would wait for
+    ever, holding its deployment's concurrency slot.
+
+    Raises:
+        PartitionLostError: no worker took the run within ``step.start_timeout_s``; the run is
+            cancelled first, so no worker starts it later.
+    """
+    from prefect import get_client
+    from prefect.states import Cancelled
+
+    parent = flow_run.get_name() or "partitioned"
+    limit = step.start_timeout_s
+    deployment = step.deployment
+    async with get_client() as client:
+        run: FlowRun = await run_deployment(  # type: ignore[misc]
+            deployment,
+            parameters=parameters,
+            flow_run_name=f"{parent}-{label}",
+            timeout=0,
+            as_subflow=True,
+            client=client,
+        )
+        began = time.monotonic()
+        while run.state is None or not run.state.is_final():
+            started = run.state is not None and not (run.state.is_scheduled() or run.state.is_pending())
+            if not started and time.monotonic() - began > limit:
+                await client.set_flow_run_state(run.id, Cancelled(message="no worker took it"), force=True)
+                raise PartitionLostError(
+                    f"run {run.name} of {deployment} waited {limit:.0f} s and no worker took it: is a worker of "
+                    f"its work queue online? It was cancelled; the sync stops here."
+                )
+            await asyncio.sleep(1)
+            run = await client.read_flow_run(run.id)
     return run
+
+
+async def _wait_for_others(flows: Sequence[str], timeout_s: float) -> None:
+    """Wait until no run of these flows is under way (waiting, starting or running).
+
+    Why: runs a parent left behind (the parent's own worker died, and its partition runs went
+    on), or a single sync started by hand, write to the same partner. Reading back their pending
+    writes while they send them, and starting the same ranges again, could write a record twice.
+
+    Raises:
+        RuntimeError: they still run after ``timeout_s``, named with their state.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    logger = get_run_logger()
+    under_way = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+    began = time.monotonic()
+    told = False
+    async with get_client() as client:
+        while True:
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=list(flows))),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=under_way))
+                ),
+            )
+            now = datetime.now(UTC)
+            runs = [r for r in runs if r.expected_start_time is None or r.expected_start_time <= now]
+            if not runs:
+                return
+            names = ", ".join(f"{r.name} ({r.state.name if r.state else '?'})" for r in runs)
+            if time.monotonic() - began > timeout_s:
+                raise RuntimeError(
+                    f"runs of {', '.join(flows)} are still under way after {timeout_s:.0f} s: {names}. Let them "
+                    "end or cancel them in the Prefect UI, then start this run again."
+                )
+            if not told:
+                logger.warning("Waiting for runs under way to end before this one starts: %s.", names)
+                told = True
+            await asyncio.sleep(5)
 
 
 def _summary(store: StateStore, run: FlowRun) -> dict[str, Any]:
@@ -313,6 +395,7 @@ async def deposit_sync_partitioned(
     attempts: int = 2,
     master_deployment: str = DEPOSIT_MASTER_DEPLOYMENT,
     bookings_deployment: str = DEPOSIT_BOOKINGS_DEPLOYMENT,
+    start_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """The deposit partner's two jobs in ``partitions`` runs each, on the work pool's workers.
 
@@ -329,6 +412,7 @@ async def deposit_sync_partitioned(
         attempts: how often a partition run whose worker died is started (1: never again).
         master_deployment: the deployment of ``deposit-master-data`` the partition runs are runs of.
         bookings_deployment: the deployment of ``deposit-bookings`` the partition runs are runs of.
+        start_timeout_s: how long a run may wait for a worker before the sync stops.
 
     Returns:
         The combined protocol (:func:`deposit_combined`), one line per run in ``runs``.
@@ -339,10 +423,13 @@ async def deposit_sync_partitioned(
         return stop
     common = {"profile": profile, "full_resync": full_resync}
     once = {"profile": profile}  # the partitions resent what a full resync sends: the closing runs do not
-    phases = [Step(master_deployment, common, "master-data"), Step(bookings_deployment, common, "bookings")]
+    phases = [
+        Step(master_deployment, common, "master-data", start_timeout_s),
+        Step(bookings_deployment, common, "bookings", start_timeout_s),
+    ]
     closing = [
-        Step(master_deployment, once, DEPOSIT_CLOSING[0]),
-        Step(bookings_deployment, once, DEPOSIT_CLOSING[1]),
+        Step(master_deployment, once, DEPOSIT_CLOSING[0], start_timeout_s),
+        Step(bookings_deployment, once, DEPOSIT_CLOSING[1], start_timeout_s),
     ]
     return await partitioned_sync(
         DEPOSIT,
@@ -405,6 +492,8 @@ async def partitioned_sync(
     children: list[ChildRun] = []
     try:
         await check_partner(partner, settings)
+        flows = sorted({step.deployment.split("/")[0] for step in (*phases, *closing)})
+        await _wait_for_others(flows, max(step.start_timeout_s for step in (*phases, *closing)))
         await recover_pending_writes(partner, settings, run_id)
         ranges = split_objects(weights(), partitions)
         parts = [Partition(i, len(ranges), first, last) for i, (first, last) in enumerate(ranges)]
@@ -416,7 +505,7 @@ async def partitioned_sync(
             ", ".join(step.label for step in phases),
             ", ".join(step.label for step in closing),
         )
-        children = await run_partitioned(partner, settings, run_id, parts, phases, closing, attempts)
+        await run_partitioned(partner, settings, run_id, parts, phases, closing, attempts, children)
         summary = combine(children)
     except Exception:
         store.finish_run(run_id, "FAILED", {"runs": [c.row() for c in children]})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -280,7 +280,10 @@ def extract_exchange(settings: HausflowSettings) -> dict[str, list[dict[str, Any
 
 @task(name="read-document-files", cache_policy=NO_CACHE)
 def read_document_files(
-    settings: HausflowSettings, documents: Sequence[dict[str, Any]], today: date
+    settings: HausflowSettings,
+    documents: Sequence[dict[str, Any]],
+    today: date,
+    objects: Collection[str] | None = None,
 ) -> tuple[dict[int, FileFacts], int]:
     """Size and SHA-256 of each file a released document type points to, and how many files
     were read whose digest could not be remembered (changed just now: the next run reads them
@@ -288,6 +291,8 @@ def read_document_files(
 
     A file is read again only when its size or modification time changed since the digest was
     remembered (``file_digests`` in the state store); every other file costs one ``stat``.
+    ``objects``: a run for some objects (a partition of a partitioned sync) reads only their
+    documents' files, and forgets no other file's digest (another run may be reading it).
     """
     logger = get_run_logger()
     rules = ExchangeRules.from_settings(settings.portal, today)
@@ -299,6 +304,8 @@ def read_document_files(
     for doc in documents:
         if doc.get("doc_type") not in wanted:
             continue  # never uploaded: reported as deleted, or not at all
+        if objects is not None and str(doc.get("object_no")) not in objects:
+            continue
         raw = doc.get("content_path")
         if not raw:
             facts[doc["document_id"]] = FileFacts(None, None, None, "the ERP names no file for it")
@@ -314,7 +321,7 @@ def read_document_files(
             continue
         facts[doc["document_id"]] = FileFacts(str(path), size, digest, None)
     changed = cache.changed()
-    store.save_file_digests(changed, cache.gone())
+    store.save_file_digests(changed, cache.gone() if objects is None else ())
     logger.info("Document files: %d checked, %d read for their digest.", len(facts), len(changed))
     return facts, cache.unsettled
 

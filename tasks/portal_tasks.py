@@ -531,12 +531,17 @@ def validate_portal_records(
         run_id,
     )
     held = {(f.entity, f.ref_id) for f in failures}
-    keep = held
-    if decides is not None:  # another partition's entries are not this run's to resolve
-        keep = held | {
-            (q["entity"], q["ref_id"]) for q in open_entries if not decides(q["entity"], q["ref_id"])
-        }
-    resolved = store.resolve_quarantine(TARGET, keep)
+    if decides is None:
+        resolved = store.resolve_quarantine(TARGET, held)
+    else:  # a partition resolves its own entries as it read them: others' (even new ones) stay open
+        resolved = store.resolve_quarantine_entries(
+            TARGET,
+            [
+                (q["entity"], q["ref_id"], q["rule"])
+                for q in open_entries
+                if decides(q["entity"], q["ref_id"]) and (q["entity"], q["ref_id"]) not in held
+            ],
+        )
     fresh = {(i.entity, i.ref_id, i.rule) for i in opened}
     new_failures = [f for f in failures if (f.entity, f.ref_id, f.rule) in fresh]
     for f in new_failures[:20]:

@@ -131,3 +131,18 @@ def test_partition_runs_give_the_portal_what_one_run_gives(
     assert "responsibilities" not in by_partitions
     assert all(s["failed"] == 0 for s in summaries)
     assert closing["quarantined"] == alone["quarantined"] and closing["skipped"] == alone["skipped"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_partition_run_writes_only_its_share_of_entities(sandbox: SandboxServer, tmp_path: Any) -> None:
+    """Tickets, e-mails, responsibilities and the portal's tickets name records of several
+    partitions: a partition run refuses them (and a run without entities) before it reads anything."""
+    erp_url = f"sqlite:///{tmp_path}/erp.sqlite"
+    demo.generate_erp(make_engine(erp_url), persons=20, seed=7, business_date=BUSINESS_DATE)
+    part = Partition(0, 2, "1001", "1005").parameter()
+    with portal_env(sandbox, erp_url, f"sqlite:///{tmp_path}/state.sqlite"):
+        for entities in (None, ["units", "responsibilities"], ["tickets"]):
+            with pytest.raises(
+                ValueError, match="a partition run writes only contacts, documents, properties, units"
+            ):
+                run_portal_sync(profile="test", partition=part, entities=entities)

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 from connectors.erp import demo
 from connectors.erp.database import make_engine
 from connectors.state_store import StateStore
+from flows.cluster import DEPLOYMENTS, ClusterDeployment
 from flows.portal_sync import run_portal_sync
 from sandbox.portal.server import SandboxServer
 from tests.cluster_env import PG_URL, cluster_client, running_cluster
@@ -32,6 +33,13 @@ from tests.portal_env import BUSINESS_DATE, portal_content, portal_env
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CRASH_AFTER = 40  # heartbeats come every 30 s
+UNSERVED = ClusterDeployment(
+    flow="portal-sync",
+    name="unserved",
+    entrypoint="flows/portal_sync.py:portal_sync",
+    queue="unserved",
+    description="A deployment on a queue no worker takes runs from.",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,9 @@ def world(sandbox: SandboxServer, tmp_path_factory: pytest.TempPathFactory) -> I
     state_url = PG_URL.rsplit("/", 1)[0] + "/" + name
     with portal_env(sandbox, erp_url, state_url, HAUSFLOW_PORTAL__CONCURRENCY="2") as env:
         settings_env = dict(env)
-    with running_cluster(settings_env, workers=2, crash_after=CRASH_AFTER) as cluster:
+    with running_cluster(
+        settings_env, workers=2, crash_after=CRASH_AFTER, deployments=[*DEPLOYMENTS, UNSERVED]
+    ) as cluster:
         yield {
             "cluster": cluster,
             "expected": expected,
@@ -75,13 +85,13 @@ def fresh_start(world: dict[str, Any], sandbox: SandboxServer) -> None:
         conn.execute(text(f'CREATE DATABASE "{world["db"]}"'))
 
 
-async def _start(cluster: Any) -> Any:
+async def _start(cluster: Any, **parameters: Any) -> Any:
     from prefect.deployments import run_deployment
 
     async with cluster_client(cluster) as client:
         return await run_deployment(
             "portal-sync-partitioned/on-demand",
-            parameters={"partitions": 2, "profile": "test"},
+            parameters={"partitions": 2, "profile": "test", **parameters},
             timeout=0,
             as_subflow=False,
             client=client,
@@ -165,3 +175,21 @@ def test_a_worker_killed_mid_phase_costs_a_rerun_not_a_record(
     assert "heartbeats stopped" in (crashed[0].state.message or "")
     assert len(children) == 4  # the crashed partition ran again
     assert writes_at_kill < sandbox.counters()["writes"]
+
+
+def test_a_partition_run_no_worker_takes_is_cancelled_and_the_sync_stops_saying_why(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    """A run that never starts sends no heartbeat, so nothing would mark it Crashed: the parent
+    cancels it after its start timeout and ends Failed, naming the run and the queue's workers."""
+    cluster = world["cluster"]
+    writes = sandbox.counters()["writes"]
+    started = asyncio.run(_start(cluster, deployment="portal-sync/unserved", start_timeout_s=3))
+    run = asyncio.run(_wait(cluster, started.id, 120))
+    assert run.state.is_failed()
+    assert "no worker took it" in (run.state.message or "")
+    children = asyncio.run(_children(cluster, run.id))
+    assert children and all(c.state.is_cancelled() for c in children), [
+        (c.name, c.state.name) for c in children
+    ]
+    assert sandbox.counters()["writes"] == writes

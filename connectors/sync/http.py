@@ -96,18 +96,39 @@ class SharedLimitMissingError(RuntimeError):
     every request, not a record: the run stops (at its first request, the partner check)."""
 
 
-async def _shared_slot(name: str) -> None:
+async def _shared_slot(name: str, attempts: int = 5) -> None:
     """One slot of the Prefect global concurrency limit ``name`` (strict: a limit that is not on
-    the Prefect server must not let requests pass unlimited)."""
-    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
+    the Prefect server must not let requests pass unlimited).
 
-    try:
-        await rate_limit(name, occupy=1, strict=True)
-    except ConcurrencySlotAcquisitionError as exc:
-        raise SharedLimitMissingError(
-            f"the shared rate limit {name!r} (setting shared_rate_limit) is not on the Prefect server: create it "
-            "as a global concurrency limit with a slot decay (./hausflow cluster up does so from rate_limit_per_s)"
-        ) from exc
+    Prefect reports any failure to get a slot alike (the limit missing, its API down, a timeout):
+    a limit the API says is missing stops the run (:class:`SharedLimitMissingError`); anything
+    else is tried again after a pause, then counts as the request's transport error (retriable).
+    """
+    from prefect import get_client
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
+    from prefect.exceptions import ObjectNotFound
+
+    for attempt in range(attempts):
+        try:
+            await rate_limit(name, occupy=1, strict=True)
+            return
+        except ConcurrencySlotAcquisitionError as exc:
+            try:
+                async with get_client() as client:
+                    await client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                raise SharedLimitMissingError(
+                    f"the shared rate limit {name!r} (setting shared_rate_limit) is not on the Prefect server: "
+                    "create it as a global concurrency limit with a slot decay (./hausflow cluster up does so "
+                    "from rate_limit_per_s)"
+                ) from exc
+            except Exception:  # the Prefect API is not answering: as below
+                pass
+            if attempt + 1 == attempts:
+                raise PartnerTransportError(
+                    f"no slot of the shared rate limit {name!r} after {attempts} tries: {exc}"
+                ) from exc
+            await asyncio.sleep(min(2.0**attempt, 10.0))
 
 
 class HttpPartnerClient:
