@@ -50,8 +50,8 @@ from typing import Any
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-VAR = Path(os.environ.get("HAUSFLOW_VAR_DIR") or ROOT / "var").resolve()
+from flows.serve import ROOT, VAR, log_tail
+
 DEFAULT_DIR = VAR / "cluster"
 RECORD = "cluster.json"
 DATABASE_URL_ENV = "HAUSFLOW_CLUSTER_DATABASE_URL"
@@ -410,20 +410,8 @@ def _leader_reused(process: ClusterProcess) -> bool:
         return False
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last ``lines`` lines of a log that are not blank."""
-    try:
-        with path.open("rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - 32 * 1024))
-            text = log.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]
-
-
 def _died(process: ClusterProcess, proc: subprocess.Popen[bytes]) -> ClusterError:
-    tail = "\n".join(f"  {line}" for line in log_tail(Path(process.log)))
+    tail = "\n".join(f"  {line}" for line in log_tail(Path(process.log), LOG_TAIL_LINES))
     return ClusterError(
         f"{process.name} exited while starting (exit code {proc.returncode}); its log is {process.log}"
         + (f":\n{tail}" if tail else ".")
