@@ -209,9 +209,8 @@ async def _sync(
         del tables
         view = desired  # what the exchange may name
         decides = None
-        elsewhere: set[str] = set()
         if part is not None:
-            view, decides, elsewhere = _partition_view(settings, part, desired, entities)
+            view, decides = _partition_view(settings, part, desired, entities)
             desired = part.narrow(desired)
             released = part.objects(released)
         comparison = compare_with_portal_state(
@@ -226,7 +225,7 @@ async def _sync(
             decides=decides,
         )
         plan, resp_skips = plan_portal_changes(
-            whole(desired), whole(comparison), whole(quarantined), full_resync, partial, whole(elsewhere)
+            whole(desired), whole(comparison), whole(quarantined), full_resync, partial
         )
         outcomes: list[BatchOutcome] = []
         deferred: list[Skip] = []
@@ -506,11 +505,10 @@ async def _notify_and_enter(
 
 def _partition_view(
     settings: HausflowSettings, part: Partition, desired: DesiredState, entities: list[str] | None
-) -> tuple[DesiredState, Callable[[str, str], bool], set[str]]:
+) -> tuple[DesiredState, Callable[[str, str], bool]]:
     """For a partition run: the contacts and units its documents may name (its own, and those of
-    other partitions the portal holds), which records it decides on (their quarantine entries are
-    its to resolve), and the caretakers of other partitions the portal holds (its
-    responsibilities may name them)."""
+    other partitions the portal holds, neither held in quarantine), and which records it decides
+    on (their quarantine entries are its to resolve)."""
     store = StateStore(settings.state_url)
     covered = set(entities) if entities else None
 
@@ -519,7 +517,7 @@ def _partition_view(
             return False
         if entity in ("units", "contacts"):
             return part.owns(entity, ref_id, desired.records.get(entity, {}).get(ref_id))
-        return entity in ("properties", "responsibilities") and part.owns(entity, ref_id)
+        return entity == "properties" and part.owns(entity, ref_id)
 
     view = desired
     if exchange_wanted(settings, entities):
@@ -534,13 +532,7 @@ def _partition_view(
                 if (decides(entity, r) or r in active) and (entity, r) not in held
             }
         view = DesiredState(keys=keys)
-    elsewhere: set[str] = set()
-    if covered is None or "responsibilities" in covered:
-        caretakers = {e["contactId"] for c in desired.caretakers.values() for e in c}
-        others = [c for c in caretakers if not decides("contacts", c)]
-        state = store.load_state_for(PORTAL.name, "contacts", others)
-        elsewhere = {c for c, e in state.items() if e.status == "active"}
-    return view, decides, elsewhere
+    return view, decides
 
 
 def exchange_wanted(settings: HausflowSettings, entities: list[str] | None) -> bool:

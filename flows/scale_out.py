@@ -269,36 +269,45 @@ async def _start(step: Step, parameters: dict[str, Any], label: str) -> FlowRun:
     return run
 
 
-async def _wait_for_others(flows: Sequence[str], timeout_s: float) -> None:
-    """Wait until no run of these flows is under way (waiting, starting or running).
+async def _wait_for_others(deployments: Sequence[str], timeout_s: float) -> None:
+    """Wait until no run of these deployments is under way (waiting, starting or running).
 
-    Why: runs a parent left behind (the parent's own worker died, and its partition runs went
-    on), or a single sync started by hand, write to the same partner. Reading back their pending
-    writes while they send them, and starting the same ranges again, could write a record twice.
+    Why: partition runs a parent left behind (the parent's own worker died, and they went on),
+    or a run of the partition deployment started by hand, write to the same partner. Reading back
+    their pending writes while they send them, and starting the same ranges again, could write a
+    record twice. A deployment that does not exist has no runs.
 
     Raises:
         RuntimeError: they still run after ``timeout_s``, named with their state.
     """
     from prefect import get_client
     from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
         FlowRunFilter,
+        FlowRunFilterDeploymentId,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
 
     logger = get_run_logger()
     under_way = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
     began = time.monotonic()
     told = False
     async with get_client() as client:
+        ids = []
+        for name in deployments:
+            try:
+                ids.append((await client.read_deployment_by_name(name)).id)
+            except ObjectNotFound:
+                continue
+        if not ids:
+            return
         while True:
             runs = await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=list(flows))),
                 flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=under_way))
+                    deployment_id=FlowRunFilterDeploymentId(any_=ids),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=under_way)),
                 ),
             )
             now = datetime.now(UTC)
@@ -308,7 +317,7 @@ async def _wait_for_others(flows: Sequence[str], timeout_s: float) -> None:
             names = ", ".join(f"{r.name} ({r.state.name if r.state else '?'})" for r in runs)
             if time.monotonic() - began > timeout_s:
                 raise RuntimeError(
-                    f"runs of {', '.join(flows)} are still under way after {timeout_s:.0f} s: {names}. Let them "
+                    f"runs of {', '.join(deployments)} are still under way after {timeout_s:.0f} s: {names}. Let them "
                     "end or cancel them in the Prefect UI, then start this run again."
                 )
             if not told:
@@ -492,8 +501,8 @@ async def partitioned_sync(
     children: list[ChildRun] = []
     try:
         await check_partner(partner, settings)
-        flows = sorted({step.deployment.split("/")[0] for step in (*phases, *closing)})
-        await _wait_for_others(flows, max(step.start_timeout_s for step in (*phases, *closing)))
+        steps = (*phases, *closing)
+        await _wait_for_others(sorted({s.deployment for s in steps}), max(s.start_timeout_s for s in steps))
         await recover_pending_writes(partner, settings, run_id)
         ranges = split_objects(weights(), partitions)
         parts = [Partition(i, len(ranges), first, last) for i, (first, last) in enumerate(ranges)]

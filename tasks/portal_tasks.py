@@ -592,12 +592,8 @@ def plan_portal_changes(
     quarantined: list[Skip],
     full_resync: bool,
     partial: bool,
-    contacts_elsewhere: Collection[str] = (),
 ) -> tuple[Plan, list[Skip]]:
-    """The writes of this run: desired minus confirmed, without what is held; plus extra skips.
-
-    ``contacts_elsewhere``: contacts another partition writes that the portal holds (a partition's
-    responsibilities may name them, see :mod:`tasks.partitions`)."""
+    """The writes of this run: desired minus confirmed, without what is held; plus extra skips."""
     logger = get_run_logger()
     held = held_records(quarantined)
     confirmed_contacts = comparison.state.get("contacts", {})
@@ -605,7 +601,7 @@ def plan_portal_changes(
         rid
         for rid in desired.present("contacts")
         if ("contacts", rid) not in held or getattr(confirmed_contacts.get(rid), "status", None) == "active"
-    } | set(contacts_elsewhere)
+    }
     responsibilities, resp_skips = build_responsibilities(desired, sendable)
     records = dict(desired.records)
     records["responsibilities"] = responsibilities

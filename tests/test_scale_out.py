@@ -193,3 +193,34 @@ def test_a_partition_run_no_worker_takes_is_cancelled_and_the_sync_stops_saying_
         (c.name, c.state.name) for c in children
     ]
     assert sandbox.counters()["writes"] == writes
+
+
+def test_a_partitioned_sync_waits_for_a_run_of_its_deployment_already_under_way(
+    world: dict[str, Any], sandbox: SandboxServer
+) -> None:
+    """A run of the partition deployment started by hand (or left behind by a parent whose own
+    worker died) writes to the same portal: the parent waits for it to end before it reads back
+    pending writes and starts its partitions. The portal ends as after one run, nothing twice."""
+    from prefect.deployments import run_deployment
+
+    fresh_start(world, sandbox)
+    cluster = world["cluster"]
+
+    async def by_hand() -> Any:
+        async with cluster_client(cluster) as client:
+            return await run_deployment(
+                "portal-sync/partition",
+                parameters={"profile": "test"},
+                timeout=0,
+                as_subflow=False,
+                client=client,
+            )
+
+    single = asyncio.run(by_hand())
+    started = asyncio.run(_start(cluster))
+    run = asyncio.run(_wait(cluster, started.id, 240))
+    first = asyncio.run(_wait(cluster, single.id, 10))
+    assert first.state.is_completed()
+    _assert_as_a_single_run(world, sandbox, run)
+    children = asyncio.run(_children(cluster, run.id))
+    assert min(c.start_time for c in children) >= first.end_time  # its partitions began after it ended
