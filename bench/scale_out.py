@@ -30,30 +30,19 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BUSINESS_DATE = date(2026, 11, 21)
+from portal_sync import BUSINESS_DATE, generate  # noqa: E402  (bench/portal_sync.py: the same demo ERP)
+
 PG_URL = os.environ.get("HAUSFLOW_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def generate(erp_url: str, persons: int) -> None:
-    """Seed the ERP in a child process."""
-    subprocess.run(
-        [sys.executable, "-m", "connectors.erp", "seed", "--url", erp_url, "--persons", str(persons),
-         "--seed", "42", "--business-date", BUSINESS_DATE.isoformat()],
-        cwd=ROOT,
-        check=True,
-    )  # fmt: skip
 
 
 def settings_env(sandbox: Any, erp_url: str, state_url: str, concurrency: int) -> dict[str, str]:

@@ -5,7 +5,7 @@ their units) and runs one flow run per range. Every run applies the rules to the
 contact's contracts can lie in several ranges, and its payload names them all), then writes only
 the records its partition *owns*:
 
-- properties, units, responsibilities and documents: those of the objects in its range;
+- properties, units and documents: those of the objects in its range;
 - contacts: those whose contracts all lie in its range. A contact with contracts in two ranges
   (a flat in one, a garage in another) names units of both, so it waits for the closing run,
   when every partition's units are at the portal; so does a contact without contracts.
@@ -113,7 +113,7 @@ class Partition:
         if entity == "contacts":
             contracts = (payload or {}).get("contracts") or ()
             return bool(contracts) and all(self.holds_object(str(c["propertyId"])) for c in contracts)
-        if entity in ("properties", "responsibilities"):
+        if entity == "properties":
             return self.holds_object(ref_id)
         if entity == "units":
             return payload is not None and self.holds_object(str(payload["propertyId"]))
